@@ -1,0 +1,114 @@
+"""Shared benchmark plumbing: a scratch database and a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+
+import migrations
+from infrastructure.database import PgTarget
+from infrastructure.embedded import start_embedded_postgres
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def scratch_database() -> Iterator[PgTarget]:
+    """A fresh, migrated database on ``BENCH_DATABASE_URL``/``DATABASE_URL``, or embedded."""
+    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if url:
+        server = PgTarget.from_url(url)
+    else:
+        server = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="reporunner-bench-")))
+    name = f"reporunner_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    target = server.with_dbname(name)
+    migrations.upgrade(target)
+    try:
+        yield target
+    finally:
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def database_url(target: PgTarget) -> str:
+    return (
+        target.sqlalchemy_url("psycopg")
+        .render_as_string(hide_password=False)
+        .replace("postgresql+psycopg", "postgresql")
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def create_key(target: PgTarget, org: str, role: str = "owner") -> str:
+    env = {**os.environ, "DATABASE_URL": database_url(target), "REPORUNNER_LOG_LEVEL": "warning"}
+    out = subprocess.run(
+        [sys.executable, "-m", "reporunner", "keys", "create", "--org", org, "--role", role],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+@contextmanager
+def running_server(target: PgTarget, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """``reporunner serve`` in a child process; yields its base URL."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(target),
+        "REPORUNNER_LOG_LEVEL": "warning",
+        **(extra_env or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reporunner", "serve", "--port", str(port), "--no-migrate"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "server did not start: " + (proc.stderr.read().decode() if proc.stderr else "")
+                )
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]

@@ -1,0 +1,146 @@
+"""Write-path throughput: HTTP commands vs in-process ``Application.save``.
+
+Each client creates a workflow and updates it ``UPDATES`` times (If-Match),
+over real HTTP against ``reporunner serve`` in its own process. In the same
+run, the same commands are saved in-process with ``Application.save`` on the
+same database; the ratio says what the HTTP layer costs.
+
+    python bench/write_throughput.py [--commands 3000] [--clients 1,8,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import create_key, percentile, running_server, scratch_database
+from domain.meta import EventMeta
+from domain.workflow import Workflow
+from infrastructure.settings import Settings
+from reporunner.wiring import create_workflow_application
+
+UPDATES = 3  # updates per created workflow: a 1:3 create/update mix
+
+
+def definition(name: str) -> dict:
+    return {
+        "name": name,
+        "nodes": [
+            {"id": "start", "type": "manual_trigger", "parameters": {}},
+            {"id": "set", "type": "set", "parameters": {"fields": {"a.b": 1}}},
+            {"id": "end", "type": "noop", "parameters": {}},
+        ],
+        "connections": [{"from": "start", "to": "set"}, {"from": "set", "to": "end"}],
+    }
+
+
+async def http_round(base: str, key: str, clients: int, commands: int) -> tuple[float, list[float]]:
+    headers = {"Authorization": f"Bearer {key}"}
+    latencies: list[float] = []
+    per_client = max(1, commands // clients // (UPDATES + 1))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, limits=limits, timeout=60
+    ) as client:
+
+        async def one_client(c: int) -> None:
+            for i in range(per_client):
+                t0 = time.perf_counter()
+                r = await client.post("/v1/workflows", json=definition(f"c{c}-{i}"))
+                latencies.append(time.perf_counter() - t0)
+                r.raise_for_status()
+                wid, version = r.json()["id"], r.json()["version"]
+                for u in range(UPDATES):
+                    t0 = time.perf_counter()
+                    r = await client.patch(
+                        f"/v1/workflows/{wid}",
+                        json={"description": f"update {u}"},
+                        headers={"If-Match": f'"{version}"'},
+                    )
+                    latencies.append(time.perf_counter() - t0)
+                    r.raise_for_status()
+                    version = r.json()["version"]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(c) for c in range(clients)))
+        elapsed = time.perf_counter() - started
+    return elapsed, latencies
+
+
+def in_process_round(target, threads: int, commands: int) -> float:
+    """Saves/s of the same create+update mix straight through ``Application.save``."""
+    app = create_workflow_application(target, Settings(database_url="postgresql://unused"))
+    meta = EventMeta(org_id="bench", actor="bench", correlation_id="bench")
+    per_thread = max(1, commands // threads // (UPDATES + 1))
+
+    def work() -> None:
+        for i in range(per_thread):
+            wf = Workflow.create(
+                workflow_id=uuid.uuid4(), definition=definition(f"p{i}"), meta=meta
+            )
+            app.save(wf)
+            for u in range(UPDATES):
+                wf.update({"description": f"update {u}"}, meta)
+                app.save(wf)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - started
+    app.close()
+    return per_thread * threads * (UPDATES + 1) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--commands", type=int, default=4000, help="commands per HTTP round")
+    parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
+    args = parser.parse_args()
+    client_counts = [int(c) for c in args.clients.split(",")]
+
+    with scratch_database() as target:
+        key = create_key(target, "bench")
+        results: dict[int, float] = {}
+        with running_server(target) as base:
+            asyncio.run(http_round(base, key, 4, 200))  # warm-up
+            columns = ("clients", "commands", "cmd/s", "p50 ms", "p95 ms", "p99 ms")
+            print(" ".join(f"{c:>9}" for c in columns))
+            for clients in client_counts:
+                elapsed, latencies = asyncio.run(http_round(base, key, clients, args.commands))
+                latencies.sort()
+                rate = len(latencies) / elapsed
+                results[clients] = rate
+                p50, p95, p99 = (percentile(latencies, p) * 1000 for p in (50, 95, 99))
+                print(
+                    f"{clients:>9} {len(latencies):>9} {rate:>9.0f} "
+                    f"{p50:>9.2f} {p95:>9.2f} {p99:>9.2f}"
+                )
+        in_process = {t: in_process_round(target, t, args.commands) for t in (1, 8)}
+        for threads, rate in in_process.items():
+            print(f"in-process Application.save, {threads} thread(s): {rate:.0f} saves/s")
+        best = max(in_process.values())
+        top = max(client_counts)
+        print(
+            f"ratio HTTP@{top} clients / best in-process save rate: "
+            f"{results[top] / best:.2f} ({results[top]:.0f} / {best:.0f})"
+        )
+        print(f"ratio HTTP@{top} clients / 1-thread save rate: {results[top] / in_process[1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Why a command was refused, beyond the domain's own rules."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+
+class CommandError(Exception):
+    pass
+
+
+class WorkflowNotFound(CommandError):
+    """No such workflow in the caller's organisation (another's is not found either)."""
+
+    def __init__(self, workflow_id: UUID) -> None:
+        super().__init__(f"workflow {workflow_id} not found")
+        self.workflow_id = workflow_id
+
+
+class VersionConflict(CommandError):
+    """The client's expected version is not the current one."""
+
+    def __init__(self, workflow_id: UUID, expected: int, current: int) -> None:
+        super().__init__(
+            f"workflow {workflow_id} is at version {current}, not the expected {expected}"
+        )
+        self.workflow_id = workflow_id
+        self.expected = expected
+        self.current = current
+
+
+class IdempotencyKeyReused(CommandError):
+    """The same Idempotency-Key came with a different request."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for a different request; "
+            "use a new key for a new request"
+        )
+        self.key = key

@@ -1,0 +1,96 @@
+"""Command models: what a client may ask the write side to do.
+
+They check types and shape only; the rules of a valid workflow live in
+``domain`` and run inside the aggregate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_EXAMPLE_NODES = [
+    {"id": "start", "type": "manual_trigger", "parameters": {}},
+    {
+        "id": "greet",
+        "type": "set",
+        "parameters": {"fields": {"greeting": "hello"}, "keep_others": True},
+    },
+]
+_EXAMPLE_CONNECTIONS = [{"from": "start", "to": "greet"}]
+
+
+class CreateWorkflow(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Say hello",
+                    "description": "Adds a greeting to every item",
+                    "nodes": _EXAMPLE_NODES,
+                    "connections": _EXAMPLE_CONNECTIONS,
+                    "tags": ["demo"],
+                    "settings": {"timeout_ms": 30000},
+                }
+            ]
+        },
+    )
+
+    name: str
+    description: str = ""
+    nodes: list[dict[str, Any]]
+    connections: list[dict[str, Any]] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpdateWorkflow(BaseModel):
+    """A partial update: only the fields present change."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"name": "Say hello politely", "tags": ["demo", "v2"]}]},
+    )
+
+    name: str | None = None
+    description: str | None = None
+    nodes: list[dict[str, Any]] | None = None
+    connections: list[dict[str, Any]] | None = None
+    tags: list[str] | None = None
+    settings: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _present_and_not_null(self) -> UpdateWorkflow:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of: " + ", ".join(type(self).model_fields))
+        nulls = sorted(f for f in self.model_fields_set if getattr(self, f) is None)
+        if nulls:
+            raise ValueError(f"may not be null: {', '.join(nulls)}")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """Who sends a command, and the request it came in."""
+
+    org_id: str
+    actor: str
+    correlation_id: str
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    workflow_id: UUID
+    version: int
+    position: int
+    status_code: int

@@ -1,0 +1,18 @@
+"""Who did it and why: the metadata every event carries for the audit trail."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    org_id: str
+    actor: str
+    correlation_id: str
+    causation_id: str | None = None
+    idempotency_key: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        """The JSON-native form stored inside each event."""
+        return asdict(self)

@@ -1,0 +1,107 @@
+"""The Workflow aggregate: a graph of nodes owned by one organisation.
+
+Public methods validate and decide; the ``@event`` methods only apply state,
+so replaying the log never re-runs validation rules that may have changed.
+Event state is JSON-native (dicts, lists, str, numbers) so what comes back
+from the store equals what went in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from domain.definition import validate_definition
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import WorkflowDeleted
+from domain.meta import EventMeta
+
+DEFINITION_FIELDS = ("name", "description", "nodes", "connections", "tags", "settings")
+
+
+class Workflow(Aggregate):
+    """A workflow definition. Its event history is its audit trail."""
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        workflow_id: UUID,
+        definition: dict[str, Any],
+        meta: EventMeta,
+    ) -> Workflow:
+        """Validate a complete definition and start a new workflow's history."""
+        validate_definition(**_complete(definition))
+        return cls(id=workflow_id, **_complete(definition), meta=meta.as_dict())
+
+    @event("Created")
+    def __init__(
+        self,
+        *,
+        id: UUID,
+        name: str,
+        description: str,
+        nodes: list[dict[str, Any]],
+        connections: list[dict[str, Any]],
+        tags: list[str],
+        settings: dict[str, Any],
+        meta: dict[str, Any],
+    ) -> None:
+        self.org_id: str = meta["org_id"]
+        self.name: str = name
+        self.description = description
+        self.nodes = nodes
+        self.connections = connections
+        self.tags = tags
+        self.settings = settings
+        self.created_by: str = meta["actor"]
+        self.updated_by: str = meta["actor"]
+        self.deleted: bool = False
+
+    def definition(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in DEFINITION_FIELDS}
+
+    def update(self, changes: dict[str, Any], meta: EventMeta) -> bool:
+        """Apply a partial change; return False (and record nothing) if nothing differs."""
+        self._ensure_live()
+        unknown = set(changes) - set(DEFINITION_FIELDS)
+        if unknown:
+            raise ValueError(f"not definition fields: {sorted(unknown)}")
+        changed = {k: v for k, v in changes.items() if getattr(self, k) != v}
+        if not changed:
+            return False
+        validate_definition(**(self.definition() | changed))
+        self._updated(changes=changed, meta=meta.as_dict())
+        return True
+
+    @event("Updated")
+    def _updated(self, changes: dict[str, Any], meta: dict[str, Any]) -> None:
+        for field, value in changes.items():
+            setattr(self, field, value)
+        self.updated_by = meta["actor"]
+
+    def delete(self, meta: EventMeta) -> None:
+        """Mark deleted; the history stays, and no further command is accepted."""
+        self._ensure_live()
+        self._deleted(meta=meta.as_dict())
+
+    @event("Deleted")
+    def _deleted(self, meta: dict[str, Any]) -> None:
+        self.deleted = True
+        self.updated_by = meta["actor"]
+
+    def _ensure_live(self) -> None:
+        if self.deleted:
+            raise WorkflowDeleted(self.id)
+
+
+def _complete(definition: dict[str, Any]) -> dict[str, Any]:
+    """A full definition: optional fields filled with their empty defaults."""
+    defaults: dict[str, Any] = {
+        "description": "",
+        "connections": [],
+        "tags": [],
+        "settings": {},
+    }
+    return defaults | definition

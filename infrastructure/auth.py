@@ -1,0 +1,196 @@
+"""API keys, roles and the principal behind a request.
+
+Keys are random 256-bit secrets shown once; we store only their SHA-256. A
+slow password hash buys nothing for secrets this long and would cost every
+request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+KEY_PREFIX = "rr_"
+ORG_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class Role(StrEnum):
+    OWNER = "owner"
+    EDITOR = "editor"
+    VIEWER = "viewer"
+    AUDITOR = "auditor"
+
+
+class Permission(StrEnum):
+    READ_WORKFLOWS = "workflows:read"
+    WRITE_WORKFLOWS = "workflows:write"
+    READ_AUDIT = "audit:read"
+
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.OWNER: frozenset(Permission),
+    Role.EDITOR: frozenset({Permission.READ_WORKFLOWS, Permission.WRITE_WORKFLOWS}),
+    Role.VIEWER: frozenset({Permission.READ_WORKFLOWS}),
+    Role.AUDITOR: frozenset({Permission.READ_WORKFLOWS, Permission.READ_AUDIT}),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: one API key of one organisation."""
+
+    key_id: uuid.UUID
+    org_id: str
+    role: Role
+    name: str
+
+    @property
+    def actor(self) -> str:
+        """The name events record as their actor."""
+        return f"apikey:{self.key_id}"
+
+    def may(self, permission: Permission) -> bool:
+        return permission in ROLE_PERMISSIONS[self.role]
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    id: uuid.UUID
+    org_id: str
+    role: Role
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class InvalidOrgId(ValueError):
+    pass
+
+
+def check_org_id(org_id: str) -> str:
+    if not ORG_ID_PATTERN.match(org_id):
+        raise InvalidOrgId(
+            f"invalid organisation id {org_id!r}: use 1-63 of a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return org_id
+
+
+def hash_key(plaintext: str) -> bytes:
+    return hashlib.sha256(plaintext.encode()).digest()
+
+
+class ApiKeyStore:
+    """API keys in PostgreSQL (table ``api_keys``)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, org_id: str, role: Role, name: str = "") -> tuple[ApiKeyInfo, str]:
+        """Create a key; return its record and the plaintext, which is never stored."""
+        check_org_id(org_id)
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(_INSERT_KEY, _key_params(org_id, role, name, plaintext))
+            ).one()
+        return _info(row), plaintext
+
+    async def create_first_owner_key(self) -> tuple[ApiKeyInfo, str] | None:
+        """Create an owner key for org ``default`` if no key exists at all.
+
+        An advisory lock makes concurrent first starts create one key, not two.
+        """
+        async with self._engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(727002)"))
+            if (await conn.execute(text("SELECT count(*) FROM api_keys"))).scalar_one():
+                return None
+            plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+            row = (
+                await conn.execute(
+                    _INSERT_KEY, _key_params("default", Role.OWNER, "bootstrap", plaintext)
+                )
+            ).one()
+        return _info(row), plaintext
+
+    async def list(self, org_id: str | None = None) -> list[ApiKeyInfo]:
+        query = "SELECT id, org_id, role, name, key_prefix, created_at, revoked_at FROM api_keys"
+        params: dict[str, str] = {}
+        if org_id is not None:
+            query += " WHERE org_id = :org"
+            params["org"] = org_id
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(text(query + " ORDER BY created_at, id"), params)).all()
+        return [_info(row) for row in rows]
+
+    async def revoke(self, key_id: uuid.UUID) -> bool:
+        """Revoke a key; False when no active key has that id."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                text(
+                    "UPDATE api_keys SET revoked_at = now() "
+                    "WHERE id = :id AND revoked_at IS NULL RETURNING id"
+                ),
+                {"id": key_id},
+            )
+            return result.first() is not None
+
+    async def count(self) -> int:
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(text("SELECT count(*) FROM api_keys"))).scalar_one())
+
+    async def authenticate(self, plaintext: str) -> Principal | None:
+        if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > 200:
+            return None
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT id, org_id, role, name FROM api_keys "
+                        "WHERE key_hash = :hash AND revoked_at IS NULL"
+                    ),
+                    {"hash": hash_key(plaintext)},
+                )
+            ).first()
+        if row is None:
+            return None
+        return Principal(key_id=row.id, org_id=row.org_id, role=Role(row.role), name=row.name)
+
+
+_INSERT_KEY = text(
+    "INSERT INTO api_keys (id, org_id, role, name, key_hash, key_prefix) "
+    "VALUES (:id, :org, :role, :name, :hash, :prefix) "
+    "RETURNING id, org_id, role, name, key_prefix, created_at, revoked_at"
+)
+
+
+def _key_params(org_id: str, role: Role, name: str, plaintext: str) -> dict[str, object]:
+    return {
+        "id": uuid.uuid4(),
+        "org": org_id,
+        "role": role.value,
+        "name": name,
+        "hash": hash_key(plaintext),
+        "prefix": plaintext[:10],
+    }
+
+
+def _info(row: object) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=row.id,  # type: ignore[attr-defined]
+        org_id=row.org_id,  # type: ignore[attr-defined]
+        role=Role(row.role),  # type: ignore[attr-defined]
+        name=row.name,  # type: ignore[attr-defined]
+        prefix=row.key_prefix,  # type: ignore[attr-defined]
+        created_at=row.created_at,  # type: ignore[attr-defined]
+        revoked_at=row.revoked_at,  # type: ignore[attr-defined]
+    )

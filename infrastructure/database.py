@@ -1,0 +1,88 @@
+"""Where PostgreSQL is, and the connections we open to it.
+
+One ``PgTarget`` describes the server; every client (eventsourcing's psycopg
+pool, SQLAlchemy on asyncpg, Alembic) is configured from it, so they always
+agree on which database they talk to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from urllib.parse import quote
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    host: str  # a host name, an IP, or a Unix socket directory
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+    @classmethod
+    def from_url(cls, url: str) -> PgTarget:
+        parsed = make_url(url)
+        host = parsed.host or str(parsed.query.get("host") or "") or "127.0.0.1"
+        return cls(
+            host=host,
+            port=int(parsed.port or parsed.query.get("port") or 5432),  # type: ignore[arg-type]
+            user=parsed.username or "postgres",
+            password=parsed.password or "",
+            dbname=parsed.database or "postgres",
+        )
+
+    def with_dbname(self, dbname: str) -> PgTarget:
+        return replace(self, dbname=dbname)
+
+    def sqlalchemy_url(self, driver: str) -> URL:
+        """A SQLAlchemy URL; socket directories travel as the ``host`` query arg."""
+        if self.host.startswith("/"):
+            return URL.create(
+                f"postgresql+{driver}",
+                username=self.user,
+                password=self.password or None,
+                database=self.dbname,
+                query={"host": self.host, "port": str(self.port)},
+            )
+        return URL.create(
+            f"postgresql+{driver}",
+            username=self.user,
+            password=self.password or None,
+            host=self.host,
+            port=self.port,
+            database=self.dbname,
+        )
+
+    def conninfo(self) -> str:
+        """A libpq connection string for psycopg."""
+        parts = {
+            "host": self.host,
+            "port": str(self.port),
+            "user": self.user,
+            "dbname": self.dbname,
+            "password": self.password,
+        }
+        return " ".join(f"{k}='{_escape(v)}'" for k, v in parts.items())
+
+    def display(self) -> str:
+        """Where we connect, without the password, for logs."""
+        user = quote(self.user)
+        return f"postgresql://{user}@{self.host}:{self.port}/{self.dbname}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def create_engine(target: PgTarget, *, pool_size: int = 10) -> AsyncEngine:
+    """The async engine (asyncpg) for queries outside the event store."""
+    return create_async_engine(
+        target.sqlalchemy_url("asyncpg"),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        pool_recycle=3600,
+    )

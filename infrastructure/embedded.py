@@ -1,0 +1,39 @@
+"""An embedded PostgreSQL (the ``pgserver`` wheel) for laptops and tests.
+
+Several processes may share one data directory: pgserver reference-counts
+them and stops the server when the last one exits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from infrastructure.database import PgTarget
+
+log = structlog.get_logger(__name__)
+
+_servers: dict[Path, object] = {}
+
+
+def start_embedded_postgres(data_dir: Path) -> PgTarget:
+    """Start (or join) the embedded server whose data lives in ``data_dir/pgdata``."""
+    import pgserver  # imported lazily: it touches the file system on import
+
+    pgdata = (data_dir / "pgdata").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = _servers.get(pgdata)
+    if server is None:
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        _servers[pgdata] = server
+    info = server.get_postmaster_info()  # type: ignore[attr-defined]
+    target = PgTarget(
+        host=str(info.socket_dir),
+        port=int(info.port),
+        user="postgres",
+        password="",
+        dbname="postgres",
+    )
+    log.info("embedded postgres ready", pgdata=str(pgdata), socket_dir=target.host)
+    return target

@@ -1,0 +1,42 @@
+"""Process settings, read once from the environment.
+
+Every setting is an environment variable with the ``REPORUNNER_`` prefix, plus
+the conventional ``DATABASE_URL`` and ``REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REPORUNNER_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "REPORUNNER_DATABASE_URL"),
+        description="PostgreSQL URL; unset means an embedded PostgreSQL under data_dir.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "REPORUNNER_REDIS_URL"),
+        description="Redis URL; unset disables the Redis-backed features.",
+    )
+    data_dir: Path = Field(default=Path(".reporunner"), description="Embedded PostgreSQL data.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_lock_timeout_s: int = Field(default=5, ge=1, le=600)
+    db_idle_in_transaction_timeout_s: int = Field(default=10, ge=1, le=3600)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

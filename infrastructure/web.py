@@ -1,0 +1,277 @@
+"""HTTP plumbing shared by the write and read APIs.
+
+Request ids and the access log, the body-size limit, authentication, and the
+single place where errors become problem+json.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from domain.errors import WorkflowDeleted, WorkflowInvalid
+from infrastructure.auth import ApiKeyStore, Permission, Principal
+from infrastructure.problems import Problem, problem_type
+
+log = structlog.get_logger("reporunner.http")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+ReadyCheck = Callable[[], Awaitable[str]]
+
+
+class RequestContextMiddleware:
+    """Binds a request id, enforces the body limit, turns any escaped error into
+    problem+json, and writes one access-log line per request."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+        received = 0
+        too_large = _declared_length(headers) > self.max_body_bytes
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    # Whatever the app answers to this error is dropped below.
+                    too_large = True
+                    raise RuntimeError("request body too large")
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if too_large and not response_started:
+                return
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        async def answer(problem: Problem) -> None:
+            nonlocal too_large
+            too_large = False
+            await problem.to_response(scope["path"])(scope, receive, send_with_id)
+
+        try:
+            if not too_large:
+                await self.app(scope, limited_receive, send_with_id)
+        except Exception as exc:
+            # The last line of defence: every error leaves as problem+json.
+            if response_started:
+                raise
+            if not too_large:
+                await answer(_unexpected_problem(exc))
+        finally:
+            if too_large and not response_started:
+                await answer(
+                    Problem(
+                        413,
+                        f"request body exceeds {self.max_body_bytes} bytes",
+                        type_=problem_type("body-too-large"),
+                    )
+                )
+            principal = scope["state"].get("principal")
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                org_id=principal.org_id if principal else None,
+                actor=principal.actor if principal else None,
+            )
+
+
+def _declared_length(headers: dict[bytes, bytes]) -> int:
+    try:
+        return int(headers.get(b"content-length", b"0"))
+    except ValueError:
+        return 0
+
+
+def _validation_problem(exc: RequestValidationError) -> Problem:
+    errors = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            ctx = error.get("ctx") or {}
+            return Problem(
+                400,
+                f"malformed JSON body: {ctx.get('error', 'invalid JSON')}",
+                type_=problem_type("malformed-json"),
+            )
+        loc = ".".join(str(part) for part in error.get("loc", ()))
+        errors.append({"loc": loc, "msg": error.get("msg", "invalid"), "type": error.get("type")})
+    detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors) or "invalid request"
+    return Problem(422, detail, type_=problem_type("validation"), errors=errors)
+
+
+def install_error_handlers(
+    app: FastAPI, extra: dict[type[Exception], Callable[[Any], Problem]]
+) -> None:
+    """Map every error to problem+json, once. ``extra`` maps an API's own errors."""
+
+    def respond(request: Request, problem: Problem) -> Response:
+        return problem.to_response(instance=request.url.path)
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return respond(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return respond(request, _validation_problem(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        return respond(request, Problem(exc.status_code, str(exc.detail), headers=exc.headers))
+
+    @app.exception_handler(WorkflowInvalid)
+    async def _workflow_invalid(request: Request, exc: WorkflowInvalid) -> Response:
+        errors = [{"loc": p.loc, "msg": p.msg} for p in exc.problems]
+        return respond(
+            request,
+            Problem(422, str(exc), type_=problem_type("invalid-workflow"), errors=errors),
+        )
+
+    @app.exception_handler(WorkflowDeleted)
+    async def _deleted(request: Request, exc: WorkflowDeleted) -> Response:
+        return respond(
+            request,
+            Problem(410, f"workflow {exc.workflow_id} was deleted", type_=problem_type("deleted")),
+        )
+
+    for exc_type, to_problem in extra.items():
+
+        async def _mapped(
+            request: Request, exc: Exception, to_problem: Any = to_problem
+        ) -> Response:
+            return respond(request, to_problem(exc))
+
+        app.add_exception_handler(exc_type, _mapped)
+
+
+def _unexpected_problem(exc: Exception) -> Problem:
+    """What an error no handler knows becomes: 503 if a dependency is down, else a 500 bug."""
+    if _is_unavailable(exc):
+        log.warning("dependency unavailable", error=repr(exc))
+        return Problem(
+            503,
+            "the database is unavailable; retry shortly",
+            type_=problem_type("unavailable"),
+            headers={"Retry-After": "2"},
+        )
+    log.exception("unhandled error")
+    return Problem(500, "internal error; this is a bug, please report it")
+
+
+def _is_unavailable(exc: Exception) -> bool:
+    """Connection and pool failures: the database, not the request, is at fault."""
+    import psycopg
+    import psycopg_pool
+    from eventsourcing.persistence import InterfaceError, OperationalError
+
+    unavailable: tuple[type[BaseException], ...] = (
+        OperationalError,
+        InterfaceError,
+        psycopg.OperationalError,
+        psycopg_pool.PoolTimeout,
+        OSError,
+    )
+    try:
+        import asyncpg
+
+        unavailable += (asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, unavailable)
+
+
+async def authenticate(request: Request) -> Principal:
+    """The caller's principal from ``Authorization: Bearer <key>``, else 401."""
+    header = request.headers.get("authorization")
+    challenge = {"WWW-Authenticate": 'Bearer realm="reporunner"'}
+    if not header:
+        raise Problem(
+            401,
+            "missing Authorization header: send 'Authorization: Bearer <api key>'",
+            headers=challenge,
+        )
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(
+            401, "Authorization must use the Bearer scheme: 'Bearer <api key>'", headers=challenge
+        )
+    store: ApiKeyStore = request.app.state.api_keys
+    principal = await store.authenticate(token.strip())
+    if principal is None:
+        raise Problem(401, "invalid or revoked API key", headers=challenge)
+    request.state.principal = principal
+    structlog.contextvars.bind_contextvars(org_id=principal.org_id, actor=principal.actor)
+    return principal
+
+
+def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the authenticated principal, if its role grants ``permission``."""
+
+    async def dependency(principal: Principal = Depends(authenticate)) -> Principal:
+        if not principal.may(permission):
+            raise Problem(
+                403,
+                f"role '{principal.role}' may not do this (needs {permission.value})",
+                type_=problem_type("forbidden"),
+            )
+        return principal
+
+    return dependency
+
+
+def add_health_routes(app: FastAPI, checks: dict[str, ReadyCheck]) -> None:
+    """``/healthz``: the process is up. ``/readyz``: its dependencies answer."""
+
+    @app.get("/healthz", tags=["health"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: PostgreSQL reachable")
+    async def readyz() -> Response:
+        results = {name: await check() for name, check in checks.items()}
+        ready = results.get("postgres") == "ok"
+        import orjson
+
+        return Response(
+            orjson.dumps({"status": "ready" if ready else "unavailable", "checks": results}),
+            status_code=200 if ready else 503,
+            media_type="application/json",
+            headers={} if ready else {"Retry-After": "2"},
+        )

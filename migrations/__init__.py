@@ -1,0 +1,36 @@
+"""Alembic migrations: they own every table, the event store's included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from infrastructure.database import PgTarget
+
+_HERE = Path(__file__).resolve().parent
+
+
+def alembic_config(target: PgTarget) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_HERE))
+    config.attributes["pg_target"] = target
+    return config
+
+
+def upgrade(target: PgTarget, revision: str = "head") -> None:
+    """Apply migrations up to ``revision``; safe to call from several processes at once."""
+    command.upgrade(alembic_config(target), revision)
+
+
+def current_revision(target: PgTarget) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(target.sqlalchemy_url("psycopg"))
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,1 @@
+"""Reporunner's composition root: configuration, wiring, the CLI and the server."""

@@ -1,0 +1,3 @@
+from reporunner.cli import main
+
+main()

@@ -1,0 +1,133 @@
+"""Test infrastructure: one fresh database per test run, on the real PostgreSQL.
+
+With ``TEST_DATABASE_URL`` the run creates its own database on that server;
+without it, an embedded PostgreSQL (pgserver) in a temporary directory. Either
+way the database is dropped at the end. Tests isolate themselves by using a
+fresh organisation id each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import uvicorn
+from hypothesis import HealthCheck, settings
+
+import migrations
+from commands import WorkflowApplication, WorkflowCommands
+from infrastructure.auth import ApiKeyStore, Role
+from infrastructure.database import PgTarget, create_engine
+from infrastructure.embedded import start_embedded_postgres
+from infrastructure.logs import configure_logging
+from infrastructure.settings import Settings
+from reporunner.wiring import create_app, create_workflow_application
+
+settings.register_profile(
+    "reporunner", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.load_profile("reporunner")
+
+
+@pytest.fixture(scope="session")
+def server_target(tmp_path_factory: pytest.TempPathFactory) -> PgTarget:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return PgTarget.from_url(url)
+    return start_embedded_postgres(Path(tmp_path_factory.mktemp("embedded-pg")))
+
+
+@pytest.fixture(scope="session")
+def db_target(server_target: PgTarget) -> Iterator[PgTarget]:
+    """A database of our own for this run, migrated to head, dropped afterwards."""
+    name = f"reporunner_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    target = server_target.with_dbname(name)
+    migrations.upgrade(target)
+    try:
+        yield target
+    finally:
+        with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def app_settings() -> Settings:
+    configure_logging("warning", "json")
+    return Settings(database_url=None, redis_url=os.environ.get("REDIS_URL"))
+
+
+@pytest.fixture(scope="session")
+def workflow_app(db_target: PgTarget, app_settings: Settings) -> Iterator[WorkflowApplication]:
+    app = create_workflow_application(db_target, app_settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def commands(workflow_app: WorkflowApplication) -> WorkflowCommands:
+    return WorkflowCommands(workflow_app)
+
+
+@pytest.fixture
+def org() -> str:
+    """A fresh organisation per test keeps tests apart in one shared database."""
+    return f"org-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def make_key(db_target: PgTarget) -> Callable[[str, str], str]:
+    """Create a real API key; returns the plaintext."""
+
+    def make(org_id: str, role: str = "owner") -> str:
+        async def create() -> str:
+            engine = create_engine(db_target, pool_size=1)
+            try:
+                _, plaintext = await ApiKeyStore(engine).create(org_id, Role(role), "test")
+                return plaintext
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(create())
+
+    return make
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def api_url(db_target: PgTarget, app_settings: Settings) -> Iterator[str]:
+    """A real uvicorn server running the service, for HTTP tests."""
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(app_settings, db_target),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -1,0 +1,108 @@
+"""The Workflow aggregate, in memory: no database."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from domain.errors import WorkflowDeleted, WorkflowInvalid
+from domain.meta import EventMeta
+from domain.workflow import Workflow
+from tests.helpers import noop, trigger, workflow_body
+
+META = EventMeta(org_id="acme", actor="apikey:1", correlation_id="req-1", idempotency_key="k")
+
+
+def _new(**overrides: Any) -> Workflow:
+    return Workflow.create(
+        workflow_id=uuid.uuid4(), definition=workflow_body(**overrides), meta=META
+    )
+
+
+def _replay(workflow: Workflow, events: list[Any]) -> Workflow:
+    state: Workflow | None = None
+    for e in events:
+        state = e.mutate(state)
+    assert state is not None
+    return state
+
+
+def test_create_records_definition_and_who() -> None:
+    workflow = _new(name="hello", tags=["a"])
+    [created] = workflow.collect_events()
+    assert type(created).__qualname__ == "Workflow.Created"
+    assert created.meta == {
+        "org_id": "acme",
+        "actor": "apikey:1",
+        "correlation_id": "req-1",
+        "causation_id": None,
+        "idempotency_key": "k",
+    }
+    assert workflow.version == 1 and workflow.org_id == "acme"
+    assert workflow.name == "hello" and workflow.tags == ["a"]
+    assert workflow.created_by == workflow.updated_by == "apikey:1"
+    assert not workflow.deleted
+
+
+def test_optional_fields_default_to_empty() -> None:
+    workflow = Workflow.create(
+        workflow_id=uuid.uuid4(), definition={"name": "x", "nodes": [trigger()]}, meta=META
+    )
+    assert (workflow.description, workflow.connections, workflow.tags, workflow.settings) == (
+        "",
+        [],
+        [],
+        {},
+    )
+
+
+def test_invalid_definition_is_refused_before_any_event() -> None:
+    with pytest.raises(WorkflowInvalid) as err:
+        Workflow.create(workflow_id=uuid.uuid4(), definition=workflow_body(name=""), meta=META)
+    assert any(p.loc == "name" for p in err.value.problems)
+
+
+def test_update_records_only_what_changed() -> None:
+    workflow = _new(name="a", description="same")
+    workflow.collect_events()
+    other = EventMeta(org_id="acme", actor="apikey:2", correlation_id="req-2")
+    assert workflow.update({"name": "b", "description": "same"}, other)
+    [updated] = workflow.collect_events()
+    assert updated.changes == {"name": "b"}
+    assert workflow.name == "b" and workflow.updated_by == "apikey:2" and workflow.version == 2
+
+
+def test_update_that_changes_nothing_records_nothing() -> None:
+    workflow = _new(name="a")
+    workflow.collect_events()
+    assert not workflow.update({"name": "a"}, META)
+    assert workflow.collect_events() == [] and workflow.version == 1
+
+
+def test_invalid_update_leaves_state_untouched() -> None:
+    workflow = _new()
+    workflow.collect_events()
+    with pytest.raises(WorkflowInvalid):
+        workflow.update({"nodes": [noop("a")]}, META)  # no trigger, and start is dangling
+    assert workflow.collect_events() == [] and workflow.nodes[0]["id"] == "start"
+
+
+def test_deleted_workflow_accepts_nothing() -> None:
+    workflow = _new()
+    workflow.delete(META)
+    assert workflow.deleted and workflow.version == 2
+    with pytest.raises(WorkflowDeleted):
+        workflow.update({"name": "again"}, META)
+    with pytest.raises(WorkflowDeleted):
+        workflow.delete(META)
+
+
+def test_events_replay_to_the_same_state() -> None:
+    workflow = _new(name="a")
+    workflow.update({"tags": ["x"], "settings": {"timeout_ms": 5}}, META)
+    workflow.delete(META)
+    replayed = _replay(workflow, workflow.collect_events())
+    assert replayed.definition() == workflow.definition()
+    assert (replayed.version, replayed.deleted, replayed.id) == (3, True, workflow.id)

@@ -1,0 +1,14 @@
+"""The write API: commands only."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from write_api.errors import COMMAND_PROBLEMS
+from write_api.routes import router
+
+__all__ = ["COMMAND_PROBLEMS", "include_write_api"]
+
+
+def include_write_api(app: FastAPI) -> None:
+    app.include_router(router)

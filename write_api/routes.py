@@ -1,0 +1,149 @@
+"""Command endpoints. Plain ``def``: eventsourcing is synchronous, so these run
+in the thread pool and never block the event loop."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Request
+from starlette.responses import Response
+
+from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow, WorkflowCommands
+from infrastructure.auth import Permission, Principal
+from infrastructure.problems import Problem, problem_type
+from infrastructure.web import require
+
+router = APIRouter(prefix="/v1", tags=["workflows"])
+
+_IF_MATCH = re.compile(r'^"?(\d{1,18})"?$')
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+_COMMAND_RESPONSE = {
+    "content": {
+        "application/json": {
+            "example": {
+                "id": "0b6f0c1e-6a57-4a55-9d0e-2f1d1f0f6d4b",
+                "version": 2,
+                "position": 1234,
+            }
+        }
+    }
+}
+_PROBLEM = {"content": {"application/problem+json": {}}}
+
+
+def expected_version(if_match: Annotated[str | None, Header()] = None) -> int:
+    """The version the client saw, from ``If-Match: "<version>"``."""
+    if if_match is None:
+        raise Problem(
+            428,
+            'If-Match header required: send the workflow\'s ETag, e.g. If-Match: "3"',
+            type_=problem_type("precondition-required"),
+        )
+    match = _IF_MATCH.match(if_match.strip())
+    if match is None:
+        raise Problem(
+            400,
+            f'If-Match must be one version ETag such as "3", not {if_match!r}',
+            type_=problem_type("bad-if-match"),
+        )
+    return int(match.group(1))
+
+
+def idempotency_key(idempotency_key: Annotated[str | None, Header()] = None) -> str | None:
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise Problem(
+            400,
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+            type_=problem_type("bad-idempotency-key"),
+        )
+    return idempotency_key
+
+
+WritePrincipal = Annotated[Principal, Depends(require(Permission.WRITE_WORKFLOWS))]
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
+ExpectedVersion = Annotated[int, Depends(expected_version)]
+
+
+def _commands(request: Request) -> WorkflowCommands:
+    return request.app.state.workflow_commands  # type: ignore[no-any-return]
+
+
+def _context(request: Request, principal: Principal, key: str | None) -> CommandContext:
+    return CommandContext(
+        org_id=principal.org_id,
+        actor=principal.actor,
+        correlation_id=request.state.request_id,
+        idempotency_key=key,
+    )
+
+
+def _respond(result: CommandResult, *, location: bool = False) -> Response:
+    headers = {"ETag": f'"{result.version}"', "X-Log-Position": str(result.position)}
+    if location:
+        headers["Location"] = f"/v1/workflows/{result.workflow_id}"
+    body = {"id": str(result.workflow_id), "version": result.version, "position": result.position}
+    return Response(
+        orjson.dumps(body),
+        status_code=result.status_code,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+@router.post(
+    "/workflows",
+    status_code=201,
+    summary="Create a workflow",
+    responses={201: _COMMAND_RESPONSE, 401: _PROBLEM, 403: _PROBLEM, 422: _PROBLEM},
+)
+def create_workflow(
+    command: CreateWorkflow, request: Request, principal: WritePrincipal, key: IdempotencyKey
+) -> Response:
+    result = _commands(request).create(command, _context(request, principal, key))
+    return _respond(result, location=True)
+
+
+@router.patch(
+    "/workflows/{workflow_id}",
+    summary="Change some fields of a workflow (If-Match required)",
+    responses={
+        200: _COMMAND_RESPONSE,
+        404: _PROBLEM,
+        409: _PROBLEM,
+        410: _PROBLEM,
+        422: _PROBLEM,
+        428: _PROBLEM,
+    },
+)
+def update_workflow(
+    workflow_id: UUID,
+    command: UpdateWorkflow,
+    request: Request,
+    principal: WritePrincipal,
+    version: ExpectedVersion,
+    key: IdempotencyKey,
+) -> Response:
+    result = _commands(request).update(
+        workflow_id, command, version, _context(request, principal, key)
+    )
+    return _respond(result)
+
+
+@router.delete(
+    "/workflows/{workflow_id}",
+    summary="Delete a workflow (If-Match required); its history is kept",
+    responses={200: _COMMAND_RESPONSE, 404: _PROBLEM, 409: _PROBLEM, 410: _PROBLEM, 428: _PROBLEM},
+)
+def delete_workflow(
+    workflow_id: UUID,
+    request: Request,
+    principal: WritePrincipal,
+    version: ExpectedVersion,
+    key: IdempotencyKey,
+) -> Response:
+    result = _commands(request).delete(workflow_id, version, _context(request, principal, key))
+    return _respond(result)
