@@ -71,7 +71,9 @@ def create_key(target: PgTarget, org: str, role: str = "owner") -> str:
 
 
 @contextmanager
-def running_server(target: PgTarget, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+def running_server(
+    target: PgTarget, *, workers: int = 1, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
     """``reporunner serve`` in a child process; yields its base URL."""
     port = _free_port()
     env = {
@@ -81,7 +83,17 @@ def running_server(target: PgTarget, extra_env: dict[str, str] | None = None) ->
         **(extra_env or {}),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reporunner", "serve", "--port", str(port), "--no-migrate"],
+        [
+            sys.executable,
+            "-m",
+            "reporunner",
+            "serve",
+            "--port",
+            str(port),
+            "--no-migrate",
+            "--workers",
+            str(workers),
+        ],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

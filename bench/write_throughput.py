@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,32 +44,32 @@ def definition(name: str) -> dict:
 
 
 async def http_round(base: str, key: str, clients: int, commands: int) -> tuple[float, list[float]]:
-    headers = {"Authorization": f"Bearer {key}"}
+    """``clients`` concurrent clients, each creating then updating workflows."""
     latencies: list[float] = []
     per_client = max(1, commands // clients // (UPDATES + 1))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    connector = aiohttp.TCPConnector(limit=clients)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(base, headers=headers, connector=connector) as session:
 
-    async with httpx.AsyncClient(
-        base_url=base, headers=headers, limits=limits, timeout=60
-    ) as client:
+        async def command(method: str, path: str, body: dict, extra: dict) -> dict:
+            started = time.perf_counter()
+            async with session.request(method, path, json=body, headers=extra) as response:
+                answer = await response.json()
+                if response.status >= 300:
+                    raise RuntimeError(f"{method} {path}: {response.status} {answer}")
+            latencies.append(time.perf_counter() - started)
+            return answer  # type: ignore[no-any-return]
 
         async def one_client(c: int) -> None:
             for i in range(per_client):
-                t0 = time.perf_counter()
-                r = await client.post("/v1/workflows", json=definition(f"c{c}-{i}"))
-                latencies.append(time.perf_counter() - t0)
-                r.raise_for_status()
-                wid, version = r.json()["id"], r.json()["version"]
+                answer = await command("POST", "/v1/workflows", definition(f"c{c}-{i}"), {})
                 for u in range(UPDATES):
-                    t0 = time.perf_counter()
-                    r = await client.patch(
-                        f"/v1/workflows/{wid}",
-                        json={"description": f"update {u}"},
-                        headers={"If-Match": f'"{version}"'},
+                    answer = await command(
+                        "PATCH",
+                        f"/v1/workflows/{answer['id']}",
+                        {"description": f"update {u}"},
+                        {"If-Match": f'"{answer["version"]}"'},
                     )
-                    latencies.append(time.perf_counter() - t0)
-                    r.raise_for_status()
-                    version = r.json()["version"]
 
         started = time.perf_counter()
         await asyncio.gather(*(one_client(c) for c in range(clients)))
@@ -110,13 +110,14 @@ def main() -> None:
     )
     parser.add_argument("--commands", type=int, default=4000, help="commands per HTTP round")
     parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
     args = parser.parse_args()
     client_counts = [int(c) for c in args.clients.split(",")]
 
     with scratch_database() as target:
         key = create_key(target, "bench")
         results: dict[int, float] = {}
-        with running_server(target) as base:
+        with running_server(target, workers=args.workers) as base:
             asyncio.run(http_round(base, key, 4, 200))  # warm-up
             columns = ("clients", "commands", "cmd/s", "p50 ms", "p95 ms", "p99 ms")
             print(" ".join(f"{c:>9}" for c in columns))

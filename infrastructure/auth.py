@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,10 +91,19 @@ def hash_key(plaintext: str) -> bytes:
 
 
 class ApiKeyStore:
-    """API keys in PostgreSQL (table ``api_keys``)."""
+    """API keys in PostgreSQL (table ``api_keys``).
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    Successful lookups are cached in the process for ``cache_seconds``: the
+    lookup costs more than the rest of a small command, and a revoked key
+    then stops working within that many seconds. Failures are never cached.
+    """
+
+    _CACHE_LIMIT = 10_000
+
+    def __init__(self, engine: AsyncEngine, cache_seconds: float = 0) -> None:
         self._engine = engine
+        self._cache_seconds = cache_seconds
+        self._cache: dict[bytes, tuple[Principal, float]] = {}
 
     async def create(self, org_id: str, role: Role, name: str = "") -> tuple[ApiKeyInfo, str]:
         """Create a key; return its record and the plaintext, which is never stored."""
@@ -133,7 +143,11 @@ class ApiKeyStore:
         return [_info(row) for row in rows]
 
     async def revoke(self, key_id: uuid.UUID) -> bool:
-        """Revoke a key; False when no active key has that id."""
+        """Revoke a key; False when no active key has that id.
+
+        Other processes that cached the key stop accepting it within their
+        cache time.
+        """
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 text(
@@ -151,6 +165,19 @@ class ApiKeyStore:
     async def authenticate(self, plaintext: str) -> Principal | None:
         if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > 200:
             return None
+        key_hash = hash_key(plaintext)
+        cached = self._cache.get(key_hash)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        principal = await self._lookup(key_hash)
+        if principal is not None and self._cache_seconds > 0:
+            if len(self._cache) >= self._CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key_hash] = (principal, now + self._cache_seconds)
+        return principal
+
+    async def _lookup(self, key_hash: bytes) -> Principal | None:
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -158,7 +185,7 @@ class ApiKeyStore:
                         "SELECT id, org_id, role, name FROM api_keys "
                         "WHERE key_hash = :hash AND revoked_at IS NULL"
                     ),
-                    {"hash": hash_key(plaintext)},
+                    {"hash": key_hash},
                 )
             ).first()
         if row is None:

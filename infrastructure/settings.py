@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".reporunner"), description="Embedded PostgreSQL data.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    auth_cache_seconds: float = Field(default=2.0, ge=0, le=300)
+    command_threads: int = Field(default=8, ge=1, le=256)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)

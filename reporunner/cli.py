@@ -37,13 +37,16 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     migrate: Annotated[bool, typer.Option(help="Apply migrations at start.")] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="HTTP worker processes (one per core).")
+    ] = 1,
 ) -> None:
-    """Run the service (write API) in one process."""
+    """Run the service (write API)."""
     from reporunner.server import run_server
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    run_server(settings, host=host, port=port, migrate=migrate)
+    run_server(settings, host=host, port=port, migrate=migrate, workers=workers)
 
 
 @app.command()

@@ -6,36 +6,50 @@ import asyncio
 
 import structlog
 import uvicorn
+from fastapi import FastAPI
 
 import migrations
 from infrastructure.auth import ApiKeyStore
 from infrastructure.database import PgTarget, create_engine
-from infrastructure.settings import Settings
+from infrastructure.logs import configure_logging
+from infrastructure.settings import Settings, get_settings
 from reporunner.wiring import create_app, ping_redis, resolve_database
 
 log = structlog.get_logger("reporunner")
 
 
-def run_server(settings: Settings, *, host: str, port: int, migrate: bool) -> None:
+def run_server(settings: Settings, *, host: str, port: int, migrate: bool, workers: int) -> None:
     database = resolve_database(settings)
     log.info("database", url=database.target.display(), embedded=database.embedded)
     if migrate:
         migrations.upgrade(database.target)
         log.info("migrations applied", revision=migrations.current_revision(database.target))
     asyncio.run(_announce(settings, database.target, host, port))
-    app = create_app(settings, database.target)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        server_header=False,
+    log.info(
+        "serving", url=f"http://{host}:{port}", docs=f"http://{host}:{port}/docs", workers=workers
     )
-    log.info("serving", url=f"http://{host}:{port}", docs=f"http://{host}:{port}/docs")
-    uvicorn.Server(config).run()
+    options = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        "loop": "uvloop",
+        "http": "httptools",
+        "server_header": False,
+    }
+    if workers == 1:
+        uvicorn.Server(uvicorn.Config(create_app(settings, database.target), **options)).run()
+    else:
+        # Each worker process builds its own app; on the embedded database
+        # they join the same server (pgserver counts its users).
+        uvicorn.run("reporunner.server:create_worker_app", factory=True, workers=workers, **options)
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one ``--workers`` process, built from the environment."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings, resolve_database(settings).target)
 
 
 async def _announce(settings: Settings, target: PgTarget, host: str, port: int) -> None:
@@ -67,7 +81,7 @@ async def _announce(settings: Settings, target: PgTarget, host: str, port: int) 
         "  Try it:\n\n"
         f"    curl -s -X POST {base}/v1/workflows \\\n"
         f"      -H 'Authorization: Bearer {plaintext}' -H 'Content-Type: application/json' \\\n"
-        "      -d '{\"name\": \"hello\", \"nodes\": "
+        '      -d \'{"name": "hello", "nodes": '
         '[{"id": "start", "type": "manual_trigger", "parameters": {}}]}\'\n',
         flush=True,
     )

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio.to_thread
 import structlog
 from fastapi import FastAPI
 from sqlalchemy import text
@@ -58,9 +59,12 @@ def create_app(settings: Settings, target: PgTarget) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Commands run in the thread pool (eventsourcing is synchronous). A few
+        # threads keep PostgreSQL busy; dozens only fight over the GIL.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.command_threads
         engine = create_engine(target, pool_size=settings.db_pool_size)
         workflow_app = create_workflow_application(target, settings)
-        app.state.api_keys = ApiKeyStore(engine)
+        app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
         app.state.workflow_commands = WorkflowCommands(workflow_app)
         app.state.engine = engine
         try:

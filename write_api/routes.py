@@ -8,7 +8,7 @@ from typing import Annotated
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow, WorkflowCommands
@@ -35,8 +35,9 @@ _COMMAND_RESPONSE = {
 _PROBLEM = {"content": {"application/problem+json": {}}}
 
 
-def expected_version(if_match: Annotated[str | None, Header()] = None) -> int:
+def expected_version(request: Request) -> int:
     """The version the client saw, from ``If-Match: "<version>"``."""
+    if_match = request.headers.get("if-match")
     if if_match is None:
         raise Problem(
             428,
@@ -53,31 +54,50 @@ def expected_version(if_match: Annotated[str | None, Header()] = None) -> int:
     return int(match.group(1))
 
 
-def idempotency_key(idempotency_key: Annotated[str | None, Header()] = None) -> str | None:
-    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise Problem(
             400,
             "Idempotency-Key must be 1-255 visible ASCII characters",
             type_=problem_type("bad-idempotency-key"),
         )
-    return idempotency_key
+    return key
+
+
+# Headers are read in the endpoint rather than declared as FastAPI parameters
+# (each declared parameter costs a dependency-resolution step per request);
+# these entries document them in OpenAPI all the same.
+_IF_MATCH_DOC = {
+    "name": "If-Match",
+    "in": "header",
+    "required": True,
+    "description": 'The version you saw, as its ETag: "3". 428 without it, 409 if stale.',
+    "schema": {"type": "string", "example": '"3"'},
+}
+_IDEMPOTENCY_DOC = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Retry-safe key (1-255 visible ASCII): the same key and request "
+    "returns the first answer and writes nothing; a different request is 422.",
+    "schema": {"type": "string", "maxLength": 255},
+}
 
 
 WritePrincipal = Annotated[Principal, Depends(require(Permission.WRITE_WORKFLOWS))]
-IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
-ExpectedVersion = Annotated[int, Depends(expected_version)]
 
 
 def _commands(request: Request) -> WorkflowCommands:
     return request.app.state.workflow_commands  # type: ignore[no-any-return]
 
 
-def _context(request: Request, principal: Principal, key: str | None) -> CommandContext:
+def _context(request: Request, principal: Principal) -> CommandContext:
     return CommandContext(
         org_id=principal.org_id,
         actor=principal.actor,
         correlation_id=request.state.request_id,
-        idempotency_key=key,
+        idempotency_key=idempotency_key(request),
     )
 
 
@@ -99,11 +119,12 @@ def _respond(result: CommandResult, *, location: bool = False) -> Response:
     status_code=201,
     summary="Create a workflow",
     responses={201: _COMMAND_RESPONSE, 401: _PROBLEM, 403: _PROBLEM, 422: _PROBLEM},
+    openapi_extra={"parameters": [_IDEMPOTENCY_DOC]},
 )
 def create_workflow(
-    command: CreateWorkflow, request: Request, principal: WritePrincipal, key: IdempotencyKey
+    command: CreateWorkflow, request: Request, principal: WritePrincipal
 ) -> Response:
-    result = _commands(request).create(command, _context(request, principal, key))
+    result = _commands(request).create(command, _context(request, principal))
     return _respond(result, location=True)
 
 
@@ -118,18 +139,13 @@ def create_workflow(
         422: _PROBLEM,
         428: _PROBLEM,
     },
+    openapi_extra={"parameters": [_IF_MATCH_DOC, _IDEMPOTENCY_DOC]},
 )
 def update_workflow(
-    workflow_id: UUID,
-    command: UpdateWorkflow,
-    request: Request,
-    principal: WritePrincipal,
-    version: ExpectedVersion,
-    key: IdempotencyKey,
+    workflow_id: UUID, command: UpdateWorkflow, request: Request, principal: WritePrincipal
 ) -> Response:
-    result = _commands(request).update(
-        workflow_id, command, version, _context(request, principal, key)
-    )
+    version = expected_version(request)
+    result = _commands(request).update(workflow_id, command, version, _context(request, principal))
     return _respond(result)
 
 
@@ -137,13 +153,9 @@ def update_workflow(
     "/workflows/{workflow_id}",
     summary="Delete a workflow (If-Match required); its history is kept",
     responses={200: _COMMAND_RESPONSE, 404: _PROBLEM, 409: _PROBLEM, 410: _PROBLEM, 428: _PROBLEM},
+    openapi_extra={"parameters": [_IF_MATCH_DOC, _IDEMPOTENCY_DOC]},
 )
-def delete_workflow(
-    workflow_id: UUID,
-    request: Request,
-    principal: WritePrincipal,
-    version: ExpectedVersion,
-    key: IdempotencyKey,
-) -> Response:
-    result = _commands(request).delete(workflow_id, version, _context(request, principal, key))
+def delete_workflow(workflow_id: UUID, request: Request, principal: WritePrincipal) -> Response:
+    version = expected_version(request)
+    result = _commands(request).delete(workflow_id, version, _context(request, principal))
     return _respond(result)
