@@ -76,12 +76,8 @@ def running_server(
 ) -> Iterator[str]:
     """``reporunner serve`` in a child process; yields its base URL."""
     port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(target),
-        "REPORUNNER_LOG_LEVEL": "warning",
-        **(extra_env or {}),
-    }
+    # Default logging (one JSON access line per request) as in production.
+    env = {**os.environ, "DATABASE_URL": database_url(target), **(extra_env or {})}
     proc = subprocess.Popen(
         [
             sys.executable,

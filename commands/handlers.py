@@ -85,7 +85,7 @@ class WorkflowCommands:
     def get(self, workflow_id: UUID, org_id: str, version: int | None = None) -> Workflow:
         """The workflow as the write side sees it (latest, or at a version)."""
         try:
-            workflow = self.app.repository.get(workflow_id, version=version)
+            workflow: object = self.app.repository.get(workflow_id, version=version)
         except AggregateNotFoundError:
             raise WorkflowNotFound(workflow_id) from None
         if not isinstance(workflow, Workflow) or workflow.org_id != org_id:
@@ -96,7 +96,7 @@ class WorkflowCommands:
         self, workflow_id: UUID, expected_version: int, ctx: CommandContext
     ) -> Workflow:
         workflow = self.get(workflow_id, ctx.org_id)
-        workflow._ensure_live()
+        workflow.ensure_not_deleted()
         if workflow.version != expected_version:
             raise VersionConflict(workflow_id, expected_version, workflow.version)
         return workflow

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_EXAMPLE_NODES = [
+_EXAMPLE_NODES: list[Any] = [
     {"id": "start", "type": "manual_trigger", "parameters": {}},
     {
         "id": "greet",
@@ -20,7 +20,7 @@ _EXAMPLE_NODES = [
         "parameters": {"fields": {"greeting": "hello"}, "keep_others": True},
     },
 ]
-_EXAMPLE_CONNECTIONS = [{"from": "start", "to": "greet"}]
+_EXAMPLE_CONNECTIONS: list[Any] = [{"from": "start", "to": "greet"}]
 
 
 class CreateWorkflow(BaseModel):

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from domain.definition import validate_definition
 from eventsourcing.domain import Aggregate, event
 
+from domain.definition import validate_definition
 from domain.errors import WorkflowDeleted
 from domain.meta import EventMeta
 
@@ -64,7 +64,7 @@ class Workflow(Aggregate):
 
     def update(self, changes: dict[str, Any], meta: EventMeta) -> bool:
         """Apply a partial change; return False (and record nothing) if nothing differs."""
-        self._ensure_live()
+        self.ensure_not_deleted()
         unknown = set(changes) - set(DEFINITION_FIELDS)
         if unknown:
             raise ValueError(f"not definition fields: {sorted(unknown)}")
@@ -83,7 +83,7 @@ class Workflow(Aggregate):
 
     def delete(self, meta: EventMeta) -> None:
         """Mark deleted; the history stays, and no further command is accepted."""
-        self._ensure_live()
+        self.ensure_not_deleted()
         self._deleted(meta=meta.as_dict())
 
     @event("Deleted")
@@ -91,7 +91,8 @@ class Workflow(Aggregate):
         self.deleted = True
         self.updated_by = meta["actor"]
 
-    def _ensure_live(self) -> None:
+    def ensure_not_deleted(self) -> None:
+        """A deleted workflow accepts no further command."""
         if self.deleted:
             raise WorkflowDeleted(self.id)
 

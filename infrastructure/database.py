@@ -70,6 +70,8 @@ class PgTarget:
     def display(self) -> str:
         """Where we connect, without the password, for logs."""
         user = quote(self.user)
+        if self.host.startswith("/"):
+            return f"postgresql://{user}@/{self.dbname}?host={self.host}&port={self.port}"
         return f"postgresql://{user}@{self.host}:{self.port}/{self.dbname}"
 
 

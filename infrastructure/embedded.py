@@ -6,6 +6,7 @@ them and stops the server when the last one exits.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import structlog
@@ -19,7 +20,10 @@ _servers: dict[Path, object] = {}
 
 def start_embedded_postgres(data_dir: Path) -> PgTarget:
     """Start (or join) the embedded server whose data lives in ``data_dir/pgdata``."""
-    import pgserver  # imported lazily: it touches the file system on import
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset and falls back to /tmp: fine.
+        warnings.simplefilter("ignore")
+        import pgserver  # imported lazily: it touches the file system on import
 
     pgdata = (data_dir / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -37,7 +38,7 @@ class Problem(Exception):
         *,
         type_: str | None = None,
         title: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(detail)
@@ -45,7 +46,7 @@ class Problem(Exception):
         self.detail = detail
         self.type = type_ or f"https://reporunner.dev/problems/{status}"
         self.title = title or _TITLES.get(status, "Error")
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
         self.extra = extra
 
     def to_response(self, instance: str | None = None) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import structlog
 import uvicorn
@@ -28,7 +29,7 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
     log.info(
         "serving", url=f"http://{host}:{port}", docs=f"http://{host}:{port}/docs", workers=workers
     )
-    options = {
+    options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_config": None,

@@ -4,7 +4,7 @@ in the thread pool and never block the event loop."""
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1", tags=["workflows"])
 _IF_MATCH = re.compile(r'^"?(\d{1,18})"?$')
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
-_COMMAND_RESPONSE = {
+_COMMAND_RESPONSE: dict[str, Any] = {
     "content": {
         "application/json": {
             "example": {
@@ -32,7 +32,7 @@ _COMMAND_RESPONSE = {
         }
     }
 }
-_PROBLEM = {"content": {"application/problem+json": {}}}
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
 def expected_version(request: Request) -> int:
