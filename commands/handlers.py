@@ -41,7 +41,7 @@ class WorkflowCommands:
 
     def create(self, command: CreateWorkflow, ctx: CommandContext) -> CommandResult:
         payload = command.model_dump()
-        fingerprint = _fingerprint("create", None, None, payload)
+        fingerprint = _fingerprint(ctx, "create", None, None, payload)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -60,7 +60,7 @@ class WorkflowCommands:
         ctx: CommandContext,
     ) -> CommandResult:
         changes = command.changes()
-        fingerprint = _fingerprint("update", workflow_id, expected_version, changes)
+        fingerprint = _fingerprint(ctx, "update", workflow_id, expected_version, changes)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -73,7 +73,7 @@ class WorkflowCommands:
     def delete(
         self, workflow_id: UUID, expected_version: int, ctx: CommandContext
     ) -> CommandResult:
-        fingerprint = _fingerprint("delete", workflow_id, expected_version, None)
+        fingerprint = _fingerprint(ctx, "delete", workflow_id, expected_version, None)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -191,9 +191,18 @@ def _meta(ctx: CommandContext) -> EventMeta:
 
 
 def _fingerprint(
-    command: str, workflow_id: UUID | None, expected_version: int | None, payload: Any
+    ctx: CommandContext,
+    command: str,
+    workflow_id: UUID | None,
+    expected_version: int | None,
+    payload: Any,
 ) -> str:
-    """A stable hash of what a request asks for, to tell a retry from a new request."""
+    """A stable hash of what a request asks for, to tell a retry from a new request.
+
+    Only keyed requests are ever compared, so the others skip the work.
+    """
+    if ctx.idempotency_key is None:
+        return ""
     canonical = json.dumps(
         [command, str(workflow_id) if workflow_id else None, expected_version, payload],
         sort_keys=True,
