@@ -2,8 +2,9 @@
 
 Each client creates a workflow and updates it ``UPDATES`` times (If-Match),
 over real HTTP against ``reporunner serve`` in its own process. In the same
-run, the same commands are saved in-process with ``Application.save`` on the
-same database; the ratio says what the HTTP layer costs.
+run, the same events are saved in-process with ``Application.save`` on the
+same database, from 1 and 8 threads, through our recorder and through
+eventsourcing's stock one; the ratios say what the HTTP layer costs.
 
     python bench/write_throughput.py [--commands 3000] [--clients 1,8,32]
 """
@@ -19,14 +20,17 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import uvloop  # the load generator shares the cores: keep it light
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import create_key, percentile, running_server, scratch_database
+from commands import WorkflowApplication
 from domain.meta import EventMeta
 from domain.workflow import Workflow
+from infrastructure.database import PgTarget
+from infrastructure.eventstore import eventsourcing_env
 from infrastructure.settings import Settings
-from reporunner.wiring import create_workflow_application
 
 UPDATES = 3  # updates per created workflow: a 1:3 create/update mix
 
@@ -77,9 +81,16 @@ async def http_round(base: str, key: str, clients: int, commands: int) -> tuple[
     return elapsed, latencies
 
 
-def in_process_round(target, threads: int, commands: int) -> float:
+# eventsourcing's own recorder, for comparison with ours (same tables).
+STOCK_RECORDER = "eventsourcing.postgres:PostgresApplicationRecorder"
+
+
+def in_process_round(target: PgTarget, threads: int, commands: int, recorder: str | None) -> float:
     """Saves/s of the same create+update mix straight through ``Application.save``."""
-    app = create_workflow_application(target, Settings(database_url="postgresql://unused"))
+    env = eventsourcing_env(target, Settings(database_url="postgresql://unused"))
+    if recorder is not None:
+        env["APPLICATION_RECORDER_TOPIC"] = recorder
+    app = WorkflowApplication(env=env)
     meta = EventMeta(org_id="bench", actor="bench", correlation_id="bench")
     per_thread = max(1, commands // threads // (UPDATES + 1))
 
@@ -118,11 +129,11 @@ def main() -> None:
         key = create_key(target, "bench")
         results: dict[int, float] = {}
         with running_server(target, workers=args.workers) as base:
-            asyncio.run(http_round(base, key, 4, 200))  # warm-up
+            uvloop.run(http_round(base, key, 4, 200))  # warm-up
             columns = ("clients", "commands", "cmd/s", "p50 ms", "p95 ms", "p99 ms")
             print(" ".join(f"{c:>9}" for c in columns))
             for clients in client_counts:
-                elapsed, latencies = asyncio.run(http_round(base, key, clients, args.commands))
+                elapsed, latencies = uvloop.run(http_round(base, key, clients, args.commands))
                 latencies.sort()
                 rate = len(latencies) / elapsed
                 results[clients] = rate
@@ -131,16 +142,15 @@ def main() -> None:
                     f"{clients:>9} {len(latencies):>9} {rate:>9.0f} "
                     f"{p50:>9.2f} {p95:>9.2f} {p99:>9.2f}"
                 )
-        in_process = {t: in_process_round(target, t, args.commands) for t in (1, 8)}
-        for threads, rate in in_process.items():
-            print(f"in-process Application.save, {threads} thread(s): {rate:.0f} saves/s")
-        best = max(in_process.values())
         top = max(client_counts)
-        print(
-            f"ratio HTTP@{top} clients / best in-process save rate: "
-            f"{results[top] / best:.2f} ({results[top]:.0f} / {best:.0f})"
-        )
-        print(f"ratio HTTP@{top} clients / 1-thread save rate: {results[top] / in_process[1]:.2f}")
+        print(f"\nin-process Application.save of the same mix (ratio = HTTP@{top} / this):")
+        for label, recorder in (("our recorder", None), ("eventsourcing's", STOCK_RECORDER)):
+            for threads in (1, 8):
+                rate = in_process_round(target, threads, args.commands, recorder)
+                print(
+                    f"  {label:>16}, {threads} thread(s): {rate:>6.0f} saves/s"
+                    f"   ratio {results[top] / rate:.2f}"
+                )
 
 
 if __name__ == "__main__":

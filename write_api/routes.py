@@ -1,20 +1,30 @@
-"""Command endpoints. Plain ``def``: eventsourcing is synchronous, so these run
-in the thread pool and never block the event loop."""
+"""Command endpoints.
+
+These are the hottest code in the service, so they do explicitly what FastAPI
+would do through its dependency machinery (which costs more per request than
+the rest of a small command): authenticate, read the headers, validate the
+body with pydantic's JSON parser, then run the synchronous handler
+(eventsourcing has no asyncio API) in the thread pool. The OpenAPI document
+describes the same body and headers through ``openapi_extra``.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow, WorkflowCommands
 from infrastructure.auth import Permission, Principal
 from infrastructure.problems import Problem, problem_type
-from infrastructure.web import require
+from infrastructure.web import authorize
 
 router = APIRouter(prefix="/v1", tags=["workflows"])
 
@@ -85,7 +95,31 @@ _IDEMPOTENCY_DOC = {
 }
 
 
-WritePrincipal = Annotated[Principal, Depends(require(Permission.WRITE_WORKFLOWS))]
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _documented(body: type[BaseModel] | None, *headers: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its body and headers itself."""
+    extra: dict[str, Any] = {"parameters": list(headers)}
+    if body is not None:
+        extra["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body.model_json_schema()}},
+        }
+    return extra
+
+
+async def _parse(request: Request, model: type[ModelT]) -> ModelT:
+    """The body as ``model``; errors take the same path as FastAPI's own."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
+
+
+async def _writer(request: Request) -> Principal:
+    return await authorize(request, Permission.WRITE_WORKFLOWS)
 
 
 def _commands(request: Request) -> WorkflowCommands:
@@ -119,12 +153,14 @@ def _respond(result: CommandResult, *, location: bool = False) -> Response:
     status_code=201,
     summary="Create a workflow",
     responses={201: _COMMAND_RESPONSE, 401: _PROBLEM, 403: _PROBLEM, 422: _PROBLEM},
-    openapi_extra={"parameters": [_IDEMPOTENCY_DOC]},
+    openapi_extra=_documented(CreateWorkflow, _IDEMPOTENCY_DOC),
 )
-def create_workflow(
-    command: CreateWorkflow, request: Request, principal: WritePrincipal
-) -> Response:
-    result = _commands(request).create(command, _context(request, principal))
+async def create_workflow(request: Request) -> Response:
+    principal = await _writer(request)
+    command = await _parse(request, CreateWorkflow)
+    result = await run_in_threadpool(
+        _commands(request).create, command, _context(request, principal)
+    )
     return _respond(result, location=True)
 
 
@@ -139,13 +175,15 @@ def create_workflow(
         422: _PROBLEM,
         428: _PROBLEM,
     },
-    openapi_extra={"parameters": [_IF_MATCH_DOC, _IDEMPOTENCY_DOC]},
+    openapi_extra=_documented(UpdateWorkflow, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
-def update_workflow(
-    workflow_id: UUID, command: UpdateWorkflow, request: Request, principal: WritePrincipal
-) -> Response:
+async def update_workflow(workflow_id: UUID, request: Request) -> Response:
+    principal = await _writer(request)
     version = expected_version(request)
-    result = _commands(request).update(workflow_id, command, version, _context(request, principal))
+    command = await _parse(request, UpdateWorkflow)
+    result = await run_in_threadpool(
+        _commands(request).update, workflow_id, command, version, _context(request, principal)
+    )
     return _respond(result)
 
 
@@ -153,9 +191,12 @@ def update_workflow(
     "/workflows/{workflow_id}",
     summary="Delete a workflow (If-Match required); its history is kept",
     responses={200: _COMMAND_RESPONSE, 404: _PROBLEM, 409: _PROBLEM, 410: _PROBLEM, 428: _PROBLEM},
-    openapi_extra={"parameters": [_IF_MATCH_DOC, _IDEMPOTENCY_DOC]},
+    openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
-def delete_workflow(workflow_id: UUID, request: Request, principal: WritePrincipal) -> Response:
+async def delete_workflow(workflow_id: UUID, request: Request) -> Response:
+    principal = await _writer(request)
     version = expected_version(request)
-    result = _commands(request).delete(workflow_id, version, _context(request, principal))
+    result = await run_in_threadpool(
+        _commands(request).delete, workflow_id, version, _context(request, principal)
+    )
     return _respond(result)

@@ -439,5 +439,11 @@ def test_health_readiness_and_docs(client: httpx.Client) -> None:
     assert ready.json()["checks"]["postgres"] == "ok"
     spec = client.get("/openapi.json").json()
     assert "/v1/workflows" in spec["paths"]
-    assert "examples" in json.dumps(spec["components"]["schemas"]["CreateWorkflow"])
+    create = spec["paths"]["/v1/workflows"]["post"]
+    assert "examples" in json.dumps(create["requestBody"])
+    assert "Idempotency-Key" in json.dumps(create["parameters"])
+    patch = spec["paths"]["/v1/workflows/{workflow_id}"]["patch"]
+    assert {"If-Match", "Idempotency-Key", "workflow_id"} <= {
+        p["name"] for p in patch["parameters"]
+    }
     assert client.get("/docs").status_code == 200
