@@ -106,3 +106,10 @@ def _complete(definition: dict[str, Any]) -> dict[str, Any]:
         "settings": {},
     }
     return defaults | definition
+
+
+# eventsourcing makes the event classes from the @event decorators; they are
+# named here for readers of the log (projectors) and for type checkers.
+WorkflowCreatedEvent: Any = Workflow.Created  # type: ignore[attr-defined]
+WorkflowUpdatedEvent: Any = Workflow.Updated  # type: ignore[attr-defined]
+WorkflowDeletedEvent: Any = Workflow.Deleted  # type: ignore[attr-defined]

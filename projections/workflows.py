@@ -1,0 +1,105 @@
+"""The workflows projection: current definitions, and one document per version.
+
+Both collections are kept by one projection (one tracking position), so a
+version document is always built from the workflow document as it stood at
+that event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from domain.workflow import (
+    DEFINITION_FIELDS,
+    WorkflowCreatedEvent,
+    WorkflowDeletedEvent,
+    WorkflowUpdatedEvent,
+)
+from projections.store import Document, ViewBatch
+from projections.updates import apply_update
+
+WORKFLOWS = "workflows"
+VERSIONS = "workflow_versions"
+
+
+class WorkflowsProjection:
+    name = "workflows"
+    collections = (WORKFLOWS, VERSIONS)
+    topics = (WorkflowCreatedEvent, WorkflowUpdatedEvent, WorkflowDeletedEvent)
+
+    def prefetch(self, events: Sequence[Any], view: ViewBatch) -> None:
+        view.prefetch(WORKFLOWS, [str(e.originator_id) for e in events])
+
+    def apply(self, event: Any, position: int, view: ViewBatch) -> None:
+        workflow_id = str(event.originator_id)
+        at = event.timestamp
+        actor = event.meta["actor"]
+        if isinstance(event, WorkflowCreatedEvent):
+            data: dict[str, Any] = {
+                "id": workflow_id,
+                **{name: getattr(event, name) for name in DEFINITION_FIELDS},
+                "version": event.originator_version,
+                "deleted": False,
+                "created_at": at.isoformat(),
+                "created_by": actor,
+                "updated_at": at.isoformat(),
+                "updated_by": actor,
+            }
+            current = Document(
+                id=workflow_id,
+                org_id=event.meta["org_id"],
+                data=data,
+                version=event.originator_version,
+                position=position,
+                created=at,
+                updated=at,
+            )
+            changed = list(DEFINITION_FIELDS)
+        else:
+            existing = view.get(WORKFLOWS, workflow_id)
+            if existing is None:
+                raise LookupError(f"{type(event).__qualname__} for unknown workflow {workflow_id}")
+            changes = dict(event.changes) if isinstance(event, WorkflowUpdatedEvent) else {}
+            if isinstance(event, WorkflowDeletedEvent):
+                changes["deleted"] = True
+            update = {
+                **changes,
+                "version": event.originator_version,
+                "updated_at": at.isoformat(),
+                "updated_by": actor,
+            }
+            current = Document(
+                id=workflow_id,
+                org_id=existing.org_id,
+                data=apply_update(existing.data, {"$set": update}),
+                version=event.originator_version,
+                position=position,
+                created=existing.created,
+                updated=at,
+            )
+            changed = sorted(changes)
+        view.put(WORKFLOWS, current)
+        view.put(VERSIONS, _version_document(current, event, changed))
+
+
+def _version_document(workflow: Document, event: Any, changed: list[str]) -> Document:
+    data = {
+        "workflow_id": workflow.id,
+        "version": workflow.version,
+        "event": type(event).__name__,
+        "changed": changed,
+        **{name: workflow.data[name] for name in DEFINITION_FIELDS},
+        "deleted": workflow.data["deleted"],
+        "at": workflow.data["updated_at"],
+        "by": workflow.data["updated_by"],
+    }
+    return Document(
+        id=f"{workflow.id}:{workflow.version}",
+        org_id=workflow.org_id,
+        data=data,
+        version=workflow.version,
+        position=workflow.position,
+        created=workflow.updated,
+        updated=workflow.updated,
+    )

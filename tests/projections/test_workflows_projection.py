@@ -1,0 +1,234 @@
+"""The workflows projection against the real event store and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from commands import (
+    CommandContext,
+    CreateWorkflow,
+    UpdateWorkflow,
+    WorkflowApplication,
+    WorkflowCommands,
+)
+from infrastructure.database import PgTarget
+from projections.rebuild import rebuild, verify
+from projections.runner import Projector, status
+from projections.workflows import WorkflowsProjection
+from tests.helpers import workflow_body
+
+
+@pytest.fixture
+def projector(workflow_app: WorkflowApplication, db_target: PgTarget) -> Projector:
+    return Projector(
+        workflow_app, db_target, WorkflowsProjection(), batch_size=50, poll_interval=0.1
+    )
+
+
+def _ctx(org: str) -> CommandContext:
+    return CommandContext(org_id=org, actor="apikey:t", correlation_id="c")
+
+
+def _doc(target: PgTarget, table: str, doc_id: str) -> Any:
+    with psycopg.connect(target.conninfo()) as conn:
+        row = conn.execute(
+            f"SELECT data, org_id, _version, _position FROM {table} WHERE _id = %s", (doc_id,)
+        ).fetchone()
+    return row
+
+
+def _catch_up(projector: Projector) -> int:
+    with projector.connect() as conn:
+        projector.ensure_tracking(conn)
+        return projector.catch_up(conn)
+
+
+def test_projects_created_updated_deleted(
+    commands: WorkflowCommands, projector: Projector, db_target: PgTarget, org: str
+) -> None:
+    created = commands.create(CreateWorkflow(**workflow_body("first", tags=["a"])), _ctx(org))
+    updated = commands.update(created.workflow_id, UpdateWorkflow(name="second"), 1, _ctx(org))
+    _catch_up(projector)
+    data, doc_org, version, position = _doc(db_target, "doc_workflows", str(created.workflow_id))
+    assert doc_org == org and version == 2 and position == updated.position
+    assert data["name"] == "second" and data["tags"] == ["a"] and data["deleted"] is False
+    assert data["created_by"] == "apikey:t" and data["id"] == str(created.workflow_id)
+    v1, *_ = _doc(db_target, "doc_workflow_versions", f"{created.workflow_id}:1")
+    v2, *_ = _doc(db_target, "doc_workflow_versions", f"{created.workflow_id}:2")
+    assert v1["name"] == "first" and v1["event"] == "Created"
+    assert v2["name"] == "second" and v2["event"] == "Updated" and v2["changed"] == ["name"]
+
+    commands.delete(created.workflow_id, 2, _ctx(org))
+    _catch_up(projector)
+    data, *_ = _doc(db_target, "doc_workflows", str(created.workflow_id))
+    assert data["deleted"] is True and data["version"] == 3
+
+
+def test_a_failed_batch_applies_nothing_and_a_retry_applies_everything_once(
+    commands: WorkflowCommands, projector: Projector, db_target: PgTarget, org: str
+) -> None:
+    _catch_up(projector)
+    ids = [
+        commands.create(CreateWorkflow(**workflow_body(f"w{i}")), _ctx(org)).workflow_id
+        for i in range(5)
+    ]
+    original = projector.projection.apply
+    calls = 0
+
+    def crash_on_third(event: Any, position: int, view: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("projector crashed mid-batch")
+        original(event, position, view)
+
+    projector.projection.apply = crash_on_third  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError), projector.connect() as conn:
+        projector.catch_up(conn)
+    projector.projection.apply = original  # type: ignore[method-assign]
+    assert all(_doc(db_target, "doc_workflows", str(i)) is None for i in ids)
+    _catch_up(projector)
+    assert all(_doc(db_target, "doc_workflows", str(i))[2] == 1 for i in ids)
+    assert verify(projector).ok
+
+
+def test_status_reports_lag(commands: WorkflowCommands, projector: Projector, org: str) -> None:
+    _catch_up(projector)
+    commands.create(CreateWorkflow(**workflow_body()), _ctx(org))
+    commands.create(CreateWorkflow(**workflow_body()), _ctx(org))
+    with projector.connect() as conn:
+        [before] = status(conn, ["workflows"])
+    assert before.lag_events == 2 and before.head == before.position + 2
+    _catch_up(projector)
+    with projector.connect() as conn:
+        [after] = status(conn, ["workflows"])
+    assert after.lag_events == 0 and after.lag_seconds == 0
+
+
+def test_two_live_projectors_apply_each_event_once(
+    commands: WorkflowCommands, workflow_app: WorkflowApplication, db_target: PgTarget, org: str
+) -> None:
+    stop = threading.Event()
+    projectors = [
+        Projector(workflow_app, db_target, WorkflowsProjection(), batch_size=7, poll_interval=0.05)
+        for _ in range(2)
+    ]
+    threads = [threading.Thread(target=p.run_forever, args=(stop,)) for p in projectors]
+    for thread in threads:
+        thread.start()
+    try:
+        last = None
+        for i in range(30):
+            result = commands.create(CreateWorkflow(**workflow_body(f"live{i}")), _ctx(org))
+            last = commands.update(
+                result.workflow_id, UpdateWorkflow(description="d"), 1, _ctx(org)
+            )
+        assert last is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with projectors[0].connect() as conn:
+                if status(conn, ["workflows"])[0].position >= last.position:
+                    break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert verify(projectors[0]).ok
+    data, *_ = _doc(db_target, "doc_workflows", str(last.workflow_id))
+    assert data["version"] == 2 and data["description"] == "d"
+
+
+def test_rebuild_swaps_in_an_equal_view_while_readers_read(
+    commands: WorkflowCommands, projector: Projector, db_target: PgTarget, org: str
+) -> None:
+    for i in range(20):
+        commands.create(CreateWorkflow(**workflow_body(f"r{i}")), _ctx(org))
+    _catch_up(projector)
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            with psycopg.connect(db_target.conninfo(), autocommit=True) as conn:
+                while not stop.is_set():
+                    row = conn.execute(
+                        "SELECT count(*) FROM doc_workflows WHERE org_id = %s", (org,)
+                    ).fetchone()
+                    seen.append(int(row[0]))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        position = rebuild(projector)
+    finally:
+        stop.set()
+        reader.join()
+    assert not errors
+    assert seen and set(seen) == {20}  # never a half-built view
+    with projector.connect() as conn:
+        assert status(conn, ["workflows"])[0].position == position
+    assert verify(projector).ok
+
+
+def test_verify_reports_a_tampered_view(
+    projector: Projector, db_target: PgTarget, commands: WorkflowCommands, org: str
+) -> None:
+    result = commands.create(CreateWorkflow(**workflow_body("honest")), _ctx(org))
+    _catch_up(projector)
+    with psycopg.connect(db_target.conninfo()) as conn:
+        conn.execute(
+            "UPDATE doc_workflows SET data = jsonb_set(data, '{name}', '\"forged\"') "
+            "WHERE _id = %s",
+            (str(result.workflow_id),),
+        )
+    outcome = verify(projector)
+    assert not outcome.ok
+    assert outcome.differences["workflows"] == [str(result.workflow_id)]
+    rebuild(projector)
+    assert verify(projector).ok
+
+
+@settings(max_examples=15)
+@given(
+    steps=st.lists(st.sampled_from(["create", "update", "delete"]), min_size=1, max_size=12),
+    batch_size=st.integers(1, 7),
+)
+def test_incremental_view_equals_a_rebuild(
+    commands: WorkflowCommands,
+    workflow_app: WorkflowApplication,
+    db_target: PgTarget,
+    steps: list[str],
+    batch_size: int,
+) -> None:
+    org = f"prop-{uuid.uuid4().hex[:8]}"
+    projector = Projector(workflow_app, db_target, WorkflowsProjection(), batch_size=batch_size)
+    live: dict[Any, int] = {}
+    for step in steps:
+        if step == "create" or not live:
+            result = commands.create(CreateWorkflow(**workflow_body()), _ctx(org))
+            live[result.workflow_id] = result.version
+        elif step == "update":
+            workflow_id, version = next(iter(live.items()))
+            live[workflow_id] = commands.update(
+                workflow_id, UpdateWorkflow(description=f"v{version}"), version, _ctx(org)
+            ).version
+        else:
+            workflow_id, version = live.popitem()
+            commands.delete(workflow_id, version, _ctx(org))
+        with projector.connect() as conn:
+            projector.ensure_tracking(conn)
+            projector.run_batch(conn)  # one small batch at a time, interleaved with writes
+    _catch_up(projector)
+    assert verify(projector).ok
