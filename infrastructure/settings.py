@@ -32,11 +32,21 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     auth_cache_seconds: float = Field(default=2.0, ge=0, le=300)
     command_threads: int = Field(default=8, ge=1, le=256)
+    min_position_wait_s: float = Field(default=5.0, ge=0, le=60)
+    projection_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    projection_poll_s: float = Field(default=1.0, gt=0, le=60)
+    roles: str = Field(
+        default="write-api,read-api,projections",
+        description="Comma-separated roles this process runs (serve --only sets one).",
+    )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     db_lock_timeout_s: int = Field(default=5, ge=1, le=600)
     db_idle_in_transaction_timeout_s: int = Field(default=10, ge=1, le=3600)
+
+    def role_list(self) -> list[str]:
+        return [role.strip() for role in self.roles.split(",") if role.strip()]
 
 
 @lru_cache(maxsize=1)

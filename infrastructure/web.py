@@ -6,9 +6,9 @@ single place where errors become problem+json.
 
 from __future__ import annotations
 
+import random
 import re
 import time
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 

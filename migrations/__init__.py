@@ -13,8 +13,7 @@ _HERE = Path(__file__).resolve().parent
 
 
 def alembic_config(target: PgTarget) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(_HERE))
+    config = alembic_config_without_target()
     config.attributes["pg_target"] = target
     return config
 
@@ -22,6 +21,20 @@ def alembic_config(target: PgTarget) -> Config:
 def upgrade(target: PgTarget, revision: str = "head") -> None:
     """Apply migrations up to ``revision``; safe to call from several processes at once."""
     command.upgrade(alembic_config(target), revision)
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config_without_target()).get_current_head()
+    assert head is not None
+    return head
+
+
+def alembic_config_without_target() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_HERE))
+    return config
 
 
 def current_revision(target: PgTarget) -> str | None:

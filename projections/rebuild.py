@@ -32,17 +32,46 @@ def _position(conn: psycopg.Connection[Any], name: str, *, lock: bool = False) -
 def _copy_tables(
     conn: psycopg.Connection[Any], projector: Projector, schema: str | None, suffix: str
 ) -> dict[str, sql.Composable]:
-    """Empty tables shaped like the live collections (indexes included)."""
+    """Empty tables shaped like the live collections, with only their primary key:
+    secondary indexes are built once after a bulk load, not maintained through it."""
     tables: dict[str, sql.Composable] = {}
     for collection in projector.projection.collections:
         live = collection_table(collection)
         name = sql.Identifier(schema, live) if schema else sql.Identifier(live + suffix)
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))
         conn.execute(
-            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(name, sql.Identifier(live))
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
+                name, sql.Identifier(live)
+            )
         )
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_id)").format(name))
         tables[collection] = name
     return tables
+
+
+def _secondary_indexes(conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str]]:
+    """(name, definition) of a live table's indexes other than its primary key."""
+    rows = conn.execute(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i "
+        "JOIN pg_class c ON c.relname = i.indexname JOIN pg_index x ON x.indexrelid = c.oid "
+        "WHERE i.schemaname = 'public' AND i.tablename = %s AND NOT x.indisprimary",
+        (table,),
+    ).fetchall()
+    return [(str(name), str(definition)) for name, definition in rows]
+
+
+def _index_shadow(conn: psycopg.Connection[Any], live: str, shadow: str) -> list[str]:
+    """Build the live table's secondary indexes on the shadow; returns their names."""
+    names = []
+    for name, definition in _secondary_indexes(conn, live):
+        shadow_definition = definition.replace(
+            f"INDEX {name} ON public.{live} ", f"INDEX {name}__shadow ON public.{shadow} ", 1
+        )
+        if shadow_definition == definition:
+            raise RuntimeError(f"cannot copy index definition {definition!r}")
+        conn.execute(shadow_definition)  # type: ignore[arg-type]  # our own catalogue's DDL
+        names.append(name)
+    return names
 
 
 def _start_tracking(conn: psycopg.Connection[Any], name: str) -> None:
@@ -63,6 +92,13 @@ def rebuild(projector: Projector, progress: Progress | None = None) -> int:
             if progress:
                 progress(count)
         with conn.transaction():
+            indexes = {
+                collection: _index_shadow(
+                    conn, collection_table(collection), collection_table(collection) + "__shadow"
+                )
+                for collection in projector.projection.collections
+            }
+        with conn.transaction():
             _position(conn, name, lock=True)  # the live projector waits here
             while count := projector.run_batch(conn, tables=tables, tracking=tracking):
                 if progress:
@@ -81,6 +117,19 @@ def rebuild(projector: Projector, progress: Progress | None = None) -> int:
                     )
                 )
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(live + "__old")))
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                        sql.Identifier(live),
+                        sql.Identifier(live + "__shadow_pkey"),
+                        sql.Identifier(live + "_pkey"),
+                    )
+                )
+                for index in indexes[collection]:
+                    conn.execute(
+                        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                            sql.Identifier(index + "__shadow"), sql.Identifier(index)
+                        )
+                    )
             conn.execute(
                 "UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
                 (position, name),

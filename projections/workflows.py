@@ -24,9 +24,9 @@ VERSIONS = "workflow_versions"
 
 
 class WorkflowsProjection:
-    name = "workflows"
-    collections = (WORKFLOWS, VERSIONS)
-    topics = (WorkflowCreatedEvent, WorkflowUpdatedEvent, WorkflowDeletedEvent)
+    name: str = "workflows"
+    collections: tuple[str, ...] = (WORKFLOWS, VERSIONS)
+    topics: tuple[type, ...] = (WorkflowCreatedEvent, WorkflowUpdatedEvent, WorkflowDeletedEvent)
 
     def prefetch(self, events: Sequence[Any], view: ViewBatch) -> None:
         view.prefetch(WORKFLOWS, [str(e.originator_id) for e in events])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,11 +19,22 @@ from infrastructure.logs import configure_logging
 from infrastructure.settings import get_settings
 from reporunner.wiring import resolve_database
 
+
+class ServeRole(StrEnum):
+    """A role ``serve --only`` can run alone."""
+
+    WRITE_API = "write-api"
+    READ_API = "read-api"
+    PROJECTIONS = "projections"
+
+
 app = typer.Typer(
     help="Reporunner: event-sourced workflow automation backend.", no_args_is_help=True
 )
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+projections_app = typer.Typer(help="Inspect, rebuild and verify projections.", no_args_is_help=True)
+app.add_typer(projections_app, name="projections")
 
 # Human output (tables) goes to stderr so stdout stays machine-readable.
 console = Console(stderr=True)
@@ -40,10 +53,17 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, max=64, help="HTTP worker processes (one per core).")
     ] = 1,
+    only: Annotated[
+        ServeRole | None,
+        typer.Option(help="Run one role alone, to scale it on its own."),
+    ] = None,
 ) -> None:
-    """Run the service (write API)."""
+    """Run the service: write API, read API and projectors in one process."""
     from reporunner.server import run_server
 
+    if only is not None:
+        # Through the environment, so --workers processes inherit it too.
+        os.environ["REPORUNNER_ROLES"] = only.value
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     run_server(settings, host=host, port=port, migrate=migrate, workers=workers)
@@ -139,3 +159,104 @@ def keys_revoke(
 
 def main() -> None:
     app()
+
+
+def _projectors(name: str | None = None) -> list[Any]:
+    """A projector per projection (or the one named), on the configured database."""
+    import migrations
+    from projections.runner import Projector
+    from reporunner.wiring import all_projections, create_workflow_application
+
+    _setup()
+    settings = get_settings()
+    database = resolve_database(settings)
+    migrations.upgrade(database.target)
+    projections = all_projections()
+    if name is not None:
+        projections = [p for p in projections if p.name == name]
+        if not projections:
+            known = ", ".join(p.name for p in all_projections())
+            console.print(f"[red]error:[/red] no projection {name!r} (known: {known})")
+            raise typer.Exit(2)
+    app = create_workflow_application(database.target, settings)
+    return [
+        Projector(app, database.target, p, batch_size=settings.projection_batch_size)
+        for p in projections
+    ]
+
+
+def _progress_bar(projector: Any) -> Any:
+    """A rich progress bar over the events the projection will read."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from projections.runner import status
+
+    with projector.connect() as conn:
+        head = status(conn, [projector.projection.name])[0].head
+    progress = Progress(
+        "[bold]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    task = progress.add_task(projector.projection.name, total=head)
+    return progress, lambda count: progress.advance(task, count)
+
+
+@projections_app.command("status")
+def projections_status() -> None:
+    """Per projection: position, the log head, lag in events and seconds."""
+    from projections.runner import status
+
+    projectors = _projectors()
+    with projectors[0].connect() as conn:
+        rows = status(conn, [p.projection.name for p in projectors])
+    table = Table("projection", "position", "head", "lag (events)", "lag (s)")
+    for row in rows:
+        table.add_row(
+            row.name,
+            str(row.position),
+            str(row.head),
+            str(row.lag_events),
+            f"{row.lag_seconds:.1f}",
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    name: Annotated[str | None, typer.Argument(help="One projection; all by default.")] = None,
+) -> None:
+    """Rebuild views from the log into shadow tables, then swap them in at once."""
+    from projections.rebuild import rebuild
+
+    for projector in _projectors(name):
+        progress, advance = _progress_bar(projector)
+        with progress:
+            position = rebuild(projector, advance)
+        console.print(f"rebuilt {projector.projection.name} up to position {position}")
+
+
+@projections_app.command("verify")
+def projections_verify() -> None:
+    """Rebuild every view into a scratch schema and diff it with the live one."""
+    from projections.rebuild import verify
+
+    failed = False
+    for projector in _projectors():
+        progress, advance = _progress_bar(projector)
+        with progress:
+            result = verify(projector, advance)
+        for collection, ids in result.differences.items():
+            if ids:
+                failed = True
+                shown = ", ".join(ids[:10])
+                console.print(
+                    f"[red]DIFFERS[/red] {collection} at position {result.position}: "
+                    f"{len(ids)}{'+' if len(ids) >= 20 else ''} documents, e.g. {shown}"
+                )
+            else:
+                console.print(f"ok {collection} at position {result.position}")
+    if failed:
+        raise typer.Exit(1)

@@ -27,7 +27,11 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
         log.info("migrations applied", revision=migrations.current_revision(database.target))
     asyncio.run(_announce(settings, database.target, host, port))
     log.info(
-        "serving", url=f"http://{host}:{port}", docs=f"http://{host}:{port}/docs", workers=workers
+        "serving",
+        url=f"http://{host}:{port}",
+        docs=f"http://{host}:{port}/docs",
+        workers=workers,
+        roles=settings.role_list(),
     )
     options: dict[str, Any] = {
         "host": host,
@@ -39,7 +43,8 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
         "server_header": False,
     }
     if workers == 1:
-        uvicorn.Server(uvicorn.Config(create_app(settings, database.target), **options)).run()
+        app = create_app(settings, database.target, settings.role_list())
+        uvicorn.Server(uvicorn.Config(app, **options)).run()
     else:
         # Each worker process builds its own app; on the embedded database
         # they join the same server (pgserver counts its users).
@@ -50,7 +55,7 @@ def create_worker_app() -> FastAPI:
     """The app of one ``--workers`` process, built from the environment."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings, resolve_database(settings).target)
+    return create_app(settings, resolve_database(settings).target, settings.role_list())
 
 
 async def _announce(settings: Settings, target: PgTarget, host: str, port: int) -> None:

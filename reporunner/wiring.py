@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.settings import Settings
 from infrastructure.web import RequestContextMiddleware, add_health_routes, install_error_handlers
+from projections.runner import Projection, Projector, start_in_thread
+from projections.workflows import WorkflowsProjection
+from read_api import QUERY_PROBLEMS
+from read_api import router as read_router
 from write_api import COMMAND_PROBLEMS, include_write_api
 
 log = structlog.get_logger("reporunner")
@@ -54,8 +59,14 @@ def create_workflow_application(target: PgTarget, settings: Settings) -> Workflo
     return WorkflowApplication(env=eventsourcing_env(target, settings))
 
 
-def create_app(settings: Settings, target: PgTarget) -> FastAPI:
-    """The HTTP service: the write API (the read API joins it in a later issue)."""
+ROLES = ("write-api", "read-api", "projections")
+
+
+def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLES) -> FastAPI:
+    """The HTTP service with the given roles (all three by default, on one port)."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; choose from {ROLES}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,13 +74,30 @@ def create_app(settings: Settings, target: PgTarget) -> FastAPI:
         # threads keep PostgreSQL busy; dozens only fight over the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.command_threads
         engine = create_engine(target, pool_size=settings.db_pool_size)
-        workflow_app = create_workflow_application(target, settings)
-        app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
-        app.state.workflow_commands = WorkflowCommands(workflow_app)
         app.state.engine = engine
+        app.state.settings = settings
+        app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
+        workflow_app = create_workflow_application(target, settings)
+        app.state.workflow_commands = WorkflowCommands(workflow_app)
+        stop = threading.Event()
+        projector_threads = []
+        if "projections" in roles:
+            for projection in all_projections():
+                projector = Projector(
+                    workflow_app,
+                    target,
+                    projection,
+                    batch_size=settings.projection_batch_size,
+                    poll_interval=settings.projection_poll_s,
+                )
+                projector_threads.append(start_in_thread(projector, stop))
+        log.info("service roles", roles=list(roles))
         try:
             yield
         finally:
+            stop.set()
+            for thread in projector_threads:
+                thread.join(timeout=10)
             workflow_app.close()
             await engine.dispose()
 
@@ -79,13 +107,15 @@ def create_app(settings: Settings, target: PgTarget) -> FastAPI:
         summary="Event-sourced workflow automation backend",
         description=(
             "Commands (POST/PATCH/DELETE) append events to the log; every response "
-            "carries the log position of its last event. Authenticate with "
-            "`Authorization: Bearer <api key>`. Errors are RFC 9457 problem+json."
+            "carries the log position of its last event. Queries (GET) read document "
+            "views that projectors keep from the log; send `X-Min-Position` to read "
+            "your own writes. Authenticate with `Authorization: Bearer <api key>`. "
+            "Errors are RFC 9457 problem+json."
         ),
         lifespan=lifespan,
     )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
-    install_error_handlers(app, COMMAND_PROBLEMS)
+    install_error_handlers(app, {**COMMAND_PROBLEMS, **QUERY_PROBLEMS})
 
     async def postgres_check() -> str:
         try:
@@ -101,5 +131,12 @@ def create_app(settings: Settings, target: PgTarget) -> FastAPI:
         return await ping_redis(settings.redis_url)
 
     add_health_routes(app, {"postgres": postgres_check, "redis": redis_check})
-    include_write_api(app)
+    if "write-api" in roles:
+        include_write_api(app)
+    if "read-api" in roles:
+        app.include_router(read_router)
     return app
+
+
+def all_projections() -> list[Projection]:
+    return [WorkflowsProjection()]

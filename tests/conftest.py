@@ -29,6 +29,8 @@ from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.logs import configure_logging
 from infrastructure.settings import Settings
+from projections.runner import Projector, start_in_thread
+from projections.workflows import WorkflowsProjection
 from reporunner.wiring import create_app, create_workflow_application
 
 settings.register_profile(
@@ -108,12 +110,25 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture(scope="module")
+def live_projector(workflow_app: WorkflowApplication, db_target: PgTarget) -> Iterator[None]:
+    """The workflows projector running live for one test module."""
+    stop = threading.Event()
+    projector = Projector(workflow_app, db_target, WorkflowsProjection(), poll_interval=0.2)
+    thread = start_in_thread(projector, stop)
+    yield
+    stop.set()
+    thread.join(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def api_url(db_target: PgTarget, app_settings: Settings) -> Iterator[str]:
     """A real uvicorn server running the service, for HTTP tests."""
     port = _free_port()
+    # Projectors run where a test asks for them (see live_projector), so tests
+    # that drive projection by hand are not raced by a background one.
     config = uvicorn.Config(
-        create_app(app_settings, db_target),
+        create_app(app_settings, db_target, roles=("write-api", "read-api")),
         host="127.0.0.1",
         port=port,
         log_config=None,

@@ -13,14 +13,15 @@ branch_labels = None
 depends_on = None
 
 # One table per collection: (_id, org_id, data, _version, _position, created, updated).
-# Hot fields get expression indexes; everything else is served by the GIN index.
+# Hot fields get expression indexes; ad-hoc filters are served by a GIN index
+# where a collection takes them (versions are only ever read by workflow).
 COLLECTIONS = {
-    "workflows": ["(data->>'name')", "((data->>'deleted')::boolean)"],
-    "workflow_versions": ["((data->>'workflow_id'))"],
+    "workflows": (True, ["(data->>'name')", "((data->>'deleted')::boolean)"]),
+    "workflow_versions": (False, ["((data->>'workflow_id'))"]),
 }
 
 
-def create_collection(table: str, hot_fields: list[str]) -> None:
+def create_collection(table: str, gin: bool, hot_fields: list[str]) -> None:
     op.execute(
         f"""
         CREATE TABLE {table} (
@@ -34,7 +35,8 @@ def create_collection(table: str, hot_fields: list[str]) -> None:
         )
         """
     )
-    op.execute(f"CREATE INDEX {table}_data_gin ON {table} USING gin (data jsonb_path_ops)")
+    if gin:
+        op.execute(f"CREATE INDEX {table}_data_gin ON {table} USING gin (data jsonb_path_ops)")
     op.execute(f"CREATE INDEX {table}_org_updated ON {table} (org_id, updated DESC, _id)")
     for number, expression in enumerate(hot_fields):
         op.execute(f"CREATE INDEX {table}_hot_{number} ON {table} (org_id, {expression})")
@@ -50,8 +52,8 @@ def upgrade() -> None:
         )
         """
     )
-    for collection, hot_fields in COLLECTIONS.items():
-        create_collection(f"doc_{collection}", hot_fields)
+    for collection, (gin, hot_fields) in COLLECTIONS.items():
+        create_collection(f"doc_{collection}", gin, hot_fields)
 
 
 def downgrade() -> None:

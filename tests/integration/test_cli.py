@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,4 +81,90 @@ def test_bad_cli_input_exits_2_with_a_message(db_target: PgTarget, args: tuple[s
 def test_migrate_is_idempotent(db_target: PgTarget) -> None:
     done = _cli(db_target, "migrate")
     assert done.returncode == 0, done.stderr
-    assert "0001" in done.stderr
+    import migrations
+
+    assert migrations.head_revision() in done.stderr
+    assert migrations.current_revision(db_target) == migrations.head_revision()
+
+
+def test_projections_status_rebuild_verify(db_target: PgTarget) -> None:
+    rebuilt = _cli(db_target, "projections", "rebuild", "workflows")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "rebuilt workflows up to position" in rebuilt.stderr
+    status = _cli(db_target, "projections", "status")
+    assert status.returncode == 0, status.stderr
+    assert "workflows" in status.stdout and "lag" in status.stdout
+    verified = _cli(db_target, "projections", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "ok workflows" in verified.stderr
+    unknown = _cli(db_target, "projections", "rebuild", "nope")
+    assert unknown.returncode == 2 and "no projection 'nope'" in unknown.stderr
+
+
+def test_verify_exits_1_when_a_view_differs(db_target: PgTarget, org: str) -> None:
+    import psycopg
+
+    assert _cli(db_target, "projections", "rebuild").returncode == 0
+    with psycopg.connect(db_target.conninfo()) as conn:
+        conn.execute(
+            "INSERT INTO doc_workflows (_id, org_id, data, _version, _position, created, updated) "
+            "VALUES (%s, %s, '{}', 1, 1, now(), now())",
+            (f"forged-{org}", org),
+        )
+    verified = _cli(db_target, "projections", "verify")
+    assert verified.returncode == 1
+    assert f"forged-{org}" in verified.stderr and "DIFFERS" in verified.stderr
+    assert _cli(db_target, "projections", "rebuild").returncode == 0
+    assert _cli(db_target, "projections", "verify").returncode == 0
+
+
+def test_serve_runs_write_read_and_projections_in_one_process(
+    db_target: PgTarget, org: str, make_key: Any
+) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": _url(db_target), "REPORUNNER_LOG_FORMAT": "json"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "reporunner", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {make_key(org, 'owner')}"}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
+            time.sleep(0.1)
+        created = httpx.post(
+            base + "/v1/workflows",
+            json={
+                "name": "e2e",
+                "nodes": [{"id": "s", "type": "manual_trigger", "parameters": {}}],
+            },
+            headers=headers,
+        ).json()
+        read = httpx.get(
+            f"{base}/v1/workflows/{created['id']}",
+            headers={**headers, "X-Min-Position": str(created["position"])},
+            timeout=10,
+        )
+        assert read.status_code == 200, read.text
+        assert read.json()["name"] == "e2e"
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=20)[0].decode()
+    assert "projector active" in output or "service roles" in output

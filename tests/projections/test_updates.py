@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -99,3 +100,28 @@ def test_set_then_read_back_and_input_untouched(
     assert {k: v for k, v in updated.items() if k != path} == {
         k: v for k, v in document.items() if k != path
     }
+
+
+_paths = st.lists(st.sampled_from(["a", "b", "0", "1"]), min_size=1, max_size=3).map(".".join)
+_operations = st.one_of(
+    st.tuples(st.just("$set"), _paths, json_values),
+    st.tuples(st.just("$unset"), _paths, st.just("")),
+    st.tuples(st.just("$push"), _paths, json_values),
+    st.tuples(st.just("$addToSet"), _paths, json_values),
+    st.tuples(st.just("$pull"), _paths, st.integers(-3, 3)),
+    st.tuples(st.just("$inc"), _paths, st.integers(-5, 5)),
+)
+
+
+@given(
+    document=st.dictionaries(st.sampled_from(["a", "b"]), json_values, max_size=2),
+    operation=_operations,
+)
+def test_no_operator_ever_changes_its_input(document: dict[str, Any], operation: Any) -> None:
+    import copy
+
+    operator, path, operand = operation
+    before = copy.deepcopy(document)
+    with contextlib.suppress(UpdateError):
+        apply_update(document, {operator: {path: operand}})
+    assert document == before

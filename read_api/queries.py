@@ -1,0 +1,209 @@
+"""Queries over the document views: async SQLAlchemy on asyncpg.
+
+Every query is confined to one organisation by the ``org_id`` column, whatever
+the client's filter says. Values always travel as bind parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from projections.filters import compile_filter
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from projections.store import collection_table
+
+MAX_LIMIT = 500
+_PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+# Timestamps the views keep in columns: sorting on them uses the column (typed, indexed).
+_COLUMN_SORTS = {"created_at": "created", "updated_at": "updated"}
+
+
+class BadQuery(ValueError):
+    """A query the client got wrong; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class SortKey:
+    path: str
+    descending: bool
+
+    def expression(self) -> str:
+        column = _COLUMN_SORTS.get(self.path)
+        if column is not None:
+            return column
+        # A missing field sorts as JSON null, so the order is total. The path
+        # was validated (letters, digits, underscores), so it can sit in SQL.
+        segments = "{" + ",".join(self.path.split(".")) + "}"
+        return f"coalesce(data #> '{segments}', 'null'::jsonb)"
+
+    def placeholder(self, name: str) -> str:
+        kind = "timestamptz" if self.path in _COLUMN_SORTS else "jsonb"
+        return f"CAST(:{name} AS {kind})"
+
+    def cursor_value(self, value: Any) -> Any:
+        """A key value as the cursor stores it (JSON)."""
+        return value.isoformat() if isinstance(value, datetime) else value
+
+    def bind(self, value: Any) -> Any:
+        """A cursor value as the query binds it."""
+        if self.path in _COLUMN_SORTS:
+            try:
+                return datetime.fromisoformat(value)
+            except (TypeError, ValueError):
+                raise BadQuery("invalid cursor: pass next_cursor unchanged") from None
+        return orjson.dumps(value).decode()
+
+
+def parse_sort(sort: str | None, default: str) -> list[SortKey]:
+    keys = []
+    for raw in (sort or default).split(","):
+        field = raw.strip()
+        descending = field.startswith("-")
+        path = field.lstrip("-+")
+        if not _PATH.match(path):
+            raise BadQuery(f"invalid sort field {raw!r}: use field or -field, dotted paths allowed")
+        keys.append(SortKey(path, descending))
+    if len(keys) > 4:
+        raise BadQuery("sort on at most 4 fields")
+    return keys
+
+
+def _encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, width: int) -> list[Any]:
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise BadQuery(
+            "invalid cursor: pass next_cursor from the previous page unchanged"
+        ) from None
+    if not isinstance(values, list) or len(values) != width + 1 or not isinstance(values[-1], str):
+        raise BadQuery("invalid cursor: pass next_cursor from the previous page unchanged")
+    return values
+
+
+def _mentions(filter_: Any, field: str) -> bool:
+    if isinstance(filter_, dict):
+        return any(key == field or _mentions(value, field) for key, value in filter_.items())
+    if isinstance(filter_, list):
+        return any(_mentions(item, field) for item in filter_)
+    return False
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+async def list_documents(
+    engine: AsyncEngine,
+    collection: str,
+    org_id: str,
+    *,
+    filter_: Any,
+    sort: list[SortKey],
+    limit: int,
+    cursor: str | None,
+    hide_deleted: bool = False,
+) -> Page:
+    """One page, keyset-paginated on (sort keys, _id): stable while writes land."""
+    fragment = compile_filter(filter_, param_prefix="f")
+    where = ["org_id = :org", f"({fragment.sql})"]
+    params: dict[str, Any] = {"org": org_id, **fragment.params, "limit": limit + 1}
+    if hide_deleted and not _mentions(filter_, "deleted"):
+        where.append("NOT (data @> '{\"deleted\": true}')")
+    expressions = [key.expression() for key in sort]
+    if cursor is not None:
+        values = _decode_cursor(cursor, len(sort))
+        # (k1 > v1) OR (k1 = v1 AND k2 < v2) OR ... OR (all equal AND _id > last_id)
+        alternatives = []
+        for i, key in enumerate([*sort, SortKey("_id", False)]):
+            terms = []
+            for j in range(i):
+                terms.append(f"{expressions[j]} = {sort[j].placeholder(f'c{j}')}")
+            if i < len(sort):
+                op = "<" if key.descending else ">"
+                terms.append(f"{expressions[i]} {op} {key.placeholder(f'c{i}')}")
+            else:
+                terms.append("_id > :c_id")
+            alternatives.append("(" + " AND ".join(terms) + ")")
+        where.append("(" + " OR ".join(alternatives) + ")")
+        for i, (key, value) in enumerate(zip(sort, values[:-1], strict=True)):
+            params[f"c{i}"] = key.bind(value)
+        params["c_id"] = values[-1]
+    order = ", ".join(
+        f"{expression} {'DESC' if key.descending else 'ASC'}"
+        for key, expression in zip(sort, expressions, strict=True)
+    )
+    select_keys = "".join(f", {expression} AS k{i}" for i, expression in enumerate(expressions))
+    query = (
+        f"SELECT _id, data{select_keys} FROM {collection_table(collection)} "
+        f"WHERE {' AND '.join(where)} ORDER BY {order}, _id ASC LIMIT :limit"
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text(query), params)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        keys = [key.cursor_value(last[2 + i]) for i, key in enumerate(sort)]
+        next_cursor = _encode_cursor([*keys, last[0]])
+    return Page(items=[row[1] for row in rows], next_cursor=next_cursor)
+
+
+async def get_document(
+    engine: AsyncEngine, collection: str, org_id: str, doc_id: str
+) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    f"SELECT data FROM {collection_table(collection)} "
+                    "WHERE _id = :id AND org_id = :org"
+                ),
+                {"id": doc_id, "org": org_id},
+            )
+        ).first()
+    return None if row is None else row[0]
+
+
+async def projection_position(engine: AsyncEngine, names: list[str]) -> int:
+    """How far every view has applied the log: the lowest position among them."""
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT name, position FROM projection_tracking WHERE name = ANY(:names)"),
+                {"names": names},
+            )
+        ).all()
+    positions = {name: int(position) for name, position in rows}
+    return min(positions.get(name, 0) for name in names)
+
+
+async def wait_for_position(
+    engine: AsyncEngine, names: list[str], wanted: int, wait_s: float
+) -> tuple[bool, int]:
+    """Wait (bounded) until every view has applied ``wanted``; returns (reached, position)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        position = await projection_position(engine, names)
+        if position >= wanted:
+            return True, position
+        if time.monotonic() >= deadline:
+            return False, position
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.1)

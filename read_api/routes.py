@@ -1,0 +1,217 @@
+"""Query endpoints: workflows and their versions, from the document views.
+
+Read-your-writes: a client that sends ``X-Min-Position: N`` (or
+``?min_position=N``), N being the ``position`` a command returned, waits
+(bounded) until every view has applied N. Every response says how far the
+views are in ``X-Projection-Position``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from infrastructure.auth import Permission, Principal
+from infrastructure.problems import Problem, problem_type
+from infrastructure.web import authorize
+from projections.workflows import VERSIONS, WORKFLOWS
+from read_api.queries import (
+    MAX_LIMIT,
+    BadQuery,
+    get_document,
+    list_documents,
+    parse_sort,
+    projection_position,
+    wait_for_position,
+)
+
+router = APIRouter(prefix="/v1", tags=["queries"])
+
+# The projections whose views these endpoints read.
+VIEWS = ["workflows"]
+
+_MIN_POSITION_DOC = {
+    "name": "X-Min-Position",
+    "in": "header",
+    "required": False,
+    "description": "Wait (bounded) until the views have applied this log position, "
+    "e.g. the position a command returned: read your own writes.",
+    "schema": {"type": "integer", "minimum": 0},
+}
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page.")]
+MinPosition = Annotated[int | None, Query(ge=0, description="Same as X-Min-Position.")]
+
+
+async def _reader(request: Request) -> Principal:
+    return await authorize(request, Permission.READ_WORKFLOWS)
+
+
+async def _views_position(request: Request, min_position: int | None) -> int:
+    """The views' position, after waiting for the one the client asked for."""
+    engine = request.app.state.engine
+    raw = request.headers.get("x-min-position")
+    wanted = min_position
+    if raw is not None:
+        if not raw.strip().isdigit():
+            raise Problem(
+                400,
+                f"X-Min-Position must be a log position (an integer >= 0), not {raw!r}",
+                type_=problem_type("bad-min-position"),
+            )
+        wanted = int(raw)
+    if wanted is None:
+        return await projection_position(engine, VIEWS)
+    reached, position = await wait_for_position(
+        engine, VIEWS, wanted, request.app.state.settings.min_position_wait_s
+    )
+    if not reached:
+        raise Problem(
+            503,
+            f"the views have applied the log up to position {position}, not yet {wanted}; "
+            "retry shortly",
+            type_=problem_type("not-yet-consistent"),
+            headers={"Retry-After": "1", "X-Projection-Position": str(position)},
+            current_position=position,
+        )
+    return position
+
+
+def _json(body: Any, position: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body),
+        media_type="application/json",
+        headers={"X-Projection-Position": str(position), **(headers or {})},
+    )
+
+
+def _parse_filter(raw: str | None) -> Any:
+    if raw is None or raw == "":
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadQuery(f"filter is not valid JSON: {exc}") from None
+
+
+@router.get(
+    "/workflows",
+    summary="List workflows (Mongo-style filter, keyset pagination)",
+    responses={400: _PROBLEM, 503: _PROBLEM},
+    openapi_extra={"parameters": [_MIN_POSITION_DOC]},
+)
+async def list_workflows(
+    request: Request,
+    filter: Annotated[
+        str | None,
+        Query(
+            description="Mongo-style JSON filter, e.g. "
+            '{"tags": "billing", "nodes.type": "http_request"}. '
+            "Deleted workflows are hidden unless the filter mentions `deleted`."
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None, Query(description="Comma-separated fields, '-' for descending.")
+    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    min_position: MinPosition = None,
+) -> Response:
+    principal = await _reader(request)
+    position = await _views_position(request, min_position)
+    page = await list_documents(
+        request.app.state.engine,
+        WORKFLOWS,
+        principal.org_id,
+        filter_=_parse_filter(filter),
+        sort=parse_sort(sort, "-created_at"),
+        limit=limit,
+        cursor=cursor,
+        hide_deleted=True,
+    )
+    return _json({"items": page.items, "next_cursor": page.next_cursor}, position)
+
+
+@router.get(
+    "/workflows/{workflow_id}",
+    summary="One workflow, as the views have it",
+    responses={404: _PROBLEM, 503: _PROBLEM},
+    openapi_extra={"parameters": [_MIN_POSITION_DOC]},
+)
+async def get_workflow(
+    workflow_id: UUID, request: Request, min_position: MinPosition = None
+) -> Response:
+    principal = await _reader(request)
+    position = await _views_position(request, min_position)
+    document = await get_document(
+        request.app.state.engine, WORKFLOWS, principal.org_id, str(workflow_id)
+    )
+    if document is None:
+        raise _not_found(workflow_id)
+    return _json(document, position, {"ETag": f'"{document["version"]}"'})
+
+
+@router.get(
+    "/workflows/{workflow_id}/versions",
+    summary="A workflow's versions, oldest first (keyset pagination)",
+    responses={404: _PROBLEM, 503: _PROBLEM},
+    openapi_extra={"parameters": [_MIN_POSITION_DOC]},
+)
+async def list_versions(
+    workflow_id: UUID,
+    request: Request,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    min_position: MinPosition = None,
+) -> Response:
+    principal = await _reader(request)
+    position = await _views_position(request, min_position)
+    engine = request.app.state.engine
+    if await get_document(engine, WORKFLOWS, principal.org_id, str(workflow_id)) is None:
+        raise _not_found(workflow_id)
+    page = await list_documents(
+        engine,
+        VERSIONS,
+        principal.org_id,
+        filter_={"workflow_id": str(workflow_id)},
+        sort=parse_sort("version", "version"),
+        limit=limit,
+        cursor=cursor,
+    )
+    return _json({"items": page.items, "next_cursor": page.next_cursor}, position)
+
+
+@router.get(
+    "/workflows/{workflow_id}/versions/{version}",
+    summary="A workflow exactly as it was at one version",
+    responses={404: _PROBLEM, 503: _PROBLEM},
+    openapi_extra={"parameters": [_MIN_POSITION_DOC]},
+)
+async def get_version(
+    workflow_id: UUID,
+    version: int,
+    request: Request,
+    min_position: MinPosition = None,
+) -> Response:
+    principal = await _reader(request)
+    position = await _views_position(request, min_position)
+    document = await get_document(
+        request.app.state.engine, VERSIONS, principal.org_id, f"{workflow_id}:{version}"
+    )
+    if document is None:
+        raise Problem(
+            404,
+            f"workflow {workflow_id} has no version {version}",
+            type_=problem_type("not-found"),
+        )
+    return _json(document, position, {"ETag": f'"{version}"'})
+
+
+def _not_found(workflow_id: UUID) -> Problem:
+    return Problem(404, f"workflow {workflow_id} not found", type_=problem_type("not-found"))
