@@ -76,7 +76,12 @@ class Projector:
         self._topics = {get_topic(cls) for cls in projection.topics}
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.target.conninfo(), autocommit=autocommit, connect_timeout=5)
+        return psycopg.connect(
+            self.target.conninfo(),
+            autocommit=autocommit,
+            connect_timeout=5,
+            application_name=f"reporunner-projector:{self.projection.name}",
+        )
 
     def ensure_tracking(self, conn: psycopg.Connection[Any], name: str | None = None) -> None:
         with conn.transaction():
@@ -169,6 +174,12 @@ class Projector:
                     error=str(exc).strip(),
                     retry_in_s=backoff,
                 )
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception:
+                # A batch that fails rolls back whole; retry it after a pause rather
+                # than die. A poison event shows as growing lag in `projections status`.
+                log.exception("projector batch failed; retrying", projection=self.projection.name)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 

@@ -232,3 +232,39 @@ def test_incremental_view_equals_a_rebuild(
             projector.run_batch(conn)  # one small batch at a time, interleaved with writes
     _catch_up(projector)
     assert verify(projector).ok
+
+
+def test_live_projector_survives_losing_its_connections(
+    commands: WorkflowCommands, workflow_app: WorkflowApplication, db_target: PgTarget, org: str
+) -> None:
+    stop = threading.Event()
+    projector = Projector(workflow_app, db_target, WorkflowsProjection(), poll_interval=0.05)
+    thread = threading.Thread(target=projector.run_forever, args=(stop,))
+    thread.start()
+
+    def projected(position: int) -> bool:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with projector.connect() as conn:
+                if status(conn, ["workflows"])[0].position >= position:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        first = commands.create(CreateWorkflow(**workflow_body("before")), _ctx(org))
+        assert projected(first.position)
+        with psycopg.connect(db_target.conninfo(), autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'reporunner-projector:workflows'"
+            ).fetchone()
+        assert killed is not None and killed[0] >= 2  # lock, work and listen connections
+        second = commands.create(CreateWorkflow(**workflow_body("after")), _ctx(org))
+        assert projected(second.position)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    data, *_ = _doc(db_target, "doc_workflows", str(second.workflow_id))
+    assert data["name"] == "after"
+    assert verify(projector).ok
