@@ -9,6 +9,9 @@ or the new one, never a half-built one.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +20,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from projections.runner import Projector
-from projections.store import collection_table
+from projections.runner import EventBatch, Projector
+from projections.store import DocumentCache, ViewBatch, collection_table
 
 Progress = Callable[[int], None]
 
@@ -79,6 +82,63 @@ def _start_tracking(conn: psycopg.Connection[Any], name: str) -> None:
     conn.execute("INSERT INTO projection_tracking (name) VALUES (%s)", (name,))
 
 
+def _bulk_load(
+    projector: Projector,
+    conn: psycopg.Connection[Any],
+    tables: dict[str, sql.Composable],
+    tracking: str,
+    upto: int | None,
+    progress: Progress | None,
+) -> None:
+    """Project everything up to ``upto`` into copy tables, reading ahead.
+
+    A reader thread (its own connection) reads and decodes the next batch
+    while this one is written, so database time and Python time overlap.
+    Only a bulk load may read ahead and keep documents in memory between
+    batches (written when evicted, or at the end): nothing else writes its
+    tables or moves its tracking row.
+    """
+    batches: queue.Queue[EventBatch | BaseException | None] = queue.Queue(maxsize=2)
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            with projector.connect(autocommit=True) as reader, reader.cursor() as cur:
+                position = _position(reader, tracking)
+                while not done.is_set():
+                    batch = projector.read_events(cur, position, projector.batch_size, upto)
+                    if not batch.count:
+                        break
+                    batches.put(batch)
+                    position = batch.last
+        except BaseException as exc:  # handed to the writer, which raises it
+            batches.put(exc)
+            return
+        batches.put(None)
+
+    reader_thread = threading.Thread(target=read, name="rebuild-reader", daemon=True)
+    reader_thread.start()
+    cache = DocumentCache()
+    try:
+        while (item := batches.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            projector.apply_batch(conn, item, tables=tables, tracking=tracking, cache=cache)
+            if progress:
+                progress(item.count)
+        with conn.transaction(), conn.cursor() as cur:
+            view = ViewBatch(cur, tables)
+            for collection, documents in cache.drain().items():
+                view.write(collection, documents)
+            view.flush()
+    finally:
+        done.set()
+        while reader_thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                batches.get_nowait()
+            reader_thread.join(timeout=0.05)
+
+
 def rebuild(projector: Projector, progress: Progress | None = None) -> int:
     """Rebuild the projection's collections from the log; returns the new position."""
     name = projector.projection.name
@@ -88,9 +148,7 @@ def rebuild(projector: Projector, progress: Progress | None = None) -> int:
         with conn.transaction():
             tables = _copy_tables(conn, projector, None, "__shadow")
             _start_tracking(conn, tracking)
-        while count := projector.run_batch(conn, tables=tables, tracking=tracking):
-            if progress:
-                progress(count)
+        _bulk_load(projector, conn, tables, tracking, None, progress)
         with conn.transaction():
             indexes = {
                 collection: _index_shadow(
@@ -164,10 +222,7 @@ def verify(
                 tables = _copy_tables(conn, projector, schema, "")
                 _start_tracking(conn, tracking)
             # Build up to where the live view is now (it can only move forward).
-            start = _position(conn, name)
-            while count := projector.run_batch(conn, tables=tables, tracking=tracking, upto=start):
-                if progress:
-                    progress(count)
+            _bulk_load(projector, conn, tables, tracking, _position(conn, name), progress)
             with conn.transaction():
                 live_position = _position(conn, name, lock=True)
                 projector.catch_up(conn, tables=tables, tracking=tracking, upto=live_position)

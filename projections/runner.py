@@ -19,16 +19,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 import psycopg
 import structlog
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 from psycopg import sql
+from psycopg.types.json import set_json_dumps, set_json_loads
 
 from commands.application import WorkflowApplication
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE
-from projections.store import ViewBatch, collection_table
+from projections.store import DocumentCache, ViewBatch, collection_table
 
 log = structlog.get_logger("reporunner.projections")
 
@@ -45,6 +47,28 @@ class Projection(Protocol):
 
 def live_tables(projection: Projection) -> dict[str, sql.Composable]:
     return {c: sql.Identifier(collection_table(c)) for c in projection.collections}
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Events after position ``after`` up to ``last``; ``events`` are the ones we read."""
+
+    after: int
+    last: int
+    count: int
+    events: list[tuple[int, Any]]
+
+
+def _orjson_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _lock_tracking(cur: psycopg.Cursor[Any], name: str) -> int:
+    cur.execute("SELECT position FROM projection_tracking WHERE name = %s FOR UPDATE", (name,))
+    row = cur.fetchone()
+    if row is None:
+        raise LookupError(f"no tracking row for projection {name!r}")
+    return int(row[0])
 
 
 @dataclass(frozen=True)
@@ -76,12 +100,16 @@ class Projector:
         self._topics = {get_topic(cls) for cls in projection.topics}
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-        return psycopg.connect(
+        conn = psycopg.connect(
             self.target.conninfo(),
             autocommit=autocommit,
             connect_timeout=5,
             application_name=f"reporunner-projector:{self.projection.name}",
         )
+        # Documents cross as jsonb on every batch: orjson both ways.
+        set_json_loads(orjson.loads, conn)
+        set_json_dumps(_orjson_text, conn)
+        return conn
 
     def ensure_tracking(self, conn: psycopg.Connection[Any], name: str | None = None) -> None:
         with conn.transaction():
@@ -106,52 +134,82 @@ class Projector:
         """
         name = tracking or self.projection.name
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(
-                "SELECT position FROM projection_tracking WHERE name = %s FOR UPDATE", (name,)
+            position = _lock_tracking(cur, name)
+            batch = self.read_events(cur, position, limit or self.batch_size, upto)
+            if batch.count:
+                self._apply(cur, batch, tables, name)
+            return batch.count
+
+    def read_events(
+        self, cur: psycopg.Cursor[Any], after: int, limit: int, upto: int | None = None
+    ) -> EventBatch:
+        """The next ``limit`` events after ``after``, decoded where this projection reads them."""
+        query = (
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {EVENTS_TABLE} WHERE notification_id > %s"
+        )
+        params: list[Any] = [after]
+        if upto is not None:
+            query += " AND notification_id <= %s"
+            params.append(upto)
+        cur.execute(query + " ORDER BY notification_id LIMIT %s", [*params, limit])
+        rows = cur.fetchall()
+        events = [
+            (
+                notification_id,
+                self.app.mapper.to_domain_event(
+                    StoredEvent(
+                        originator_id=originator_id,
+                        originator_version=version,
+                        topic=topic,
+                        state=bytes(state),
+                    )
+                ),
             )
-            row = cur.fetchone()
-            if row is None:
-                raise LookupError(f"no tracking row for projection {name!r}")
-            position = int(row[0])
-            query = (
-                f"SELECT notification_id, originator_id, originator_version, topic, state "
-                f"FROM {EVENTS_TABLE} WHERE notification_id > %s"
-            )
-            params: list[Any] = [position]
-            if upto is not None:
-                query += " AND notification_id <= %s"
-                params.append(upto)
-            cur.execute(
-                query + " ORDER BY notification_id LIMIT %s", [*params, limit or self.batch_size]
-            )
-            rows = cur.fetchall()
-            if not rows:
-                return 0
-            events = [
-                (
-                    notification_id,
-                    self.app.mapper.to_domain_event(
-                        StoredEvent(
-                            originator_id=originator_id,
-                            originator_version=version,
-                            topic=topic,
-                            state=bytes(state),
-                        )
-                    ),
+            for notification_id, originator_id, version, topic, state in rows
+            if topic in self._topics
+        ]
+        return EventBatch(
+            after=after, last=rows[-1][0] if rows else after, count=len(rows), events=events
+        )
+
+    def apply_batch(
+        self,
+        conn: psycopg.Connection[Any],
+        batch: EventBatch,
+        *,
+        tables: Mapping[str, sql.Composable] | None = None,
+        tracking: str | None = None,
+        cache: DocumentCache | None = None,
+    ) -> None:
+        """Apply events read ahead of time, if the tracking row is still where they start."""
+        name = tracking or self.projection.name
+        with conn.transaction(), conn.cursor() as cur:
+            position = _lock_tracking(cur, name)
+            if position != batch.after:
+                raise RuntimeError(
+                    f"projection {name!r} moved to {position} while events after "
+                    f"{batch.after} were read"
                 )
-                for notification_id, originator_id, version, topic, state in rows
-                if topic in self._topics
-            ]
-            view = ViewBatch(cur, tables or live_tables(self.projection))
-            self.projection.prefetch([event for _, event in events], view)
-            for notification_id, event in events:
-                self.projection.apply(event, notification_id, view)
-            view.flush()
-            cur.execute(
-                "UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
-                (rows[-1][0], name),
-            )
-            return len(rows)
+            self._apply(cur, batch, tables, name, cache)
+
+    def _apply(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: EventBatch,
+        tables: Mapping[str, sql.Composable] | None,
+        name: str,
+        cache: DocumentCache | None = None,
+    ) -> None:
+        view = ViewBatch(cur, tables or live_tables(self.projection), cache)
+        self.projection.prefetch([event for _, event in batch.events], view)
+        for notification_id, event in batch.events:
+            self.projection.apply(event, notification_id, view)
+        view.flush()
+        cur.execute(
+            "UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
+            (batch.last, name),
+        )
 
     def catch_up(self, conn: psycopg.Connection[Any], **kwargs: Any) -> int:
         """Run batches until the log is exhausted; return how many events were read."""
