@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import scratch_database
+from bench._common import create_key, percentile, running_server, scratch_database
 from commands import WorkflowApplication
 from domain.meta import EventMeta
 from domain.workflow import Workflow
@@ -121,6 +121,72 @@ def raw_read_rate(target: PgTarget, page: int = 5000) -> float:
     return count / elapsed
 
 
+LIST_FILTER = {"tags": "billing", "settings.timeout_ms": 30000}
+
+
+def measure_queries(target: PgTarget, org: str, rounds: int) -> None:
+    """p50/p95 of the filtered list through HTTP, beside the same SQL on asyncpg."""
+    import asyncio
+    import json
+
+    import aiohttp
+
+    from infrastructure.database import create_engine
+    from read_api.queries import list_documents, parse_sort
+
+    key = create_key(target, org, "viewer")
+    sort = parse_sort(None, "-created_at")
+
+    async def direct() -> list[float]:
+        engine = create_engine(target, pool_size=2)
+        timings = []
+        try:
+            for _ in range(rounds):
+                started = time.perf_counter()
+                await list_documents(
+                    engine,
+                    "workflows",
+                    org,
+                    filter_=LIST_FILTER,
+                    sort=sort,
+                    limit=50,
+                    cursor=None,
+                    hide_deleted=True,
+                )
+                timings.append(time.perf_counter() - started)
+        finally:
+            await engine.dispose()
+        return timings
+
+    async def over_http(base: str) -> list[float]:
+        timings = []
+        params = {"filter": json.dumps(LIST_FILTER), "limit": "50"}
+        headers = {"Authorization": f"Bearer {key}"}
+        async with aiohttp.ClientSession(base, headers=headers) as session:
+            for _ in range(rounds):
+                started = time.perf_counter()
+                async with session.get("/v1/workflows", params=params) as response:
+                    await response.read()
+                    assert response.status == 200, response.status
+                timings.append(time.perf_counter() - started)
+        return timings
+
+    def report(label: str, timings: list[float]) -> float:
+        timings.sort()
+        p50, p95 = percentile(timings, 50) * 1000, percentile(timings, 95) * 1000
+        print(f"  {label:<44} p50 {p50:6.2f} ms   p95 {p95:6.2f} ms")
+        return p95
+
+    print(f"GET /v1/workflows, filter {json.dumps(LIST_FILTER)}, org {org}, {rounds} requests:")
+    sql_p95 = report("same SQL on asyncpg", asyncio.run(direct()))
+    with running_server(target, extra_env={"REPORUNNER_ROLES": "read-api"}) as base:
+        asyncio.run(over_http(base))  # warm-up
+        http_p95 = report(
+            "through HTTP (reporunner serve --only read-api)", asyncio.run(over_http(base))
+        )
+    print(f"  ratio HTTP / SQL p95: {http_p95 / sql_p95:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -128,6 +194,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--workflows", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=2000, help="events per projector batch")
+    parser.add_argument("--rounds", type=int, default=300, help="requests per latency figure")
     args = parser.parse_args()
     with scratch_database() as target:
         seed(target, args.events, args.workflows)
@@ -142,6 +209,7 @@ def main() -> None:
         print(f"rebuild: {args.events:,} events in {elapsed:.1f} s = {rate:,.0f} events/s")
         print(f"ratio rebuild / raw read: {rate / raw:.2f}")
         app.close()
+        measure_queries(target, ORGS[3], args.rounds)
 
 
 if __name__ == "__main__":

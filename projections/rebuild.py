@@ -10,6 +10,7 @@ or the new one, never a half-built one.
 from __future__ import annotations
 
 import contextlib
+import gc
 import queue
 import threading
 import uuid
@@ -119,6 +120,10 @@ def _bulk_load(
     reader_thread = threading.Thread(target=read, name="rebuild-reader", daemon=True)
     reader_thread.start()
     cache = DocumentCache()
+    # Hundreds of thousands of cached documents make every full garbage
+    # collection slow; nothing here forms cycles, so refcounting suffices.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         while (item := batches.get()) is not None:
             if isinstance(item, BaseException):
@@ -132,6 +137,8 @@ def _bulk_load(
                 view.write(collection, documents)
             view.flush()
     finally:
+        if gc_was_enabled:
+            gc.enable()
         done.set()
         while reader_thread.is_alive():
             with contextlib.suppress(queue.Empty):

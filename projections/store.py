@@ -40,7 +40,7 @@ class DocumentCache:
     loader is the only writer of its tables: a document is read at most once
     and written when evicted or at the end, not once per event."""
 
-    def __init__(self, capacity: int = 50_000) -> None:
+    def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
         self._docs: dict[str, OrderedDict[str, Document | None]] = {}
         self._dirty: dict[str, set[str]] = {}
