@@ -19,7 +19,9 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -122,50 +124,78 @@ def raw_read_rate(target: PgTarget, page: int = 5000) -> float:
 
 
 LIST_FILTER = {"tags": "billing", "settings.timeout_ms": 30000}
+# A dashboard tile: live workflows per tag, with how often they were edited.
+DASHBOARD_PIPELINE = [
+    {"$match": {"deleted": False}},
+    {"$unwind": "$tags"},
+    {
+        "$group": {
+            "_id": "$tags",
+            "workflows": {"$count": {}},
+            "avg_version": {"$avg": "$version"},
+            "max_version": {"$max": "$version"},
+        }
+    },
+    {"$sort": {"workflows": -1}},
+]
 
 
 def measure_queries(target: PgTarget, org: str, rounds: int) -> None:
-    """p50/p95 of the filtered list through HTTP, beside the same SQL on asyncpg."""
+    """p50/p95 of a filtered list and of a $group pipeline through HTTP, beside their SQL."""
     import asyncio
     import json
 
     import aiohttp
+    from sqlalchemy import text
 
     from infrastructure.database import create_engine
+    from projections.pipeline import compile_pipeline
+    from projections.store import collection_table
     from read_api.queries import list_documents, parse_sort
 
     key = create_key(target, org, "viewer")
     sort = parse_sort(None, "-created_at")
+    fragment = compile_pipeline(
+        DASHBOARD_PIPELINE,
+        source_sql=f"SELECT data FROM {collection_table('workflows')} WHERE org_id = :org",
+        source_params={"org": org},
+    )
 
-    async def direct() -> list[float]:
+    async def list_sql(engine: Any) -> None:
+        await list_documents(
+            engine,
+            "workflows",
+            org,
+            filter_=LIST_FILTER,
+            sort=sort,
+            limit=50,
+            cursor=None,
+            hide_deleted=True,
+        )
+
+    async def pipeline_sql(engine: Any) -> None:
+        async with engine.connect() as conn:
+            (await conn.execute(text(fragment.sql), fragment.params)).all()
+
+    async def direct(query: Callable[[Any], Awaitable[None]]) -> list[float]:
         engine = create_engine(target, pool_size=2)
         timings = []
         try:
             for _ in range(rounds):
                 started = time.perf_counter()
-                await list_documents(
-                    engine,
-                    "workflows",
-                    org,
-                    filter_=LIST_FILTER,
-                    sort=sort,
-                    limit=50,
-                    cursor=None,
-                    hide_deleted=True,
-                )
+                await query(engine)
                 timings.append(time.perf_counter() - started)
         finally:
             await engine.dispose()
         return timings
 
-    async def over_http(base: str) -> list[float]:
+    async def over_http(base: str, method: str, path: str, **request: Any) -> list[float]:
         timings = []
-        params = {"filter": json.dumps(LIST_FILTER), "limit": "50"}
         headers = {"Authorization": f"Bearer {key}"}
         async with aiohttp.ClientSession(base, headers=headers) as session:
             for _ in range(rounds):
                 started = time.perf_counter()
-                async with session.get("/v1/workflows", params=params) as response:
+                async with session.request(method, path, **request) as response:
                     await response.read()
                     assert response.status == 200, response.status
                 timings.append(time.perf_counter() - started)
@@ -177,14 +207,29 @@ def measure_queries(target: PgTarget, org: str, rounds: int) -> None:
         print(f"  {label:<44} p50 {p50:6.2f} ms   p95 {p95:6.2f} ms")
         return p95
 
-    print(f"GET /v1/workflows, filter {json.dumps(LIST_FILTER)}, org {org}, {rounds} requests:")
-    sql_p95 = report("same SQL on asyncpg", asyncio.run(direct()))
+    list_params = {"filter": json.dumps(LIST_FILTER), "limit": "50"}
+    queries = [
+        (
+            f"GET /v1/workflows, filter {json.dumps(LIST_FILTER)}",
+            list_sql,
+            ("GET", "/v1/workflows", {"params": list_params}),
+        ),
+        (
+            "POST /v1/query/workflows/aggregate, $unwind + $group by tag",
+            pipeline_sql,
+            ("POST", "/v1/query/workflows/aggregate", {"json": {"pipeline": DASHBOARD_PIPELINE}}),
+        ),
+    ]
     with running_server(target, extra_env={"REPORUNNER_ROLES": "read-api"}) as base:
-        asyncio.run(over_http(base))  # warm-up
-        http_p95 = report(
-            "through HTTP (reporunner serve --only read-api)", asyncio.run(over_http(base))
-        )
-    print(f"  ratio HTTP / SQL p95: {http_p95 / sql_p95:.2f}")
+        for label, sql_query, (method, path, request) in queries:
+            print(f"{label}, org {org}, {rounds} requests:")
+            sql_p95 = report("same SQL on asyncpg", asyncio.run(direct(sql_query)))
+            asyncio.run(over_http(base, method, path, **request))  # warm-up
+            http_p95 = report(
+                "through HTTP (reporunner serve --only read-api)",
+                asyncio.run(over_http(base, method, path, **request)),
+            )
+            print(f"  ratio HTTP / SQL p95: {http_p95 / sql_p95:.2f}")
 
 
 def main() -> None:

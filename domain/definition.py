@@ -96,6 +96,28 @@ def canonical_definition_size(
     return len(text.encode("utf-8"))
 
 
+def nul_locations(value: Any, prefix: str = "") -> Iterable[str]:
+    """Where a JSON value holds U+0000 in a string or key, as ``a.b[2]`` locations.
+
+    PostgreSQL's jsonb and text refuse that character, so a value holding it
+    could be logged but never projected into a view.
+    """
+    pending: list[tuple[str, Any]] = [(prefix, value)]
+    while pending:
+        loc, item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                yield loc or "value"
+        elif isinstance(item, list):
+            pending.extend((f"{loc}[{i}]", child) for i, child in enumerate(item))
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                child_loc = f"{loc}.{key}" if loc else str(key)
+                if isinstance(key, str) and "\x00" in key:
+                    yield child_loc
+                pending.append((child_loc, child))
+
+
 def validate_definition(
     *,
     name: str,
@@ -238,6 +260,9 @@ class _Checker:
                 f"({MAX_DEFINITION_BYTES // 1024} KiB) allowed",
             )
             return False
+        # The size was in the limit, so this walk is bounded too.
+        for loc in nul_locations(definition):
+            self.add(loc, "contains a NUL character (U+0000), which cannot be stored")
         return True
 
     def collection(self, loc: str, value: object, limit: int) -> list[Any] | None:

@@ -58,6 +58,7 @@ class Workflow(Aggregate):
         self.created_by: str = meta["actor"]
         self.updated_by: str = meta["actor"]
         self.deleted: bool = False
+        self.runs: int = 0
 
     def definition(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in DEFINITION_FIELDS}
@@ -91,6 +92,17 @@ class Workflow(Aggregate):
         self.deleted = True
         self.updated_by = meta["actor"]
 
+    def record_execution(self, execution_id: UUID, status: str, meta: EventMeta) -> None:
+        """Note a finished run in the workflow's own history.
+
+        Recorded even if the workflow was deleted meanwhile: the run happened.
+        """
+        self._executed(execution_id=str(execution_id), status=status, meta=meta.as_dict())
+
+    @event("Executed")
+    def _executed(self, execution_id: str, status: str, meta: dict[str, Any]) -> None:
+        self.runs += 1
+
     def ensure_not_deleted(self) -> None:
         """A deleted workflow accepts no further command."""
         if self.deleted:
@@ -113,3 +125,4 @@ def _complete(definition: dict[str, Any]) -> dict[str, Any]:
 WorkflowCreatedEvent: Any = Workflow.Created  # type: ignore[attr-defined]
 WorkflowUpdatedEvent: Any = Workflow.Updated  # type: ignore[attr-defined]
 WorkflowDeletedEvent: Any = Workflow.Deleted  # type: ignore[attr-defined]
+WorkflowExecutedEvent: Any = Workflow.Executed  # type: ignore[attr-defined]

@@ -3,7 +3,9 @@
 The log table and its shape belong to eventsourcing; Alembic creates them
 (``CREATE_TABLE`` is off). An idempotency record, when given, is inserted in
 the same transaction as the events it answers for, so a retried command
-either sees the committed first answer or nothing at all.
+either sees the committed first answer or nothing at all. Other rows that
+must change exactly when events are recorded (the execution queue's) travel
+the same way, as ``side_statements``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg import ClientCursor
@@ -29,6 +36,20 @@ APPLICATION_NAME = "Reporunner"
 EVENTS_TABLE = "reporunner_events"
 SNAPSHOTS_TABLE = "reporunner_snapshots"
 STORED_EVENT_TYPE = "stored_event_uuid"
+
+
+@dataclass(frozen=True)
+class SideStatement:
+    """A statement run in the same transaction as a save's events.
+
+    ``sql`` uses ``%s`` placeholders; values are bound client-side by psycopg.
+    ``expect_row``: the statement must touch a row, or the whole save fails
+    with ``IntegrityError`` (e.g. a lease that is no longer ours).
+    """
+
+    sql: str
+    params: tuple[object, ...] = ()
+    expect_row: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,9 +113,20 @@ class EventStoreRecorder(PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         idempotency: IdempotencyRecord | None = None,
+        side_statements: Sequence[SideStatement] = (),
         **_: Any,
     ) -> Sequence[int] | None:
         script: list[Composable] = [SQL("BEGIN")]
+        for statement in side_statements:
+            rendered = SQL(statement.sql.replace("%s", "{}")).format(
+                *map(Literal, statement.params)
+            )
+            if statement.expect_row:
+                # A zero-row change divides by zero: the transaction aborts.
+                rendered = SQL(
+                    "WITH changed AS ({} RETURNING 1) SELECT 1 / count(*) FROM changed"
+                ).format(rendered)
+            script.append(rendered)
         if idempotency is not None:
             # Before the table lock: a racing duplicate waits on the unique
             # index, not on the log, and fails once the first one commits.
@@ -118,6 +150,10 @@ class EventStoreRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn, ClientCursor(conn) as curs:
             try:
                 curs.execute(SQL("; ").join(script))
+            except psycopg.errors.DivisionByZero:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+                raise IntegrityError("a side statement expected a row and found none") from None
             except BaseException:
                 # The script stopped inside its transaction: end it.
                 with contextlib.suppress(psycopg.Error):
@@ -162,9 +198,14 @@ _RETURNING = SQL(" RETURNING notification_id")
 
 
 def _returned_positions(curs: ClientCursor[Any]) -> Iterator[int]:
-    """The ids of the script's INSERT ... RETURNING, the one result with rows."""
+    """The ids of the script's INSERT ... RETURNING, among the script's results."""
     while True:
-        if curs.pgresult is not None and curs.pgresult.status == ExecStatus.TUPLES_OK:
+        if (
+            curs.pgresult is not None
+            and curs.pgresult.status == ExecStatus.TUPLES_OK
+            and curs.description is not None
+            and curs.description[0].name == "notification_id"
+        ):
             for row in curs.fetchall():
                 yield int(row["notification_id"])
         if not curs.nextset():

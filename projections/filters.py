@@ -1,289 +1,866 @@
 """MongoDB-style filters compiled to parameterised SQL over a JSONB column.
 
-Semantics follow PostgreSQL's SQL/JSON path language in lax mode, which is
-MongoDB's in the ways that matter here: a dotted path fans out through arrays
-of sub-documents (``"nodes.type": "http_request"`` matches if any node has
-that type), equality matches inside arrays (``{"tags": "a"}`` matches
-``["a", "b"]``), and comparisons are type-bracketed (numbers with numbers,
-strings with strings by code point; never a number as text). ISO-8601
-timestamps with an offset compare as instants: the filter's value is
-normalised to UTC in the format the views store (``isoformat()``).
-``projections.reference`` evaluates the same language in Python; property
-tests hold the two together.
+``compile_filter({"status": "active", "n": {"$gt": 9}})`` gives a boolean SQL
+expression and its bind parameters. Values never enter the SQL text: they are
+bind parameters, either whole JSON documents (``data @> CAST(:f0 AS jsonb)``)
+or the ``vars`` of a SQL/JSON path whose text is itself a bind parameter and
+is built only from validated path keys (quoted as JSON strings) and our own
+fixed predicates. ``projections.reference`` evaluates the same language in
+Python; property tests hold the two together on random data.
 
-Values never enter SQL text: each condition is one ``jsonb_path_exists``
-call whose path and variables are bind parameters. Path keys are quoted as
-JSON/SQL-path string literals inside the (bound) path expression.
+The semantics are MongoDB's, restricted to JSON, with these decisions:
+
+* **Paths.** ``a.b`` walks objects; where it meets an array it looks into the
+  array's objects, one level deep (``"nodes.type": "x"`` matches if any node
+  has that type; arrays nested in arrays are not entered). A segment of
+  digits after the first (``nodes.0.type``) is both an array index and a key,
+  as in MongoDB: on an array it takes the element at that index *and* the
+  key ``"0"`` of the array's objects; on an object, the key ``"0"``. These are
+  exactly SQL/JSON lax-mode member accessors; an index gets a guarded
+  ``[n]`` accessor, so each such segment doubles the number of path branches
+  (at most ``MAX_INDEX_SEGMENTS`` of them).
+* **Values and candidates.** The values at a path are what the walk finds
+  (nothing when the field is missing). Scalar operators test each value and
+  each element of a value that is an array (one level); ``$size``,
+  ``$elemMatch`` and whole-array equality test the values themselves.
+* **Equality** is JSON equality: numbers by numeric value (``1 == 1.0``),
+  strings exactly, objects regardless of key order, arrays element by element
+  in order. A scalar may equal an array's element (``{"tags": "a"}`` matches
+  ``["a", "b"]``), an array the whole array or an element that is an array.
+  ``null`` matches null values, null elements and missing fields. ``$ne`` and
+  ``$nin`` are exact negations, so they match missing fields.
+* **Order** (``$gt`` ...) is type-bracketed: numbers with numbers (numeric,
+  never as text), strings with strings by Unicode code point, booleans with
+  booleans (false < true); anything else, arrays and objects included, is
+  false. ``$gte``/``$lte`` null behave as equality with null; ``$gt``/``$lt``
+  null match nothing.
+* **Instants.** A filter string that is a strict ISO-8601 timestamp with an
+  offset (``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)``, a valid
+  date, hours 00-23, no leap second; fraction digits past microseconds
+  ignored) compares as an instant, for ordering and for equality/``$in``,
+  against document strings that are such timestamps too (other strings never
+  match it): ``...T10:00:00+02:00`` < ``...T09:00:00Z``. Inside arrays or
+  objects given as whole values, strings compare exactly.
+  ``iso_instant`` and the SQL function ``reporunner_iso_timestamptz``
+  (migration 0003) implement the same rule.
+* **Regexes** (``$regex`` with ``$options`` from ``imsx``) are a conservative
+  subset that PostgreSQL's ARE and Python's ``re`` read alike, checked and
+  rewritten at compile time (see ``translate_regex``); they match strings and
+  string elements, with ASCII-only classes and case folding (``COLLATE "C"``).
+
+Scalar equality on paths of plain keys compiles to ``@>`` containment, which
+the GIN ``jsonb_path_ops`` index serves; the rest compiles to
+``jsonb_path_exists`` / ``jsonb_path_query`` in lax mode with type guards on
+every comparison (lax mode would otherwise unwrap one array too many).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import date
 from typing import Any
 
 from projections.errors import QueryError
 
-MAX_REGEX_CHARS = 256
+__all__ = [
+    "MAX_REGEX_CHARS",
+    "Regex",
+    "SqlFragment",
+    "compile_filter",
+    "iso_instant",
+    "translate_regex",
+]
+
 MAX_DEPTH = 16
-_COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
-_SEGMENT = re.compile(r"^[^.$\x00][^.\x00]*$")
-_ISO_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
-_COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
-_FIELD_OPERATORS = {
-    "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists",
-    "$regex", "$options", "$not", "$elemMatch", "$size", "$all",
-}  # fmt: skip
-_REGEX_FLAGS = set("ims")
-# Python's re flags -> PostgreSQL's embedded options, so both read a pattern
-# alike: without "s" a dot stops at newlines; with "m", ^ and $ match at them.
-_PG_REGEX_MODE = {"": "p", "m": "n", "s": "s", "ms": "w"}
+MAX_PATH_SEGMENTS = 32
+MAX_INDEX_SEGMENTS = 4
+MAX_VALUE_DEPTH = 32
+MAX_REGEX_CHARS = 256
+INSTANT_FUNCTION = "reporunner_iso_timestamptz"
+
+_MAX_CONTAINMENTS = 16  # @> patterns per equality before a path query is cheaper
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+_ISO_INSTANT = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:Z|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_LOGICAL = ("$and", "$or", "$nor")
+_ORDER = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 
 @dataclass(frozen=True)
 class SqlFragment:
-    sql: str
+    sql: str  # a boolean SQL expression with SQLAlchemy-style named binds (:f0, :f1, ...)
     params: dict[str, Any]
 
 
-def normalise_instant(value: Any) -> Any:
-    """An ISO-8601 instant string as the views store it (UTC isoformat); else unchanged."""
-    if isinstance(value, str) and _ISO_INSTANT.match(value):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return value
-        return parsed.astimezone(UTC).isoformat()
-    return value
+def compile_filter(filter: Any, *, column: str = "data", param_prefix: str = "f") -> SqlFragment:
+    """Compile a MongoDB-style ``filter`` to SQL over the jsonb ``column``.
 
-
-def compile_filter(filter_: Any, *, column: str = "data", param_prefix: str = "f") -> SqlFragment:
-    """Compile ``filter_`` to a SQL boolean expression over ``column`` (trusted)."""
-    if not _COLUMN.match(column):
+    ``column`` and ``param_prefix`` come from our code and must be plain
+    identifiers; subquery aliases are ``<param_prefix>__<n>``. Raises
+    ``QueryError`` naming the operator and path of the first problem.
+    """
+    if not _IDENTIFIER.fullmatch(column):
         raise ValueError(f"invalid column name {column!r}")
-    compiler = _Compiler(column, param_prefix)
-    return SqlFragment(compiler.document(filter_, "", 0), compiler.params)
+    if not _IDENTIFIER.fullmatch(param_prefix):
+        raise ValueError(f"invalid parameter prefix {param_prefix!r}")
+    compiler = _Compiler(param_prefix)
+    sql = compiler.document(filter, column, "", 0)
+    return SqlFragment(f"({sql})" if _has_top_level(sql, " AND ", " OR ") else sql, compiler.params)
+
+
+def iso_instant(text: str) -> int | None:
+    """Microseconds since 0001-01-01T00:00:00Z of a strict ISO-8601 timestamp with offset.
+
+    ``None`` for anything else. The SQL function ``reporunner_iso_timestamptz``
+    accepts exactly the same strings and orders them the same way.
+    """
+    match = _ISO_INSTANT.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
+    if hour > 23 or minute > 59 or second > 59:
+        return None
+    try:
+        days = date(year, month, day).toordinal()
+    except ValueError:
+        return None
+    offset = 0
+    if match[8]:
+        if int(match[9]) > 23 or int(match[10]) > 59:
+            return None
+        offset = (int(match[9]) * 60 + int(match[10])) * (-1 if match[8] == "-" else 1)
+    micros = int((match[7] or "")[:6].ljust(6, "0"))
+    seconds = days * 86400 + hour * 3600 + (minute - offset) * 60 + second
+    return seconds * 1_000_000 + micros
+
+
+# -- the compiler -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Field:
+    """Where a field's values are: lax path ``branches`` into the jsonb ``doc``.
+
+    Without branches, ``doc`` itself is the one value and is not unwrapped
+    (an array element under ``$elemMatch`` with operators).
+    """
+
+    doc: str
+    where: str
+    branches: tuple[str, ...] = ()
+    keys: tuple[str, ...] | None = None  # the path as plain keys, for @> patterns
 
 
 class _Compiler:
-    def __init__(self, column: str, prefix: str) -> None:
-        self.column = column
+    def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.params: dict[str, Any] = {}
+        self.aliases = 0
 
     def bind(self, value: Any) -> str:
         name = f"{self.prefix}{len(self.params)}"
         self.params[name] = value
         return f":{name}"
 
-    # -- documents and logical operators ------------------------------------
+    def jsonpath(self, path: str) -> str:
+        return f"CAST({self.bind(path)} AS jsonpath)"
 
-    def document(self, filter_: Any, where: str, depth: int) -> str:
+    def jsonb(self, value: Any) -> str:
+        return f"CAST({self.bind(_dump(value))} AS jsonb)"
+
+    def alias(self) -> str:
+        self.aliases += 1
+        return f"{self.prefix}__{self.aliases}"
+
+    # -- documents and logical operators --------------------------------------------
+
+    def document(self, filter_: Any, doc: str, where: str, depth: int) -> str:
         if depth > MAX_DEPTH:
             raise QueryError(f"filter nested deeper than {MAX_DEPTH} levels")
         if not isinstance(filter_, dict):
-            raise QueryError(f"a filter must be a JSON object{_at(where)}, not {_kind(filter_)}")
+            at = f" at '{where}'" if where else ""
+            raise QueryError(f"a filter must be a JSON object{at}, not {_kind(filter_)}")
         clauses = []
-        for key, value in filter_.items():
-            if key in ("$and", "$or", "$nor"):
-                clauses.append(self.logical(key, value, depth))
+        for key, condition in filter_.items():
+            if not isinstance(key, str):
+                raise QueryError(f"field names must be strings, not {_kind(key)}")
+            if key in _LOGICAL:
+                clauses.append(self.logical(key, condition, doc, where, depth))
             elif key.startswith("$"):
-                raise QueryError(f"unknown top-level operator '{key}'{_at(where)}")
+                if where:
+                    raise QueryError(f"unknown operator '{key}' at '{where}'")
+                raise QueryError(f"unknown top-level operator '{key}'")
             else:
-                clauses.append(self.field(_split(key), value, depth))
-        return " AND ".join(f"({c})" for c in clauses) if clauses else "TRUE"
+                clauses.append(self.field(self.path(doc, key, where), condition, depth))
+        return _and(clauses)
 
-    def logical(self, operator: str, operands: Any, depth: int) -> str:
+    def logical(self, operator: str, operands: Any, doc: str, where: str, depth: int) -> str:
         if not isinstance(operands, list) or not operands:
-            raise QueryError(f"{operator} needs a non-empty array of filters")
-        parts = [f"({self.document(o, operator, depth + 1)})" for o in operands]
+            at = f" at '{where}'" if where else ""
+            raise QueryError(f"{operator} needs a non-empty array of filters{at}")
+        parts = [self.document(o, doc, where, depth + 1) for o in operands]
         if operator == "$and":
-            return " AND ".join(parts)
+            return _and(parts)
         if operator == "$or":
-            return " OR ".join(parts)
-        return "NOT (" + " OR ".join(parts) + ")"
+            return _or(parts)
+        return _not(_or(parts))
 
-    # -- one field ------------------------------------------------------------
+    def path(self, doc: str, key: str, where: str) -> _Field:
+        dotted = f"{where}.{key}" if where else key
+        segments = key.split(".")
+        if len(segments) > MAX_PATH_SEGMENTS:
+            raise QueryError(f"field path longer than {MAX_PATH_SEGMENTS} segments at '{dotted}'")
+        for segment in segments:
+            if not segment:
+                raise QueryError(f"invalid field path '{dotted}': empty segment")
+            if segment.startswith("$"):
+                raise QueryError(f"invalid field path '{dotted}': a segment starts with '$'")
+            _check_text(segment, dotted)
+        indices = [i for i, s in enumerate(segments) if i > 0 and _INDEX.fullmatch(s)]
+        if len(indices) > MAX_INDEX_SEGMENTS:
+            raise QueryError(
+                f"field path with more than {MAX_INDEX_SEGMENTS} numeric segments at '{dotted}'"
+            )
+        branches = tuple(
+            _render_path(segments, {i for i, chosen in zip(indices, choice, strict=True) if chosen})
+            for choice in itertools.product((False, True), repeat=len(indices))
+        )
+        return _Field(doc, dotted, branches, None if indices else tuple(segments))
 
-    def field(self, path: tuple[str, ...], condition: Any, depth: int) -> str:
-        dotted = ".".join(path)
-        if not (isinstance(condition, dict) and any(k.startswith("$") for k in condition)):
-            return self.equals(path, condition)
-        unknown = [k for k in condition if k not in _FIELD_OPERATORS]
-        if unknown:
-            raise QueryError(f"unknown operator '{unknown[0]}' at '{dotted}'")
+    # -- one field ------------------------------------------------------------------
+
+    def field(self, field: _Field, condition: Any, depth: int) -> str:
+        if isinstance(condition, dict) and any(_is_operator(k) for k in condition):
+            if not all(_is_operator(k) for k in condition):
+                raise QueryError(f"cannot mix operators and fields at '{field.where}'")
+            return self.operators(field, condition, depth)
+        return self.equals(field, condition)
+
+    def operators(self, field: _Field, condition: dict[str, Any], depth: int) -> str:
+        if depth > MAX_DEPTH:
+            raise QueryError(f"filter nested deeper than {MAX_DEPTH} levels")
         if "$options" in condition and "$regex" not in condition:
-            raise QueryError(f"$options without $regex at '{dotted}'")
-        clauses = []
-        for operator, operand in condition.items():
-            if operator == "$options":
-                continue
-            clauses.append(self.operator(path, operator, operand, condition, depth))
-        return " AND ".join(f"({c})" for c in clauses)
+            raise QueryError(f"$options needs $regex at '{field.where}'")
+        return _and(
+            [
+                self.operator(field, operator, operand, condition, depth)
+                for operator, operand in condition.items()
+                if operator != "$options"
+            ]
+        )
 
     def operator(
-        self,
-        path: tuple[str, ...],
-        operator: str,
-        operand: Any,
-        condition: dict[str, Any],
-        depth: int,
+        self, field: _Field, operator: str, operand: Any, condition: dict[str, Any], depth: int
     ) -> str:
-        dotted = ".".join(path)
+        where = field.where
         if operator == "$eq":
-            return self.equals(path, operand)
+            return self.equals(field, operand)
         if operator == "$ne":
-            return f"NOT ({self.equals(path, operand)})"
+            return _not(self.equals(field, operand))
+        if operator in _ORDER:
+            return self.compare(field, operator, operand)
         if operator in ("$in", "$nin"):
-            if not isinstance(operand, list):
-                raise QueryError(f"{operator} needs an array at '{dotted}'")
-            any_of = " OR ".join(f"({self.equals(path, v)})" for v in operand) or "FALSE"
-            return any_of if operator == "$in" else f"NOT ({any_of})"
-        if operator in _COMPARISONS:
-            return self.compare(path, _COMPARISONS[operator], operand, operator)
+            any_of = self.any_of(field, operator, operand)
+            return any_of if operator == "$in" else _not(any_of)
+        if operator == "$all":
+            values = self.values_list(field, operator, operand)
+            return _and([self.equals(field, v) for v in values]) if values else "FALSE"
         if operator == "$exists":
             if not isinstance(operand, bool):
-                raise QueryError(f"$exists needs true or false at '{dotted}'")
-            exists = self.path_exists(_lax(path))
-            return exists if operand else f"NOT {exists}"
+                raise QueryError(f"$exists needs true or false at '{where}'")
+            return self.exists(field) if operand else _not(self.exists(field))
         if operator == "$regex":
-            return self.regex(path, operand, condition.get("$options", ""))
+            options = condition.get("$options", "")
+            if not isinstance(options, str):
+                raise QueryError(f"$options needs a string at '{where}'")
+            return self.regex(field, operand, options)
         if operator == "$not":
-            if isinstance(operand, dict) and operand and all(k.startswith("$") for k in operand):
-                return f"NOT ({self.field(path, operand, depth + 1)})"
-            raise QueryError(f"$not needs an operator object at '{dotted}'")
+            if isinstance(operand, str):
+                return _not(self.regex(field, operand, ""))
+            if isinstance(operand, dict) and operand and all(_is_operator(k) for k in operand):
+                return _not(self.operators(field, operand, depth + 1))
+            raise QueryError(f"$not needs an operator object or a regex at '{where}'")
         if operator == "$size":
-            if not isinstance(operand, int) or isinstance(operand, bool) or operand < 0:
-                raise QueryError(f"$size needs a non-negative integer at '{dotted}'")
-            return (
-                f"EXISTS (SELECT 1 FROM jsonb_path_query({self.column}, "
-                f"CAST({self.bind(_strict(path))} AS jsonpath), '{{}}', true) AS v "
-                f"WHERE jsonb_typeof(v) = 'array' AND jsonb_array_length(v) = {self.bind(operand)})"
-            )
-        if operator == "$all":
-            if not isinstance(operand, list) or not operand:
-                raise QueryError(f"$all needs a non-empty array at '{dotted}'")
-            return " AND ".join(f"({self.equals(path, v)})" for v in operand)
+            return self.size(field, operand)
         if operator == "$elemMatch":
-            return self.elem_match(path, operand, depth)
-        raise QueryError(f"unknown operator '{operator}' at '{dotted}'")  # pragma: no cover
+            return self.elem_match(field, operand, depth)
+        raise QueryError(f"unknown operator '{operator}' at '{where}'")
 
-    def equals(self, path: tuple[str, ...], value: Any) -> str:
-        value = normalise_instant(value)
+    # -- equality -------------------------------------------------------------------
+
+    def equals(self, field: _Field, value: Any) -> str:
+        _check_value(value, field.where)
         if value is None:
-            # MongoDB: null matches null and missing.
-            return (
-                f"({self.path_exists(_lax(path) + ' ? (@ == null)')} "
-                f"OR NOT {self.path_exists(_lax(path))})"
-            )
+            return _or([self.any(field, '@.type() == "null"'), _not(self.exists(field))])
         if isinstance(value, dict | list):
-            # Whole-value equality, at the path itself (no fan-out through arrays).
-            return (
-                f"EXISTS (SELECT 1 FROM jsonb_path_query({self.column}, "
-                f"CAST({self.bind(_strict(path))} AS jsonpath), '{{}}', true) AS v "
-                f"WHERE v = CAST({self.bind(json.dumps(value))} AS jsonb))"
+            return self.equals_whole(field, value)
+        if isinstance(value, str) and iso_instant(value) is not None:
+            return self.instant(field, "=", value)
+        return self.equals_scalars(field, [value])
+
+    def equals_scalars(self, field: _Field, values: list[Any]) -> str:
+        """Any value (or element) equals one of ``values`` (non-null scalars, no instants)."""
+        if field.keys is not None and len(values) << len(field.keys) <= _MAX_CONTAINMENTS:
+            return _or(
+                [
+                    f"{field.doc} @> {self.jsonb(pattern)}"
+                    for value in values
+                    for pattern in _containments(field.keys, value)
+                ]
             )
-        _check_scalar(value, ".".join(path))
-        return self.path_exists(_lax(path) + " ? (@ == $v)", {"v": value})
+        tests = [f'@.type() == "{_json_type(v)}" && @ == $v{i}' for i, v in enumerate(values)]
+        predicate = tests[0] if len(tests) == 1 else " || ".join(f"({t})" for t in tests)
+        return self.any(field, predicate, {f"v{i}": v for i, v in enumerate(values)})
 
-    def compare(self, path: tuple[str, ...], symbol: str, operand: Any, operator: str) -> str:
-        operand = normalise_instant(operand)
-        if isinstance(operand, bool) or not isinstance(operand, int | float | str):
-            raise QueryError(f"{operator} needs a number or a string at '{'.'.join(path)}'")
-        _check_scalar(operand, ".".join(path))
-        return self.path_exists(f"{_lax(path)} ? (@ {symbol} $v)", {"v": operand})
+    def equals_whole(self, field: _Field, value: dict[str, Any] | list[Any]) -> str:
+        target = self.jsonb(value)
+        if not field.branches:
+            return f"{field.doc} = {target}"
+        containers = '@.type() == "array" || @.type() == "object"'
+        return _or(
+            [
+                self.exists_row(field, None, lambda v: f"{v} = {target}"),  # the values
+                self.exists_row(field, containers, lambda v: f"{v} = {target}"),  # elements
+            ]
+        )
 
-    def regex(self, path: tuple[str, ...], pattern: Any, options: Any) -> str:
-        dotted = ".".join(path)
+    def any_of(self, field: _Field, operator: str, operand: Any) -> str:
+        values = self.values_list(field, operator, operand)
+        scalars = [
+            v
+            for v in values
+            if v is not None
+            and not isinstance(v, dict | list)
+            and not (isinstance(v, str) and iso_instant(v) is not None)
+        ]
+        others = [v for v in values if not any(v is s for s in scalars)]
+        parts = [self.equals_scalars(field, scalars)] if scalars else []
+        return _or(parts + [self.equals(field, v) for v in others])
+
+    def values_list(self, field: _Field, operator: str, operand: Any) -> list[Any]:
+        if not isinstance(operand, list):
+            raise QueryError(f"{operator} needs an array at '{field.where}'")
+        for value in operand:
+            if isinstance(value, dict) and any(_is_operator(k) for k in value):
+                raise QueryError(f"{operator} cannot hold operators at '{field.where}'")
+            _check_value(value, field.where)
+        return operand
+
+    # -- order, regexes, sizes, arrays ------------------------------------------------
+
+    def compare(self, field: _Field, operator: str, operand: Any) -> str:
+        if operand is None:
+            return self.equals(field, None) if operator in ("$gte", "$lte") else "FALSE"
+        if isinstance(operand, dict | list):
+            raise QueryError(
+                f"{operator} needs a number, a string, a boolean or null at '{field.where}'"
+            )
+        _check_value(operand, field.where)
+        symbol = _ORDER[operator]
+        if isinstance(operand, str) and iso_instant(operand) is not None:
+            return self.instant(field, symbol, operand)
+        return self.any(
+            field, f'@.type() == "{_json_type(operand)}" && @ {symbol} $v', {"v": operand}
+        )
+
+    def instant(self, field: _Field, symbol: str, value: str) -> str:
+        target = f"{INSTANT_FUNCTION}(CAST({self.bind(value)} AS text))"
+        return self.exists_row(
+            field,
+            '@.type() == "string"',
+            lambda v: f"{INSTANT_FUNCTION}({v} #>> '{{}}') {symbol} {target}",
+        )
+
+    def regex(self, field: _Field, pattern: Any, options: str) -> str:
         if not isinstance(pattern, str):
-            raise QueryError(f"$regex needs a string at '{dotted}'")
-        if len(pattern) > MAX_REGEX_CHARS:
-            raise QueryError(f"regex longer than {MAX_REGEX_CHARS} characters at '{dotted}'")
-        if not isinstance(options, str) or set(options) - _REGEX_FLAGS:
-            raise QueryError(f"$options may hold only i, m and s at '{dotted}'")
-        check_regex(pattern, dotted)
-        mode = _PG_REGEX_MODE["".join(sorted(set(options) - {"i"}))]
-        full = f"(?{mode}{'i' if 'i' in options else ''}){pattern}"
-        strings = _lax(path) + ' ? (@.type() == "string")'
-        return (
-            f"EXISTS (SELECT 1 FROM jsonb_path_query({self.column}, "
-            f"CAST({self.bind(strings)} AS jsonpath)) AS v "
-            f"WHERE (v #>> '{{}}') ~ {self.bind(full)})"
+            raise QueryError(f"$regex needs a string at '{field.where}'")
+        compiled = translate_regex(pattern, options, field.where)
+        target = f"CAST({self.bind(compiled.postgres)} AS text)"
+        return self.exists_row(
+            field, '@.type() == "string"', lambda v: f"({v} #>> '{{}}') COLLATE \"C\" ~ {target}"
         )
 
-    def elem_match(self, path: tuple[str, ...], operand: Any, depth: int) -> str:
-        dotted = ".".join(path)
-        if not isinstance(operand, dict) or not operand:
-            raise QueryError(f"$elemMatch needs a non-empty object at '{dotted}'")
-        inner = _Compiler("e", f"{self.prefix}{len(self.params)}_")
-        if all(k.startswith("$") for k in operand):
-            # Elements are scalars: the operators apply to each element itself.
-            condition = inner.field((), operand, depth + 1)
-        else:
-            condition = inner.document(operand, dotted, depth + 1)
-        self.params.update(inner.params)
-        return (
-            f"EXISTS (SELECT 1 FROM jsonb_path_query({self.column}, "
-            f"CAST({self.bind(_strict(path))} AS jsonpath), '{{}}', true) AS arr, "
-            f"jsonb_array_elements(CASE WHEN jsonb_typeof(arr) = 'array' THEN arr "
-            f"ELSE '[]'::jsonb END) AS e WHERE {condition})"
+    def size(self, field: _Field, operand: Any) -> str:
+        if not isinstance(operand, int) or isinstance(operand, bool) or operand < 0:
+            raise QueryError(f"$size needs a non-negative integer at '{field.where}'")
+        if operand > 2**31 - 1:
+            return "FALSE"  # longer than any jsonb array
+        target = f"CAST({self.bind(operand)} AS integer)"
+        return self.exists_row(
+            field,
+            None,
+            lambda v: (
+                f"CASE WHEN jsonb_typeof({v}) = 'array' THEN jsonb_array_length({v}) END = {target}"
+            ),
         )
 
-    def path_exists(self, path: str, variables: dict[str, Any] | None = None) -> str:
+    def elem_match(self, field: _Field, operand: Any, depth: int) -> str:
+        if not isinstance(operand, dict):
+            raise QueryError(f"$elemMatch needs an object at '{field.where}'")
+        operators = [k for k in operand if _is_operator(k) and k not in _LOGICAL]
+        if operators and len(operators) < len(operand):
+            raise QueryError(f"$elemMatch cannot mix operators and fields at '{field.where}'")
+        arrays, elements = self.alias(), self.alias()
+        element = f"{elements}.{elements}"
+        if operators:  # each element itself is the value: {"$elemMatch": {"$gt": 3}}
+            condition = self.operators(_Field(element, field.where), operand, depth + 1)
+        else:  # each element is a sub-document
+            condition = _and(
+                [
+                    f"jsonb_typeof({element}) = 'object'",
+                    self.document(operand, element, field.where, depth + 1),
+                ]
+            )
+        array = f"{arrays}.{arrays}"
         return (
-            f"jsonb_path_exists({self.column}, CAST({self.bind(path)} AS jsonpath), "
-            f"CAST({self.bind(json.dumps(variables or {}))} AS jsonb))"
+            f"EXISTS (SELECT 1 FROM {self.rows(field, None)} AS {arrays}({arrays}), "
+            f"jsonb_array_elements(CASE WHEN jsonb_typeof({array}) = 'array' THEN {array} END) "
+            f"AS {elements}({elements}) WHERE {condition})"
         )
 
+    # -- the three ways to look at a field's values -----------------------------------
 
-def _split(key: str) -> tuple[str, ...]:
-    parts = tuple(key.split("."))
-    if not key or any(not _SEGMENT.match(p) for p in parts):
-        raise QueryError(f"invalid field path '{key}'")
-    return parts
+    def exists(self, field: _Field) -> str:
+        if not field.branches:
+            return "TRUE"
+        return _or([f"jsonb_path_exists({field.doc}, {self.jsonpath(b)})" for b in field.branches])
+
+    def any(self, field: _Field, predicate: str, variables: dict[str, Any] | None = None) -> str:
+        """Some value, or element of an array value, satisfies the path ``predicate``."""
+        paths = [f"{b} ? ({predicate})" for b in field.branches] or [f"strict $ ? ({predicate})"]
+        extra = f", {self.jsonb(variables)}" if variables else ""
+        return _or([f"jsonb_path_exists({field.doc}, {self.jsonpath(p)}{extra})" for p in paths])
+
+    def rows(self, field: _Field, predicate: str | None) -> str:
+        """A row source of the values (``predicate`` None) or of candidates passing it."""
+        suffix = f" ? ({predicate})" if predicate else ""
+        paths = [b + suffix for b in field.branches] or ["strict $" + suffix]
+        calls = [f"jsonb_path_query({field.doc}, {self.jsonpath(p)})" for p in paths]
+        if len(calls) == 1:
+            return calls[0]
+        return "(" + " UNION ALL ".join(f"SELECT {c}" for c in calls) + ")"
+
+    def exists_row(
+        self, field: _Field, predicate: str | None, condition: Callable[[str], str]
+    ) -> str:
+        alias = self.alias()
+        source = self.rows(field, predicate)
+        where = condition(f"{alias}.{alias}")
+        return f"EXISTS (SELECT 1 FROM {source} AS {alias}({alias}) WHERE {where})"
 
 
-def _quote(segment: str) -> str:
-    return json.dumps(segment, ensure_ascii=False)
+# -- paths and values -----------------------------------------------------------------
 
 
-def _lax(path: tuple[str, ...]) -> str:
-    return "lax $" + "".join(f".{_quote(p)}" for p in path)
+def _render_path(segments: list[str], indices: set[int]) -> str:
+    """A lax SQL/JSON path; segments in ``indices`` are array subscripts.
+
+    A lax ``[n]`` would also take a non-array as a one-element array, so each
+    key followed by subscripts is guarded, on the object that holds it, by
+    checks that every subscripted value is an array.
+    """
+    text = "$"
+    i = 0
+    while i < len(segments):
+        key = json.dumps(segments[i], ensure_ascii=False)
+        subscripts = []
+        i += 1
+        while i in indices:
+            subscripts.append(f"[{segments[i]}]")
+            i += 1
+        if subscripts:
+            guards = ['@.type() == "object"']
+            value = f"@.{key}"
+            for subscript in subscripts:
+                guards.append(f'{value}.type() == "array"')
+                value += subscript
+            text += f" ? ({' && '.join(guards)})"
+        text += f".{key}" + "".join(subscripts)
+    return text
 
 
-def _strict(path: tuple[str, ...]) -> str:
-    return "strict $" + "".join(f".{_quote(p)}" for p in path)
+def _containments(keys: tuple[str, ...], value: Any) -> list[Any]:
+    """Every ``@>`` pattern under which ``value`` sits at ``keys``, each level maybe in an array."""
+    patterns = []
+    for wraps in itertools.product((False, True), repeat=len(keys)):
+        pattern = value
+        for key, wrap in zip(reversed(keys), reversed(wraps), strict=True):
+            pattern = {key: [pattern] if wrap else pattern}
+        patterns.append(pattern)
+    return patterns
 
 
-def _check_scalar(value: Any, where: str) -> None:
-    if (isinstance(value, float) and value != value) or value in (float("inf"), float("-inf")):
-        raise QueryError(f"numbers must be finite at '{where}'")
+def _is_operator(key: Any) -> bool:
+    return isinstance(key, str) and key.startswith("$")
 
 
-def check_regex(pattern: str, where: str) -> None:
-    """Refuse patterns Python cannot compile or that use syntax PostgreSQL reads differently."""
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return "string" if isinstance(value, str) else "number"
+
+
+def _check_text(text: str, where: str) -> None:
+    if _BAD_TEXT.search(text):
+        raise QueryError(f"strings cannot hold NUL or unpaired surrogates at '{where}'")
+
+
+def _check_value(value: Any, where: str, depth: int = 0) -> None:
+    if depth > MAX_VALUE_DEPTH:
+        raise QueryError(f"value nested deeper than {MAX_VALUE_DEPTH} levels at '{where}'")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise QueryError(f"numbers must be finite at '{where}'")
+    elif isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_value(item, where, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise QueryError(f"object keys must be strings at '{where}'")
+            _check_text(key, where)
+            _check_value(item, where, depth + 1)
+    else:
+        raise QueryError(f"{_kind(value)} is not a JSON value at '{where}'")
+
+
+def _dump(value: Any) -> str:
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise QueryError(f"invalid regex at '{where}': {exc}") from None
-    for construct in ("(?P", "(?<", "\\A", "\\Z", "\\b", "\\B", "(?#", "\\x", "\\u", "\\N"):
-        if construct in pattern:
-            raise QueryError(f"regex construct {construct!r} is not supported at '{where}'")
-
-
-def _at(where: str) -> str:
-    return f" in {where}" if where else ""
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:  # e.g. an integer too long to print
+        raise QueryError(f"value cannot be sent as JSON: {exc}") from None
 
 
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-    }.get(type(value), type(value).__name__)
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names |= {list: "an array", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+# -- SQL composition ----------------------------------------------------------------
+
+
+def _has_top_level(sql: str, *words: str) -> bool:
+    depth = 0
+    for i, char in enumerate(sql):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif depth == 0 and any(sql.startswith(w, i) for w in words):
+            return True
+    return False
+
+
+def _and(parts: list[str]) -> str:
+    parts = [p for p in parts if p != "TRUE"]
+    if "FALSE" in parts:
+        return "FALSE"
+    if len(parts) < 2:
+        return parts[0] if parts else "TRUE"
+    return " AND ".join(f"({p})" if _has_top_level(p, " OR ") else p for p in parts)
+
+
+def _or(parts: list[str]) -> str:
+    parts = [p for p in parts if p != "FALSE"]
+    if "TRUE" in parts:
+        return "TRUE"
+    if len(parts) < 2:
+        return parts[0] if parts else "FALSE"
+    return " OR ".join(f"({p})" if _has_top_level(p, " AND ") else p for p in parts)
+
+
+def _not(sql: str) -> str:
+    if sql in ("TRUE", "FALSE"):
+        return "FALSE" if sql == "TRUE" else "TRUE"
+    return f"NOT ({sql})" if _has_top_level(sql, " AND ", " OR ") else f"NOT {sql}"
+
+
+# -- regexes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Regex:
+    """One accepted pattern, spelled for each engine; both match the same strings.
+
+    ``postgres`` is an ARE with embedded options, for ``text COLLATE "C" ~``;
+    ``python`` carries inline flags, for ``re.search``.
+    """
+
+    postgres: str
+    python: str
+
+
+# (m, s) -> PostgreSQL's newline mode: without "s" a dot (and a negated class)
+# stops at newlines; with "m", ^ and $ also match at them.
+_PG_NEWLINE_MODE = {(False, False): "p", (False, True): "s", (True, False): "n", (True, True): "w"}
+_MAX_REGEX_SIZE = 1000  # bounded repetitions multiplied out; PostgreSQL refuses huge ones
+_ESCAPED_CONTROLS = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v"}
+_CONTROL_ESCAPES = {v: k for k, v in _ESCAPED_CONTROLS.items()}
+_BOUNDS = re.compile(r"\{([0-9]{1,3})(,([0-9]{1,3})?)?\}")
+
+
+def translate_regex(pattern: str, options: str = "", where: str = "") -> Regex:
+    """Check ``pattern`` against the supported subset and spell it for both engines.
+
+    Supported: literals (escape any of ``\\^$.|?*+()[]{}``; ``\\`` before other
+    punctuation is allowed too), ``.``, ``^``, ``$``, ``\\d \\D \\s \\S \\w \\W``
+    (ASCII), ``\\n \\t \\r \\f \\v``, classes ``[...]``/``[^...]`` of literals,
+    ranges and ``\\d \\s \\w`` (``[``, ``]`` and ``-`` escaped inside), groups
+    ``(...)``/``(?:...)``, ``|``, and ``* + ? {m} {m,} {m,n}`` (bounds up to 255),
+    each optionally lazy. Not supported (refused): backreferences, lookaround,
+    word boundaries, POSIX classes, inline flags, empty alternatives.
+    Options: ``i`` (ASCII case folding), ``m`` (^/$ at line breaks), ``s`` (dot
+    matches a newline), ``x`` (whitespace and ``#`` comments ignored outside
+    classes).
+    """
+    if len(pattern) > MAX_REGEX_CHARS:
+        raise QueryError(f"regex longer than {MAX_REGEX_CHARS} characters at '{where}'")
+    unsupported = sorted(set(options) - set("imsx"))
+    if unsupported:
+        raise QueryError(
+            f"unsupported $options '{unsupported[0]}' at '{where}' (supported: i, m, s, x)"
+        )
+    _check_text(pattern, where)
+    multiline, dotall = "m" in options, "s" in options
+    parser = _RegexParser(pattern, where, "x" in options, multiline, dotall)
+    postgres, python = parser.parse()
+    fold = "i" if "i" in options else ""
+    python_flags = "a" + fold + ("m" if multiline else "") + ("s" if dotall else "")
+    return Regex(
+        postgres=f"(?{fold}{_PG_NEWLINE_MODE[multiline, dotall]}){postgres}",
+        python=f"(?{python_flags}){python}",
+    )
+
+
+@dataclass(frozen=True)
+class _Piece:
+    postgres: str
+    python: str
+    size: int = 1
+    anchored: bool = False  # holds ^ or $: never repeated
+
+
+def _literal(char: str) -> str:
+    if char in _CONTROL_ESCAPES:
+        return "\\" + _CONTROL_ESCAPES[char]
+    if char.isascii() and not char.isalnum() and char not in " _" and char.isprintable():
+        return "\\" + char
+    return char
+
+
+class _RegexParser:
+    def __init__(
+        self, text: str, where: str, extended: bool, multiline: bool, dotall: bool
+    ) -> None:
+        self.text = text
+        self.where = where
+        self.extended = extended
+        self.multiline = multiline
+        self.dotall = dotall
+        self.pos = 0
+
+    def fail(self, problem: str) -> QueryError:
+        return QueryError(f"invalid regex at '{self.where}': {problem}")
+
+    def peek(self) -> str | None:
+        while self.extended and self.pos < len(self.text):
+            if self.text[self.pos] in " \t\n\r\f\v":
+                self.pos += 1
+            elif self.text[self.pos] == "#":
+                end = self.text.find("\n", self.pos)
+                self.pos = len(self.text) if end < 0 else end + 1
+            else:
+                break
+        return self.text[self.pos] if self.pos < len(self.text) else None
+
+    def parse(self) -> tuple[str, str]:
+        if self.peek() is None:
+            return "", ""
+        piece = self.alternation(0)
+        char = self.peek()
+        if char is not None:
+            raise self.fail(f"unbalanced '{char}'")
+        if piece.size > _MAX_REGEX_SIZE:
+            raise self.fail("too complex (bounded repetitions multiply out too far)")
+        return piece.postgres, piece.python
+
+    def alternation(self, depth: int) -> _Piece:
+        branches = [self.sequence(depth)]
+        while self.peek() == "|":
+            self.pos += 1
+            branches.append(self.sequence(depth))
+        return _Piece(
+            "|".join(b.postgres for b in branches),
+            "|".join(b.python for b in branches),
+            sum(b.size for b in branches),
+            any(b.anchored for b in branches),
+        )
+
+    def sequence(self, depth: int) -> _Piece:
+        items = []
+        while (char := self.peek()) is not None and char not in "|)":
+            items.append(self.repeat(depth))
+        if not items:
+            raise self.fail("missing ')'" if char is None and depth else "empty alternative")
+        return _Piece(
+            "".join(i.postgres for i in items),
+            "".join(i.python for i in items),
+            sum(i.size for i in items),
+            any(i.anchored for i in items),
+        )
+
+    def repeat(self, depth: int) -> _Piece:
+        char = self.peek()
+        if char in ("^", "$"):
+            self.pos += 1
+            if self.peek() in ("*", "+", "?", "{"):
+                raise self.fail(f"nothing to repeat after '{char}'")
+            python = char if char == "^" or self.multiline else r"\Z"
+            return _Piece(char, python, 1, True)
+        atom = self.atom(depth)
+        quantifier = self.quantifier()
+        if quantifier is None:
+            return atom
+        text, factor = quantifier
+        if atom.anchored:
+            raise self.fail("a group holding ^ or $ cannot be repeated")
+        if self.peek() in ("*", "+", "?", "{"):
+            raise self.fail("multiple repeat")
+        return _Piece(atom.postgres + text, atom.python + text, atom.size * factor)
+
+    def quantifier(self) -> tuple[str, int] | None:
+        char = self.peek()
+        if char in ("*", "+", "?"):
+            self.pos += 1
+            text, factor = char, 1
+        elif char == "{":
+            bounds = _BOUNDS.match(self.text, self.pos)
+            if bounds is None:
+                raise self.fail("malformed {m,n} repetition")
+            self.pos = bounds.end()
+            low = int(bounds[1])
+            high = None if bounds[2] and bounds[3] is None else int(bounds[3] or low)
+            if low > 255 or (high is not None and not low <= high <= 255):
+                raise self.fail("repetition bounds must satisfy m <= n <= 255")
+            if high is None:
+                text, factor = f"{{{low},}}", low + 1
+            elif high == low:
+                text, factor = f"{{{low}}}", max(low, 1)
+            else:
+                text, factor = f"{{{low},{high}}}", max(high, 1)
+        else:
+            return None
+        if self.peek() == "?":
+            self.pos += 1
+            text += "?"
+        return text, factor
+
+    def atom(self, depth: int) -> _Piece:
+        char = self.peek()
+        if char == "(":
+            return self.group(depth)
+        if char == "[":
+            return self.bracket()
+        if char == "\\":
+            kind, value = self.escape(inside_class=False)
+            spelled = value if kind == "class" else _literal(value)
+            return _Piece(spelled, spelled)
+        self.pos += 1
+        if char == ".":
+            return _Piece(".", ".")
+        if char in ("*", "+", "?", "{"):
+            raise self.fail(f"nothing to repeat before '{char}'")
+        if char in ("]", "}"):
+            raise self.fail(f"'{char}' must be escaped")
+        assert char is not None
+        return _Piece(_literal(char), _literal(char))
+
+    def group(self, depth: int) -> _Piece:
+        if depth >= 16:
+            raise self.fail("groups nested too deeply")
+        self.pos += 1
+        if self.text.startswith("?", self.pos):
+            if not self.text.startswith("?:", self.pos):
+                raise self.fail("only (...) and (?:...) groups are supported")
+            self.pos += 2
+        inner = self.alternation(depth + 1)
+        if self.peek() != ")":
+            raise self.fail("missing ')'")
+        self.pos += 1
+        return _Piece(f"(?:{inner.postgres})", f"(?:{inner.python})", inner.size, inner.anchored)
+
+    def escape(self, *, inside_class: bool) -> tuple[str, str]:
+        """After a backslash: ("class", "\\d") or ("literal", char)."""
+        self.pos += 1
+        if self.pos >= len(self.text):
+            raise self.fail("trailing backslash")
+        char = self.text[self.pos]
+        self.pos += 1
+        if char in "dsw" or (char in "DSW" and not inside_class):
+            return "class", "\\" + char
+        if char in "DSW":
+            raise self.fail(f"'\\{char}' is not supported inside [...]")
+        if char in _ESCAPED_CONTROLS:
+            return "literal", _ESCAPED_CONTROLS[char]
+        if char.isascii() and not char.isalnum():
+            return "literal", char
+        raise self.fail(f"unsupported escape '\\{char}'")
+
+    def class_member(self) -> tuple[str, str]:
+        char = self.text[self.pos]
+        if char == "\\":
+            return self.escape(inside_class=True)
+        if char in "[-":
+            raise self.fail(f"'{char}' inside [...] must be escaped")
+        self.pos += 1
+        return "literal", char
+
+    def bracket(self) -> _Piece:
+        self.pos += 1
+        negated = self.text.startswith("^", self.pos)
+        self.pos += negated
+        members = []
+        while True:
+            if self.pos >= len(self.text):
+                raise self.fail("missing ']'")
+            if self.text[self.pos] == "]":
+                self.pos += 1
+                break
+            kind, start = self.class_member()
+            if kind == "class":
+                members.append(start)
+            elif self.text.startswith("-", self.pos) and not self.text.startswith("-]", self.pos):
+                self.pos += 1
+                if self.pos >= len(self.text):
+                    raise self.fail("missing ']'")
+                kind, end = self.class_member()
+                if kind == "class":
+                    raise self.fail("a range cannot end in a class escape")
+                if end < start:
+                    raise self.fail(f"reversed range in [...]: {start!r}-{end!r}")
+                members.append(f"{_literal(start)}-{_literal(end)}")
+            else:
+                members.append(_literal(start))
+        if not members:
+            raise self.fail("empty [...]")
+        body = "".join(members)
+        caret = "^" if negated else ""
+        # PostgreSQL's newline-sensitive modes keep negated classes off newlines.
+        newline = "\\n" if negated and not self.dotall else ""
+        return _Piece(f"[{caret}{body}]", f"[{caret}{body}{newline}]")

@@ -1,168 +1,187 @@
-"""A pure-Python evaluator of the filter language, the oracle for the SQL compiler.
+"""A pure-Python evaluator of the filter language: the oracle for the SQL compiler.
 
-It mirrors ``projections.filters`` rule by rule (PostgreSQL's SQL/JSON path
-language in lax mode); property tests check that both agree on random data.
+It states the semantics documented in ``projections.filters`` directly, on
+Python values, without SQL/JSON paths; property tests check that the compiled
+SQL agrees with it on random documents and filters. It assumes a filter that
+``compile_filter`` accepts. Numbers compare as the decimals their JSON spells
+(a float by its shortest repr), which is what PostgreSQL stores.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from projections.errors import QueryError
-from projections.filters import check_regex, normalise_instant
+from projections.filters import iso_instant, translate_regex
 
-_MISSING = object()
+_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
+_ORDER: dict[str, Callable[[Any, Any], bool]] = {
+    "$gt": operator.gt,
+    "$gte": operator.ge,
+    "$lt": operator.lt,
+    "$lte": operator.le,
+}
 
 
-def matches(filter_: Any, document: Any) -> bool:
-    if not isinstance(filter_, dict):
+def matches(filter: Any, document: Any) -> bool:
+    """Whether ``document`` (a JSON object) satisfies ``filter``."""
+    if not isinstance(filter, dict):
         raise QueryError("a filter must be a JSON object")
-    for key, value in filter_.items():
-        if key == "$and":
-            if not all(matches(f, document) for f in value):
-                return False
-        elif key == "$or":
-            if not any(matches(f, document) for f in value):
-                return False
-        elif key == "$nor":
-            if any(matches(f, document) for f in value):
-                return False
-        elif not _field(tuple(key.split(".")), value, document):
-            return False
-    return True
+    return all(_clause(key, condition, document) for key, condition in filter.items())
 
 
-def _lax(document: Any, path: tuple[str, ...]) -> list[Any]:
-    """Values a lax path yields: member access unwraps one level of array."""
-    items = [document]
-    for segment in path:
-        found = []
-        for item in items:
-            for element in item if isinstance(item, list) else [item]:
-                if isinstance(element, dict) and segment in element:
-                    found.append(element[segment])
-        items = found
-    return items
+def _clause(key: str, condition: Any, document: Any) -> bool:
+    if key == "$and":
+        return all(matches(f, document) for f in condition)
+    if key == "$or":
+        return any(matches(f, document) for f in condition)
+    if key == "$nor":
+        return not any(matches(f, document) for f in condition)
+    return _field(condition, _values(document, key.split(".")), unwrap=True)
 
 
-def _strict(document: Any, path: tuple[str, ...]) -> list[Any]:
-    current = document
-    for segment in path:
-        if not isinstance(current, dict) or segment not in current:
-            return []
-        current = current[segment]
-    return [current]
+def _values(document: Any, segments: list[str]) -> list[Any]:
+    """What a path finds: keys of objects, of an array's objects, and array indexes."""
+    found = [document]
+    for segment in segments:
+        step = []
+        for value in found:
+            if isinstance(value, dict):
+                if segment in value:
+                    step.append(value[segment])
+            elif isinstance(value, list):
+                step += [e[segment] for e in value if isinstance(e, dict) and segment in e]
+                if _INDEX.fullmatch(segment) and int(segment) < len(value):
+                    step.append(value[int(segment)])
+        found = step
+    return found
 
 
-def _unwrap(values: list[Any]) -> list[Any]:
-    return [x for v in values for x in (v if isinstance(v, list) else [v])]
+def _field(condition: Any, values: list[Any], *, unwrap: bool) -> bool:
+    """``values`` are a field's values; with ``unwrap``, arrays' elements are candidates too."""
+    candidates = (
+        values + [e for v in values if isinstance(v, list) for e in v] if unwrap else values
+    )
+    if isinstance(condition, dict) and any(k.startswith("$") for k in condition):
+        return all(
+            _operator(op, operand, condition, values, candidates, unwrap)
+            for op, operand in condition.items()
+        )
+    return _equals(condition, values, candidates)
 
 
-def _scalars(document: Any, path: tuple[str, ...]) -> list[Any]:
-    """What a comparison at ``path`` sees: a filter's unwrap, then the operand's."""
-    return _unwrap(_unwrap(_lax(document, path)))
+def _operator(
+    op: str,
+    operand: Any,
+    condition: dict[str, Any],
+    values: list[Any],
+    candidates: list[Any],
+    unwrap: bool,
+) -> bool:
+    if op == "$eq":
+        return _equals(operand, values, candidates)
+    if op == "$ne":
+        return not _equals(operand, values, candidates)
+    if op in _ORDER:
+        return _compare(op, operand, values, candidates)
+    if op == "$in":
+        return any(_equals(v, values, candidates) for v in operand)
+    if op == "$nin":
+        return not any(_equals(v, values, candidates) for v in operand)
+    if op == "$all":
+        return bool(operand) and all(_equals(v, values, candidates) for v in operand)
+    if op == "$exists":
+        return bool(values) == operand
+    if op == "$regex":
+        return _regex(operand, condition.get("$options", ""), candidates)
+    if op == "$options":
+        return True
+    if op == "$not":
+        if isinstance(operand, str):
+            return not _regex(operand, "", candidates)
+        return not _field(operand, values, unwrap=unwrap)
+    if op == "$size":
+        return any(isinstance(v, list) and len(v) == operand for v in values)
+    if op == "$elemMatch":
+        return any(_element_matches(operand, e) for v in values if isinstance(v, list) for e in v)
+    raise QueryError(f"unknown operator '{op}'")
+
+
+def _element_matches(condition: dict[str, Any], element: Any) -> bool:
+    if any(k.startswith("$") and k not in ("$and", "$or", "$nor") for k in condition):
+        return _field(condition, [element], unwrap=False)
+    return isinstance(element, dict) and matches(condition, element)
+
+
+def _equals(target: Any, values: list[Any], candidates: list[Any]) -> bool:
+    if target is None:
+        return not values or any(c is None for c in candidates)
+    if isinstance(target, str) and (instant := iso_instant(target)) is not None:
+        return any(isinstance(c, str) and iso_instant(c) == instant for c in candidates)
+    return any(_same(c, target) for c in candidates)
 
 
 def _same(a: Any, b: Any) -> bool:
+    """JSON equality: numbers by value, never a boolean for a number."""
     if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if _is_number(a) and _is_number(b):
+        return _decimal(a) == _decimal(b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, str) and isinstance(b, str):
         return a == b
     return a is None and b is None
 
 
-def _equals(document: Any, path: tuple[str, ...], value: Any) -> bool:
-    value = normalise_instant(value)
-    if value is None:
-        return any(v is None for v in _scalars(document, path)) or not _lax(document, path)
-    if isinstance(value, dict | list):
-        return any(_json_equal(v, value) for v in _strict(document, path))
-    return any(_same(v, value) for v in _scalars(document, path))
+def _compare(op: str, operand: Any, values: list[Any], candidates: list[Any]) -> bool:
+    if operand is None:
+        return op in ("$gte", "$lte") and _equals(None, values, candidates)
+    as_instants = isinstance(operand, str) and iso_instant(operand) is not None
+    target = _sort_key(operand, as_instants)
+    return any(
+        (key := _sort_key(c, as_instants)) is not None
+        and target is not None
+        and key[0] == target[0]
+        and _ORDER[op](key[1], target[1])
+        for c in candidates
+    )
 
 
-def _json_equal(a: Any, b: Any) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return _same(a, b)
+def _sort_key(value: Any, as_instants: bool) -> tuple[str, Any] | None:
+    """The type bracket of ``value`` and its comparable form (``None``: never ordered)."""
+    if isinstance(value, bool):
+        return ("boolean", value)
+    if _is_number(value):
+        return ("number", _decimal(value))
+    if isinstance(value, str):
+        if not as_instants:
+            return ("string", value)  # Python orders str by code point, like SQL/JSON paths
+        instant = iso_instant(value)
+        return None if instant is None else ("instant", instant)
+    return None
 
 
-def _compare(document: Any, path: tuple[str, ...], operator: str, operand: Any) -> bool:
-    operand = normalise_instant(operand)
-    for value in _scalars(document, path):
-        comparable = (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and isinstance(operand, int | float)
-        ) or (isinstance(value, str) and isinstance(operand, str))
-        if (
-            comparable
-            and {
-                "$gt": value > operand,
-                "$gte": value >= operand,
-                "$lt": value < operand,
-                "$lte": value <= operand,
-            }[operator]
-        ):
-            return True
-    return False
+def _regex(pattern: str, options: str, candidates: list[Any]) -> bool:
+    search = _compiled(pattern, options)
+    return any(isinstance(c, str) and search(c) is not None for c in candidates)
 
 
-def _regex(document: Any, path: tuple[str, ...], pattern: str, options: str) -> bool:
-    check_regex(pattern, ".".join(path))
-    flags = (re.I if "i" in options else 0) | (re.M if "m" in options else 0)
-    flags |= re.S if "s" in options else 0
-    compiled = re.compile(pattern, flags)
-    return any(isinstance(v, str) and compiled.search(v) for v in _unwrap(_lax(document, path)))
+@functools.lru_cache(maxsize=512)
+def _compiled(pattern: str, options: str) -> Callable[[str], re.Match[str] | None]:
+    return re.compile(translate_regex(pattern, options).python).search
 
 
-def _field(path: tuple[str, ...], condition: Any, document: Any) -> bool:
-    if not (isinstance(condition, dict) and any(k.startswith("$") for k in condition)):
-        return _equals(document, path, condition)
-    for operator, operand in condition.items():
-        if operator == "$options":
-            continue
-        if not _operator(path, operator, operand, condition, document):
-            return False
-    return True
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _operator(
-    path: tuple[str, ...], operator: str, operand: Any, condition: dict[str, Any], document: Any
-) -> bool:
-    if operator == "$eq":
-        return _equals(document, path, operand)
-    if operator == "$ne":
-        return not _equals(document, path, operand)
-    if operator == "$in":
-        return any(_equals(document, path, v) for v in operand)
-    if operator == "$nin":
-        return not any(_equals(document, path, v) for v in operand)
-    if operator in ("$gt", "$gte", "$lt", "$lte"):
-        return _compare(document, path, operator, operand)
-    if operator == "$exists":
-        return bool(_lax(document, path)) == operand
-    if operator == "$regex":
-        return _regex(document, path, operand, condition.get("$options", ""))
-    if operator == "$not":
-        return not _field(path, operand, document)
-    if operator == "$size":
-        return any(isinstance(v, list) and len(v) == operand for v in _strict(document, path))
-    if operator == "$all":
-        return all(_equals(document, path, v) for v in operand)
-    if operator == "$elemMatch":
-        for array in _strict(document, path):
-            if not isinstance(array, list):
-                continue
-            for element in array:
-                if all(k.startswith("$") for k in operand):
-                    if _field((), operand, element):
-                        return True
-                elif matches(operand, element):
-                    return True
-        return False
-    raise QueryError(f"unknown operator '{operator}'")
+def _decimal(value: int | float) -> Decimal:
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,8 +60,19 @@ class EventBatch:
     events: list[tuple[int, Any]]
 
 
+# A JSON escape of U+0000: preceded by an even number of backslashes (each pair
+# is an escaped backslash), so the text "\\u0000" (a literal backslash) is kept.
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def _orjson_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    """JSON for jsonb. jsonb refuses U+0000, and one such string in one event
+    would stall the projection forever, so views hold U+FFFD instead (the log
+    keeps the original)."""
+    text = orjson.dumps(value).decode()
+    if "\\u0000" in text:
+        text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
+    return text
 
 
 def _lock_tracking(cur: psycopg.Cursor[Any], name: str) -> int:

@@ -8,12 +8,14 @@ that event.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from domain.workflow import (
     DEFINITION_FIELDS,
     WorkflowCreatedEvent,
     WorkflowDeletedEvent,
+    WorkflowExecutedEvent,
     WorkflowUpdatedEvent,
 )
 from projections.store import Document, ViewBatch
@@ -26,7 +28,12 @@ VERSIONS = "workflow_versions"
 class WorkflowsProjection:
     name: str = "workflows"
     collections: tuple[str, ...] = (WORKFLOWS, VERSIONS)
-    topics: tuple[type, ...] = (WorkflowCreatedEvent, WorkflowUpdatedEvent, WorkflowDeletedEvent)
+    topics: tuple[type, ...] = (
+        WorkflowCreatedEvent,
+        WorkflowUpdatedEvent,
+        WorkflowDeletedEvent,
+        WorkflowExecutedEvent,
+    )
 
     def prefetch(self, events: Sequence[Any], view: ViewBatch) -> None:
         view.prefetch(WORKFLOWS, [str(e.originator_id) for e in events])
@@ -41,6 +48,8 @@ class WorkflowsProjection:
                 **{name: getattr(event, name) for name in DEFINITION_FIELDS},
                 "version": event.originator_version,
                 "deleted": False,
+                "runs": 0,
+                "last_execution": None,
                 "created_at": at.isoformat(),
                 "created_by": actor,
                 "updated_at": at.isoformat(),
@@ -60,6 +69,19 @@ class WorkflowsProjection:
             existing = view.get(WORKFLOWS, workflow_id)
             if existing is None:
                 raise LookupError(f"{type(event).__qualname__} for unknown workflow {workflow_id}")
+            if isinstance(event, WorkflowExecutedEvent):
+                # A run is part of the workflow's history (and moves its
+                # version) but changes no definition: no version document.
+                run = {"id": event.execution_id, "status": event.status, "at": at.isoformat()}
+                update = {"version": event.originator_version, "last_execution": run}
+                data = apply_update(existing.data, {"$set": update, "$inc": {"runs": 1}})
+                view.put(
+                    WORKFLOWS,
+                    replace(
+                        existing, data=data, version=event.originator_version, position=position
+                    ),
+                )
+                return
             changes = dict(event.changes) if isinstance(event, WorkflowUpdatedEvent) else {}
             if isinstance(event, WorkflowDeletedEvent):
                 changes["deleted"] = True

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from projections.errors import QueryError
-
 from infrastructure.problems import Problem, problem_type
+from projections.errors import QueryError
 from read_api.queries import BadQuery
 
 

@@ -15,10 +15,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from projections.filters import compile_filter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from projections.filters import compile_filter
 from projections.store import collection_table
 
 MAX_LIMIT = 500

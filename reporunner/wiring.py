@@ -23,6 +23,7 @@ from projections.runner import Projection, Projector, start_in_thread
 from projections.workflows import WorkflowsProjection
 from read_api import QUERY_PROBLEMS
 from read_api import router as read_router
+from read_api.aggregate import router as aggregate_router
 from write_api import COMMAND_PROBLEMS, include_write_api
 
 log = structlog.get_logger("reporunner")
@@ -135,6 +136,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         include_write_api(app)
     if "read-api" in roles:
         app.include_router(read_router)
+        app.include_router(aggregate_router)
     return app
 
 

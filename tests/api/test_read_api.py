@@ -185,3 +185,55 @@ def test_every_role_may_read_and_anonymous_may_not(
         headers = {"Authorization": f"Bearer {make_key(org, role)}", **_fresh(created["position"])}
         assert client.get(f"/v1/workflows/{created['id']}", headers=headers).status_code == 200
     assert client.get(f"/v1/workflows/{created['id']}").status_code == 401
+
+
+def test_aggregate_runs_a_dashboard_pipeline_in_the_callers_organisation(
+    client: httpx.Client, owner: dict[str, str], make_key: Any
+) -> None:
+    _create(client, owner, name="one", tags=["a"])
+    _create(client, owner, name="two", tags=["b", "a"])
+    last = _create(client, owner, name="three", tags=["a"])
+    other_org = f"other-{uuid.uuid4().hex[:8]}"
+    outsider = {"Authorization": f"Bearer {make_key(other_org, 'owner')}"}
+    elsewhere = _create(client, outsider, name="elsewhere", tags=["a"])
+    pipeline = [
+        {"$match": {"org_id": {"$exists": False}}},
+        {"$unwind": "$tags"},
+        {"$group": {"_id": "$tags", "n": {"$count": {}}, "names": {"$push": "$name"}}},
+        {"$sort": {"_id": 1}},
+    ]
+    response = client.post(
+        "/v1/query/workflows/aggregate",
+        json={"pipeline": pipeline},
+        headers={**owner, **_fresh(last["position"] + 1)},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "results": [
+            {"_id": "a", "n": 3, "names": ["one", "two", "three"]},
+            {"_id": "b", "n": 1, "names": ["two"]},
+        ]
+    }
+    assert int(response.headers["x-projection-position"]) >= last["position"]
+    for trespass in ({"org_id": other_org}, {"id": elsewhere["id"]}, {"name": "elsewhere"}):
+        peek = client.post(
+            "/v1/query/workflows/aggregate",
+            json={"pipeline": [{"$match": trespass}]},
+            headers={**owner, **_fresh(elsewhere["position"])},
+        )
+        assert peek.status_code == 200 and peek.json() == {"results": []}, trespass
+
+
+def test_aggregate_rejects_what_it_cannot_run(client: httpx.Client, owner: dict[str, str]) -> None:
+    def post(collection: str, body: Any, headers: dict[str, str] = owner) -> httpx.Response:
+        return client.post(f"/v1/query/{collection}/aggregate", json=body, headers=headers)
+
+    unknown_stage = post("workflows", {"pipeline": [{"$out": "x"}]})
+    assert unknown_stage.status_code == 400 and "unknown stage '$out'" in unknown_stage.text
+    assert unknown_stage.headers["content-type"] == "application/problem+json"
+    not_a_list = post("workflows", {"pipeline": {"$match": {}}})
+    assert not_a_list.status_code == 400, not_a_list.text
+    missing = post("workflows", {})
+    assert missing.status_code == 422
+    assert post("users", {"pipeline": []}).status_code == 404
+    assert post("workflows", {"pipeline": []}, headers={}).status_code == 401

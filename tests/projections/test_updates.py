@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -125,3 +126,11 @@ def test_no_operator_ever_changes_its_input(document: dict[str, Any], operation:
     with contextlib.suppress(UpdateError):
         apply_update(document, {operator: {path: operand}})
     assert document == before
+
+
+def test_views_hold_a_replacement_for_nul_which_jsonb_refuses() -> None:
+    from projections.runner import _orjson_text
+
+    assert orjson.loads(_orjson_text({"k\x00": "a\x00b"})) == {"k\ufffd": "a\ufffdb"}
+    # An escaped backslash followed by the letters u0000 is text, not NUL.
+    assert orjson.loads(_orjson_text(["\\u0000", "\\\x00"])) == ["\\u0000", "\\\ufffd"]

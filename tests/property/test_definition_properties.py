@@ -24,7 +24,10 @@ NODE_KINDS: dict[str, tuple[st.SearchStrategy[dict[str, Any]], tuple[str, ...]]]
             lambda fields, keep: {"fields": fields, "keep_others": keep},
             st.dictionaries(
                 st.from_regex(r"[a-z]{1,5}(\.[a-z0-9_-]{1,5}){0,2}", fullmatch=True),
-                st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                st.none()
+                | st.booleans()
+                | st.integers()
+                | st.text(st.characters(exclude_characters="\x00"), max_size=10),
                 max_size=3,
             ),
             st.booleans(),

@@ -880,3 +880,18 @@ def _timed(body: dict[str, Any]) -> float:
     started = time.perf_counter()
     validate_definition(**body)
     return time.perf_counter() - started
+
+
+def test_nul_characters_are_refused_wherever_they_are() -> None:
+    # PostgreSQL's jsonb cannot hold U+0000: accepting one would log an event
+    # that no view can ever show.
+    found = problems(
+        name="a\x00b",
+        tags=["ok", "x\x00"],
+        nodes=[trigger(), noop("a", name="n\x00")],
+        connections=[edge("start", "a")],
+        settings={"note\x00": 1},
+    )
+    nul = {p.loc for p in found if "NUL" in p.msg}
+    assert nul == {"name", "tags[1]", "nodes[1].name", "settings.note\x00"}
+    accepts(description="a backslash then u0000 is fine: \\u0000")
