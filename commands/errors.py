@@ -38,3 +38,11 @@ class IdempotencyKeyReused(CommandError):
             "use a new key for a new request"
         )
         self.key = key
+
+
+class ExecutionNotFound(CommandError):
+    """No such execution in the caller's organisation."""
+
+    def __init__(self, execution_id: UUID) -> None:
+        super().__init__(f"execution {execution_id} not found")
+        self.execution_id = execution_id

@@ -7,7 +7,7 @@ They check types and shape only; the rules of a valid workflow live in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -94,3 +94,31 @@ class CommandResult:
     version: int
     position: int
     status_code: int
+
+
+class RunWorkflow(BaseModel):
+    """Run a workflow: ``sync`` answers with the result, ``async`` queues it for a worker."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"input": {"name": "Ada"}, "mode": "sync"}]},
+    )
+
+    input: dict[str, Any] | list[dict[str, Any]] = Field(
+        default_factory=dict,
+        description="An object (one item) or an array of objects (one item each).",
+    )
+    mode: Literal["sync", "async"] = "sync"
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """An execution as a command answers it."""
+
+    execution_id: UUID
+    status: str
+    position: int
+    status_code: int
+    output: dict[str, Any] | None = None
+    error: str | None = None

@@ -51,3 +51,70 @@ class WorkflowDeleted(DomainError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.workflow_id,))
+
+
+class ExecutionInputInvalid(DomainError):
+    """An execution's input is not a JSON object or an array of JSON objects."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid execution input: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason,))
+
+
+class InvalidExecutionTransition(DomainError):
+    """An execution was asked for a change its current status does not allow."""
+
+    def __init__(self, execution_id: UUID | str, status: str, action: str) -> None:
+        self.execution_id = execution_id
+        self.status = status
+        self.action = action
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return f"cannot {self.action} execution {self.execution_id}: it is {self.status}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.execution_id, self.status, self.action))
+
+
+class ExecutionFinished(InvalidExecutionTransition):
+    """A finished execution (succeeded, failed, canceled, crashed) accepts no change."""
+
+    def _message(self) -> str:
+        return (
+            f"cannot {self.action} execution {self.execution_id}: "
+            f"it already finished ({self.status})"
+        )
+
+
+class NodeRunNotStarted(DomainError):
+    """A node result was reported for a node attempt that is not the one running."""
+
+    def __init__(self, execution_id: UUID | str, node_id: str, attempt: int) -> None:
+        self.execution_id = execution_id
+        self.node_id = node_id
+        self.attempt = attempt
+        super().__init__(
+            f"execution {execution_id}: node '{node_id}' attempt {attempt} is not running"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.execution_id, self.node_id, self.attempt))
+
+
+class NodeRunStillRunning(DomainError):
+    """A node start was reported while another node attempt had not reported its result."""
+
+    def __init__(self, execution_id: UUID | str, node_id: str, attempt: int) -> None:
+        self.execution_id = execution_id
+        self.node_id = node_id
+        self.attempt = attempt
+        super().__init__(
+            f"execution {execution_id}: node '{node_id}' attempt {attempt} is still running"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.execution_id, self.node_id, self.attempt))

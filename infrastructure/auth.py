@@ -33,12 +33,15 @@ class Role(StrEnum):
 class Permission(StrEnum):
     READ_WORKFLOWS = "workflows:read"
     WRITE_WORKFLOWS = "workflows:write"
+    EXECUTE_WORKFLOWS = "workflows:execute"
     READ_AUDIT = "audit:read"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.OWNER: frozenset(Permission),
-    Role.EDITOR: frozenset({Permission.READ_WORKFLOWS, Permission.WRITE_WORKFLOWS}),
+    Role.EDITOR: frozenset(
+        {Permission.READ_WORKFLOWS, Permission.WRITE_WORKFLOWS, Permission.EXECUTE_WORKFLOWS}
+    ),
     Role.VIEWER: frozenset({Permission.READ_WORKFLOWS}),
     Role.AUDITOR: frozenset({Permission.READ_WORKFLOWS, Permission.READ_AUDIT}),
 }

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     projection_batch_size: int = Field(default=1000, ge=1, le=100_000)
     projection_poll_s: float = Field(default=1.0, gt=0, le=60)
     roles: str = Field(
-        default="write-api,read-api,projections",
+        default="write-api,read-api,projections,worker",
         description="Comma-separated roles this process runs (serve --only sets one).",
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -44,9 +44,24 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     db_lock_timeout_s: int = Field(default=5, ge=1, le=600)
     db_idle_in_transaction_timeout_s: int = Field(default=10, ge=1, le=3600)
+    # Executions
+    worker_concurrency: int = Field(default=4, ge=1, le=256)
+    execution_lease_s: float = Field(default=30.0, ge=1, le=3600)
+    execution_output_max_bytes: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
+    execution_max_ms: int = Field(default=30_000, ge=1, le=3_600_000)
+    wait_max_ms: int = Field(default=60_000, ge=0, le=3_600_000)
+    http_allowed_hosts: str = Field(
+        default="", description="Comma-separated host names http_request nodes may call."
+    )
+    http_max_response_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
     def role_list(self) -> list[str]:
         return [role.strip() for role in self.roles.split(",") if role.strip()]
+
+    def allowed_http_hosts(self) -> frozenset[str]:
+        return frozenset(
+            host.strip().lower() for host in self.http_allowed_hosts.split(",") if host.strip()
+        )
 
 
 @lru_cache(maxsize=1)

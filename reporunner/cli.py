@@ -26,6 +26,7 @@ class ServeRole(StrEnum):
     WRITE_API = "write-api"
     READ_API = "read-api"
     PROJECTIONS = "projections"
+    WORKER = "worker"
 
 
 app = typer.Typer(
@@ -67,6 +68,46 @@ def serve(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     run_server(settings, host=host, port=port, migrate=migrate, workers=workers)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="Executions run at once (default: settings)."),
+    ] = None,
+    migrate: Annotated[bool, typer.Option(help="Apply migrations at start.")] = True,
+) -> None:
+    """Run execution workers (no HTTP) until interrupted."""
+    import signal
+    import threading
+
+    import migrations
+    from commands import WorkflowCommands
+    from reporunner.wiring import (
+        create_execution_services,
+        create_workflow_application,
+        start_workers,
+    )
+
+    _setup()
+    settings = get_settings()
+    database = resolve_database(settings)
+    if migrate:
+        migrations.upgrade(database.target)
+    workflow_app = create_workflow_application(database.target, settings)
+    services = create_execution_services(
+        workflow_app, WorkflowCommands(workflow_app), database.target, settings
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    threads = start_workers(services, settings, stop, concurrency)
+    stop.wait()
+    for thread in threads:
+        thread.join(timeout=30)
+    services.close()
+    workflow_app.close()
 
 
 @app.command()

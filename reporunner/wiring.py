@@ -13,10 +13,19 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from commands import WorkflowApplication, WorkflowCommands
+from commands.executions import (
+    ExecutionCommands,
+    ExecutionRunner,
+    RunnerSettings,
+    default_worker_id,
+)
+from domain.engine import EngineLimits
 from infrastructure.auth import ApiKeyStore
 from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
+from infrastructure.http_port import AllowListedHttp
+from infrastructure.queue import ExecutionQueue
 from infrastructure.settings import Settings
 from infrastructure.web import RequestContextMiddleware, add_health_routes, install_error_handlers
 from projections.runner import Projection, Projector, start_in_thread
@@ -24,6 +33,7 @@ from projections.workflows import WorkflowsProjection
 from read_api import QUERY_PROBLEMS
 from read_api import router as read_router
 from read_api.aggregate import router as aggregate_router
+from reporunner.worker import Worker
 from write_api import COMMAND_PROBLEMS, include_write_api
 
 log = structlog.get_logger("reporunner")
@@ -60,11 +70,66 @@ def create_workflow_application(target: PgTarget, settings: Settings) -> Workflo
     return WorkflowApplication(env=eventsourcing_env(target, settings))
 
 
-ROLES = ("write-api", "read-api", "projections")
+ROLES = ("write-api", "read-api", "projections", "worker")
+
+
+@dataclass
+class ExecutionServices:
+    """What runs executions in this process: the queue, the runner, the commands."""
+
+    queue: ExecutionQueue
+    runner: ExecutionRunner
+    commands: ExecutionCommands
+    http: AllowListedHttp
+
+    def close(self) -> None:
+        self.runner.close()
+        self.http.close()
+
+
+def create_execution_services(
+    workflow_app: WorkflowApplication,
+    workflows: WorkflowCommands,
+    target: PgTarget,
+    settings: Settings,
+) -> ExecutionServices:
+    queue = ExecutionQueue(workflow_app.event_store.datastore, target)
+    http = AllowListedHttp(settings.allowed_http_hosts(), settings.http_max_response_bytes)
+    runner = ExecutionRunner(
+        workflow_app,
+        queue,
+        RunnerSettings(
+            lease_s=settings.execution_lease_s,
+            output_max_bytes=settings.execution_output_max_bytes,
+            limits=EngineLimits(
+                max_wait_ms=settings.wait_max_ms,
+                allowed_http_hosts=settings.allowed_http_hosts(),
+                max_execution_ms=settings.execution_max_ms,
+            ),
+        ),
+        http,
+    )
+    commands = ExecutionCommands(workflow_app, workflows, runner, default_worker_id("api"))
+    return ExecutionServices(queue=queue, runner=runner, commands=commands, http=http)
+
+
+def start_workers(
+    services: ExecutionServices,
+    settings: Settings,
+    stop: threading.Event,
+    concurrency: int | None = None,
+) -> list[threading.Thread]:
+    worker = Worker(
+        runner=services.runner,
+        queue=services.queue,
+        concurrency=concurrency or settings.worker_concurrency,
+        lease_s=settings.execution_lease_s,
+    )
+    return worker.start(stop)
 
 
 def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLES) -> FastAPI:
-    """The HTTP service with the given roles (all three by default, on one port)."""
+    """The HTTP service with the given roles (all of them by default, on one port)."""
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {ROLES}")
@@ -80,8 +145,14 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
         workflow_app = create_workflow_application(target, settings)
         app.state.workflow_commands = WorkflowCommands(workflow_app)
+        executions = create_execution_services(
+            workflow_app, app.state.workflow_commands, target, settings
+        )
+        app.state.execution_commands = executions.commands
         stop = threading.Event()
         projector_threads = []
+        if "worker" in roles:
+            projector_threads += start_workers(executions, settings, stop)
         if "projections" in roles:
             for projection in all_projections():
                 projector = Projector(
@@ -99,6 +170,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             stop.set()
             for thread in projector_threads:
                 thread.join(timeout=10)
+            executions.close()
             workflow_app.close()
             await engine.dispose()
 

@@ -65,7 +65,14 @@ def db_target(server_target: PgTarget) -> Iterator[PgTarget]:
 @pytest.fixture(scope="session")
 def app_settings() -> Settings:
     configure_logging("warning", "json")
-    return Settings(database_url=None, redis_url=os.environ.get("REDIS_URL"))
+    return Settings(
+        database_url=None,
+        redis_url=os.environ.get("REDIS_URL"),
+        # Tests run a loopback HTTP server for http_request nodes; nothing else.
+        http_allowed_hosts="127.0.0.1",
+        # Short leases, so a killed worker's execution is settled quickly.
+        execution_lease_s=2,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from commands import IdempotencyKeyReused, VersionConflict, WorkflowNotFound
+from commands.errors import ExecutionNotFound
+from domain.errors import ExecutionFinished, ExecutionInputInvalid
 from infrastructure.problems import Problem, problem_type
 
 
-def _not_found(exc: WorkflowNotFound) -> Problem:
+def _not_found(exc: WorkflowNotFound | ExecutionNotFound) -> Problem:
     return Problem(404, str(exc), type_=problem_type("not-found"))
 
 
@@ -28,8 +30,24 @@ def _key_reused(exc: IdempotencyKeyReused) -> Problem:
     return Problem(422, str(exc), type_=problem_type("idempotency-key-reused"))
 
 
+def _finished(exc: ExecutionFinished) -> Problem:
+    return Problem(409, str(exc), type_=problem_type("execution-finished"), status_now=exc.status)
+
+
+def _bad_input(exc: ExecutionInputInvalid) -> Problem:
+    return Problem(
+        422,
+        str(exc),
+        type_=problem_type("invalid-input"),
+        errors=[{"loc": ["body", "input"], "msg": str(exc)}],
+    )
+
+
 COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     WorkflowNotFound: _not_found,
+    ExecutionNotFound: _not_found,
+    ExecutionFinished: _finished,
+    ExecutionInputInvalid: _bad_input,
     VersionConflict: _conflict,
     IdempotencyKeyReused: _key_reused,
 }

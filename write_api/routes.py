@@ -22,6 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow, WorkflowCommands
+from commands.executions import ExecutionCommands
+from commands.models import ExecutionResult, RunWorkflow
 from infrastructure.auth import Permission, Principal
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
@@ -200,3 +202,79 @@ async def delete_workflow(workflow_id: UUID, request: Request) -> Response:
         _commands(request).delete, workflow_id, version, _context(request, principal)
     )
     return _respond(result)
+
+
+# -- executions ---------------------------------------------------------------------
+
+_EXECUTION_RESPONSE: dict[str, Any] = {
+    "content": {
+        "application/json": {
+            "example": {
+                "execution_id": "7d0c5a1e-2b6f-4b1c-9a57-0f1d1f0f6d4b",
+                "status": "succeeded",
+                "output": {"greet": [{"name": "Ada", "greeting": "hello"}]},
+                "position": 1240,
+            }
+        }
+    }
+}
+
+
+def _executions(request: Request) -> ExecutionCommands:
+    return request.app.state.execution_commands  # type: ignore[no-any-return]
+
+
+def _execution_response(result: ExecutionResult) -> Response:
+    body: dict[str, Any] = {
+        "execution_id": str(result.execution_id),
+        "status": result.status,
+        "position": result.position,
+    }
+    if result.status_code == 200:
+        body["output"] = result.output
+        body["error"] = result.error
+    return Response(
+        orjson.dumps(body),
+        status_code=result.status_code,
+        headers={
+            "X-Log-Position": str(result.position),
+            "Location": f"/v1/executions/{result.execution_id}",
+        },
+        media_type="application/json",
+    )
+
+
+@router.post(
+    "/workflows/{workflow_id}/executions",
+    tags=["executions"],
+    summary="Run a workflow: sync answers with its output, async queues it (202)",
+    responses={
+        200: _EXECUTION_RESPONSE,
+        202: {"description": "Queued for a worker"},
+        404: _PROBLEM,
+        410: _PROBLEM,
+        422: _PROBLEM,
+    },
+    openapi_extra=_documented(RunWorkflow, _IDEMPOTENCY_DOC),
+)
+async def run_workflow(workflow_id: UUID, request: Request) -> Response:
+    principal = await authorize(request, Permission.EXECUTE_WORKFLOWS)
+    command = await _parse(request, RunWorkflow)
+    result = await run_in_threadpool(
+        _executions(request).start, workflow_id, command, _context(request, principal)
+    )
+    return _execution_response(result)
+
+
+@router.post(
+    "/executions/{execution_id}/cancel",
+    tags=["executions"],
+    summary="Cancel a queued or running execution; a finished one is 409",
+    responses={200: _EXECUTION_RESPONSE, 404: _PROBLEM, 409: _PROBLEM},
+)
+async def cancel_execution(execution_id: UUID, request: Request) -> Response:
+    principal = await authorize(request, Permission.EXECUTE_WORKFLOWS)
+    result = await run_in_threadpool(
+        _executions(request).cancel, execution_id, _context(request, principal)
+    )
+    return _execution_response(result)

@@ -1,0 +1,500 @@
+"""Executions: start (sync or async), cancel, and run them as their lease holder.
+
+Every execution's life is events of its ``Execution`` aggregate, and its row
+in the execution queue changes in the same transactions (see
+``infrastructure.queue``): queued with ``Queued``, removed with the terminal
+event. Whoever runs an execution holds the row's lease and renews it; a
+cancel removes the row and appends ``Canceled``, so the runner's next save or
+lease renewal fails and it stops. The aggregate's version check makes sure
+that of two writers (runner and cancel, or a dead worker and its successor)
+only one decides how an execution ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import structlog
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from commands.application import WorkflowApplication
+from commands.errors import ExecutionNotFound, IdempotencyKeyReused
+from commands.handlers import WorkflowCommands
+from commands.models import CommandContext, ExecutionResult, RunWorkflow
+from domain.engine import (
+    EngineLimits,
+    EnginePorts,
+    ExecutionOutcome,
+    ExecutionPlan,
+    HttpRequest,
+    HttpResponse,
+    Outputs,
+    compile_plan,
+    run,
+)
+from domain.execution import Execution, truncate_items
+from domain.meta import EventMeta
+from domain.workflow import Workflow
+from infrastructure.eventstore import IdempotencyRecord
+from infrastructure.queue import ExecutionQueue, dequeue, enqueue
+
+log = structlog.get_logger("reporunner.executions")
+
+_IDEMPOTENT_EXECUTION_NAMESPACE = uuid.UUID("0b6f1f0e-7c1a-4f57-9d0e-3f9a8c2b5e41")
+# A sync run's lease outlives its timeout by this much before anyone may call
+# it crashed; the lease keeper renews it meanwhile anyway.
+_LEASE_GRACE_S = 10.0
+_FINISH_ATTEMPTS = 20
+
+
+def default_worker_id(role: str) -> str:
+    return f"{role}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    lease_s: float
+    output_max_bytes: int
+    limits: EngineLimits
+
+
+class LeaseKeeper:
+    """Renews the leases this process holds, and notices the ones it lost.
+
+    One thread for the whole process: a lease is renewed every third of its
+    length however long a node runs (a ``wait`` or a slow HTTP call). A lease
+    that cannot be renewed (row deleted by a cancel, or taken over) sets that
+    run's ``lost`` event, which the engine polls between nodes and which cuts
+    its waits short.
+    """
+
+    def __init__(self, queue: ExecutionQueue, lease_s: float) -> None:
+        self.queue = queue
+        self.lease_s = lease_s
+        self._held: dict[UUID, tuple[str, threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+        self._thread.start()
+
+    def hold(self, execution_id: UUID, worker_id: str) -> threading.Event:
+        lost = threading.Event()
+        with self._lock:
+            self._held[execution_id] = (worker_id, lost)
+        return lost
+
+    def drop(self, execution_id: UUID) -> None:
+        with self._lock:
+            self._held.pop(execution_id, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            with self._lock:
+                held = list(self._held.items())
+            for execution_id, (worker_id, lost) in held:
+                try:
+                    if not self.queue.renew(execution_id, worker_id, self.lease_s):
+                        lost.set()
+                except Exception:  # the database is away: retry next round
+                    log.warning("lease renewal failed", execution_id=str(execution_id))
+
+
+class _Recorder:
+    """The engine's listener: turns progress into the execution's events.
+
+    Events accumulate on the aggregate and are saved when the run ends, or
+    when ``flush_s`` has passed since the last save, so a short run costs two
+    transactions and a long one still shows its progress.
+    """
+
+    def __init__(self, runner: ExecutionRunner, execution: Execution, meta: EventMeta) -> None:
+        self.runner = runner
+        self.execution = execution
+        self.meta = meta
+        self.stopped = threading.Event()
+        self._last_flush = time.monotonic()
+
+    def node_started(self, node_id: str, attempt: int) -> None:
+        self.execution.record_node_started(node_id=node_id, attempt=attempt, meta=self.meta)
+
+    def node_succeeded(self, node_id: str, outputs: Outputs, attempt: int) -> None:
+        kept, truncated = self.runner.truncate_outputs(outputs)
+        self.execution.record_node_succeeded(
+            node_id=node_id,
+            attempt=attempt,
+            outputs=kept,
+            outputs_truncated=truncated,
+            meta=self.meta,
+        )
+        self._maybe_flush()
+
+    def node_failed(self, node_id: str, error: str, attempt: int, will_retry: bool) -> None:
+        self.execution.record_node_failed(
+            node_id=node_id, attempt=attempt, error=error, will_retry=will_retry, meta=self.meta
+        )
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self.runner.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Save the events so far. Called before the engine waits on the outside
+        world (a ``wait``, an HTTP call), so the log shows what is in progress,
+        and a side effect is never unrecorded if this worker dies during it."""
+        if self.stopped.is_set() or not self.execution.pending_events:
+            return
+        try:
+            self.runner.app.save(self.execution)
+        except IntegrityError:
+            # Someone else wrote this execution (a cancel): stop at the next node.
+            self.stopped.set()
+        self._last_flush = time.monotonic()
+
+
+class ExecutionRunner:
+    """Runs executions whose queue row this process has claimed."""
+
+    flush_s = 0.5
+
+    def __init__(
+        self,
+        app: WorkflowApplication,
+        queue: ExecutionQueue,
+        settings: RunnerSettings,
+        http: Callable[[HttpRequest], HttpResponse],
+    ) -> None:
+        self.app = app
+        self.queue = queue
+        self.settings = settings
+        self.http = http
+        self.leases = LeaseKeeper(queue, settings.lease_s)
+        self._plans: OrderedDict[tuple[UUID, int], ExecutionPlan] = OrderedDict()
+        self._plans_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.leases.close()
+
+    # -- the queue side ---------------------------------------------------------------
+
+    def run_claimed(self, execution_id: UUID, claims: int, worker_id: str) -> Execution | None:
+        """Run (or settle) an execution a worker just claimed."""
+        execution = self.load(execution_id)
+        if execution is None or execution.is_finished:
+            # Its terminal event committed, or it never existed: drop the row.
+            self.queue.remove(execution_id)
+            return execution
+        meta = self._meta(execution, worker_id)
+        if execution.status == "running":
+            # Started before, by a worker whose lease expired: it died mid-run.
+            # Re-running could repeat side effects (HTTP calls), so it ends here.
+            execution.crash(
+                reason=f"the worker running it ({execution.worker_id}) stopped responding",
+                meta=meta,
+            )
+            self._finish(execution, meta)
+            log.warning("execution crashed", execution_id=str(execution_id), claims=claims)
+            return execution
+        execution.start(worker_id=worker_id, meta=meta)
+        try:
+            # Recorded before anything runs: were this worker to die now, its
+            # successor must see "running" and settle it, never run it again.
+            self.app.save(execution)
+        except IntegrityError:
+            return self.load(execution_id)  # canceled in the meantime
+        return self.run(execution, worker_id, meta)
+
+    # -- running -----------------------------------------------------------------------
+
+    def run(self, execution: Execution, worker_id: str, meta: EventMeta) -> Execution:
+        """Run a started execution to its end and record it; return it as recorded."""
+        lost = self.leases.hold(execution.id, worker_id)
+        try:
+            plan = self._plan(execution.workflow_id, execution.workflow_version)
+            recorder = _Recorder(self, execution, meta)
+
+            def should_stop() -> bool:
+                return lost.is_set() or recorder.stopped.is_set()
+
+            def sleep(seconds: float) -> None:
+                recorder.flush()
+                lost.wait(seconds)  # a cancel cuts a wait short
+
+            def http(request: HttpRequest) -> HttpResponse:
+                recorder.flush()
+                return self.http(request)
+
+            ports = EnginePorts(
+                http=http, sleep=sleep, clock=time.monotonic, should_cancel=should_stop
+            )
+            outcome = run(
+                plan, execution.input, ports=ports, listener=recorder, limits=self.settings.limits
+            )
+            if outcome.status == "canceled" or recorder.stopped.is_set():
+                return self._reloaded(execution)
+            self._conclude(execution, outcome, meta)
+            return self._finish(execution, meta)
+        except Exception as exc:
+            # A bug or an outage: record why rather than leave it running.
+            log.exception("execution run failed", execution_id=str(execution.id))
+            current = self._reloaded(execution)
+            if current.status == "running":
+                current.fail(error=f"internal error: {type(exc).__name__}", meta=meta)
+                return self._finish(current, meta)
+            return current
+        finally:
+            self.leases.drop(execution.id)
+
+    def _conclude(self, execution: Execution, outcome: ExecutionOutcome, meta: EventMeta) -> None:
+        if outcome.status == "succeeded":
+            output: dict[str, Any] = {}
+            truncated = False
+            for node_id, items in outcome.output.items():
+                output[node_id], cut = truncate_items(items, self.settings.output_max_bytes)
+                truncated = truncated or cut
+            execution.succeed(output=output, output_truncated=truncated, meta=meta)
+        else:
+            execution.fail(error=outcome.error or "failed", meta=meta)
+
+    def finish(self, execution: Execution, meta: EventMeta) -> tuple[Execution, bool]:
+        """Save a finished execution, its dequeue, and the workflow's ``Executed``.
+
+        One transaction. A conflict on the workflow (another run finished at
+        the same moment) is retried; one on the execution means another
+        writer got there first, and theirs stands: then the answer is the
+        execution as recorded, and False.
+        """
+        pending = execution.collect_events()
+        version_before = pending[0].originator_version - 1
+        for _ in range(_FINISH_ATTEMPTS):
+            workflow = self._workflow(execution.workflow_id)
+            workflow.record_execution(execution.id, execution.status, meta)
+            try:
+                self.app.save(*pending, workflow, side_statements=[dequeue(execution.id)])
+                return execution, True
+            except IntegrityError:
+                current = self.load(execution.id)
+                if current is None or current.version != version_before:
+                    return current or execution, False
+        raise RuntimeError(f"could not record the end of execution {execution.id}")
+
+    def _finish(self, execution: Execution, meta: EventMeta) -> Execution:
+        return self.finish(execution, meta)[0]
+
+    # -- loading -----------------------------------------------------------------------
+
+    def load(self, execution_id: UUID) -> Execution | None:
+        try:
+            found: object = self.app.repository.get(execution_id)
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, Execution) else None
+
+    def _reloaded(self, execution: Execution) -> Execution:
+        return self.load(execution.id) or execution
+
+    def _workflow(self, workflow_id: UUID) -> Workflow:
+        workflow: object = self.app.repository.get(workflow_id)
+        assert isinstance(workflow, Workflow)
+        return workflow
+
+    def _plan(self, workflow_id: UUID, version: int) -> ExecutionPlan:
+        """The compiled definition of one workflow version (immutable, so cached)."""
+        key = (workflow_id, version)
+        with self._plans_lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        workflow: object = self.app.repository.get(workflow_id, version=version)
+        assert isinstance(workflow, Workflow)
+        plan = compile_plan(workflow.definition())
+        with self._plans_lock:
+            self._plans[key] = plan
+            while len(self._plans) > 1024:
+                self._plans.popitem(last=False)
+        return plan
+
+    def plan_for(self, workflow: Workflow) -> None:
+        """Cache the plan of a workflow the caller already loaded (saves a load)."""
+        key = (workflow.id, workflow.version)
+        with self._plans_lock:
+            if key not in self._plans:
+                self._plans[key] = compile_plan(workflow.definition())
+
+    def truncate_outputs(self, outputs: Outputs) -> tuple[dict[str, list[Any]], bool]:
+        kept: dict[str, list[Any]] = {}
+        truncated = False
+        for name, items in outputs.items():
+            kept[name], cut = truncate_items(items, self.settings.output_max_bytes)
+            truncated = truncated or cut
+        return kept, truncated
+
+    @staticmethod
+    def _meta(execution: Execution, worker_id: str) -> EventMeta:
+        return EventMeta(
+            org_id=execution.org_id,
+            actor=f"worker:{worker_id}",
+            correlation_id=execution.correlation_id,
+            causation_id=str(execution.id),
+        )
+
+
+class ExecutionCommands:
+    """The write side's use cases for executions."""
+
+    def __init__(
+        self,
+        app: WorkflowApplication,
+        workflows: WorkflowCommands,
+        runner: ExecutionRunner,
+        worker_id: str,
+    ) -> None:
+        self.app = app
+        self.workflows = workflows
+        self.runner = runner
+        self.worker_id = worker_id
+
+    def start(
+        self, workflow_id: UUID, command: RunWorkflow, ctx: CommandContext
+    ) -> ExecutionResult:
+        payload = command.model_dump()
+        fingerprint = _fingerprint(ctx, workflow_id, payload)
+        if ctx.idempotency_key is not None:
+            prior = self._prior_answer(ctx, fingerprint)
+            if prior is not None:
+                return prior
+            execution_id = uuid.uuid5(
+                uuid.uuid5(_IDEMPOTENT_EXECUTION_NAMESPACE, ctx.org_id), ctx.idempotency_key
+            )
+        else:
+            execution_id = uuid.uuid4()
+        workflow = self.workflows.get(workflow_id, ctx.org_id)
+        workflow.ensure_not_deleted()
+        self.runner.plan_for(workflow)
+        meta = EventMeta(
+            org_id=ctx.org_id,
+            actor=ctx.actor,
+            correlation_id=ctx.correlation_id,
+            idempotency_key=ctx.idempotency_key,
+        )
+        execution = Execution.create(
+            execution_id=execution_id,
+            workflow_id=workflow.id,
+            workflow_version=workflow.version,
+            mode=command.mode,
+            input=command.input,
+            meta=meta,
+        )
+        sync = command.mode == "sync"
+        if sync:
+            run_meta = EventMeta(
+                org_id=ctx.org_id,
+                actor=ctx.actor,
+                correlation_id=ctx.correlation_id,
+                causation_id=str(execution_id),
+            )
+            execution.start(worker_id=self.worker_id, meta=run_meta)
+            timeout_s = self.runner.settings.limits.max_execution_ms / 1000
+            statements = enqueue(
+                execution_id,
+                ctx.org_id,
+                workflow.id,
+                claimed_by=self.worker_id,
+                lease_s=max(timeout_s, self.runner.settings.lease_s) + _LEASE_GRACE_S,
+            )
+        else:
+            statements = enqueue(execution_id, ctx.org_id, workflow.id)
+        record = None
+        if ctx.idempotency_key is not None:
+            record = IdempotencyRecord(
+                org_id=ctx.org_id,
+                key=ctx.idempotency_key,
+                request_hash=fingerprint,
+                aggregate_id=execution_id,
+                aggregate_version=execution.version,
+                status_code=200 if sync else 202,
+            )
+        try:
+            recordings = self.app.save(execution, idempotency=record, side_statements=statements)
+        except IntegrityError:
+            # An identical keyed request won the race: answer as it did.
+            if ctx.idempotency_key is not None:
+                prior = self._prior_answer(ctx, fingerprint)
+                if prior is not None:
+                    return prior
+            raise
+        if not sync:
+            return ExecutionResult(
+                execution_id=execution_id,
+                status=execution.status,
+                position=recordings[-1].notification.id,
+                status_code=202,
+            )
+        finished = self.runner.run(execution, self.worker_id, run_meta)
+        return self._result(finished, status_code=200)
+
+    def cancel(self, execution_id: UUID, ctx: CommandContext) -> ExecutionResult:
+        meta = EventMeta(org_id=ctx.org_id, actor=ctx.actor, correlation_id=ctx.correlation_id)
+        for _ in range(_FINISH_ATTEMPTS):
+            execution = self.get(execution_id, ctx.org_id)
+            execution.cancel(meta=meta)  # ExecutionFinished (409) once it has ended
+            recorded, saved = self.runner.finish(execution, meta)
+            if saved:
+                return self._result(recorded, status_code=200)
+            # A runner recorded progress or its end first: look again.
+        raise RuntimeError(f"could not cancel execution {execution_id}")
+
+    def get(self, execution_id: UUID, org_id: str) -> Execution:
+        execution = self.runner.load(execution_id)
+        if execution is None or execution.org_id != org_id:
+            raise ExecutionNotFound(execution_id)
+        return execution
+
+    def _result(self, execution: Execution, status_code: int) -> ExecutionResult:
+        return ExecutionResult(
+            execution_id=execution.id,
+            status=execution.status,
+            position=self.app.event_store.position_of(execution.id, execution.version),
+            status_code=status_code,
+            output=execution.output,
+            error=execution.error,
+        )
+
+    def _prior_answer(self, ctx: CommandContext, fingerprint: str) -> ExecutionResult | None:
+        assert ctx.idempotency_key is not None
+        record = self.app.event_store.find_idempotency(ctx.org_id, ctx.idempotency_key)
+        if record is None:
+            return None
+        if record.request_hash != fingerprint:
+            raise IdempotencyKeyReused(record.key)
+        execution = self.get(record.aggregate_id, ctx.org_id)
+        return self._result(execution, status_code=record.status_code)
+
+
+def _fingerprint(ctx: CommandContext, workflow_id: UUID, payload: Any) -> str:
+    if ctx.idempotency_key is None:
+        return ""
+    canonical = json.dumps(
+        ["execute", str(workflow_id), payload],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

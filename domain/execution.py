@@ -1,0 +1,369 @@
+"""The Execution aggregate: one run of one workflow version, as an event history.
+
+Lifecycle::
+
+    queued --start--> running --succeed--> succeeded
+       |                 |------fail-----> failed
+       |                 |------crash----> crashed   (the worker was lost)
+       +-----cancel------+------cancel---> canceled
+
+A finished execution (succeeded, failed, canceled, crashed) accepts nothing
+more; ``cancel`` then raises ``ExecutionFinished`` (a 409 for the API). An
+execution starts only once: if its worker is lost (lease expired) it is marked
+``crashed`` rather than re-run, because node side effects such as HTTP calls
+must not silently happen twice; re-running is a new execution. Cancelling is
+immediate: the worker notices through its ``should_cancel`` port or when its
+next report is refused with ``ExecutionFinished``.
+
+Conventions as in ``domain/workflow.py``: public methods decide, ``@event``
+methods only apply, every event carries ``meta``. Times come from the events
+themselves: an ``@event`` method with a ``timestamp`` parameter receives the
+event's own timestamp (eventsourcing passes event attributes by name), both
+when the event is triggered and when it is replayed, so the state's times are
+exactly the recorded ones. (The parameter must not be keyword-only, which
+eventsourcing would treat as required; ``queued_at`` is the aggregate's
+``created_on``.)
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Final, Literal
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import (
+    ExecutionFinished,
+    ExecutionInputInvalid,
+    InvalidExecutionTransition,
+    NodeRunNotStarted,
+    NodeRunStillRunning,
+)
+from domain.meta import EventMeta
+
+__all__ = [
+    "EXECUTION_MODES",
+    "EXECUTION_STATUSES",
+    "FINISHED_STATUSES",
+    "Execution",
+    "ExecutionMode",
+    "ExecutionStatus",
+    "NodeRunStatus",
+    "truncate_items",
+]
+
+ExecutionMode = Literal["sync", "async"]
+ExecutionStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "crashed"]
+NodeRunStatus = Literal["running", "succeeded", "failed", "interrupted"]
+"""``interrupted``: the execution ended (cancel, crash, timeout) while the node ran."""
+
+EXECUTION_MODES: Final[tuple[ExecutionMode, ...]] = ("sync", "async")
+EXECUTION_STATUSES: Final[tuple[ExecutionStatus, ...]] = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "canceled",
+    "crashed",
+)
+FINISHED_STATUSES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "canceled", "crashed"})
+
+
+class Execution(Aggregate):
+    """One run of a workflow version; its events are the run's audit trail."""
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        execution_id: UUID,
+        workflow_id: UUID,
+        workflow_version: int,
+        mode: ExecutionMode,
+        input: Any,
+        meta: EventMeta,
+    ) -> Execution:
+        """Queue a run of ``workflow_version`` over ``input`` (an object or array of objects)."""
+        if mode not in EXECUTION_MODES:
+            raise ValueError(f"mode must be one of {EXECUTION_MODES}, got {mode!r}")
+        if workflow_version < 1:
+            raise ValueError(f"workflow_version must be at least 1, got {workflow_version}")
+        _check_input(input)
+        return cls(
+            id=execution_id,
+            workflow_id=workflow_id,
+            workflow_version=workflow_version,
+            mode=mode,
+            input=input,
+            meta=meta.as_dict(),
+        )
+
+    @event("Queued")
+    def __init__(
+        self,
+        *,
+        id: UUID,
+        workflow_id: UUID,
+        workflow_version: int,
+        mode: ExecutionMode,
+        input: Any,
+        meta: dict[str, Any],
+    ) -> None:
+        self.org_id: str = meta["org_id"]
+        self.workflow_id = workflow_id
+        self.workflow_version = workflow_version
+        self.mode: ExecutionMode = mode
+        self.input = input
+        self.created_by: str = meta["actor"]
+        # Events recorded while running it carry the request's id too.
+        self.correlation_id: str = meta["correlation_id"]
+        self.status: ExecutionStatus = "queued"
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
+        self.worker_id: str | None = None
+        self.error: str | None = None
+        self.output: dict[str, Any] | None = None
+        self.output_truncated = False
+        self.canceled_by: str | None = None
+        self.node_runs: list[dict[str, Any]] = []
+
+    @property
+    def queued_at(self) -> datetime:
+        """When the execution was queued: its first event's timestamp."""
+        return self.created_on
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    # -- start -----------------------------------------------------------
+
+    def start(self, *, worker_id: str, meta: EventMeta) -> None:
+        """A worker took the execution: queued -> running."""
+        self._ensure_status("start", "queued")
+        self._started(worker_id=worker_id, meta=meta.as_dict())
+
+    @event("Started")
+    def _started(
+        self, worker_id: str, meta: dict[str, Any], timestamp: datetime | None = None
+    ) -> None:
+        self.status = "running"
+        self.worker_id = worker_id
+        self.started_at = timestamp
+
+    # -- node progress (while running) -----------------------------------
+
+    def record_node_started(self, *, node_id: str, attempt: int, meta: EventMeta) -> None:
+        self._ensure_status("record a node start for", "running")
+        if attempt < 1:
+            raise ValueError(f"attempt must be at least 1, got {attempt}")
+        if self.node_runs and self.node_runs[-1]["status"] == "running":
+            # The engine runs one node attempt at a time; each reports its end.
+            running = self.node_runs[-1]
+            raise NodeRunStillRunning(self.id, running["node_id"], running["attempt"])
+        self._node_started(node_id=node_id, attempt=attempt, meta=meta.as_dict())
+
+    @event("NodeStarted")
+    def _node_started(
+        self,
+        node_id: str,
+        attempt: int,
+        meta: dict[str, Any],
+        timestamp: datetime | None = None,
+    ) -> None:
+        self.node_runs.append(
+            {
+                "node_id": node_id,
+                "attempt": attempt,
+                "status": "running",
+                "started_at": timestamp,
+                "finished_at": None,
+                "outputs": None,
+                "outputs_truncated": False,
+                "error": None,
+                "will_retry": False,
+            }
+        )
+
+    def record_node_succeeded(
+        self,
+        *,
+        node_id: str,
+        attempt: int,
+        outputs: dict[str, list[Any]],
+        outputs_truncated: bool,
+        meta: EventMeta,
+    ) -> None:
+        """``outputs`` as the caller chose to keep them (see ``truncate_items``)."""
+        self._ensure_running_node("record a node result for", node_id, attempt)
+        self._node_succeeded(
+            node_id=node_id,
+            attempt=attempt,
+            outputs=outputs,
+            outputs_truncated=outputs_truncated,
+            meta=meta.as_dict(),
+        )
+
+    @event("NodeSucceeded")
+    def _node_succeeded(
+        self,
+        node_id: str,
+        attempt: int,
+        outputs: dict[str, list[Any]],
+        outputs_truncated: bool,
+        meta: dict[str, Any],
+        timestamp: datetime | None = None,
+    ) -> None:
+        run = self.node_runs[-1]
+        run["status"] = "succeeded"
+        run["finished_at"] = timestamp
+        run["outputs"] = outputs
+        run["outputs_truncated"] = outputs_truncated
+
+    def record_node_failed(
+        self, *, node_id: str, attempt: int, error: str, will_retry: bool, meta: EventMeta
+    ) -> None:
+        self._ensure_running_node("record a node failure for", node_id, attempt)
+        self._node_failed(
+            node_id=node_id,
+            attempt=attempt,
+            error=error,
+            will_retry=will_retry,
+            meta=meta.as_dict(),
+        )
+
+    @event("NodeFailed")
+    def _node_failed(
+        self,
+        node_id: str,
+        attempt: int,
+        error: str,
+        will_retry: bool,
+        meta: dict[str, Any],
+        timestamp: datetime | None = None,
+    ) -> None:
+        run = self.node_runs[-1]
+        run["status"] = "failed"
+        run["finished_at"] = timestamp
+        run["error"] = error
+        run["will_retry"] = will_retry
+
+    # -- finishing -------------------------------------------------------
+
+    def succeed(self, *, output: dict[str, Any], output_truncated: bool, meta: EventMeta) -> None:
+        """The run completed; ``output`` maps terminal node ids to (possibly truncated) items."""
+        self._ensure_status("complete", "running")
+        self._succeeded(output=output, output_truncated=output_truncated, meta=meta.as_dict())
+
+    @event("Succeeded")
+    def _succeeded(
+        self,
+        output: dict[str, Any],
+        output_truncated: bool,
+        meta: dict[str, Any],
+        timestamp: datetime | None = None,
+    ) -> None:
+        self._finish("succeeded", timestamp)
+        self.output = output
+        self.output_truncated = output_truncated
+
+    def fail(self, *, error: str, meta: EventMeta) -> None:
+        """The run failed (a node failed, or it timed out)."""
+        self._ensure_status("fail", "running")
+        self._failed(error=error, meta=meta.as_dict())
+
+    @event("Failed")
+    def _failed(self, error: str, meta: dict[str, Any], timestamp: datetime | None = None) -> None:
+        self._finish("failed", timestamp)
+        self.error = error
+
+    def cancel(self, *, meta: EventMeta) -> None:
+        """Stop a queued or running execution; refused with ``ExecutionFinished`` once finished."""
+        self._ensure_status("cancel", "queued", "running")
+        self._canceled(meta=meta.as_dict())
+
+    @event("Canceled")
+    def _canceled(self, meta: dict[str, Any], timestamp: datetime | None = None) -> None:
+        self._finish("canceled", timestamp)
+        self.canceled_by = meta["actor"]
+
+    def crash(self, *, reason: str, meta: EventMeta) -> None:
+        """The worker running it was lost (e.g. its lease expired)."""
+        self._ensure_status("mark as crashed", "running")
+        self._crashed(reason=reason, meta=meta.as_dict())
+
+    @event("Crashed")
+    def _crashed(
+        self, reason: str, meta: dict[str, Any], timestamp: datetime | None = None
+    ) -> None:
+        self._finish("crashed", timestamp)
+        self.error = reason
+
+    def _finish(self, status: ExecutionStatus, timestamp: datetime | None) -> None:
+        """Apply part shared by the finishing events: a node still running was cut off."""
+        self.status = status
+        self.finished_at = timestamp
+        if self.node_runs and self.node_runs[-1]["status"] == "running":
+            self.node_runs[-1]["status"] = "interrupted"
+            self.node_runs[-1]["finished_at"] = timestamp
+
+    # -- rules -----------------------------------------------------------
+
+    def _ensure_status(self, action: str, *allowed: ExecutionStatus) -> None:
+        if self.status in allowed:
+            return
+        if self.is_finished:
+            raise ExecutionFinished(self.id, self.status, action)
+        raise InvalidExecutionTransition(self.id, self.status, action)
+
+    def _ensure_running_node(self, action: str, node_id: str, attempt: int) -> None:
+        self._ensure_status(action, "running")
+        current = self.node_runs[-1] if self.node_runs else None
+        if not (
+            current is not None
+            and current["status"] == "running"
+            and current["node_id"] == node_id
+            and current["attempt"] == attempt
+        ):
+            raise NodeRunNotStarted(self.id, node_id, attempt)
+
+
+def _check_input(value: Any) -> None:
+    if isinstance(value, dict):
+        return
+    if not isinstance(value, list):
+        raise ExecutionInputInvalid(f"expected an object or an array of objects, got {value!r:.80}")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ExecutionInputInvalid(f"item {index} is not an object")
+
+
+def truncate_items(items: list[Any], max_bytes: int) -> tuple[list[Any], bool]:
+    """The longest prefix of ``items`` whose compact JSON array fits in ``max_bytes``.
+
+    Returns ``(kept, truncated)``; ``truncated`` is True when items were dropped.
+    Items are serialized one at a time and the scan stops at the first that
+    does not fit, so the cost is bounded by ``max_bytes`` plus one item.
+    """
+    size = 2  # "[]"
+    for index, item in enumerate(items):
+        encoded = json.dumps(item, separators=(",", ":"), ensure_ascii=False)
+        size += len(encoded.encode("utf-8")) + (1 if index else 0)
+        if size > max_bytes:
+            return items[:index], True
+    return list(items), False
+
+
+# eventsourcing makes the event classes from the @event decorators; they are
+# named here for readers of the log (projectors) and for type checkers.
+ExecutionQueuedEvent: Any = Execution.Queued  # type: ignore[attr-defined]
+ExecutionStartedEvent: Any = Execution.Started  # type: ignore[attr-defined]
+ExecutionNodeStartedEvent: Any = Execution.NodeStarted  # type: ignore[attr-defined]
+ExecutionNodeSucceededEvent: Any = Execution.NodeSucceeded  # type: ignore[attr-defined]
+ExecutionNodeFailedEvent: Any = Execution.NodeFailed  # type: ignore[attr-defined]
+ExecutionSucceededEvent: Any = Execution.Succeeded  # type: ignore[attr-defined]
+ExecutionFailedEvent: Any = Execution.Failed  # type: ignore[attr-defined]
+ExecutionCanceledEvent: Any = Execution.Canceled  # type: ignore[attr-defined]
+ExecutionCrashedEvent: Any = Execution.Crashed  # type: ignore[attr-defined]

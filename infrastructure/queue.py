@@ -1,0 +1,147 @@
+"""The execution queue in PostgreSQL: competing workers with leases.
+
+Why PostgreSQL and not Redis Streams: a queue row is written in the same
+transaction as the execution's ``Queued`` event and deleted in the same
+transaction as its terminal event, so the queue can never disagree with the
+log (no execution queued but never run, none run that was never logged), and
+it works on the embedded default with no Redis at all.
+
+- ``claim``: ``FOR UPDATE SKIP LOCKED`` hands each row to one worker; the
+  claim is a lease (``lease_expires_at``) the worker renews while it runs.
+- A row whose lease expired belongs to a worker that died: the next claim
+  takes it over (``claims`` > 1 tells the new worker so).
+- ``NOTIFY reporunner_executions`` on enqueue wakes idle workers at once;
+  they also poll, because a LISTEN connection can die silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from uuid import UUID
+
+import psycopg
+from eventsourcing.postgres import PostgresDatastore
+
+from infrastructure.database import PgTarget
+from infrastructure.eventstore import SideStatement
+
+CHANNEL = "reporunner_executions"
+
+
+@dataclass(frozen=True)
+class Claim:
+    execution_id: UUID
+    claims: int
+    """How many times the row was claimed, this claim included: > 1 means a
+    previous worker's lease expired."""
+
+
+def enqueue(
+    execution_id: UUID,
+    org_id: str,
+    workflow_id: UUID,
+    *,
+    claimed_by: str | None = None,
+    lease_s: float | None = None,
+) -> list[SideStatement]:
+    """Statements that queue an execution (already claimed by ``claimed_by``, if given)."""
+    if claimed_by is None:
+        return [
+            SideStatement(
+                "INSERT INTO execution_queue (execution_id, org_id, workflow_id) "
+                "VALUES (%s, %s, %s)",
+                (execution_id, org_id, workflow_id),
+            ),
+            SideStatement(f"NOTIFY {CHANNEL}"),
+        ]
+    return [
+        SideStatement(
+            "INSERT INTO execution_queue "
+            "(execution_id, org_id, workflow_id, claimed_by, lease_expires_at, claims) "
+            "VALUES (%s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s), 1)",
+            (execution_id, org_id, workflow_id, claimed_by, lease_s),
+        )
+    ]
+
+
+def dequeue(execution_id: UUID) -> SideStatement:
+    """The statement that removes a finished execution from the queue."""
+    return SideStatement("DELETE FROM execution_queue WHERE execution_id = %s", (execution_id,))
+
+
+class ExecutionQueue:
+    """Claims, lease renewals and wake-ups, on the event store's connection pool."""
+
+    def __init__(self, datastore: PostgresDatastore, target: PgTarget) -> None:
+        self.datastore = datastore
+        self.target = target
+
+    def claim(self, worker_id: str, lease_s: float, limit: int = 1) -> list[Claim]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "UPDATE execution_queue q "
+                "SET claimed_by = %s, claims = q.claims + 1, "
+                "    lease_expires_at = clock_timestamp() + make_interval(secs => %s) "
+                "FROM (SELECT execution_id FROM execution_queue "
+                "      WHERE lease_expires_at IS NULL OR lease_expires_at < clock_timestamp() "
+                "      ORDER BY lease_expires_at NULLS FIRST, enqueued_at "
+                "      LIMIT %s FOR UPDATE SKIP LOCKED) ready "
+                "WHERE q.execution_id = ready.execution_id "
+                "RETURNING q.execution_id, q.claims",
+                (worker_id, lease_s, limit),
+                prepare=True,
+            )
+            rows = curs.fetchall()
+        return [Claim(row["execution_id"], row["claims"]) for row in rows]
+
+    def renew(self, execution_id: UUID, worker_id: str, lease_s: float) -> bool:
+        """Extend our lease; False if the row is gone (finished, canceled) or not ours."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "UPDATE execution_queue "
+                "SET lease_expires_at = clock_timestamp() + make_interval(secs => %s) "
+                "WHERE execution_id = %s AND claimed_by = %s",
+                (lease_s, execution_id, worker_id),
+                prepare=True,
+            )
+            return curs.rowcount == 1
+
+    def release(self, execution_id: UUID, worker_id: str) -> None:
+        """Give a claimed row back unrun (a worker shutting down before starting it)."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "UPDATE execution_queue SET claimed_by = NULL, lease_expires_at = NULL, "
+                "claims = claims - 1 WHERE execution_id = %s AND claimed_by = %s",
+                (execution_id, worker_id),
+            )
+
+    def remove(self, execution_id: UUID) -> None:
+        """Drop the row of an execution that has already ended (its end committed)."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(dequeue(execution_id).sql, dequeue(execution_id).params)
+
+    def depth(self) -> int:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute("SELECT count(*) AS n FROM execution_queue")
+            row = curs.fetchone()
+        return int(row["n"]) if row else 0
+
+    @contextmanager
+    def listening(self) -> Iterator[psycopg.Connection[object]]:
+        """A dedicated connection LISTENing for enqueues; ``wait`` on it."""
+        conn = psycopg.connect(
+            self.target.conninfo(), autocommit=True, application_name="reporunner-worker"
+        )
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+            yield conn
+        finally:
+            conn.close()
+
+
+def wait_for_enqueue(conn: psycopg.Connection[object], timeout_s: float) -> None:
+    """Block until an enqueue is notified or ``timeout_s`` passes."""
+    for _ in conn.notifies(timeout=timeout_s, stop_after=1):
+        pass

@@ -1,0 +1,183 @@
+"""Execution workers against the real PostgreSQL: queue, leases, a killed worker."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from commands import CommandContext, CreateWorkflow, WorkflowApplication, WorkflowCommands
+from commands.models import RunWorkflow
+from domain.errors import ExecutionFinished
+from domain.execution import Execution
+from infrastructure.database import PgTarget
+from infrastructure.settings import Settings
+from reporunner.wiring import ExecutionServices, create_execution_services, start_workers
+from tests.helpers import trigger, workflow_body
+from tests.integration.test_cli import ROOT, _url
+
+
+@pytest.fixture
+def services(
+    workflow_app: WorkflowApplication,
+    commands: WorkflowCommands,
+    db_target: PgTarget,
+    app_settings: Settings,
+) -> Iterator[ExecutionServices]:
+    built = create_execution_services(workflow_app, commands, db_target, app_settings)
+    yield built
+    built.close()
+
+
+def _ctx(org: str, key: str | None = None) -> CommandContext:
+    return CommandContext(
+        org_id=org,
+        actor="apikey:t",
+        correlation_id=f"req-{uuid.uuid4().hex[:8]}",
+        idempotency_key=key,
+    )
+
+
+def _workflow(commands: WorkflowCommands, org: str, *nodes: dict[str, Any]) -> uuid.UUID:
+    ids = [node["id"] for node in nodes]
+    body = workflow_body(
+        nodes=list(nodes), connections=[{"from": a, "to": b} for a, b in itertools.pairwise(ids)]
+    )
+    return commands.create(CreateWorkflow(**body), _ctx(org)).workflow_id
+
+
+def _wait(ms: int) -> dict[str, Any]:
+    return {"id": "nap", "type": "wait", "parameters": {"ms": ms}}
+
+
+def _load(workflow_app: WorkflowApplication, execution_id: uuid.UUID) -> Execution:
+    execution = workflow_app.repository.get(execution_id)
+    assert isinstance(execution, Execution)
+    return execution
+
+
+def _until(predicate: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _running_node(execution: Execution) -> str | None:
+    runs = execution.node_runs
+    return runs[-1]["node_id"] if runs and runs[-1]["status"] == "running" else None
+
+
+def _queue_rows(db_target: PgTarget, execution_id: uuid.UUID) -> int:
+    with psycopg.connect(db_target.conninfo()) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM execution_queue WHERE execution_id = %s", (execution_id,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_queued_execution_can_be_canceled_before_a_worker_takes_it(
+    services: ExecutionServices,
+    commands: WorkflowCommands,
+    workflow_app: WorkflowApplication,
+    db_target: PgTarget,
+    org: str,
+) -> None:
+    workflow_id = _workflow(commands, org, trigger())
+    queued = services.commands.start(workflow_id, RunWorkflow(mode="async"), _ctx(org))
+    assert queued.status == "queued" and _queue_rows(db_target, queued.execution_id) == 1
+    canceled = services.commands.cancel(queued.execution_id, _ctx(org))
+    assert canceled.status == "canceled" and _queue_rows(db_target, queued.execution_id) == 0
+    with pytest.raises(ExecutionFinished):
+        services.commands.cancel(queued.execution_id, _ctx(org))
+    # The workflow's history records how the run ended.
+    workflow = workflow_app.repository.get(workflow_id)
+    assert workflow.runs == 1  # type: ignore[attr-defined]
+
+
+def test_competing_workers_run_each_execution_exactly_once(
+    services: ExecutionServices,
+    commands: WorkflowCommands,
+    workflow_app: WorkflowApplication,
+    app_settings: Settings,
+    org: str,
+) -> None:
+    workflow_id = _workflow(commands, org, trigger(), {"id": "n", "type": "noop", "parameters": {}})
+    ids = [
+        services.commands.start(
+            workflow_id, RunWorkflow(mode="async", input={"i": i}), _ctx(org)
+        ).execution_id
+        for i in range(30)
+    ]
+    stop = threading.Event()
+    threads = start_workers(services, app_settings, stop, concurrency=3)
+    other = create_execution_services(workflow_app, commands, services.queue.target, app_settings)
+    threads += start_workers(other, app_settings, stop, concurrency=3)
+    try:
+        _until(lambda: all(_load(workflow_app, i).is_finished for i in ids))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        other.close()
+    for execution_id in ids:
+        execution = _load(workflow_app, execution_id)
+        assert execution.status == "succeeded"
+        assert [run["node_id"] for run in execution.node_runs] == ["start", "n"]
+    workflow = workflow_app.repository.get(workflow_id)
+    assert workflow.runs == 30  # type: ignore[attr-defined]
+
+
+def test_a_killed_worker_leaves_nothing_running(
+    services: ExecutionServices,
+    commands: WorkflowCommands,
+    workflow_app: WorkflowApplication,
+    app_settings: Settings,
+    db_target: PgTarget,
+    org: str,
+) -> None:
+    workflow_id = _workflow(commands, org, trigger(), _wait(60_000))
+    started = services.commands.start(workflow_id, RunWorkflow(mode="async"), _ctx(org))
+    env = {
+        **os.environ,
+        "DATABASE_URL": _url(db_target),
+        "REPORUNNER_LOG_FORMAT": "json",
+        "REPORUNNER_EXECUTION_LEASE_S": "2",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "reporunner", "worker", "--concurrency", "1", "--no-migrate"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Kill it in the middle of the wait node, which it recorded as started.
+        _until(lambda: _running_node(_load(workflow_app, started.execution_id)) == "nap")
+    finally:
+        worker.kill()
+        worker.wait()
+    assert _load(workflow_app, started.execution_id).status == "running"
+    # A surviving worker takes the row over once the dead one's lease expires.
+    stop = threading.Event()
+    threads = start_workers(services, app_settings, stop, concurrency=1)
+    try:
+        _until(lambda: _load(workflow_app, started.execution_id).is_finished, timeout=30)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    execution = _load(workflow_app, started.execution_id)
+    assert execution.status == "crashed" and "stopped responding" in (execution.error or "")
+    assert execution.node_runs[-1]["status"] == "interrupted"
+    assert _queue_rows(db_target, started.execution_id) == 0
