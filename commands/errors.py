@@ -46,3 +46,14 @@ class ExecutionNotFound(CommandError):
     def __init__(self, execution_id: UUID) -> None:
         super().__init__(f"execution {execution_id} not found")
         self.execution_id = execution_id
+
+
+class NoSuchVersion(CommandError):
+    """A revert named a version the workflow never had."""
+
+    def __init__(self, workflow_id: UUID, version: int, current: int) -> None:
+        super().__init__(
+            f"workflow {workflow_id} has versions 1 to {current}; there is no version {version}"
+        )
+        self.workflow_id = workflow_id
+        self.version = version

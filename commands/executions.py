@@ -47,7 +47,7 @@ from domain.engine import (
 from domain.execution import Execution, truncate_items
 from domain.meta import EventMeta
 from domain.workflow import Workflow
-from infrastructure.eventstore import IdempotencyRecord
+from infrastructure.eventstore import IdempotencyRecord, SideStatement
 from infrastructure.queue import ExecutionQueue, dequeue, enqueue
 
 log = structlog.get_logger("reporunner.executions")
@@ -56,7 +56,7 @@ _IDEMPOTENT_EXECUTION_NAMESPACE = uuid.UUID("0b6f1f0e-7c1a-4f57-9d0e-3f9a8c2b5e4
 # A sync run's lease outlives its timeout by this much before anyone may call
 # it crashed; the lease keeper renews it meanwhile anyway.
 _LEASE_GRACE_S = 10.0
-_FINISH_ATTEMPTS = 20
+_CANCEL_ATTEMPTS = 20
 
 
 def default_worker_id(role: str) -> str:
@@ -89,11 +89,9 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
         self._thread.start()
 
-    def hold(self, execution_id: UUID, worker_id: str) -> threading.Event:
-        lost = threading.Event()
+    def hold(self, execution_id: UUID, worker_id: str, lost: threading.Event) -> None:
         with self._lock:
             self._held[execution_id] = (worker_id, lost)
-        return lost
 
     def drop(self, execution_id: UUID) -> None:
         with self._lock:
@@ -115,6 +113,20 @@ class LeaseKeeper:
                     log.warning("lease renewal failed", execution_id=str(execution_id))
 
 
+@dataclass(frozen=True)
+class FirstSave:
+    """What the first save of a not yet recorded (sync) execution carries.
+
+    A sync run is recorded only when it first waits on the outside world or
+    when it ends: a short run then costs one transaction, not two. Its queue
+    row (leased to this process, so a crash is noticed) is only needed from
+    the first save that does not also end it.
+    """
+
+    idempotency: IdempotencyRecord | None
+    enqueue: list[SideStatement]
+
+
 class _Recorder:
     """The engine's listener: turns progress into the execution's events.
 
@@ -123,12 +135,24 @@ class _Recorder:
     transactions and a long one still shows its progress.
     """
 
-    def __init__(self, runner: ExecutionRunner, execution: Execution, meta: EventMeta) -> None:
+    def __init__(
+        self,
+        runner: ExecutionRunner,
+        execution: Execution,
+        meta: EventMeta,
+        worker_id: str,
+        first_save: FirstSave | None,
+    ) -> None:
         self.runner = runner
         self.execution = execution
         self.meta = meta
+        self.worker_id = worker_id
+        self.first_save = first_save
         self.stopped = threading.Event()
+        self.lost = threading.Event()
         self._last_flush = time.monotonic()
+        if first_save is None:
+            runner.leases.hold(execution.id, worker_id, self.lost)
 
     def node_started(self, node_id: str, attempt: int) -> None:
         self.execution.record_node_started(node_id=node_id, attempt=attempt, meta=self.meta)
@@ -160,10 +184,19 @@ class _Recorder:
         and a side effect is never unrecorded if this worker dies during it."""
         if self.stopped.is_set() or not self.execution.pending_events:
             return
+        first = self.first_save
         try:
-            self.runner.app.save(self.execution)
+            if first is None:
+                self.runner.app.save(self.execution)
+            else:
+                self.runner.app.save(
+                    self.execution, idempotency=first.idempotency, side_statements=first.enqueue
+                )
+                self.first_save = None
+                self.runner.leases.hold(self.execution.id, self.worker_id, self.lost)
         except IntegrityError:
-            # Someone else wrote this execution (a cancel): stop at the next node.
+            # Someone else wrote this execution (a cancel, or an identical
+            # keyed request that got there first): stop at the next node.
             self.stopped.set()
         self._last_flush = time.monotonic()
 
@@ -208,7 +241,7 @@ class ExecutionRunner:
                 reason=f"the worker running it ({execution.worker_id}) stopped responding",
                 meta=meta,
             )
-            self._finish(execution, meta)
+            self.finish(execution)[0]
             log.warning("execution crashed", execution_id=str(execution_id), claims=claims)
             return execution
         execution.start(worker_id=worker_id, meta=meta)
@@ -222,19 +255,27 @@ class ExecutionRunner:
 
     # -- running -----------------------------------------------------------------------
 
-    def run(self, execution: Execution, worker_id: str, meta: EventMeta) -> Execution:
-        """Run a started execution to its end and record it; return it as recorded."""
-        lost = self.leases.hold(execution.id, worker_id)
+    def run(
+        self,
+        execution: Execution,
+        worker_id: str,
+        meta: EventMeta,
+        first_save: FirstSave | None = None,
+    ) -> Execution:
+        """Run a started execution to its end and record it; return it as recorded.
+
+        ``first_save``: the execution is not recorded yet (a sync run).
+        """
+        recorder = _Recorder(self, execution, meta, worker_id, first_save)
         try:
             plan = self._plan(execution.workflow_id, execution.workflow_version)
-            recorder = _Recorder(self, execution, meta)
 
             def should_stop() -> bool:
-                return lost.is_set() or recorder.stopped.is_set()
+                return recorder.lost.is_set() or recorder.stopped.is_set()
 
             def sleep(seconds: float) -> None:
                 recorder.flush()
-                lost.wait(seconds)  # a cancel cuts a wait short
+                recorder.lost.wait(seconds)  # a cancel cuts a wait short
 
             def http(request: HttpRequest) -> HttpResponse:
                 recorder.flush()
@@ -249,14 +290,16 @@ class ExecutionRunner:
             if outcome.status == "canceled" or recorder.stopped.is_set():
                 return self._reloaded(execution)
             self._conclude(execution, outcome, meta)
-            return self._finish(execution, meta)
+            return self.finish(execution, recorder.first_save)[0]
         except Exception as exc:
             # A bug or an outage: record why rather than leave it running.
             log.exception("execution run failed", execution_id=str(execution.id))
+            if recorder.first_save is not None:
+                raise  # nothing was recorded: the request fails as a whole
             current = self._reloaded(execution)
             if current.status == "running":
                 current.fail(error=f"internal error: {type(exc).__name__}", meta=meta)
-                return self._finish(current, meta)
+                return self.finish(current)[0]
             return current
         finally:
             self.leases.drop(execution.id)
@@ -272,30 +315,29 @@ class ExecutionRunner:
         else:
             execution.fail(error=outcome.error or "failed", meta=meta)
 
-    def finish(self, execution: Execution, meta: EventMeta) -> tuple[Execution, bool]:
-        """Save a finished execution, its dequeue, and the workflow's ``Executed``.
+    def finish(
+        self, execution: Execution, first_save: FirstSave | None = None
+    ) -> tuple[Execution, bool]:
+        """Save a finished execution's events and remove its queue row, in one transaction.
 
-        One transaction. A conflict on the workflow (another run finished at
-        the same moment) is retried; one on the execution means another
-        writer got there first, and theirs stands: then the answer is the
-        execution as recorded, and False.
+        If another writer got there first (a cancel, a successor after a lost
+        lease, an identical keyed request), theirs stands: the answer is then
+        the execution as recorded, and False. With ``first_save`` the
+        execution was never recorded nor queued: this save records all of it.
+        (The workflow's ``Executed`` follows from the log: ``workflow_runs``.)
         """
-        pending = execution.collect_events()
-        version_before = pending[0].originator_version - 1
-        for _ in range(_FINISH_ATTEMPTS):
-            workflow = self._workflow(execution.workflow_id)
-            workflow.record_execution(execution.id, execution.status, meta)
-            try:
-                self.app.save(*pending, workflow, side_statements=[dequeue(execution.id)])
-                return execution, True
-            except IntegrityError:
-                current = self.load(execution.id)
-                if current is None or current.version != version_before:
-                    return current or execution, False
-        raise RuntimeError(f"could not record the end of execution {execution.id}")
-
-    def _finish(self, execution: Execution, meta: EventMeta) -> Execution:
-        return self.finish(execution, meta)[0]
+        if first_save is None:
+            kwargs: dict[str, Any] = {"side_statements": [dequeue(execution.id)]}
+        else:
+            kwargs = {"idempotency": first_save.idempotency}
+        try:
+            self.app.save(execution, **kwargs)
+        except IntegrityError:
+            current = self.load(execution.id)
+            if current is None:
+                raise
+            return current, False
+        return execution, True
 
     # -- loading -----------------------------------------------------------------------
 
@@ -308,11 +350,6 @@ class ExecutionRunner:
 
     def _reloaded(self, execution: Execution) -> Execution:
         return self.load(execution.id) or execution
-
-    def _workflow(self, workflow_id: UUID) -> Workflow:
-        workflow: object = self.app.repository.get(workflow_id)
-        assert isinstance(workflow, Workflow)
-        return workflow
 
     def _plan(self, workflow_id: UUID, version: int) -> ExecutionPlan:
         """The compiled definition of one workflow version (immutable, so cached)."""
@@ -403,6 +440,16 @@ class ExecutionCommands:
             meta=meta,
         )
         sync = command.mode == "sync"
+        record = None
+        if ctx.idempotency_key is not None:
+            record = IdempotencyRecord(
+                org_id=ctx.org_id,
+                key=ctx.idempotency_key,
+                request_hash=fingerprint,
+                aggregate_id=execution_id,
+                aggregate_version=1,
+                status_code=200 if sync else 202,
+            )
         if sync:
             run_meta = EventMeta(
                 org_id=ctx.org_id,
@@ -412,27 +459,29 @@ class ExecutionCommands:
             )
             execution.start(worker_id=self.worker_id, meta=run_meta)
             timeout_s = self.runner.settings.limits.max_execution_ms / 1000
-            statements = enqueue(
-                execution_id,
-                ctx.org_id,
-                workflow.id,
-                claimed_by=self.worker_id,
-                lease_s=max(timeout_s, self.runner.settings.lease_s) + _LEASE_GRACE_S,
+            first_save = FirstSave(
+                idempotency=record,
+                enqueue=enqueue(
+                    execution_id,
+                    ctx.org_id,
+                    workflow.id,
+                    claimed_by=self.worker_id,
+                    lease_s=max(timeout_s, self.runner.settings.lease_s) + _LEASE_GRACE_S,
+                ),
             )
-        else:
-            statements = enqueue(execution_id, ctx.org_id, workflow.id)
-        record = None
-        if ctx.idempotency_key is not None:
-            record = IdempotencyRecord(
-                org_id=ctx.org_id,
-                key=ctx.idempotency_key,
-                request_hash=fingerprint,
-                aggregate_id=execution_id,
-                aggregate_version=execution.version,
-                status_code=200 if sync else 202,
-            )
+            finished = self.runner.run(execution, self.worker_id, run_meta, first_save)
+            if ctx.idempotency_key is not None:
+                # Ours, or that of an identical request which got there first.
+                prior = self._prior_answer(ctx, fingerprint)
+                assert prior is not None
+                return prior
+            return self._result(finished, status_code=200)
         try:
-            recordings = self.app.save(execution, idempotency=record, side_statements=statements)
+            recordings = self.app.save(
+                execution,
+                idempotency=record,
+                side_statements=enqueue(execution_id, ctx.org_id, workflow.id),
+            )
         except IntegrityError:
             # An identical keyed request won the race: answer as it did.
             if ctx.idempotency_key is not None:
@@ -440,22 +489,19 @@ class ExecutionCommands:
                 if prior is not None:
                     return prior
             raise
-        if not sync:
-            return ExecutionResult(
-                execution_id=execution_id,
-                status=execution.status,
-                position=recordings[-1].notification.id,
-                status_code=202,
-            )
-        finished = self.runner.run(execution, self.worker_id, run_meta)
-        return self._result(finished, status_code=200)
+        return ExecutionResult(
+            execution_id=execution_id,
+            status=execution.status,
+            position=recordings[-1].notification.id,
+            status_code=202,
+        )
 
     def cancel(self, execution_id: UUID, ctx: CommandContext) -> ExecutionResult:
         meta = EventMeta(org_id=ctx.org_id, actor=ctx.actor, correlation_id=ctx.correlation_id)
-        for _ in range(_FINISH_ATTEMPTS):
+        for _ in range(_CANCEL_ATTEMPTS):
             execution = self.get(execution_id, ctx.org_id)
             execution.cancel(meta=meta)  # ExecutionFinished (409) once it has ended
-            recorded, saved = self.runner.finish(execution, meta)
+            recorded, saved = self.runner.finish(execution)
             if saved:
                 return self._result(recorded, status_code=200)
             # A runner recorded progress or its end first: look again.

@@ -19,8 +19,19 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from commands.application import WorkflowApplication
-from commands.errors import IdempotencyKeyReused, VersionConflict, WorkflowNotFound
-from commands.models import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow
+from commands.errors import (
+    IdempotencyKeyReused,
+    NoSuchVersion,
+    VersionConflict,
+    WorkflowNotFound,
+)
+from commands.models import (
+    CommandContext,
+    CommandResult,
+    CreateWorkflow,
+    RevertWorkflow,
+    UpdateWorkflow,
+)
 from domain.meta import EventMeta
 from domain.workflow import Workflow
 from infrastructure.eventstore import IdempotencyRecord
@@ -80,6 +91,28 @@ class WorkflowCommands:
                 return prior
         workflow = self._load_for_command(workflow_id, expected_version, ctx)
         workflow.delete(_meta(ctx))
+        return self._save(workflow, ctx, fingerprint, 200, expected_version)
+
+    def revert(
+        self,
+        workflow_id: UUID,
+        command: RevertWorkflow,
+        expected_version: int,
+        ctx: CommandContext,
+    ) -> CommandResult:
+        """A new ``Updated`` event restoring the definition of ``to_version``."""
+        payload = command.model_dump()
+        fingerprint = _fingerprint(ctx, "revert", workflow_id, expected_version, payload)
+        if ctx.idempotency_key is not None:
+            prior = self._prior_answer(ctx, fingerprint)
+            if prior is not None:
+                return prior
+        workflow = self._load_for_command(workflow_id, expected_version, ctx)
+        if command.to_version > workflow.version:
+            raise NoSuchVersion(workflow_id, command.to_version, workflow.version)
+        then = self.get(workflow_id, ctx.org_id, version=command.to_version)
+        if not workflow.update(then.definition(), _meta(ctx)):
+            return self._unchanged(workflow, ctx, fingerprint)
         return self._save(workflow, ctx, fingerprint, 200, expected_version)
 
     def get(self, workflow_id: UUID, org_id: str, version: int | None = None) -> Workflow:

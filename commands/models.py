@@ -78,6 +78,16 @@ class UpdateWorkflow(BaseModel):
         return self.model_dump(exclude_unset=True)
 
 
+class RevertWorkflow(BaseModel):
+    """Restore the whole definition a workflow had at ``to_version``, as a new version."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"to_version": 3}]}
+    )
+
+    to_version: int = Field(ge=1)
+
+
 @dataclass(frozen=True)
 class CommandContext:
     """Who sends a command, and the request it came in."""

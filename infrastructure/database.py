@@ -87,4 +87,8 @@ def create_engine(target: PgTarget, *, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_pre_ping=False,
         pool_recycle=3600,
+        # Queries here are short and latency-bound: JIT compilation (kicked
+        # off by the planner's row estimates for JSONB expansions) can cost
+        # more than the query itself.
+        connect_args={"server_settings": {"jit": "off"}},
     )

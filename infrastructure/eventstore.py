@@ -247,4 +247,11 @@ def eventsourcing_env(target: PgTarget, settings: Settings) -> dict[str, str]:
             settings.db_idle_in_transaction_timeout_s
         ),
         "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+        # Keep recently used aggregates in memory; every load still reads the
+        # events recorded since (fast-forward), so another process's writes
+        # are seen, and hands out a deep copy, so a failed command cannot
+        # corrupt the cached one. A much-run workflow then loads in one query.
+        "AGGREGATE_CACHE_MAXSIZE": "10000",
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
     }

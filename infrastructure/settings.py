@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         default="", description="Comma-separated host names http_request nodes may call."
     )
     http_max_response_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Audit chain (tamper evidence over the log)
+    audit_key: str | None = Field(
+        default=None,
+        description="Secret that signs the audit chain and exports (HMAC-SHA256); "
+        "unset stores them unsigned.",
+    )
+    audit_checkpoint_every: int = Field(default=10_000, ge=1, le=10_000_000)
 
     def role_list(self) -> list[str]:
         return [role.strip() for role in self.roles.split(",") if role.strip()]

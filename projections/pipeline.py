@@ -6,8 +6,9 @@ Stages: ``$match``, ``$group``, ``$sort``, ``$skip``, ``$limit``, ``$count``,
 property tests hold the two together.
 
 The query is nested subqueries, one per stage; every level yields a jsonb
-``data`` column and a ``pos`` column, the document's place in the stream, so
-order is explicit (SQL does not promise that a subquery's order survives):
+``data`` column and a ``pos`` column, a number ordering the documents in the
+stream, so order is explicit (SQL does not promise that a subquery's order
+survives):
 
 * the source's rows are numbered in the order it yields them;
 * ``$sort`` is stable: ties keep their input order;
@@ -15,7 +16,10 @@ order is explicit (SQL does not promise that a subquery's order survives):
   ``$last`` and ``$push`` follow input order;
 * ``$unwind`` emits elements in array order, document by document.
 
-The outermost query is ``SELECT data FROM (...) ORDER BY pos``.
+The outermost query is ``SELECT data FROM (...) ORDER BY pos``. For speed,
+leading ``$match`` stages filter the source's rows directly, and when the
+documents are replaced later on (``$group``, ``$count``, an inclusion
+``$project``) the source keeps only the top-level fields the stages read.
 
 Where MongoDB and PostgreSQL differ, we chose (and the reference mirrors):
 
@@ -46,6 +50,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +68,10 @@ _DIGITS = re.compile(r"^[0-9]+$")
 STAGES = ("$match", "$group", "$sort", "$skip", "$limit", "$count", "$project", "$unwind")
 ACCUMULATORS = ("$sum", "$avg", "$min", "$max", "$count", "$push", "$first", "$last")
 _NUMERIC_ACCUMULATORS = ("$sum", "$avg", "$min", "$max")
+_UNWIND_SPAN = 2**28  # jsonb arrays hold at most 2^28 - 1 elements
+# Keeps PostgreSQL from inlining a stage's computed document into the next
+# stage, where it would be rebuilt once per reference to it.
+_FENCE = "OFFSET 0"
 
 
 # -- the parsed pipeline (shared by the compiler and the reference) -----------
@@ -432,9 +441,32 @@ def compile_pipeline(
     The query yields one ``data`` jsonb column, in the pipeline's order.
     """
     stages = parse_pipeline(pipeline)
+    # Leading $match stages filter the source's rows before they are numbered
+    # (and narrowed, below): they see the stored documents.
+    leading = 0
+    while leading < len(stages) and isinstance(stages[leading], Match):
+        leading += 1
+    matches = [stage for stage in stages[:leading] if isinstance(stage, Match)]
     params: dict[str, Any] = {}
-    sql = f"SELECT data, row_number() OVER () AS pos FROM ({source_sql}) AS s0"
-    for index, stage in enumerate(stages, start=1):
+    for match in matches:
+        params.update(match.fragment.params)
+    where = " AND ".join(match.fragment.sql for match in matches)
+    narrower = _StageCompiler(stage_prefix(0), "s0")
+    keep = _fields_to_keep(stages[leading:])
+    data = "data"
+    if keep is not None:  # an inclusion $project of those fields: missing ones stay missing
+        data = narrower.project(Project(True, tuple((name, None) for name in sorted(keep))), data)
+    params.update(narrower.params)
+    # The fence keeps PostgreSQL from pushing the filters into the source's
+    # scan: it cannot tell how selective bound values are (generic plans of
+    # prepared statements), and would probe the GIN index over every
+    # organisation's documents even for {"deleted": false}.
+    sql = (
+        f"SELECT {data} AS data, row_number() OVER () AS pos "
+        f"FROM (SELECT data FROM ({source_sql}) AS src {_FENCE}) AS s0"
+        + (f" WHERE {where}" if where else "")
+    )
+    for index, stage in enumerate(stages[leading:], start=leading + 1):
         compiler = _StageCompiler(stage_prefix(index), f"s{index}")
         sql = compiler.stage(stage, sql)
         params.update(compiler.params)
@@ -445,6 +477,92 @@ def compile_pipeline(
     return SqlFragment(
         f"SELECT data FROM ({sql}) AS {final} ORDER BY pos", {**source_params, **params}
     )
+
+
+def _fields_to_keep(stages: list[Stage]) -> frozenset[str] | None:
+    """The top-level fields to keep of the source's documents; None keeps them whole.
+
+    Narrowing costs a little per document. It pays when the first stage would
+    carry whole documents on: $unwind copies one per element, $sort, $skip and
+    $limit sort them, an exclusion $project rebuilds them. ($group, $count and
+    an inclusion $project read their fields in place.)
+    """
+    if not stages or isinstance(stages[0], Group | Count):
+        return None
+    if isinstance(stages[0], Project) and stages[0].inclusion:
+        return None
+    return _needed_fields(stages)
+
+
+def _needed_fields(stages: list[Stage]) -> frozenset[str] | None:
+    """The top-level fields of their input that ``stages`` read; None when they need it all.
+
+    Walks back from the end, where whole documents are the result: a stage that
+    builds new documents ($group, $count, an inclusion $project) needs only
+    what it reads; the others pass documents on and add what they read.
+    """
+    needed: frozenset[str] | None = None
+    for stage in reversed(stages):
+        if isinstance(stage, Group):
+            operands = [a.operand for a in stage.accumulators if a.operand is not None]
+            needed = _expression_fields([stage.key, *operands])
+        elif isinstance(stage, Count):
+            needed = frozenset()
+        elif isinstance(stage, Project) and stage.inclusion:
+            kept = [Ref((name,)) if e is None else e for name, e in stage.fields]
+            needed = _expression_fields(kept)
+        elif needed is None:
+            continue
+        elif isinstance(stage, Project):
+            needed -= {name for name, _ in stage.fields}
+        elif isinstance(stage, Match):
+            read = _filter_fields(stage.filter)
+            needed = None if read is None else needed | read
+        elif isinstance(stage, Sort):
+            needed |= {path[0] for path, _ in stage.keys}
+        elif isinstance(stage, Unwind):
+            needed |= {stage.path[0]}
+    return needed
+
+
+def _expression_fields(expressions: Iterable[Expr]) -> frozenset[str] | None:
+    fields: set[str] = set()
+    for expression in expressions:
+        if isinstance(expression, Root):
+            return None
+        if isinstance(expression, Ref):
+            fields.add(expression.path[0])
+            continue
+        if isinstance(expression, Arr):
+            inner = _expression_fields(expression.items)
+        elif isinstance(expression, Obj):
+            inner = _expression_fields(e for _, e in expression.fields)
+        else:
+            continue
+        if inner is None:
+            return None
+        fields |= inner
+    return frozenset(fields)
+
+
+def _filter_fields(filter_: dict[str, Any]) -> frozenset[str] | None:
+    """The top-level fields a (validated) filter reads; None for an operator we don't know.
+
+    Field operators ($elemMatch and $not included) read only their own field.
+    """
+    fields: set[str] = set()
+    for key, condition in filter_.items():
+        if key in ("$and", "$or", "$nor"):
+            for operand in condition:
+                read = _filter_fields(operand)
+                if read is None:
+                    return None
+                fields |= read
+        elif key.startswith("$"):
+            return None
+        else:
+            fields.add(key.split(".")[0])
+    return frozenset(fields)
 
 
 class _StageCompiler:
@@ -480,22 +598,28 @@ class _StageCompiler:
                 f"1 AS pos FROM {source} HAVING count(*) > 0"
             )
         if isinstance(stage, Sort):
-            order = []
-            for path, descending in stage.keys:
-                key = f"coalesce({_ref_sql(f'{a}.data', path)}, 'null'::jsonb)"
-                direction = "DESC" if descending else "ASC"
+            # Each key is read once, below a fence. Strings and numbers compare
+            # as text and numeric (their jsonb order, and much cheaper than
+            # comparing jsonb); only other values fall back to jsonb.
+            keys, order = [], []
+            for i, (path, descending) in enumerate(stage.keys):
+                keys.append(f"coalesce({_ref_sql(f'{a}.data', path)}, 'null'::jsonb) AS k{i}")
+                key, direction = f"k{i}", "DESC" if descending else "ASC"
                 order += [
                     f"{_rank_sql(key)} {direction}",
                     f"(CASE WHEN jsonb_typeof({key}) = 'string' THEN {key} #>> '{{}}' END) "
                     f'COLLATE "C" {direction}',
-                    f"{key} {direction}",
+                    f"(CASE WHEN jsonb_typeof({key}) = 'number' THEN CAST({key} AS numeric) END) "
+                    f"{direction}",
+                    f"(CASE WHEN jsonb_typeof({key}) IN ('boolean', 'array', 'object') "
+                    f"THEN {key} END) {direction}",
                 ]
             return (
                 f"SELECT data, row_number() OVER (ORDER BY {', '.join(order)}, pos) AS pos "
-                f"FROM {source}"
+                f"FROM (SELECT data, pos, {', '.join(keys)} FROM {source} {_FENCE}) AS k{a}"
             )
         if isinstance(stage, Project):
-            return f"SELECT {self.project(stage, f'{a}.data')} AS data, pos FROM {source}"
+            return f"SELECT {self.project(stage, f'{a}.data')} AS data, pos FROM {source} {_FENCE}"
         if isinstance(stage, Unwind):
             return self.unwind(stage, source)
         return self.group(stage, previous)
@@ -503,22 +627,14 @@ class _StageCompiler:
     def project(self, stage: Project, data: str) -> str:
         if not stage.inclusion:
             return data + "".join(f" - {self.text(name)}" for name, _ in stage.fields)
-        parts = ["'{}'::jsonb"]
+        fields = []
         for name, expression in stage.fields:
+            key = self.text(name)
             value = (
-                f"({data} -> {self.text(name)})"
-                if expression is None
-                else self.expression(expression, data)
+                f"({data} -> {key})" if expression is None else self.expression(expression, data)
             )
-            parts.append(self.optional_field(name, value))
-        return "(" + " || ".join(parts) + ")"
-
-    def optional_field(self, name: str, value: str) -> str:
-        """``{name: value}``, or ``{}`` when value is SQL NULL (missing)."""
-        return (
-            f"(CASE WHEN {value} IS NULL THEN '{{}}'::jsonb "
-            f"ELSE jsonb_build_object({self.text(name)}, {value}) END)"
-        )
+            fields.append((key, value))
+        return _object_sql(fields)
 
     def expression(self, expression: Expr, data: str) -> str:
         """SQL jsonb for ``expression``; SQL NULL means missing."""
@@ -535,55 +651,63 @@ class _StageCompiler:
                 f"coalesce({self.expression(e, data)}, 'null'::jsonb)" for e in expression.items
             )
             return f"jsonb_build_array({items})"
-        parts = ["'{}'::jsonb"] + [
-            self.optional_field(name, self.expression(e, data)) for name, e in expression.fields
-        ]
-        return "(" + " || ".join(parts) + ")"
+        return _object_sql(
+            [(self.text(name), self.expression(e, data)) for name, e in expression.fields]
+        )
 
     def unwind(self, stage: Unwind, source: str) -> str:
         a = self.alias
         value = _ref_sql(f"{a}.data", stage.path)
         literal = _path_literal(stage.path)
-        branches = [
-            f"SELECT jsonb_set({a}.data, {literal}, e.value) AS data, e.i AS i "
-            f"FROM jsonb_array_elements(CASE WHEN jsonb_typeof({value}) = 'array' "
-            f"THEN {value} ELSE '[]'::jsonb END) WITH ORDINALITY AS e(value, i)",
-            f"SELECT {a}.data, 0 WHERE jsonb_typeof({value}) NOT IN ('array', 'null')",
-        ]
-        if stage.preserve:
-            branches.append(
-                f"SELECT CASE WHEN jsonb_typeof({value}) = 'array' THEN {a}.data #- {literal} "
-                f"ELSE {a}.data END, 0 "
-                f"WHERE {value} IS NULL OR jsonb_typeof({value}) = 'null' "
-                f"OR {value} = '[]'::jsonb"
+        # A scalar unwinds as a one-element array (setting it in place changes
+        # nothing); null and missing as an empty one.
+        elements = (
+            f"CASE WHEN jsonb_typeof({value}) = 'array' THEN {value} "
+            f"WHEN jsonb_typeof({value}) <> 'null' THEN jsonb_build_array({value}) "
+            "ELSE '[]'::jsonb END"
+        )
+        unwound = f"jsonb_set({a}.data, {literal}, e.value)"
+        join = "CROSS JOIN LATERAL"
+        if stage.preserve:  # no element: the document itself, without an empty array
+            join = "LEFT JOIN LATERAL"
+            unwound = (
+                f"CASE WHEN e.i IS NOT NULL THEN {unwound} "
+                f"WHEN {value} = '[]'::jsonb THEN {a}.data #- {literal} ELSE {a}.data END"
             )
+        # Order by document, then element, without a sort: jsonb arrays hold
+        # fewer than 2^28 elements, so pos * 2^28 + i keeps both in one number.
         return (
-            f"SELECT u.data, row_number() OVER (ORDER BY {a}.pos, u.i) AS pos FROM {source} "
-            f"CROSS JOIN LATERAL ({' UNION ALL '.join(branches)}) AS u"
+            f"SELECT {unwound} AS data, "
+            f"CAST({a}.pos AS numeric) * {_UNWIND_SPAN} + coalesce(e.i, 0) AS pos "
+            f"FROM {source} {join} jsonb_array_elements({elements}) "
+            f"WITH ORDINALITY AS e(value, i){' ON TRUE' if stage.preserve else ''} {_FENCE}"
         )
 
     def group(self, stage: Group, previous: str) -> str:
         a = self.alias
         data = f"{a}.data"
+        # Read the key and each operand once per document, below a fence: the
+        # accumulators use an operand several times.
         key = f"coalesce({self.expression(stage.key, data)}, 'null'::jsonb)"
-        grouped = f"(SELECT data, pos, {key} AS k FROM ({previous}) AS {a}) AS g{a}"
-        gdata = f"g{a}.data"
+        columns = {key: "k"}
         pairs = ["'_id', k"]
         for accumulator in stage.accumulators:
-            pairs.append(f"{self.text(accumulator.name)}, {self.accumulate(accumulator, gdata)}")
+            value = None
+            if accumulator.operand is not None:
+                operand = self.expression(accumulator.operand, data)
+                value = columns.setdefault(operand, f"v{len(columns)}")
+            pairs.append(f"{self.text(accumulator.name)}, {self.accumulate(accumulator, value)}")
+        selected = ", ".join(f"{sql} AS {name}" for sql, name in columns.items())
         return (
             f"SELECT jsonb_build_object({', '.join(pairs)}) AS data, min(pos) AS pos "
-            f"FROM {grouped} GROUP BY k"
+            f"FROM (SELECT pos, {selected} FROM ({previous}) AS {a} {_FENCE}) AS g{a} GROUP BY k"
         )
 
-    def accumulate(self, accumulator: Accumulator, data: str) -> str:
-        if accumulator.operand is None:  # $count
+    def accumulate(self, accumulator: Accumulator, value: str | None) -> str:
+        """The accumulator over the column ``value`` of its operand (None for $count)."""
+        if value is None:
             return "to_jsonb(count(*))"
-        value = self.expression(accumulator.operand, data)
-        number = (
-            f"(CASE WHEN jsonb_typeof({value}) = 'number' THEN CAST({value} #>> '{{}}' AS numeric) "
-            "END)"
-        )
+        number = f"(CASE WHEN jsonb_typeof({value}) = 'number' THEN CAST({value} AS numeric) END)"
         string = f"(CASE WHEN jsonb_typeof({value}) = 'string' THEN {value} #>> '{{}}' END)"
         operator = accumulator.operator
         if operator == "$sum":
@@ -601,6 +725,18 @@ class _StageCompiler:
             )
         direction = "ASC" if operator == "$first" else "DESC"
         return f"(array_agg(coalesce({value}, 'null'::jsonb) ORDER BY pos {direction}))[1]"
+
+
+def _object_sql(fields: list[tuple[str, str]]) -> str:
+    """A jsonb object of ``(key, value)`` SQL pairs, without the keys whose value is SQL NULL.
+
+    ``jsonb_set_lax(..., 'return_target')`` skips a NULL (missing) value, and
+    names each value once (a ``CASE`` would repeat it, nesting by nesting).
+    """
+    sql = "'{}'::jsonb"
+    for key, value in fields:
+        sql = f"jsonb_set_lax({sql}, ARRAY[{key}], {value}, true, 'return_target')"
+    return sql
 
 
 def _path_literal(path: tuple[str, ...]) -> str:

@@ -19,6 +19,7 @@ from infrastructure.auth import Permission, Principal
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from projections.workflows import VERSIONS, WORKFLOWS
+from read_api.history import workflow_then
 from read_api.queries import (
     MAX_LIMIT,
     BadQuery,
@@ -31,8 +32,11 @@ from read_api.queries import (
 
 router = APIRouter(prefix="/v1", tags=["queries"])
 
-# The projections whose views these endpoints read.
+# The projections whose views these endpoints read (read-your-writes waits for
+# them). Each group of endpoints waits only for the views it reads, so a slow
+# projection never delays the others' readers.
 VIEWS = ["workflows"]
+EXECUTION_VIEWS = ["executions"]
 
 _MIN_POSITION_DOC = {
     "name": "X-Min-Position",
@@ -53,8 +57,10 @@ async def _reader(request: Request) -> Principal:
     return await authorize(request, Permission.READ_WORKFLOWS)
 
 
-async def _views_position(request: Request, min_position: int | None) -> int:
-    """The views' position, after waiting for the one the client asked for."""
+async def _views_position(
+    request: Request, min_position: int | None, views: list[str] = VIEWS
+) -> int:
+    """The ``views``' position, after waiting for the one the client asked for."""
     engine = request.app.state.engine
     raw = request.headers.get("x-min-position")
     wanted = min_position
@@ -67,9 +73,9 @@ async def _views_position(request: Request, min_position: int | None) -> int:
             )
         wanted = int(raw)
     if wanted is None:
-        return await projection_position(engine, VIEWS)
+        return await projection_position(engine, views)
     reached, position = await wait_for_position(
-        engine, VIEWS, wanted, request.app.state.settings.min_position_wait_s
+        engine, views, wanted, request.app.state.settings.min_position_wait_s
     )
     if not reached:
         raise Problem(
@@ -140,14 +146,25 @@ async def list_workflows(
 
 @router.get(
     "/workflows/{workflow_id}",
-    summary="One workflow, as the views have it",
-    responses={404: _PROBLEM, 503: _PROBLEM},
+    summary="One workflow, as the views have it; or exactly as it was at a version or time",
+    responses={400: _PROBLEM, 404: _PROBLEM, 503: _PROBLEM},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def get_workflow(
-    workflow_id: UUID, request: Request, min_position: MinPosition = None
+    workflow_id: UUID,
+    request: Request,
+    min_position: MinPosition = None,
+    version: Annotated[
+        int | None, Query(ge=1, description="As it was at this version (from the log).")
+    ] = None,
+    as_of: Annotated[
+        str | None, Query(description="As it was at this ISO 8601 instant (from the log).")
+    ] = None,
 ) -> Response:
     principal = await _reader(request)
+    if version is not None or as_of is not None:
+        # Time travel reads the log itself, which is never behind.
+        return await workflow_then(request, workflow_id, principal.org_id, version, as_of)
     position = await _views_position(request, min_position)
     document = await get_document(
         request.app.state.engine, WORKFLOWS, principal.org_id, str(workflow_id)

@@ -282,6 +282,24 @@ def projections_rebuild(
 @projections_app.command("verify")
 def projections_verify() -> None:
     """Rebuild every view into a scratch schema and diff it with the live one."""
+    _verify_views()
+
+
+@app.command()
+def replay(
+    check: Annotated[
+        bool, typer.Option("--check", help="Rebuild every view from the log and diff it.")
+    ] = False,
+) -> None:
+    """Replay the log: with --check, prove every view equals a fresh rebuild (exit 1 if not)."""
+    if not check:
+        console.print("nothing to do: use --check (a rebuild is `projections rebuild`)")
+        raise typer.Exit(2)
+    _verify_views()
+    console.print("replay check: no difference")
+
+
+def _verify_views() -> None:
     from projections.rebuild import verify
 
     failed = False

@@ -19,6 +19,8 @@ from commands.executions import (
     RunnerSettings,
     default_worker_id,
 )
+from commands.workflow_runs import WorkflowRunsRecorder
+from commands.workflow_runs import start_in_thread as start_runs_recorder
 from domain.engine import EngineLimits
 from infrastructure.auth import ApiKeyStore
 from infrastructure.database import PgTarget, create_engine
@@ -28,11 +30,14 @@ from infrastructure.http_port import AllowListedHttp
 from infrastructure.queue import ExecutionQueue
 from infrastructure.settings import Settings
 from infrastructure.web import RequestContextMiddleware, add_health_routes, install_error_handlers
+from projections.executions import ExecutionsProjection
 from projections.runner import Projection, Projector, start_in_thread
 from projections.workflows import WorkflowsProjection
 from read_api import QUERY_PROBLEMS
 from read_api import router as read_router
 from read_api.aggregate import router as aggregate_router
+from read_api.executions import router as executions_router
+from read_api.history import router as history_router
 from reporunner.worker import Worker
 from write_api import COMMAND_PROBLEMS, include_write_api
 
@@ -154,6 +159,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         if "worker" in roles:
             projector_threads += start_workers(executions, settings, stop)
         if "projections" in roles:
+            # Not a view, but the same kind of log follower: one per deployment suffices.
+            projector_threads.append(start_runs_recorder(WorkflowRunsRecorder(workflow_app), stop))
             for projection in all_projections():
                 projector = Projector(
                     workflow_app,
@@ -209,8 +216,10 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
     if "read-api" in roles:
         app.include_router(read_router)
         app.include_router(aggregate_router)
+        app.include_router(history_router)
+        app.include_router(executions_router)
     return app
 
 
 def all_projections() -> list[Projection]:
-    return [WorkflowsProjection()]
+    return [WorkflowsProjection(), ExecutionsProjection()]

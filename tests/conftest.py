@@ -82,6 +82,22 @@ def workflow_app(db_target: PgTarget, app_settings: Settings) -> Iterator[Workfl
     app.close()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``after_all`` run last, over what the whole suite wrote."""
+    last = [item for item in items if item.get_closest_marker("after_all")]
+    items[:] = [item for item in items if not item.get_closest_marker("after_all")] + last
+
+
+@pytest.fixture(scope="session")
+def record_runs(workflow_app: WorkflowApplication) -> Callable[[], int]:
+    """Catch the workflow-runs recorder up: finished executions become ``Executed``."""
+    from commands.workflow_runs import WorkflowRunsRecorder
+
+    recorder = WorkflowRunsRecorder(workflow_app)
+    recorder.ensure_tracking()
+    return recorder.catch_up
+
+
 @pytest.fixture(scope="session")
 def commands(workflow_app: WorkflowApplication) -> WorkflowCommands:
     return WorkflowCommands(workflow_app)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from commands import IdempotencyKeyReused, VersionConflict, WorkflowNotFound
-from commands.errors import ExecutionNotFound
+from commands.errors import ExecutionNotFound, NoSuchVersion
 from domain.errors import ExecutionFinished, ExecutionInputInvalid
 from infrastructure.problems import Problem, problem_type
 
@@ -43,7 +43,17 @@ def _bad_input(exc: ExecutionInputInvalid) -> Problem:
     )
 
 
+def _no_such_version(exc: NoSuchVersion) -> Problem:
+    return Problem(
+        422,
+        str(exc),
+        type_=problem_type("validation"),
+        errors=[{"loc": ["body", "to_version"], "msg": str(exc)}],
+    )
+
+
 COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
+    NoSuchVersion: _no_such_version,
     WorkflowNotFound: _not_found,
     ExecutionNotFound: _not_found,
     ExecutionFinished: _finished,

@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow, WorkflowCommands
 from commands.executions import ExecutionCommands
-from commands.models import ExecutionResult, RunWorkflow
+from commands.models import ExecutionResult, RevertWorkflow, RunWorkflow
 from infrastructure.auth import Permission, Principal
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
@@ -200,6 +200,29 @@ async def delete_workflow(workflow_id: UUID, request: Request) -> Response:
     version = expected_version(request)
     result = await run_in_threadpool(
         _commands(request).delete, workflow_id, version, _context(request, principal)
+    )
+    return _respond(result)
+
+
+@router.post(
+    "/workflows/{workflow_id}/revert",
+    summary="Restore the definition of an earlier version, as a new version (If-Match required)",
+    responses={
+        200: _COMMAND_RESPONSE,
+        404: _PROBLEM,
+        409: _PROBLEM,
+        410: _PROBLEM,
+        422: _PROBLEM,
+        428: _PROBLEM,
+    },
+    openapi_extra=_documented(RevertWorkflow, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
+)
+async def revert_workflow(workflow_id: UUID, request: Request) -> Response:
+    principal = await _writer(request)
+    version = expected_version(request)
+    command = await _parse(request, RevertWorkflow)
+    result = await run_in_threadpool(
+        _commands(request).revert, workflow_id, command, version, _context(request, principal)
     )
     return _respond(result)
 

@@ -87,7 +87,7 @@ def _wait_for_status(db_target: PgTarget, execution_id: str, wanted: set[str]) -
 
 
 def test_sync_run_answers_with_the_output_and_logs_every_node(
-    client: httpx.Client, owner: dict[str, str], db_target: PgTarget
+    client: httpx.Client, owner: dict[str, str], db_target: PgTarget, record_runs: Any
 ) -> None:
     workflow_id = _workflow(
         client,
@@ -115,6 +115,7 @@ def test_sync_run_answers_with_the_output_and_logs_every_node(
         "Succeeded",
     ]
     # The workflow's own history shows the run.
+    record_runs()
     assert _events(db_target, workflow_id)[-1] == "Executed"
 
 
@@ -153,7 +154,7 @@ def test_async_run_is_queued_then_run_by_a_worker(
 
 
 def test_a_retried_request_returns_the_same_execution_and_runs_it_once(
-    client: httpx.Client, owner: dict[str, str], db_target: PgTarget
+    client: httpx.Client, owner: dict[str, str], db_target: PgTarget, record_runs: Any
 ) -> None:
     workflow_id = _workflow(client, owner, [trigger(), _node("n", "noop")])
     key = {"Idempotency-Key": f"run-{uuid.uuid4()}"}
@@ -163,13 +164,18 @@ def test_a_retried_request_returns_the_same_execution_and_runs_it_once(
     again = client.post(url, json=request, headers={**owner, **key})
     assert first.status_code == again.status_code == 200
     assert first.json() == again.json()
+    record_runs()
     assert _events(db_target, workflow_id).count("Executed") == 1
     different = client.post(url, json={"input": {"x": 2}}, headers={**owner, **key})
     assert different.status_code == 422
 
 
 def test_racing_identical_requests_make_one_execution(
-    client: httpx.Client, owner: dict[str, str], db_target: PgTarget, api_url: str
+    client: httpx.Client,
+    owner: dict[str, str],
+    db_target: PgTarget,
+    api_url: str,
+    record_runs: Any,
 ) -> None:
     workflow_id = _workflow(client, owner, [trigger(), _node("n", "noop")])
     key = {"Idempotency-Key": f"race-{uuid.uuid4()}"}
@@ -191,6 +197,8 @@ def test_racing_identical_requests_make_one_execution(
     for thread in threads:
         thread.join()
     assert len({answer["execution_id"] for answer in answers}) == 1
+    assert _events(db_target, answers[0]["execution_id"]).count("Succeeded") == 1
+    record_runs()
     assert _events(db_target, workflow_id).count("Executed") == 1
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from commands import CommandContext, CreateWorkflow, WorkflowApplication, WorkflowCommands
 from commands.models import RunWorkflow
+from commands.workflow_runs import WorkflowRunsRecorder
 from domain.errors import ExecutionFinished
 from domain.execution import Execution
 from infrastructure.database import PgTarget
@@ -87,6 +88,7 @@ def _queue_rows(db_target: PgTarget, execution_id: uuid.UUID) -> int:
 
 
 def test_a_queued_execution_can_be_canceled_before_a_worker_takes_it(
+    record_runs: Any,
     services: ExecutionServices,
     commands: WorkflowCommands,
     workflow_app: WorkflowApplication,
@@ -101,6 +103,7 @@ def test_a_queued_execution_can_be_canceled_before_a_worker_takes_it(
     with pytest.raises(ExecutionFinished):
         services.commands.cancel(queued.execution_id, _ctx(org))
     # The workflow's history records how the run ended.
+    record_runs()
     workflow = workflow_app.repository.get(workflow_id)
     assert workflow.runs == 1  # type: ignore[attr-defined]
 
@@ -130,12 +133,29 @@ def test_competing_workers_run_each_execution_exactly_once(
         for thread in threads:
             thread.join(timeout=10)
         other.close()
+    # Two recorders racing over the same log still record each run once.
+    racers = [
+        threading.Thread(target=WorkflowRunsRecorder(workflow_app, batch_size=7).catch_up)
+        for _ in range(2)
+    ]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    WorkflowRunsRecorder(workflow_app).catch_up()
     for execution_id in ids:
         execution = _load(workflow_app, execution_id)
         assert execution.status == "succeeded"
         assert [run["node_id"] for run in execution.node_runs] == ["start", "n"]
     workflow = workflow_app.repository.get(workflow_id)
     assert workflow.runs == 30  # type: ignore[attr-defined]
+    with psycopg.connect(services.queue.target.conninfo()) as conn:
+        recorded = conn.execute(
+            "SELECT count(*) FROM reporunner_events WHERE originator_id = %s "
+            "AND topic LIKE '%%Workflow.Executed'",
+            (workflow_id,),
+        ).fetchone()
+    assert recorded == (30,)
 
 
 def test_a_killed_worker_leaves_nothing_running(

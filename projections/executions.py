@@ -1,0 +1,368 @@
+"""The executions projection: one document per execution, and dashboard counters.
+
+Both collections are kept by one projection (one tracking position), so the
+counters always agree with the execution documents they count.
+
+``executions`` documents (``_id`` = the execution id; ``created`` = when it
+was queued, ``updated`` = its last event)::
+
+    {id, workflow_id, workflow_version, mode, status, input, version,
+     created_at, created_by, updated_at, started_at, finished_at, duration_ms,
+     worker_id, error, output, output_truncated, canceled_by,
+     node_runs: [{node_id, attempt, status, started_at, finished_at,
+                  outputs, outputs_truncated, error, will_retry}],
+     node_summary: {succeeded, failed}}
+
+``execution_stats`` documents count executions: each execution is counted
+once, in the bucket of its queued time, under its *current* status (a
+transition moves it from the old status's counter to the new one's, so
+totals by status are exact at any moment), and its duration (started ->
+finished) is added when it finishes. An execution is counted in four such
+documents: its hour and its day (UTC), each for its organisation's totals
+(``workflow_id`` null) and for its workflow::
+
+    {workflow_id, granularity: "hour" | "day", bucket,
+     executions, queued, running, succeeded, failed, canceled, crashed,
+     duration_ms_sum, duration_count, duration_hist: {"<bucket index>": n}}
+
+``_id`` = ``org:granularity:workflow_id-or-*:bucket``; the document's
+``created`` column is its bucket's start, so the summary selects counters by
+an index range on it. Day documents exist so that a week's summary adds up a
+few dozen rows rather than one per hour and workflow.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from domain.execution import (
+    EXECUTION_STATUSES,
+    ExecutionCanceledEvent,
+    ExecutionCrashedEvent,
+    ExecutionFailedEvent,
+    ExecutionNodeFailedEvent,
+    ExecutionNodeStartedEvent,
+    ExecutionNodeSucceededEvent,
+    ExecutionQueuedEvent,
+    ExecutionStartedEvent,
+    ExecutionSucceededEvent,
+)
+from projections.store import Document, ViewBatch
+
+EXECUTIONS = "executions"
+STATS = "execution_stats"
+GRANULARITIES: Final = ("hour", "day")
+
+# Events that change an execution's status, hence its counters.
+_STATUS_EVENTS = (
+    ExecutionStartedEvent,
+    ExecutionSucceededEvent,
+    ExecutionFailedEvent,
+    ExecutionCanceledEvent,
+    ExecutionCrashedEvent,
+)
+_FINISHING_EVENTS = {
+    ExecutionSucceededEvent: "succeeded",
+    ExecutionFailedEvent: "failed",
+    ExecutionCanceledEvent: "canceled",
+    ExecutionCrashedEvent: "crashed",
+}
+
+# -- the duration histogram ----------------------------------------------------------
+#
+# Log-scale buckets: index 0 holds durations under 1 ms; index i >= 1 holds
+# [BASE^(i-1), BASE^i) ms. Any value estimated inside a bucket is within
+# BASE - 1 = 5 % of every duration in that bucket, which bounds the error of
+# percentiles read from summed histograms. The last bucket, from ~37.8 days,
+# takes every longer duration too. Only non-empty buckets are stored.
+
+DURATION_HIST_BASE: Final = 1.05
+DURATION_HIST_LAST: Final = 450
+_LOG_BASE = math.log(DURATION_HIST_BASE)
+
+
+def duration_bucket(duration_ms: int) -> int:
+    """The histogram bucket index of a duration."""
+    if duration_ms < 1:
+        return 0
+    return min(DURATION_HIST_LAST, 1 + int(math.log(duration_ms) / _LOG_BASE))
+
+
+def duration_bucket_bounds(index: int) -> tuple[float, float]:
+    """``[low, high)`` in ms of a histogram bucket."""
+    if index == 0:
+        return 0.0, 1.0
+    return DURATION_HIST_BASE ** (index - 1), DURATION_HIST_BASE**index
+
+
+# -- buckets -------------------------------------------------------------------------
+
+
+def bucket_start(at: datetime, granularity: str) -> datetime:
+    """The UTC hour or day that ``at`` falls in."""
+    hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return hour if granularity == "hour" else hour.replace(hour=0)
+
+
+def counter_id(org_id: str, granularity: str, workflow_id: str | None, bucket: datetime) -> str:
+    return f"{org_id}:{granularity}:{workflow_id or '*'}:{bucket.isoformat()}"
+
+
+@functools.lru_cache(maxsize=4096)  # an execution's status changes come close together
+def _counter_keys(
+    org_id: str, workflow_id: str, queued_at: datetime
+) -> tuple[tuple[str, str, str | None, datetime], ...]:
+    """(id, granularity, workflow_id or None for the org's totals, bucket) per counter."""
+    keys = []
+    for granularity in GRANULARITIES:
+        bucket = bucket_start(queued_at, granularity)
+        for scope in (None, workflow_id):
+            keys.append(
+                (counter_id(org_id, granularity, scope, bucket), granularity, scope, bucket)
+            )
+    return tuple(keys)
+
+
+def _empty_counters(granularity: str, workflow_id: str | None, bucket: datetime) -> dict[str, Any]:
+    return {
+        "workflow_id": workflow_id,
+        "granularity": granularity,
+        "bucket": bucket.isoformat(),
+        "executions": 0,
+        **dict.fromkeys(EXECUTION_STATUSES, 0),
+        "duration_ms_sum": 0,
+        "duration_count": 0,
+        "duration_hist": {},
+    }
+
+
+# -- the projection ------------------------------------------------------------------
+
+
+class ExecutionsProjection:
+    name: str = "executions"
+    collections: tuple[str, ...] = (EXECUTIONS, STATS)
+    topics: tuple[type, ...] = (
+        ExecutionQueuedEvent,
+        ExecutionStartedEvent,
+        ExecutionNodeStartedEvent,
+        ExecutionNodeSucceededEvent,
+        ExecutionNodeFailedEvent,
+        ExecutionSucceededEvent,
+        ExecutionFailedEvent,
+        ExecutionCanceledEvent,
+        ExecutionCrashedEvent,
+    )
+
+    def prefetch(self, events: Sequence[Any], view: ViewBatch) -> None:
+        # Executions queued in this batch are not stored yet: their counters
+        # are known from the Queued event; the others' from their documents.
+        by_id = [(str(e.originator_id), e) for e in events]
+        queued_here = {i: e for i, e in by_id if isinstance(e, ExecutionQueuedEvent)}
+        earlier = {i for i, _ in by_id if i not in queued_here}
+        view.prefetch(EXECUTIONS, earlier)
+        counters: set[str] = set()
+        for event in queued_here.values():
+            keys = _counter_keys(event.meta["org_id"], str(event.workflow_id), event.timestamp)
+            counters.update(key[0] for key in keys)
+        changing = {i for i, e in by_id if i in earlier and isinstance(e, _STATUS_EVENTS)}
+        for execution_id in changing:
+            execution = view.get(EXECUTIONS, execution_id)
+            if execution is not None:
+                keys = _counter_keys(
+                    execution.org_id, execution.data["workflow_id"], execution.created
+                )
+                counters.update(key[0] for key in keys)
+        view.prefetch(STATS, counters)
+
+    def apply(self, event: Any, position: int, view: ViewBatch) -> None:
+        if isinstance(event, ExecutionQueuedEvent):
+            execution = _queued_document(event, position)
+            view.put(EXECUTIONS, execution)
+            _count(view, execution, position, {"queued": 1})
+            return
+        execution_id = str(event.originator_id)
+        existing = view.get(EXECUTIONS, execution_id)
+        if existing is None:
+            raise LookupError(f"{type(event).__qualname__} for unknown execution {execution_id}")
+        at = event.timestamp.isoformat()
+        data = {**existing.data, "version": event.originator_version, "updated_at": at}
+        if isinstance(event, ExecutionStartedEvent):
+            data |= {"status": "running", "worker_id": event.worker_id, "started_at": at}
+        elif isinstance(event, ExecutionNodeStartedEvent):
+            data["node_runs"] = [*data["node_runs"], _node_run(event.node_id, event.attempt, at)]
+        elif isinstance(event, ExecutionNodeSucceededEvent | ExecutionNodeFailedEvent):
+            data["node_runs"] = _finish_last_node_run(data["node_runs"], event, at)
+            data["node_summary"] = _node_summary(data["node_runs"])
+        else:
+            data |= _finished_fields(event, data, at)
+        updated = replace(
+            existing,
+            data=data,
+            version=event.originator_version,
+            position=position,
+            updated=event.timestamp,
+        )
+        view.put(EXECUTIONS, updated)
+        if data["status"] != existing.data["status"]:
+            _count(
+                view,
+                updated,
+                position,
+                {existing.data["status"]: -1, data["status"]: 1},
+                data["duration_ms"],
+            )
+
+
+def _queued_document(event: Any, position: int) -> Document:
+    at = event.timestamp.isoformat()
+    data: dict[str, Any] = {
+        "id": str(event.originator_id),
+        "workflow_id": str(event.workflow_id),
+        "workflow_version": event.workflow_version,
+        "mode": event.mode,
+        "status": "queued",
+        "input": event.input,
+        "version": event.originator_version,
+        "created_at": at,
+        "created_by": event.meta["actor"],
+        "updated_at": at,
+        "started_at": None,
+        "finished_at": None,
+        "duration_ms": None,
+        "worker_id": None,
+        "error": None,
+        "output": None,
+        "output_truncated": False,
+        "canceled_by": None,
+        "node_runs": [],
+        "node_summary": {"succeeded": 0, "failed": 0},
+    }
+    return Document(
+        id=data["id"],
+        org_id=event.meta["org_id"],
+        data=data,
+        version=event.originator_version,
+        position=position,
+        created=event.timestamp,
+        updated=event.timestamp,
+    )
+
+
+def _node_run(node_id: str, attempt: int, at: str) -> dict[str, Any]:
+    return {
+        "node_id": node_id,
+        "attempt": attempt,
+        "status": "running",
+        "started_at": at,
+        "finished_at": None,
+        "outputs": None,
+        "outputs_truncated": False,
+        "error": None,
+        "will_retry": False,
+    }
+
+
+def _finish_last_node_run(runs: list[dict[str, Any]], event: Any, at: str) -> list[dict[str, Any]]:
+    """The runs with the last one (the one running: the aggregate checked) finished."""
+    if not runs:
+        raise LookupError(f"{type(event).__qualname__} without a node run started")
+    last = {**runs[-1], "finished_at": at}
+    if isinstance(event, ExecutionNodeSucceededEvent):
+        last |= {
+            "status": "succeeded",
+            "outputs": event.outputs,
+            "outputs_truncated": event.outputs_truncated,
+        }
+    else:
+        last |= {"status": "failed", "error": event.error, "will_retry": event.will_retry}
+    return [*runs[:-1], last]
+
+
+def _node_summary(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Node runs (attempts) by outcome."""
+    return {
+        outcome: sum(1 for run in runs if run["status"] == outcome)
+        for outcome in ("succeeded", "failed")
+    }
+
+
+def _finished_fields(event: Any, data: dict[str, Any], at: str) -> dict[str, Any]:
+    """What a finishing event sets: status, times, its own fields; a running node is cut off."""
+    fields: dict[str, Any] = {
+        "status": _FINISHING_EVENTS[type(event)],
+        "finished_at": at,
+        "duration_ms": _duration_ms(data["started_at"], event.timestamp),
+    }
+    if isinstance(event, ExecutionSucceededEvent):
+        fields |= {"output": event.output, "output_truncated": event.output_truncated}
+    elif isinstance(event, ExecutionFailedEvent):
+        fields["error"] = event.error
+    elif isinstance(event, ExecutionCrashedEvent):
+        fields["error"] = event.reason
+    else:
+        fields["canceled_by"] = event.meta["actor"]
+    runs = data["node_runs"]
+    if runs and runs[-1]["status"] == "running":
+        fields["node_runs"] = [
+            *runs[:-1],
+            {**runs[-1], "status": "interrupted", "finished_at": at},
+        ]
+    return fields
+
+
+def _duration_ms(started_at: str | None, finished: datetime) -> int | None:
+    """Whole milliseconds from start to finish; None if it never started (canceled
+    while queued). Never negative, should two hosts' clocks disagree."""
+    if started_at is None:
+        return None
+    elapsed = finished - datetime.fromisoformat(started_at)
+    return max(0, elapsed // timedelta(milliseconds=1))
+
+
+def _count(
+    view: ViewBatch,
+    execution: Document,
+    position: int,
+    moves: dict[str, int],
+    duration_ms: int | None = None,
+) -> None:
+    """Apply status moves (status -> +1/-1), and a finished run's duration, to its counters."""
+    at = execution.updated
+    for counter, granularity, workflow_id, bucket in _counter_keys(
+        execution.org_id, execution.data["workflow_id"], execution.created
+    ):
+        existing = view.get(STATS, counter)
+        data = (
+            dict(existing.data)
+            if existing is not None
+            else _empty_counters(granularity, workflow_id, bucket)
+        )
+        for status, delta in moves.items():
+            data[status] += delta
+            data["executions"] += delta  # a move between statuses nets 0
+        if duration_ms is not None:
+            index = str(duration_bucket(duration_ms))
+            data["duration_ms_sum"] += duration_ms
+            data["duration_count"] += 1
+            data["duration_hist"] = {
+                **data["duration_hist"],
+                index: data["duration_hist"].get(index, 0) + 1,
+            }
+        view.put(
+            STATS,
+            Document(
+                id=counter,
+                org_id=execution.org_id,
+                data=data,
+                version=existing.version + 1 if existing is not None else 1,
+                position=position,
+                created=bucket,
+                updated=at,
+            ),
+        )

@@ -1,0 +1,144 @@
+"""History, time travel and the organisation's log: read from the event store.
+
+These answer from the log itself, not from views, so they are exact and
+never behind: ``X-Projection-Position`` does not apply; ``X-Log-Position``
+says how far the log was read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from commands.history import MAX_PAGE, History, HistoryEntry
+from domain.workflow import DEFINITION_FIELDS, Workflow
+from infrastructure.auth import Permission
+from infrastructure.problems import Problem, problem_type
+from infrastructure.web import authorize
+
+router = APIRouter(prefix="/v1", tags=["history"])
+
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")]
+
+
+def _history(request: Request) -> History:
+    return History(request.app.state.workflow_commands.app)
+
+
+def _page(entries: list[HistoryEntry], limit: int, cursor_of: Any) -> Response:
+    next_cursor = str(cursor_of(entries[-1])) if len(entries) == limit else None
+    body = {"items": [entry.as_json() for entry in entries], "next_cursor": next_cursor}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _cursor(raw: str | None, name: str = "cursor") -> int:
+    if raw is None:
+        return 0
+    if not raw.isdigit() or len(raw) > 18:
+        raise Problem(
+            400, f"{name} must be a next_cursor this API returned", type_=problem_type("bad-cursor")
+        )
+    return int(raw)
+
+
+def parse_instant(raw: str, name: str) -> datetime:
+    """An ISO 8601 instant with an offset; anything else is a 400 naming ``name``."""
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise Problem(
+            400,
+            f"{name} must be an ISO 8601 time with an offset "
+            f"(e.g. 2026-11-26T10:00:00Z), not {raw!r}",
+            type_=problem_type("bad-time"),
+        )
+    return value
+
+
+@router.get(
+    "/workflows/{workflow_id}/history",
+    summary="Every event of a workflow, with a JSON Patch of what each changed",
+    responses={400: _PROBLEM, 404: _PROBLEM},
+)
+async def workflow_history(
+    workflow_id: UUID, request: Request, limit: Limit = 100, cursor: str | None = None
+) -> Response:
+    principal = await authorize(request, Permission.READ_WORKFLOWS)
+    after = _cursor(cursor)
+    entries = await run_in_threadpool(
+        _history(request).workflow_history, workflow_id, principal.org_id, after, limit
+    )
+    return _page(entries, limit, lambda entry: entry.version)
+
+
+@router.get(
+    "/audit/events",
+    summary="The organisation's events in log order (owners and auditors)",
+    responses={400: _PROBLEM, 403: _PROBLEM},
+)
+async def audit_events(
+    request: Request,
+    after_position: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    type: Annotated[str | None, Query(description="e.g. Workflow.Updated")] = None,
+    actor: str | None = None,
+    aggregate_id: UUID | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Response:
+    principal = await authorize(request, Permission.READ_AUDIT)
+    entries = await run_in_threadpool(
+        lambda: _history(request).org_events(
+            principal.org_id,
+            after_position=after_position,
+            limit=limit,
+            type_=type,
+            actor=actor,
+            aggregate_id=aggregate_id,
+            since=parse_instant(since, "since") if since else None,
+            until=parse_instant(until, "until") if until else None,
+        )
+    )
+    return _page(entries, limit, lambda entry: entry.position)
+
+
+async def workflow_then(
+    request: Request, workflow_id: UUID, org_id: str, version: int | None, as_of: str | None
+) -> Response:
+    """``GET /v1/workflows/{id}?version=N|as_of=T``: the workflow exactly as it was."""
+    if version is not None and as_of is not None:
+        raise Problem(400, "give version or as_of, not both", type_=problem_type("bad-query"))
+    instant = parse_instant(as_of, "as_of") if as_of is not None else None
+    workflow = await run_in_threadpool(
+        lambda: _history(request).workflow_as_of(
+            workflow_id, org_id, version=version, as_of=instant
+        )
+    )
+    return Response(
+        orjson.dumps(workflow_document(workflow)),
+        media_type="application/json",
+        headers={"ETag": f'"{workflow.version}"'},
+    )
+
+
+def workflow_document(workflow: Workflow) -> dict[str, Any]:
+    return {
+        "id": str(workflow.id),
+        **{name: getattr(workflow, name) for name in DEFINITION_FIELDS},
+        "version": workflow.version,
+        "deleted": workflow.deleted,
+        "runs": workflow.runs,
+        "created_at": workflow.created_on.isoformat(),
+        "created_by": workflow.created_by,
+        "updated_at": workflow.modified_on.isoformat(),
+        "updated_by": workflow.updated_by,
+    }
