@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-read clean
+.PHONY: run test lint format bench bench-read bench-executions clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -35,6 +35,9 @@ bench: $(STAMP)
 
 bench-read: $(STAMP)
 	$(BIN)/python bench/projection_rebuild.py $(ARGS)
+
+bench-executions: $(STAMP)
+	$(BIN)/python bench/executions.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

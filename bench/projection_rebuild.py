@@ -223,6 +223,7 @@ def measure_queries(target: PgTarget, org: str, rounds: int) -> None:
     with running_server(target, extra_env={"REPORUNNER_ROLES": "read-api"}) as base:
         for label, sql_query, (method, path, request) in queries:
             print(f"{label}, org {org}, {rounds} requests:")
+            asyncio.run(direct(sql_query))  # warm-up, as for HTTP below
             sql_p95 = report("same SQL on asyncpg", asyncio.run(direct(sql_query)))
             asyncio.run(over_http(base, method, path, **request))  # warm-up
             http_p95 = report(

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
@@ -66,6 +65,7 @@ from domain.nodes import (
     StopAndErrorParameters,
     SwitchParameters,
     WaitParameters,
+    compile_regex,
 )
 
 __all__ = [
@@ -797,7 +797,7 @@ def _compile_condition(condition: Condition) -> Predicate:
         must_exist = expected is not False
         return lambda item: (_lookup(item, path) is not _MISSING) == must_exist
     if op == "regex":
-        pattern = re.compile(expected)
+        pattern = compile_regex(expected)
 
         def regex(item: Item) -> bool:
             actual = _lookup(item, path)

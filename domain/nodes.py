@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
+import re2  # type: ignore[import-untyped]
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -67,6 +68,7 @@ __all__ = [
     "SwitchCase",
     "SwitchParameters",
     "WaitParameters",
+    "compile_regex",
     "validate_parameters",
 ]
 
@@ -204,13 +206,31 @@ def _check_regex(value: Any) -> None:
             {"length": len(value), "limit": MAX_REGEX_CHARS},
         )
     try:
-        re.compile(value)
-    except (re.error, OverflowError, RecursionError) as exc:
+        compile_regex(value)
+    except re2.error as exc:
         raise PydanticCustomError(
             "regex_invalid",
             "invalid regex '{pattern}': {error}",
-            {"pattern": value, "error": str(exc)},
+            {"pattern": value, "error": _re2_message(exc)},
         ) from None
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors are raised and reported, not printed
+
+
+def compile_regex(pattern: str) -> Any:
+    """A regex that matches in linear time (RE2), so no item can stall a run.
+
+    RE2 has no backreferences or lookaround; such patterns are refused when
+    the workflow is saved.
+    """
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+def _re2_message(exc: Exception) -> str:
+    message = exc.args[0] if exc.args else exc
+    return message.decode() if isinstance(message, bytes) else str(message)
 
 
 Conditions = Annotated[list[Condition], Field(min_length=1, max_length=MAX_CONDITIONS)]

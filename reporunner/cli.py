@@ -17,6 +17,7 @@ from infrastructure.auth import ApiKeyStore, InvalidOrgId, Role
 from infrastructure.database import create_engine
 from infrastructure.logs import configure_logging
 from infrastructure.settings import get_settings
+from reporunner.audit_cli import audit_app
 from reporunner.wiring import resolve_database
 
 
@@ -36,6 +37,7 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 projections_app = typer.Typer(help="Inspect, rebuild and verify projections.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
+app.add_typer(audit_app, name="audit")
 
 # Human output (tables) goes to stderr so stdout stays machine-readable.
 console = Console(stderr=True)
@@ -59,7 +61,7 @@ def serve(
         typer.Option(help="Run one role alone, to scale it on its own."),
     ] = None,
 ) -> None:
-    """Run the service: write API, read API and projectors in one process."""
+    """Run the service: write API, read API, projectors and a worker in one process."""
     from reporunner.server import run_server
 
     if only is not None:

@@ -36,6 +36,7 @@ from projections.workflows import WorkflowsProjection
 from read_api import QUERY_PROBLEMS
 from read_api import router as read_router
 from read_api.aggregate import router as aggregate_router
+from read_api.audit import router as audit_router
 from read_api.executions import router as executions_router
 from read_api.history import router as history_router
 from reporunner.worker import Worker
@@ -217,6 +218,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(read_router)
         app.include_router(aggregate_router)
         app.include_router(history_router)
+        app.include_router(audit_router)
         app.include_router(executions_router)
     return app
 

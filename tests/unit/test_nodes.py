@@ -397,3 +397,16 @@ def test_deep_json_is_fine() -> None:
     for _ in range(2_000):
         deep = {"k": [deep]}
     validate_parameters("set", {"fields": {"deep": deep}})
+
+
+def test_regexes_are_re2_linear_time_and_refuse_backreferences() -> None:
+    import time
+
+    from domain.nodes import compile_regex
+
+    [(_, msg)] = _errors("if", {"conditions": [_cond(op="regex", value=r"(a)\1")]})
+    assert r"(a)\1" in msg and "escape" in msg
+    # A pattern that backtracks exponentially in Python's re stays linear here.
+    started = time.perf_counter()
+    assert compile_regex(r"^(a+)+$").search("a" * 100_000 + "b") is None
+    assert time.perf_counter() - started < 1.0
