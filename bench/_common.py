@@ -30,7 +30,9 @@ def scratch_database() -> Iterator[PgTarget]:
     if url:
         server = PgTarget.from_url(url)
     else:
-        server = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="reporunner-bench-")))
+        server = start_embedded_postgres(
+            Path(tempfile.mkdtemp(prefix="reporunner-bench-")), delete_at_exit=True
+        )
     name = f"reporunner_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server.conninfo(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -18,8 +18,12 @@ log = structlog.get_logger(__name__)
 _servers: dict[Path, object] = {}
 
 
-def start_embedded_postgres(data_dir: Path) -> PgTarget:
-    """Start (or join) the embedded server whose data lives in ``data_dir/pgdata``."""
+def start_embedded_postgres(data_dir: Path, *, delete_at_exit: bool = False) -> PgTarget:
+    """Start (or join) the embedded server whose data lives in ``data_dir/pgdata``.
+
+    The server stops when the last process using it exits; with
+    ``delete_at_exit`` (throwaway servers, e.g. for tests) its data goes too.
+    """
     with warnings.catch_warnings():
         # platformdirs warns that XDG_RUNTIME_DIR is unset and falls back to /tmp: fine.
         warnings.simplefilter("ignore")
@@ -29,7 +33,7 @@ def start_embedded_postgres(data_dir: Path) -> PgTarget:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = _servers.get(pgdata)
     if server is None:
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = pgserver.get_server(pgdata, cleanup_mode="delete" if delete_at_exit else "stop")
         _servers[pgdata] = server
     info = server.get_postmaster_info()  # type: ignore[attr-defined]
     target = PgTarget(

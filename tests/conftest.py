@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -40,11 +41,14 @@ settings.load_profile("reporunner")
 
 
 @pytest.fixture(scope="session")
-def server_target(tmp_path_factory: pytest.TempPathFactory) -> PgTarget:
+def server_target() -> PgTarget:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         return PgTarget.from_url(url)
-    return start_embedded_postgres(Path(tmp_path_factory.mktemp("embedded-pg")))
+    # Not under pytest's basetemp: a concurrent pytest run prunes old
+    # basetemps, which would pull the data directory from under the server.
+    data_dir = Path(tempfile.mkdtemp(prefix="reporunner-test-pg-"))
+    return start_embedded_postgres(data_dir, delete_at_exit=True)
 
 
 @pytest.fixture(scope="session")
