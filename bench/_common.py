@@ -79,7 +79,10 @@ def running_server(
     """``reporunner serve`` in a child process; yields its base URL."""
     port = _free_port()
     # Default logging (one JSON access line per request) as in production.
-    env = {**os.environ, "DATABASE_URL": database_url(target), **(extra_env or {})}
+    # Without Redis: no read cache (it would answer repeated queries from
+    # memory) and no rate limits (they would throttle the load we generate).
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env |= {"DATABASE_URL": database_url(target), **(extra_env or {})}
     proc = subprocess.Popen(
         [
             sys.executable,

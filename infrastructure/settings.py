@@ -61,6 +61,21 @@ class Settings(BaseSettings):
         "unset stores them unsigned.",
     )
     audit_checkpoint_every: int = Field(default=10_000, ge=1, le=10_000_000)
+    # Redis in front of the APIs: the read cache and per-organisation rate limits
+    # (tokens per second and burst; 0 turns a limit off). Both off without REDIS_URL.
+    redis_timeout_ms: int = Field(default=50, ge=1, le=10_000)
+    redis_connect_timeout_ms: int = Field(default=250, ge=1, le=10_000)
+    redis_breaker_cooldown_s: float = Field(default=5.0, gt=0, le=600)
+    redis_key_prefix: str = "reporunner:"
+    cache_ttl_s: float = Field(default=60.0, ge=0, le=86_400, description="0 disables the cache.")
+    cache_max_entry_bytes: int = Field(default=1024 * 1024, ge=0)
+    rate_limit_write_per_s: float = Field(default=50.0, ge=0)
+    rate_limit_write_burst: int = Field(default=100, ge=0)
+    rate_limit_read_per_s: float = Field(default=200.0, ge=0)
+    rate_limit_read_burst: int = Field(default=400, ge=0)
+    rate_limit_fail_open: bool = Field(
+        default=True, description="Without Redis: allow (true) or refuse with 503 (false)."
+    )
 
     def role_list(self) -> list[str]:
         return [role.strip() for role in self.roles.split(",") if role.strip()]

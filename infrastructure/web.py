@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from domain.errors import WorkflowDeleted, WorkflowInvalid
 from infrastructure.auth import ApiKeyStore, Permission, Principal
 from infrastructure.problems import Problem, problem_type
+from infrastructure.ratelimit import enforce_rate_limit
 
 log = structlog.get_logger("reporunner.http")
 
@@ -250,6 +251,7 @@ async def authenticate(request: Request) -> Principal:
 async def authorize(request: Request, permission: Permission) -> Principal:
     """The authenticated principal, if its role grants ``permission``, else 401/403."""
     principal = await authenticate(request)
+    await enforce_rate_limit(request, principal, permission)
     if not principal.may(permission):
         raise Problem(
             403,

@@ -16,12 +16,13 @@ from sqlalchemy import text
 from starlette.responses import Response
 
 from infrastructure.auth import Permission
+from infrastructure.cache import cached_json
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from projections.pipeline import compile_pipeline
 from projections.store import collection_table
 from projections.workflows import VERSIONS, WORKFLOWS
-from read_api.routes import MinPosition, _json, _views_position
+from read_api.routes import MinPosition, _views_position
 
 router = APIRouter(prefix="/v1", tags=["queries"])
 
@@ -60,6 +61,10 @@ async def aggregate(
         source_params={"org": principal.org_id},
     )
     position = await _views_position(request, min_position)
-    async with request.app.state.engine.connect() as conn:
-        rows = (await conn.execute(text(fragment.sql), fragment.params)).all()
-    return _json({"results": [row[0] for row in rows]}, position)
+
+    async def run_pipeline() -> dict[str, Any]:
+        async with request.app.state.engine.connect() as conn:
+            rows = (await conn.execute(text(fragment.sql), fragment.params)).all()
+        return {"results": [row[0] for row in rows]}
+
+    return await cached_json(request, principal.org_id, position, run_pipeline, body.pipeline)

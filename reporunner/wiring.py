@@ -23,11 +23,13 @@ from commands.workflow_runs import WorkflowRunsRecorder
 from commands.workflow_runs import start_in_thread as start_runs_recorder
 from domain.engine import EngineLimits
 from infrastructure.auth import ApiKeyStore
+from infrastructure.cache import CacheConfig, ReadCache, connect_redis
 from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
 from infrastructure.queue import ExecutionQueue
+from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
 from infrastructure.settings import Settings
 from infrastructure.web import RequestContextMiddleware, add_health_routes, install_error_handlers
 from projections.executions import ExecutionsProjection
@@ -149,6 +151,25 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.state.engine = engine
         app.state.settings = settings
         app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
+        redis_client = (
+            connect_redis(
+                settings.redis_url,
+                timeout_s=settings.redis_timeout_ms / 1000,
+                connect_timeout_s=settings.redis_connect_timeout_ms / 1000,
+            )
+            if settings.redis_url
+            else None
+        )
+        app.state.read_cache = (
+            ReadCache(redis_client, cache_config(settings))
+            if redis_client is not None and settings.cache_ttl_s > 0
+            else None
+        )
+        app.state.rate_limiter = (
+            RateLimiter(redis_client, rate_limit_config(settings))
+            if redis_client is not None
+            else None
+        )
         workflow_app = create_workflow_application(target, settings)
         app.state.workflow_commands = WorkflowCommands(workflow_app)
         executions = create_execution_services(
@@ -181,6 +202,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             executions.close()
             workflow_app.close()
             await engine.dispose()
+            if redis_client is not None:
+                await redis_client.aclose()
 
     app = FastAPI(
         title="Reporunner",
@@ -195,6 +218,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         ),
         lifespan=lifespan,
     )
+    # Inside RequestContextMiddleware: it sets up the request state this one reads.
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app, {**COMMAND_PROBLEMS, **QUERY_PROBLEMS})
 
@@ -221,6 +246,27 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(audit_router)
         app.include_router(executions_router)
     return app
+
+
+def cache_config(settings: Settings) -> CacheConfig:
+    return CacheConfig(
+        ttl_s=settings.cache_ttl_s,
+        max_entry_bytes=settings.cache_max_entry_bytes,
+        key_prefix=settings.redis_key_prefix,
+        breaker_cooldown_s=settings.redis_breaker_cooldown_s,
+    )
+
+
+def rate_limit_config(settings: Settings) -> RateLimitConfig:
+    return RateLimitConfig(
+        write_per_s=settings.rate_limit_write_per_s,
+        write_burst=settings.rate_limit_write_burst,
+        read_per_s=settings.rate_limit_read_per_s,
+        read_burst=settings.rate_limit_read_burst,
+        fail_open=settings.rate_limit_fail_open,
+        key_prefix=settings.redis_key_prefix,
+        breaker_cooldown_s=settings.redis_breaker_cooldown_s,
+    )
 
 
 def all_projections() -> list[Projection]:

@@ -67,16 +67,26 @@ def db_target(server_target: PgTarget) -> Iterator[PgTarget]:
 
 
 @pytest.fixture(scope="session")
-def app_settings() -> Settings:
+def app_settings() -> Iterator[Settings]:
     configure_logging("warning", "json")
-    return Settings(
+    settings = Settings(
         database_url=None,
         redis_url=os.environ.get("REDIS_URL"),
+        # This run's corner of a shared Redis, emptied afterwards.
+        redis_key_prefix=f"reporunner-test-{uuid.uuid4().hex[:12]}:",
         # Tests run a loopback HTTP server for http_request nodes; nothing else.
         http_allowed_hosts="127.0.0.1",
         # Short leases, so a killed worker's execution is settled quickly.
         execution_lease_s=2,
     )
+    yield settings
+    if settings.redis_url:
+        import redis
+
+        with redis.Redis.from_url(settings.redis_url) as client:
+            keys = list(client.scan_iter(match=f"{settings.redis_key_prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
 
 
 @pytest.fixture(scope="session")
