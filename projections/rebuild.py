@@ -27,6 +27,9 @@ from projections.store import DocumentCache, ViewBatch, collection_table
 Progress = Callable[[int], None]
 
 
+BULK_BATCH_SIZE = 1000
+
+
 def _position(conn: psycopg.Connection[Any], name: str, *, lock: bool = False) -> int:
     query = "SELECT position FROM projection_tracking WHERE name = %s"
     row = conn.execute(query + (" FOR UPDATE" if lock else ""), (name,)).fetchone()
@@ -100,6 +103,8 @@ def _bulk_load(
     tables or moves its tracking row.
     """
     batches: queue.Queue[EventBatch | BaseException | None] = queue.Queue(maxsize=2)
+    # Big batches whatever the live projector uses: a bulk load is throughput.
+    bulk_batch = max(projector.batch_size, BULK_BATCH_SIZE)
     done = threading.Event()
 
     def read() -> None:
@@ -107,7 +112,7 @@ def _bulk_load(
             with projector.connect(autocommit=True) as reader, reader.cursor() as cur:
                 position = _position(reader, tracking)
                 while not done.is_set():
-                    batch = projector.read_events(cur, position, projector.batch_size, upto)
+                    batch = projector.read_events(cur, position, bulk_batch, upto)
                     if not batch.count:
                         break
                     batches.put(batch)
@@ -229,7 +234,9 @@ def verify(
                 tables = _copy_tables(conn, projector, schema, "")
                 _start_tracking(conn, tracking)
             # Build up to where the live view is now (it can only move forward).
-            _bulk_load(projector, conn, tables, tracking, _position(conn, name), progress)
+            with conn.transaction():  # not left open: each batch below commits
+                upto = _position(conn, name)
+            _bulk_load(projector, conn, tables, tracking, upto, progress)
             with conn.transaction():
                 live_position = _position(conn, name, lock=True)
                 projector.catch_up(conn, tables=tables, tracking=tracking, upto=live_position)
