@@ -128,7 +128,10 @@ def main() -> None:
     with scratch_database() as target:
         key = create_key(target, "bench")
         results: dict[int, float] = {}
-        with running_server(target, workers=args.workers) as base:
+        # The write API alone, as `serve --only write-api` scales it: the other
+        # roles' followers would compete for the same two cores.
+        roles = {"REPORUNNER_ROLES": "write-api"}
+        with running_server(target, workers=args.workers, extra_env=roles) as base:
             uvloop.run(http_round(base, key, 4, 200))  # warm-up
             columns = ("clients", "commands", "cmd/s", "p50 ms", "p95 ms", "p99 ms")
             print(" ".join(f"{c:>9}" for c in columns))

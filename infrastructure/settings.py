@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     projection_batch_size: int = Field(default=1000, ge=1, le=100_000)
     projection_poll_s: float = Field(default=1.0, gt=0, le=60)
     roles: str = Field(
-        default="write-api,read-api,projections,worker",
+        default="write-api,read-api,projections,worker,relay",
         description="Comma-separated roles this process runs (serve --only sets one).",
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -61,6 +61,14 @@ class Settings(BaseSettings):
         "unset stores them unsigned.",
     )
     audit_checkpoint_every: int = Field(default=10_000, ge=1, le=10_000_000)
+    # Event bus (Redis Streams; on when REDIS_URL is set)
+    bus_prefix: str = Field(
+        default="reporunner",
+        min_length=1,
+        description="Prefix of the bus' stream names: one per deployment sharing a Redis.",
+    )
+    bus_stream_maxlen: int = Field(default=1_000_000, ge=1_000, le=100_000_000)
+    bus_relay_batch: int = Field(default=500, ge=1, le=10_000)
     # Redis in front of the APIs: the read cache and per-organisation rate limits
     # (tokens per second and burst; 0 turns a limit off). Both off without REDIS_URL.
     redis_timeout_ms: int = Field(default=50, ge=1, le=10_000)

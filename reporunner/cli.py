@@ -18,6 +18,7 @@ from infrastructure.database import create_engine
 from infrastructure.logs import configure_logging
 from infrastructure.settings import get_settings
 from reporunner.audit_cli import audit_app
+from reporunner.bus_cli import bus_app
 from reporunner.wiring import resolve_database
 
 
@@ -28,6 +29,7 @@ class ServeRole(StrEnum):
     READ_API = "read-api"
     PROJECTIONS = "projections"
     WORKER = "worker"
+    RELAY = "relay"
 
 
 app = typer.Typer(
@@ -38,6 +40,7 @@ app.add_typer(keys_app, name="keys")
 projections_app = typer.Typer(help="Inspect, rebuild and verify projections.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
 app.add_typer(audit_app, name="audit")
+app.add_typer(bus_app, name="bus")
 
 # Human output (tables) goes to stderr so stdout stays machine-readable.
 console = Console(stderr=True)
@@ -253,8 +256,16 @@ def projections_status() -> None:
     from projections.runner import status
 
     projectors = _projectors()
+    # The views, and the other followers of the log that keep a tracking row.
+    names = [p.projection.name for p in projectors] + ["workflow-runs", "audit-chain"]
+    settings = get_settings()
     with projectors[0].connect() as conn:
-        rows = status(conn, [p.projection.name for p in projectors])
+        rows = status(conn, names)
+        relay = None
+        if settings.redis_url:
+            from infrastructure.relay import relay_status
+
+            relay = relay_status(conn, settings.redis_url)
     table = Table("projection", "position", "head", "lag (events)", "lag (s)")
     for row in rows:
         table.add_row(
@@ -264,7 +275,14 @@ def projections_status() -> None:
             str(row.lag_events),
             f"{row.lag_seconds:.1f}",
         )
+    if relay is not None:
+        table.add_row("relay (to Redis)", str(relay.position), str(relay.head), str(relay.lag), "")
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+    if relay is not None:
+        console.print(
+            f"relay: {'running' if relay.active else 'NOT RUNNING'}; "
+            f"redis {'ok' if relay.redis_ok else relay.last_error}"
+        )
 
 
 @projections_app.command("rebuild")

@@ -30,8 +30,14 @@ from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
 from infrastructure.queue import ExecutionQueue
 from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
+from infrastructure.relay import BusConfig, start_relay_in_thread
 from infrastructure.settings import Settings
-from infrastructure.web import RequestContextMiddleware, add_health_routes, install_error_handlers
+from infrastructure.web import (
+    ReadyCheck,
+    RequestContextMiddleware,
+    add_health_routes,
+    install_error_handlers,
+)
 from projections.executions import ExecutionsProjection
 from projections.runner import Projection, Projector, start_in_thread
 from projections.workflows import WorkflowsProjection
@@ -78,7 +84,7 @@ def create_workflow_application(target: PgTarget, settings: Settings) -> Workflo
     return WorkflowApplication(env=eventsourcing_env(target, settings))
 
 
-ROLES = ("write-api", "read-api", "projections", "worker")
+ROLES = ("write-api", "read-api", "projections", "worker", "relay")
 
 
 @dataclass
@@ -141,6 +147,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {ROLES}")
+    if list(roles) == ["relay"] and not settings.redis_url:
+        raise ValueError("the relay role needs REDIS_URL")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -192,6 +200,19 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
                     poll_interval=settings.projection_poll_s,
                 )
                 projector_threads.append(start_in_thread(projector, stop))
+        app.state.relay = None
+        if "relay" in roles and settings.redis_url:
+            app.state.relay, relay_thread = start_relay_in_thread(
+                target,
+                workflow_app,
+                settings.redis_url,
+                bus_config(settings),
+                stop,
+                poll_s=settings.projection_poll_s,
+            )
+            projector_threads.append(relay_thread)
+        elif "relay" in roles:
+            log.info("event relay off: REDIS_URL is not set")
         log.info("service roles", roles=list(roles))
         try:
             yield
@@ -236,7 +257,14 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             return "disabled"
         return await ping_redis(settings.redis_url)
 
-    add_health_routes(app, {"postgres": postgres_check, "redis": redis_check})
+    async def relay_check() -> str:
+        relay = getattr(app.state, "relay", None)
+        return "disabled" if relay is None else str(relay.status().summary())
+
+    checks: dict[str, ReadyCheck] = {"postgres": postgres_check, "redis": redis_check}
+    if "relay" in roles:
+        checks["relay"] = relay_check
+    add_health_routes(app, checks)
     if "write-api" in roles:
         include_write_api(app)
     if "read-api" in roles:
@@ -246,6 +274,14 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(audit_router)
         app.include_router(executions_router)
     return app
+
+
+def bus_config(settings: Settings) -> BusConfig:
+    return BusConfig(
+        prefix=settings.bus_prefix,
+        stream_maxlen=settings.bus_stream_maxlen,
+        relay_batch=settings.bus_relay_batch,
+    )
 
 
 def cache_config(settings: Settings) -> CacheConfig:

@@ -1,0 +1,464 @@
+"""The relay: every event of the log, in log order, onto Redis Streams.
+
+- Where: the event at log position P becomes entry ``P-0`` of
+  ``{prefix}:events:{org_id}`` and of ``{prefix}:events`` (fields and
+  consumer semantics: ``infrastructure/bus.py``), trimmed ``MAXLEN ~ N``.
+- No gap: the position lives in PostgreSQL (``projection_tracking``, row
+  ``relay``) and moves only after Redis acknowledged the whole batch (one
+  script call running its ``XADD``s). A crash in between publishes the batch
+  again.
+- No duplicate: Redis refuses an id at or below a stream's last id, so an
+  entry published before the crash is refused the second time; a refusal
+  counts as "already published" (for that stream), never as a failure.
+- Redis lost data (restarted without persistence, or from an older
+  snapshot): on every (re)connection the relay compares the all-events
+  stream's last id with its position and, if Redis is behind, publishes again
+  from where Redis is (at most the last ``stream_maxlen`` events: the streams
+  would trim older ones at once). A stream *ahead* of the log (another deployment on
+  the same prefix, or a log restored from an older backup) stops the relay
+  with an error rather than let it take new events for published ones.
+- Redis down: wait and retry with capped exponential backoff, and say so in
+  ``status()``. Commands are unaffected: the log is the truth, the relay
+  catches up when Redis is back.
+- One active relay per deployment: a session advisory lock, as for
+  projectors; other instances stand by and take over.
+- Live: woken by the event store's LISTEN/NOTIFY, with polling as a backstop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import psycopg
+import redis
+import structlog
+from eventsourcing.persistence import StoredEvent
+from psycopg import sql
+from redis.exceptions import ResponseError
+
+from commands.application import WorkflowApplication
+from commands.history import event_type
+from infrastructure.bus import DEFAULT_PREFIX, connect, entry_id, events_stream
+from infrastructure.database import PgTarget
+from infrastructure.eventstore import EVENTS_TABLE
+
+log = structlog.get_logger("reporunner.relay")
+
+RELAY_NAME = "relay"
+# A batch's XADDs, run by Redis. One call instead of a pipeline of commands,
+# because redis-py packs each command's arguments in Python, which cost more
+# than everything else the relay does: with a dozen fields an event, the
+# pipeline topped out below 10,000 events/s. Here the client sends one JSON
+# string (ARGV[2]: [[entry id, [stream, ...], [field, value, ...]], ...]).
+# An id at or below a stream's last one is refused by Redis: published before.
+# The answer is how many XADDs were refused; any other error stops the batch.
+_PUBLISH_SCRIPT = """
+local refused = 0
+for _, message in ipairs(cjson.decode(ARGV[2])) do
+  for _, stream in ipairs(message[2]) do
+    local added = redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[1], message[1],
+                              unpack(message[3]))
+    if type(added) == 'table' and added.err then
+      if not string.find(added.err, 'equal or smaller', 1, true) then
+        return redis.error_reply(added.err)
+      end
+      refused = refused + 1
+    end
+  end
+end
+return refused
+"""
+# Event attributes that travel as message fields of their own, or not at all.
+_ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    prefix: str = DEFAULT_PREFIX
+    """Stream names start with it: one per deployment (and per test run)."""
+    stream_maxlen: int = 1_000_000
+    """Each stream keeps about this many entries (``MAXLEN ~``)."""
+    relay_batch: int = 500
+    """Events per script call and per position commit (Redis runs a batch in ~5 ms)."""
+
+
+@dataclass(frozen=True)
+class RelayStatus:
+    position: int
+    """The last log position published (and committed)."""
+    head: int
+    """The log's last position, when last looked at."""
+    lag: int
+    redis_ok: bool
+    redis_down_since: datetime | None = None
+    last_error: str | None = None
+    """The latest error, kept after recovery for diagnosis."""
+    failing_since: datetime | None = None
+    """Stuck for another reason than Redis (PostgreSQL away, an event that cannot
+    be decoded, a stream ahead of the log); cleared by the next good batch."""
+    active: bool | None = None
+    """In a relay's own status: this instance publishes (``False``: it stands by,
+    or is between attempts). From ``relay_status``: some instance publishes."""
+
+    def summary(self) -> str:
+        """One line for ``/readyz`` (a relay's own status)."""
+        if not self.redis_ok:
+            if self.redis_down_since is None:
+                return f"redis down: {self.last_error}"
+            since = self.redis_down_since.isoformat(timespec="seconds")
+            return f"redis down since {since}: {self.last_error}"
+        if self.failing_since is not None:
+            since = self.failing_since.isoformat(timespec="seconds")
+            return f"failing since {since}: {self.last_error}"
+        if self.active is False:
+            return "standby"
+        return "ok" if not self.lag else f"ok, {self.lag} events behind"
+
+
+class RelayConflict(RuntimeError):
+    """Redis holds entries the log has not reached: publishing would lose events."""
+
+
+class Relay:
+    """Publishes the log to Redis Streams; ``run_forever`` in a thread of its own."""
+
+    def __init__(
+        self,
+        app: WorkflowApplication,
+        target: PgTarget,
+        redis_url: str,
+        config: BusConfig | None = None,
+        *,
+        name: str = RELAY_NAME,
+        poll_s: float = 1.0,
+        retry_base_s: float = 0.2,
+        retry_cap_s: float = 5.0,
+    ) -> None:
+        self.app = app
+        self.target = target
+        self.config = config or BusConfig()
+        self.name = name
+        self.poll_s = poll_s
+        self.retry_base_s = retry_base_s
+        self.retry_cap_s = retry_cap_s
+        self.redis = connect(redis_url)
+        self._publish_script = self.redis.register_script(_PUBLISH_SCRIPT)
+        self.all_events = events_stream(self.config.prefix)
+        self.already_published = 0
+        """Entries Redis refused as present: re-publishing after a crash or a lost position."""
+        self._status = RelayStatus(position=0, head=0, lag=0, redis_ok=True, active=False)
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self) -> RelayStatus:
+        """What this instance last saw; no I/O, safe from any thread."""
+        return self._status
+
+    def _set(self, **changes: Any) -> None:
+        status = replace(self._status, **changes)
+        # One assignment: readers in other threads see the old status or the new one.
+        self._status = replace(status, lag=max(0, status.head - status.position))
+
+    # -- one batch --------------------------------------------------------------------
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            self.target.conninfo(),
+            autocommit=True,
+            connect_timeout=5,
+            application_name=f"reporunner-relay:{self.name}",
+        )
+
+    def ensure_tracking(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(
+            "INSERT INTO projection_tracking (name) VALUES (%s) ON CONFLICT DO NOTHING",
+            (self.name,),
+        )
+
+    def publish_batch(self, conn: psycopg.Connection[Any]) -> int:
+        """Publish the next events and then move the position; return how many."""
+        after, head = self._position_and_head(conn)
+        rows = conn.execute(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {EVENTS_TABLE} WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
+            (after, self.config.relay_batch),
+        ).fetchall()
+        if rows:
+            self.publish([self.message_fields(row) for row in rows])
+            last = int(rows[-1][0])
+            self.commit_position(conn, after, last)
+            after = last
+        self._set(position=after, head=max(head, after), failing_since=None)
+        return len(rows)
+
+    def catch_up(self, conn: psycopg.Connection[Any]) -> int:
+        """Publish until the log is exhausted; return how many events were read."""
+        total = 0
+        while count := self.publish_batch(conn):
+            total += count
+        return total
+
+    def message_fields(self, row: Sequence[Any]) -> dict[str, str]:
+        """A log row as the message fields the bus documents."""
+        position, originator_id, version, topic, state = row
+        event: Any = self.app.mapper.to_domain_event(
+            StoredEvent(
+                originator_id=originator_id,
+                originator_version=version,
+                topic=topic,
+                state=bytes(state),
+            )
+        )
+        meta = getattr(event, "meta", None) or {}
+        attributes = {k: v for k, v in vars(event).items() if k not in _ENVELOPE}
+        return {
+            "position": str(position),
+            "aggregate_id": str(originator_id),
+            "version": str(version),
+            "type": event_type(event),
+            "timestamp": event.timestamp.isoformat(),
+            "org_id": str(meta.get("org_id") or ""),
+            "actor": str(meta.get("actor") or ""),
+            "correlation_id": str(meta.get("correlation_id") or ""),
+            "data": orjson.dumps(attributes, default=str, option=orjson.OPT_NON_STR_KEYS).decode(),
+        }
+
+    def publish(self, messages: Sequence[dict[str, str]]) -> None:
+        """``XADD`` each message to its organisation's stream and the all-events stream.
+
+        The whole batch goes as one script call (see ``_PUBLISH_SCRIPT``) and
+        returns once Redis ran every ``XADD``. Entries Redis already holds are
+        refused, and counted in ``already_published``.
+        """
+        batch = []
+        for fields in messages:
+            streams = [self.all_events]
+            if fields["org_id"]:
+                streams.insert(0, events_stream(self.config.prefix, fields["org_id"]))
+            flat = [part for pair in fields.items() for part in pair]
+            batch.append((entry_id(int(fields["position"])), streams, flat))
+        refused = self._publish_script(args=[self.config.stream_maxlen, orjson.dumps(batch)])
+        self.already_published += int(refused)
+
+    def commit_position(self, conn: psycopg.Connection[Any], after: int, last: int) -> None:
+        moved = conn.execute(
+            "UPDATE projection_tracking SET position = %s, updated_at = now() "
+            "WHERE name = %s AND position = %s",
+            (last, self.name, after),
+        )
+        if moved.rowcount != 1:
+            raise RuntimeError(f"relay position {self.name!r} moved away from {after}")
+
+    def reconcile(self, conn: psycopg.Connection[Any]) -> None:
+        """Publish again what Redis lost; refuse to run over a stream ahead of the log."""
+        position, head = self._position_and_head(conn)
+        published = self._published_up_to()
+        if published > head:
+            raise RelayConflict(
+                f"Redis stream {self.all_events!r} holds position {published}, beyond the "
+                f"log's head {head}: another deployment on prefix {self.config.prefix!r}, or "
+                "a log restored from an older backup? Delete the streams or change the prefix."
+            )
+        if published < position:
+            # Older events would be trimmed again at once: the streams keep about maxlen.
+            resume = max(published, position - self.config.stream_maxlen)
+            log.warning(
+                "Redis is missing published events; publishing them again",
+                stream=self.all_events,
+                redis_last_position=published,
+                relay_position=position,
+                resume_after=resume,
+            )
+            conn.execute(
+                "UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
+                (resume, self.name),
+            )
+            position = resume
+        self._set(position=position, head=head)
+
+    def _published_up_to(self) -> int:
+        """The position of the all-events stream's last entry ever added (0: none)."""
+        try:
+            info = self.redis.xinfo_stream(self.all_events)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return 0
+            raise
+        return int(str(info["last-generated-id"]).split("-")[0])
+
+    def _position_and_head(self, conn: psycopg.Connection[Any]) -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT position, (SELECT coalesce(max(notification_id), 0) FROM "
+            f"{EVENTS_TABLE}) FROM projection_tracking WHERE name = %s",
+            (self.name,),
+        ).fetchone()
+        if row is None:
+            raise LookupError(f"no tracking row for the relay {self.name!r}")
+        return int(row[0]), int(row[1])
+
+    # -- running ----------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Relay live until ``stop`` is set, surviving lost connections to either side."""
+        backoff = self.retry_base_s
+        try:
+            while not stop.is_set():
+                try:
+                    self._run_while_leader(stop)
+                    backoff = self.retry_base_s
+                except psycopg.OperationalError as exc:
+                    log.warning(
+                        "relay lost its database connection; reconnecting",
+                        error=str(exc).strip(),
+                        retry_in_s=backoff,
+                    )
+                    self._failing(f"postgres: {str(exc).strip()}")
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, self.retry_cap_s)
+                except Exception as exc:
+                    # E.g. an event that cannot be decoded: retry rather than die; the
+                    # stall shows as lag and last_error in the status.
+                    log.exception("relay failed; retrying", retry_in_s=backoff)
+                    self._failing(f"{type(exc).__name__}: {exc}")
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, self.retry_cap_s)
+        finally:
+            self._set(active=False)
+            self.redis.close()
+
+    def _failing(self, error: str) -> None:
+        since = self._status.failing_since or datetime.now(UTC)
+        self._set(active=False, last_error=error, failing_since=since)
+
+    def _run_while_leader(self, stop: threading.Event) -> None:
+        with self.connect() as conn:
+            locked = conn.execute(
+                "SELECT pg_try_advisory_lock(hashtext(%s))", (_lock_key(self.name),)
+            ).fetchone()
+            if not locked or not locked[0]:
+                # Another process relays; stand by to take over.
+                self._set(active=False)
+                stop.wait(self.poll_s)
+                return
+            log.info("relay active", name=self.name, prefix=self.config.prefix)
+            self._set(active=True)
+            with self.connect() as listen_conn:
+                listen_conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+                self.ensure_tracking(conn)
+                self._follow(conn, listen_conn, stop)
+
+    def _follow(
+        self,
+        conn: psycopg.Connection[Any],
+        listen_conn: psycopg.Connection[Any],
+        stop: threading.Event,
+    ) -> None:
+        in_step_with_redis = False
+        backoff = self.retry_base_s
+        while not stop.is_set():
+            try:
+                if not in_step_with_redis:
+                    self.reconcile(conn)
+                    in_step_with_redis = True
+                    self._redis_up()
+                while self.publish_batch(conn) >= self.config.relay_batch:
+                    if stop.is_set():
+                        return
+                backoff = self.retry_base_s
+            except redis.RedisError as exc:
+                in_step_with_redis = False
+                self._redis_down(exc, backoff)
+                # Keep the status' head current while we wait.
+                self._set(head=self._position_and_head(conn)[1])
+                stop.wait(backoff)
+                backoff = min(backoff * 2, self.retry_cap_s)
+                continue
+            # Wake on NOTIFY (one per committed write), or after poll_s regardless.
+            for _ in listen_conn.notifies(timeout=self.poll_s, stop_after=1):
+                pass
+
+    def _redis_down(self, exc: Exception, retry_in_s: float) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        now = datetime.now(UTC)
+        down_since = self._status.redis_down_since or now
+        if self._status.redis_ok:
+            log.warning(
+                "relay cannot reach Redis; events wait in the log, retrying",
+                error=error,
+                retry_in_s=retry_in_s,
+            )
+        else:
+            log.info(
+                "relay still waiting for Redis",
+                error=error,
+                retry_in_s=retry_in_s,
+                down_s=round((now - down_since).total_seconds(), 1),
+            )
+        self._set(redis_ok=False, redis_down_since=down_since, last_error=error)
+
+    def _redis_up(self) -> None:
+        if not self._status.redis_ok:
+            since = self._status.redis_down_since
+            down_s = (datetime.now(UTC) - since).total_seconds() if since else 0.0
+            log.info("relay reached Redis again", down_s=round(down_s, 1))
+        self._set(redis_ok=True, redis_down_since=None)
+
+
+def _lock_key(name: str) -> str:
+    return f"relay:{name}"
+
+
+def start_relay_in_thread(
+    target: PgTarget,
+    app: WorkflowApplication,
+    redis_url: str,
+    config: BusConfig,
+    stop: threading.Event,
+    **relay_options: Any,
+) -> tuple[Relay, threading.Thread]:
+    """A relay running in a daemon thread until ``stop``; keep the relay for ``status()``."""
+    relay = Relay(app, target, redis_url, config, **relay_options)
+    thread = threading.Thread(target=relay.run_forever, args=(stop,), name="relay", daemon=True)
+    thread.start()
+    return relay, thread
+
+
+def relay_status(
+    conn: psycopg.Connection[Any], redis_url: str, *, name: str = RELAY_NAME
+) -> RelayStatus:
+    """The relay's state seen from outside it (the CLI): from PostgreSQL and a ping."""
+    row = conn.execute(
+        "SELECT coalesce((SELECT position FROM projection_tracking WHERE name = %s), 0), "
+        f"(SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}), "
+        # Whether any session holds the relay's lock: pg_try_advisory_lock(bigint)
+        # shows in pg_locks as the key's high and low 32 bits.
+        "EXISTS (SELECT 1 FROM pg_locks, (SELECT hashtext(%s)::bigint AS key) AS lock "
+        "WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND classid = ((lock.key >> 32) & 4294967295)::oid "
+        "AND objid = (lock.key & 4294967295)::oid)",
+        (name, _lock_key(name)),
+    ).fetchone()
+    assert row is not None
+    position, head, active = int(row[0]), int(row[1]), bool(row[2])
+    client = connect(redis_url)
+    try:
+        client.ping()
+        redis_ok, error = True, None
+    except redis.RedisError as exc:
+        redis_ok, error = False, f"{type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+    return RelayStatus(
+        position=position,
+        head=head,
+        lag=max(0, head - position),
+        redis_ok=redis_ok,
+        last_error=error,
+        active=active,
+    )
