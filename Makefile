@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-read bench-executions clean
+.PHONY: run test lint format bench bench-read bench-executions bench-audit bench-bus clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -38,6 +38,12 @@ bench-read: $(STAMP)
 
 bench-executions: $(STAMP)
 	$(BIN)/python bench/executions.py $(ARGS)
+
+bench-audit: $(STAMP)
+	$(BIN)/python bench/audit.py $(ARGS)
+
+bench-bus: $(STAMP)
+	$(BIN)/python bench/bus.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
