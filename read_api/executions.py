@@ -38,7 +38,14 @@ from projections.executions import (
 )
 from projections.filters import compile_filter
 from projections.store import collection_table
-from read_api.queries import BadQuery, Page, get_document, list_documents, parse_sort
+from read_api.queries import (
+    BadQuery,
+    Page,
+    get_document,
+    list_documents,
+    parse_instant,
+    parse_sort,
+)
 from read_api.routes import (
     _MIN_POSITION_DOC,
     EXECUTION_VIEWS,
@@ -243,16 +250,7 @@ DAY = timedelta(days=1)
 def _parse_instant(name: str, raw: str | None) -> datetime | None:
     if raw is None:
         return None
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        hint = " (send '+' in a query string as %2B)" if " " in raw else ""
-        raise _bad_period(
-            f"{name} must be an ISO 8601 time with an offset, e.g. 2026-01-31T00:00:00Z, "
-            f"not {raw!r}{hint}"
-        ) from None
-    if value.tzinfo is None:
-        raise _bad_period(f"{name} needs an offset (Z or +HH:MM): {raw!r}")
+    value = parse_instant(name, raw)
     if not EARLIEST <= value < LATEST:
         raise _bad_period(f"{name} must lie between {EARLIEST.date()} and {LATEST.date()}")
     return value.astimezone(UTC)

@@ -7,7 +7,6 @@ says how far the log was read.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -21,6 +20,7 @@ from domain.workflow import DEFINITION_FIELDS, Workflow
 from infrastructure.auth import Permission
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
+from read_api.queries import parse_instant
 
 router = APIRouter(prefix="/v1", tags=["history"])
 
@@ -46,22 +46,6 @@ def _cursor(raw: str | None, name: str = "cursor") -> int:
             400, f"{name} must be a next_cursor this API returned", type_=problem_type("bad-cursor")
         )
     return int(raw)
-
-
-def parse_instant(raw: str, name: str) -> datetime:
-    """An ISO 8601 instant with an offset; anything else is a 400 naming ``name``."""
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise Problem(
-            400,
-            f"{name} must be an ISO 8601 time with an offset "
-            f"(e.g. 2026-11-26T10:00:00Z), not {raw!r}",
-            type_=problem_type("bad-time"),
-        )
-    return value
 
 
 @router.get(
@@ -104,8 +88,8 @@ async def audit_events(
             type_=type,
             actor=actor,
             aggregate_id=aggregate_id,
-            since=parse_instant(since, "since") if since else None,
-            until=parse_instant(until, "until") if until else None,
+            since=parse_instant("since", since) if since else None,
+            until=parse_instant("until", until) if until else None,
         )
     )
     return _page(entries, limit, lambda entry: entry.position)
@@ -117,7 +101,7 @@ async def workflow_then(
     """``GET /v1/workflows/{id}?version=N|as_of=T``: the workflow exactly as it was."""
     if version is not None and as_of is not None:
         raise Problem(400, "give version or as_of, not both", type_=problem_type("bad-query"))
-    instant = parse_instant(as_of, "as_of") if as_of is not None else None
+    instant = parse_instant("as_of", as_of) if as_of is not None else None
     workflow = await run_in_threadpool(
         lambda: _history(request).workflow_as_of(
             workflow_id, org_id, version=version, as_of=instant

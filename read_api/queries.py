@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from infrastructure.problems import Problem, problem_type
 from projections.filters import compile_filter
 from projections.store import collection_table
 
@@ -207,3 +208,22 @@ async def wait_for_position(
             return False, position
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.1)
+
+
+def parse_instant(name: str, raw: str) -> datetime:
+    """An ISO 8601 instant with an offset from a query parameter; else a 400 naming ``name``."""
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        hint = " (send '+' in a query string as %2B)" if " " in raw else ""
+        raise Problem(
+            400,
+            f"{name} must be an ISO 8601 time with an offset, e.g. 2026-01-31T00:00:00Z, "
+            f"not {raw!r}{hint}",
+            type_=problem_type("bad-time"),
+        ) from None
+    if value.tzinfo is None:
+        raise Problem(
+            400, f"{name} needs an offset (Z or +HH:MM): {raw!r}", type_=problem_type("bad-time")
+        )
+    return value
