@@ -38,6 +38,7 @@ from infrastructure.web import (
     add_health_routes,
     install_error_handlers,
 )
+from projections.audit_chain import start_audit_follower
 from projections.executions import ExecutionsProjection
 from projections.runner import Projection, Projector, start_in_thread
 from projections.workflows import WorkflowsProjection
@@ -191,6 +192,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         if "projections" in roles:
             # Not a view, but the same kind of log follower: one per deployment suffices.
             projector_threads.append(start_runs_recorder(WorkflowRunsRecorder(workflow_app), stop))
+            projector_threads.append(start_audit_follower(target, settings, stop))
             for projection in all_projections():
                 projector = Projector(
                     workflow_app,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from infrastructure.auth import ApiKeyStore
@@ -164,6 +165,36 @@ def test_serve_runs_write_read_and_projections_in_one_process(
         )
         assert read.status_code == 200, read.text
         assert read.json()["name"] == "e2e"
+        # The in-process worker runs an async execution, and every follower
+        # of the log (views, workflow runs, audit chain) passes its position.
+        queued = httpx.post(
+            f"{base}/v1/workflows/{created['id']}/executions",
+            json={"mode": "async"},
+            headers=headers,
+        ).json()
+        execution = httpx.get(
+            f"{base}/v1/executions/{queued['execution_id']}",
+            headers={**headers, "X-Min-Position": str(queued["position"])},
+            timeout=10,
+        ).json()
+        while execution["status"] != "succeeded":
+            assert time.monotonic() < deadline + 30, execution
+            time.sleep(0.1)
+            execution = httpx.get(
+                f"{base}/v1/executions/{queued['execution_id']}", headers=headers
+            ).json()
+        with psycopg.connect(db_target.conninfo()) as conn:
+            while True:
+                rows = dict(
+                    conn.execute(
+                        "SELECT name, position FROM projection_tracking "
+                        "WHERE name IN ('workflow-runs', 'audit-chain')"
+                    ).fetchall()
+                )
+                if len(rows) == 2 and min(rows.values()) > queued["position"]:
+                    break
+                assert time.monotonic() < deadline + 60, rows
+                time.sleep(0.1)
     finally:
         server.terminate()
         output = server.communicate(timeout=20)[0].decode()
