@@ -139,7 +139,9 @@ def _bulk_load(
         with conn.transaction(), conn.cursor() as cur:
             view = ViewBatch(cur, tables)
             for collection, documents in cache.drain().items():
-                view.write(collection, documents)
+                # Written grouped by organisation, so one organisation's
+                # documents share pages: its queries read far fewer of them.
+                view.write(collection, sorted(documents, key=lambda d: (d.org_id, d.id)))
             view.flush()
     finally:
         if gc_was_enabled:
