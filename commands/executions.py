@@ -12,8 +12,6 @@ only one decides how an execution ends.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import threading
@@ -31,7 +29,7 @@ from eventsourcing.persistence import IntegrityError
 
 from commands.application import WorkflowApplication
 from commands.errors import ExecutionNotFound, IdempotencyKeyReused
-from commands.handlers import WorkflowCommands
+from commands.handlers import WorkflowCommands, request_fingerprint
 from commands.models import CommandContext, ExecutionResult, RunWorkflow
 from domain.engine import (
     EngineLimits,
@@ -130,9 +128,10 @@ class FirstSave:
 class _Recorder:
     """The engine's listener: turns progress into the execution's events.
 
-    Events accumulate on the aggregate and are saved when the run ends, or
-    when ``flush_s`` has passed since the last save, so a short run costs two
-    transactions and a long one still shows its progress.
+    Events accumulate on the aggregate and are saved when the run ends,
+    before the engine waits on the outside world, or when ``flush_s`` has
+    passed since the last save: a short run costs few transactions and a
+    long one still shows its progress.
     """
 
     def __init__(
@@ -241,7 +240,7 @@ class ExecutionRunner:
                 reason=f"the worker running it ({execution.worker_id}) stopped responding",
                 meta=meta,
             )
-            self.finish(execution)[0]
+            self.finish(execution)
             log.warning("execution crashed", execution_id=str(execution_id), claims=claims)
             return execution
         execution.start(worker_id=worker_id, meta=meta)
@@ -268,7 +267,7 @@ class ExecutionRunner:
         """
         recorder = _Recorder(self, execution, meta, worker_id, first_save)
         try:
-            plan = self._plan(execution.workflow_id, execution.workflow_version)
+            plan = self.plan(execution.workflow_id, execution.workflow_version)
 
             def should_stop() -> bool:
                 return recorder.lost.is_set() or recorder.stopped.is_set()
@@ -306,11 +305,7 @@ class ExecutionRunner:
 
     def _conclude(self, execution: Execution, outcome: ExecutionOutcome, meta: EventMeta) -> None:
         if outcome.status == "succeeded":
-            output: dict[str, Any] = {}
-            truncated = False
-            for node_id, items in outcome.output.items():
-                output[node_id], cut = truncate_items(items, self.settings.output_max_bytes)
-                truncated = truncated or cut
+            output, truncated = self.truncate_outputs(outcome.output)
             execution.succeed(output=output, output_truncated=truncated, meta=meta)
         else:
             execution.fail(error=outcome.error or "failed", meta=meta)
@@ -351,15 +346,20 @@ class ExecutionRunner:
     def _reloaded(self, execution: Execution) -> Execution:
         return self.load(execution.id) or execution
 
-    def _plan(self, workflow_id: UUID, version: int) -> ExecutionPlan:
-        """The compiled definition of one workflow version (immutable, so cached)."""
+    def plan(
+        self, workflow_id: UUID, version: int, loaded: Workflow | None = None
+    ) -> ExecutionPlan:
+        """The compiled definition of one workflow version (immutable, so cached).
+
+        ``loaded``: that version, if the caller has it already (saves a load).
+        """
         key = (workflow_id, version)
         with self._plans_lock:
             plan = self._plans.get(key)
             if plan is not None:
                 self._plans.move_to_end(key)
                 return plan
-        workflow: object = self.app.repository.get(workflow_id, version=version)
+        workflow: object = loaded or self.app.repository.get(workflow_id, version=version)
         assert isinstance(workflow, Workflow)
         plan = compile_plan(workflow.definition())
         with self._plans_lock:
@@ -367,13 +367,6 @@ class ExecutionRunner:
             while len(self._plans) > 1024:
                 self._plans.popitem(last=False)
         return plan
-
-    def plan_for(self, workflow: Workflow) -> None:
-        """Cache the plan of a workflow the caller already loaded (saves a load)."""
-        key = (workflow.id, workflow.version)
-        with self._plans_lock:
-            if key not in self._plans:
-                self._plans[key] = compile_plan(workflow.definition())
 
     def truncate_outputs(self, outputs: Outputs) -> tuple[dict[str, list[Any]], bool]:
         kept: dict[str, list[Any]] = {}
@@ -412,7 +405,7 @@ class ExecutionCommands:
         self, workflow_id: UUID, command: RunWorkflow, ctx: CommandContext
     ) -> ExecutionResult:
         payload = command.model_dump()
-        fingerprint = _fingerprint(ctx, workflow_id, payload)
+        fingerprint = request_fingerprint(ctx, "execute", workflow_id, None, payload)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -424,7 +417,7 @@ class ExecutionCommands:
             execution_id = uuid.uuid4()
         workflow = self.workflows.get(workflow_id, ctx.org_id)
         workflow.ensure_not_deleted()
-        self.runner.plan_for(workflow)
+        self.runner.plan(workflow.id, workflow.version, workflow)
         meta = EventMeta(
             org_id=ctx.org_id,
             actor=ctx.actor,
@@ -532,15 +525,3 @@ class ExecutionCommands:
             raise IdempotencyKeyReused(record.key)
         execution = self.get(record.aggregate_id, ctx.org_id)
         return self._result(execution, status_code=record.status_code)
-
-
-def _fingerprint(ctx: CommandContext, workflow_id: UUID, payload: Any) -> str:
-    if ctx.idempotency_key is None:
-        return ""
-    canonical = json.dumps(
-        ["execute", str(workflow_id), payload],
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()

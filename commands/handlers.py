@@ -52,7 +52,7 @@ class WorkflowCommands:
 
     def create(self, command: CreateWorkflow, ctx: CommandContext) -> CommandResult:
         payload = command.model_dump()
-        fingerprint = _fingerprint(ctx, "create", None, None, payload)
+        fingerprint = request_fingerprint(ctx, "create", None, None, payload)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -71,7 +71,7 @@ class WorkflowCommands:
         ctx: CommandContext,
     ) -> CommandResult:
         changes = command.changes()
-        fingerprint = _fingerprint(ctx, "update", workflow_id, expected_version, changes)
+        fingerprint = request_fingerprint(ctx, "update", workflow_id, expected_version, changes)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -84,7 +84,7 @@ class WorkflowCommands:
     def delete(
         self, workflow_id: UUID, expected_version: int, ctx: CommandContext
     ) -> CommandResult:
-        fingerprint = _fingerprint(ctx, "delete", workflow_id, expected_version, None)
+        fingerprint = request_fingerprint(ctx, "delete", workflow_id, expected_version, None)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -102,7 +102,7 @@ class WorkflowCommands:
     ) -> CommandResult:
         """A new ``Updated`` event restoring the definition of ``to_version``."""
         payload = command.model_dump()
-        fingerprint = _fingerprint(ctx, "revert", workflow_id, expected_version, payload)
+        fingerprint = request_fingerprint(ctx, "revert", workflow_id, expected_version, payload)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -223,7 +223,7 @@ def _meta(ctx: CommandContext) -> EventMeta:
     )
 
 
-def _fingerprint(
+def request_fingerprint(
     ctx: CommandContext,
     command: str,
     workflow_id: UUID | None,

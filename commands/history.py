@@ -18,11 +18,12 @@ from typing import Any
 from uuid import UUID
 
 import jsonpatch
+from eventsourcing.application import AggregateNotFoundError
 
 from commands.application import WorkflowApplication
 from commands.errors import WorkflowNotFound
 from domain.workflow import DEFINITION_FIELDS, Workflow
-from infrastructure.eventstore import EVENTS_TABLE
+from infrastructure.eventstore import EVENTS_TABLE, decode_event
 
 MAX_PAGE = 500
 
@@ -180,14 +181,13 @@ class History:
     def _workflow(self, workflow_id: UUID, org_id: str) -> Workflow:
         try:
             workflow: object = self.app.repository.get(workflow_id)
-        except Exception:  # AggregateNotFoundError, or not a workflow's id at all
+        except AggregateNotFoundError:
             raise WorkflowNotFound(workflow_id) from None
         if not isinstance(workflow, Workflow) or workflow.org_id != org_id:
             raise WorkflowNotFound(workflow_id)
         return workflow
 
     def _select(self, where: str, params: tuple[Any, ...]) -> list[tuple[int, Any]]:
-        from eventsourcing.persistence import StoredEvent
 
         with self.app.event_store.datastore.get_connection() as conn, conn.cursor() as cur:
             cur.execute(
@@ -199,13 +199,12 @@ class History:
         return [
             (
                 int(row["notification_id"]),
-                self.app.mapper.to_domain_event(
-                    StoredEvent(
-                        originator_id=row["originator_id"],
-                        originator_version=row["originator_version"],
-                        topic=row["topic"],
-                        state=bytes(row["state"]),
-                    )
+                decode_event(
+                    self.app.mapper,
+                    row["originator_id"],
+                    row["originator_version"],
+                    row["topic"],
+                    row["state"],
                 ),
             )
             for row in rows

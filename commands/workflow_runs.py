@@ -20,7 +20,7 @@ from uuid import UUID
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 
 from commands.application import WorkflowApplication
@@ -32,7 +32,7 @@ from domain.execution import (
 )
 from domain.meta import EventMeta
 from domain.workflow import Workflow
-from infrastructure.eventstore import EVENTS_TABLE, SideStatement
+from infrastructure.eventstore import EVENTS_TABLE, SideStatement, decode_event
 
 log = structlog.get_logger("reporunner.workflow_runs")
 
@@ -86,13 +86,12 @@ class WorkflowRunsRecorder:
         )
         workflows: dict[UUID, Workflow] = {}
         for row in endings:
-            event: Any = self.app.mapper.to_domain_event(
-                StoredEvent(
-                    originator_id=row["originator_id"],
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
+            event: Any = decode_event(
+                self.app.mapper,
+                row["originator_id"],
+                row["originator_version"],
+                row["topic"],
+                row["state"],
             )
             workflow_id = workflow_of[row["originator_id"]]
             if workflow_id not in workflows:
@@ -140,13 +139,8 @@ class WorkflowRunsRecorder:
         )
         found = {}
         for row in cur.fetchall():
-            queued: Any = self.app.mapper.to_domain_event(
-                StoredEvent(
-                    originator_id=row["originator_id"],
-                    originator_version=1,
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
+            queued: Any = decode_event(
+                self.app.mapper, row["originator_id"], 1, row["topic"], row["state"]
             )
             found[row["originator_id"]] = queued.workflow_id
         return found

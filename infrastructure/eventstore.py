@@ -223,6 +223,20 @@ def _idempotency_params(record: IdempotencyRecord) -> tuple[object, ...]:
     )
 
 
+def decode_event(
+    mapper: Any, originator_id: UUID, originator_version: int, topic: str, state: bytes
+) -> Any:
+    """The domain event stored in one row of the log, read by our own SQL."""
+    return mapper.to_domain_event(
+        StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=topic,
+            state=bytes(state),
+        )
+    )
+
+
 def eventsourcing_env(target: PgTarget, settings: Settings) -> dict[str, str]:
     """The environment eventsourcing's PostgreSQL factory reads.
 

@@ -37,7 +37,6 @@ import orjson
 import psycopg
 import redis
 import structlog
-from eventsourcing.persistence import StoredEvent
 from psycopg import sql
 from redis.exceptions import ResponseError
 
@@ -45,7 +44,7 @@ from commands.application import WorkflowApplication
 from commands.history import event_type
 from infrastructure.bus import DEFAULT_PREFIX, connect, entry_id, events_stream
 from infrastructure.database import PgTarget
-from infrastructure.eventstore import EVENTS_TABLE
+from infrastructure.eventstore import EVENTS_TABLE, decode_event
 
 log = structlog.get_logger("reporunner.relay")
 
@@ -206,14 +205,7 @@ class Relay:
     def message_fields(self, row: Sequence[Any]) -> dict[str, str]:
         """A log row as the message fields the bus documents."""
         position, originator_id, version, topic, state = row
-        event: Any = self.app.mapper.to_domain_event(
-            StoredEvent(
-                originator_id=originator_id,
-                originator_version=version,
-                topic=topic,
-                state=bytes(state),
-            )
-        )
+        event: Any = decode_event(self.app.mapper, originator_id, version, topic, state)
         meta = getattr(event, "meta", None) or {}
         attributes = {k: v for k, v in vars(event).items() if k not in _ENVELOPE}
         return {

@@ -23,14 +23,13 @@ from typing import Any, Protocol
 import orjson
 import psycopg
 import structlog
-from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 from psycopg import sql
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from commands.application import WorkflowApplication
 from infrastructure.database import PgTarget
-from infrastructure.eventstore import EVENTS_TABLE
+from infrastructure.eventstore import EVENTS_TABLE, decode_event
 from projections.store import DocumentCache, ViewBatch, collection_table
 
 log = structlog.get_logger("reporunner.projections")
@@ -169,14 +168,7 @@ class Projector:
         events = [
             (
                 notification_id,
-                self.app.mapper.to_domain_event(
-                    StoredEvent(
-                        originator_id=originator_id,
-                        originator_version=version,
-                        topic=topic,
-                        state=bytes(state),
-                    )
-                ),
+                decode_event(self.app.mapper, originator_id, version, topic, state),
             )
             for notification_id, originator_id, version, topic, state in rows
             if topic in self._topics
