@@ -147,13 +147,21 @@ def main() -> None:
                 )
         top = max(client_counts)
         print(f"\nin-process Application.save of the same mix (ratio = HTTP@{top} / this):")
+        rates: dict[tuple[str, int], float] = {}
         for label, recorder in (("our recorder", None), ("eventsourcing's", STOCK_RECORDER)):
             for threads in (1, 8):
-                rate = in_process_round(target, threads, args.commands, recorder)
+                rate = rates[label, threads] = in_process_round(
+                    target, threads, args.commands, recorder
+                )
                 print(
                     f"  {label:>16}, {threads} thread(s): {rate:>6.0f} saves/s"
                     f"   ratio {results[top] / rate:.2f}"
                 )
+        # The baseline: one caller saving as fast as it can, i.e. what a save
+        # costs with no HTTP in front of it. The 8-thread rows show how far
+        # the store itself scales, for context.
+        ratio = results[top] / rates["our recorder", 1]
+        print(f"\nHTTP@{top} / in-process save rate (our recorder, 1 thread): {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,20 @@ the same transaction as its events (see ``EventStoreRecorder``). A retry finds
 that answer and writes nothing; a racing duplicate fails on the unique key
 and then finds the winner's answer. A new workflow's id is derived from the
 key, so even two racing creates can only ever make one workflow.
+
+Loading: a command names the version it expects (If-Match). When this process
+itself committed exactly that version, the command decides on that copy
+without reading the log (see ``LastCommitted``).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import threading
 import uuid
+from collections import OrderedDict
 from typing import Any
 from uuid import UUID
 
@@ -44,11 +51,49 @@ def idempotent_workflow_id(org_id: str, key: str) -> UUID:
     return uuid.uuid5(uuid.uuid5(_IDEMPOTENT_ID_NAMESPACE, org_id), key)
 
 
+class LastCommitted:
+    """The workflows this process committed last, each exactly as committed.
+
+    Why trusting it is safe: a command decides on version N only to record
+    N+1. Should anyone (another process, the runs follower) have recorded
+    N+1 meanwhile, the save fails on the log's unique (id, version) key, and
+    the client gets the same 409 as after a fresh read. So a copy kept from
+    our own commit can stand in for reading the log, but only at exactly the
+    version the client expects. Kept workflows are never mutated; commands
+    get copies. Bounded: least recently used go first.
+    """
+
+    def __init__(self, limit: int = 2000) -> None:
+        self._limit = limit
+        self._workflows: OrderedDict[UUID, Workflow] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, workflow: Workflow) -> None:
+        """Keep ``workflow``, whose events were just committed; the caller lets go of it."""
+        with self._lock:
+            known = self._workflows.get(workflow.id)
+            if known is not None and known.version >= workflow.version:
+                return  # a racing thread kept a newer one
+            self._workflows[workflow.id] = workflow
+            self._workflows.move_to_end(workflow.id)
+            if len(self._workflows) > self._limit:
+                self._workflows.popitem(last=False)
+
+    def at_version(self, workflow_id: UUID, version: int) -> Workflow | None:
+        """A private copy of the kept workflow if it is at exactly ``version``."""
+        with self._lock:
+            workflow = self._workflows.get(workflow_id)
+        if workflow is None or workflow.version != version:
+            return None
+        return copy.deepcopy(workflow)
+
+
 class WorkflowCommands:
     """The write side's use cases for workflows."""
 
     def __init__(self, app: WorkflowApplication) -> None:
         self.app = app
+        self.last_committed = LastCommitted()
 
     def create(self, command: CreateWorkflow, ctx: CommandContext) -> CommandResult:
         payload = command.model_dump()
@@ -128,7 +173,9 @@ class WorkflowCommands:
     def _load_for_command(
         self, workflow_id: UUID, expected_version: int, ctx: CommandContext
     ) -> Workflow:
-        workflow = self.get(workflow_id, ctx.org_id)
+        workflow = self.last_committed.at_version(workflow_id, expected_version)
+        if workflow is None or workflow.org_id != ctx.org_id:
+            workflow = self.get(workflow_id, ctx.org_id)
         workflow.ensure_not_deleted()
         if workflow.version != expected_version:
             raise VersionConflict(workflow_id, expected_version, workflow.version)
@@ -162,7 +209,9 @@ class WorkflowCommands:
                 if prior is not None:
                     return prior
             current = self.get(workflow.id, ctx.org_id)
+            current.ensure_not_deleted()
             raise VersionConflict(workflow.id, expected_version, current.version) from None
+        self.last_committed.remember(workflow)
         return CommandResult(
             workflow_id=workflow.id,
             version=workflow.version,

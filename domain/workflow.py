@@ -103,6 +103,19 @@ class Workflow(Aggregate):
     def _executed(self, execution_id: str, status: str, meta: dict[str, Any]) -> None:
         self.runs += 1
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Workflow:
+        """A copy for one command: its own pending events, the values shared.
+
+        Safe because nothing changes a workflow's values in place: events
+        replace whole fields (see ``_updated``) and everything else only
+        reads them. Every load from a cache makes such a copy, so a real
+        deep copy of every node would cost each command more than its save.
+        """
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._pending_events = list(self._pending_events)
+        return clone
+
     def ensure_not_deleted(self) -> None:
         """A deleted workflow accepts no further command."""
         if self.deleted:

@@ -7,6 +7,7 @@ request.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -99,6 +100,9 @@ class ApiKeyStore:
     Successful lookups are cached in the process for ``cache_seconds``: the
     lookup costs more than the rest of a small command, and a revoked key
     then stops working within that many seconds. Failures are never cached.
+    Requests that miss the cache together share one lookup: when a busy
+    key's entry expires, its in-flight requests would otherwise each open a
+    connection and query at once.
     """
 
     _CACHE_LIMIT = 10_000
@@ -107,6 +111,7 @@ class ApiKeyStore:
         self._engine = engine
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[Principal, float]] = {}
+        self._lookups: dict[bytes, asyncio.Task[Principal | None]] = {}
 
     async def create(self, org_id: str, role: Role, name: str = "") -> tuple[ApiKeyInfo, str]:
         """Create a key; return its record and the plaintext, which is never stored."""
@@ -173,7 +178,13 @@ class ApiKeyStore:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        principal = await self._lookup(key_hash)
+        lookup = self._lookups.get(key_hash)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(key_hash))
+            self._lookups[key_hash] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(key_hash, None))
+        # Shielded: one caller giving up must not cancel the others' lookup.
+        principal = await asyncio.shield(lookup)
         if principal is not None and self._cache_seconds > 0:
             if len(self._cache) >= self._CACHE_LIMIT:
                 self._cache.clear()

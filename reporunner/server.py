@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import signal
+import socket
+import sys
+import threading
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import structlog
@@ -45,10 +51,88 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
     if workers == 1:
         app = create_app(settings, database.target, settings.role_list())
         uvicorn.Server(uvicorn.Config(app, **options)).run()
+    elif _HAS_BALANCED_PORTS:
+        _supervise_workers(options, workers)
     else:
         # Each worker process builds its own app; on the embedded database
         # they join the same server (pgserver counts its users).
         uvicorn.run("reporunner.server:create_worker_app", factory=True, workers=workers, **options)
+
+
+# Linux spreads new connections over sockets sharing a port (SO_REUSEPORT).
+_HAS_BALANCED_PORTS = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
+_STARTUP_FAILURE = 3  # uvicorn's exit code when a worker cannot start
+
+
+def _supervise_workers(options: dict[str, Any], workers: int) -> None:
+    """Run ``workers`` uvicorn processes, each listening on its own socket.
+
+    Why not uvicorn's own ``--workers``: its processes share one listening
+    socket, and whichever wakes first accepts the whole burst of new
+    connections. Measured: 30 of 32 keep-alive clients on one worker, the
+    other idle, and half the throughput. Here every worker binds the port
+    with ``SO_REUSEPORT`` and the kernel spreads connections over them.
+
+    A worker that dies is replaced; one that cannot start stops the service.
+    """
+    # Bound, never listening: it gets no connections, but a port taken by
+    # another program fails here, once, with a clear message.
+    reservation = _reuse_port_socket(options["host"], options["port"])
+    context = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def start() -> BaseProcess:
+        process = context.Process(target=_run_worker, args=(options,), name="reporunner-http")
+        process.start()
+        return process
+
+    processes = [start() for _ in range(workers)]
+    exit_code = 0
+    try:
+        while not stop.wait(0.5):
+            for index, process in enumerate(processes):
+                if process.is_alive():
+                    continue
+                if process.exitcode == _STARTUP_FAILURE:
+                    log.error("http worker could not start; stopping", pid=process.pid)
+                    exit_code = 1
+                    stop.set()
+                    break
+                log.error("http worker died; replacing it", pid=process.pid, code=process.exitcode)
+                processes[index] = start()
+    finally:
+        for process in processes:
+            process.terminate()  # SIGTERM: uvicorn finishes the requests in flight
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+        reservation.close()
+    if exit_code:
+        raise SystemExit(exit_code)
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        log.error("cannot listen", host=host, port=port, error=str(exc))
+        raise SystemExit(_STARTUP_FAILURE) from None
+    return sock
+
+
+def _run_worker(options: dict[str, Any]) -> None:
+    """One HTTP worker process: its own socket, its own app."""
+    sock = _reuse_port_socket(options["host"], options["port"])
+    config = uvicorn.Config(create_worker_app, factory=True, **options)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def create_worker_app() -> FastAPI:

@@ -271,6 +271,39 @@ def test_revoked_key_is_refused(client: httpx.Client, org: str, db_target: Any) 
     _assert_problem(response, 401, "revoked")
 
 
+def test_requests_missing_the_key_cache_together_share_one_lookup(org: str, db_target: Any) -> None:
+    import asyncio
+
+    from infrastructure.auth import ApiKeyStore, Principal, Role
+    from infrastructure.database import create_engine
+
+    lookups = 0
+
+    class CountingStore(ApiKeyStore):
+        async def _lookup(self, key_hash: bytes) -> Principal | None:
+            nonlocal lookups
+            lookups += 1
+            return await super()._lookup(key_hash)
+
+    async def scenario() -> tuple[Any, ...]:
+        engine = create_engine(db_target, pool_size=2)
+        try:
+            store = CountingStore(engine, cache_seconds=60)
+            info, plaintext = await store.create(org, Role.EDITOR)
+            together = await asyncio.gather(*(store.authenticate(plaintext) for _ in range(20)))
+            cached = await store.authenticate(plaintext)
+            wrong = await asyncio.gather(*(store.authenticate(plaintext + "x") for _ in range(5)))
+            wrong_again = await store.authenticate(plaintext + "x")  # failures are not cached
+            return info, together, cached, wrong, wrong_again
+        finally:
+            await engine.dispose()
+
+    info, together, cached, wrong, wrong_again = asyncio.run(scenario())
+    assert {p.key_id for p in [*together, cached]} == {info.id}
+    assert wrong == [None] * 5 and wrong_again is None
+    assert lookups == 3
+
+
 @pytest.mark.parametrize("role", ["viewer", "auditor"])
 def test_read_only_roles_cannot_mutate(
     client: httpx.Client,

@@ -83,6 +83,36 @@ def test_long_histories_are_snapshotted(
     assert loaded.version == 120 and loaded.description == "d119"
 
 
+def test_a_stale_kept_copy_still_ends_in_409_or_410(
+    workflow_app: WorkflowApplication, org: str
+) -> None:
+    # Two processes, each keeping what it committed last (LastCommitted).
+    other_app = WorkflowApplication(env=dict(workflow_app.env))
+    ours, theirs = WorkflowCommands(workflow_app), WorkflowCommands(other_app)
+    ctx = _ctx(org)
+    try:
+        workflow_id = ours.create(CreateWorkflow(**workflow_body()), ctx).workflow_id
+        theirs.update(workflow_id, UpdateWorkflow(name="theirs"), 1, ctx)
+
+        def events() -> int:
+            return len(list(workflow_app.events.get(workflow_id)))
+
+        # Ours still keeps version 1: deciding on it cannot win against the log.
+        with pytest.raises(VersionConflict) as conflict:
+            ours.update(workflow_id, UpdateWorkflow(name="ours"), 1, ctx)
+        assert conflict.value.current == 2 and events() == 2
+        # Expecting a version it does not keep, ours reads the log.
+        assert ours.update(workflow_id, UpdateWorkflow(name="ours"), 2, ctx).version == 3
+        assert theirs.get(workflow_id, org).name == "ours"
+        theirs.delete(workflow_id, 3, ctx)
+        # Ours keeps version 3, which is no longer the latest: the answer is 410.
+        with pytest.raises(WorkflowDeleted):
+            ours.update(workflow_id, UpdateWorkflow(name="late"), 3, ctx)
+        assert events() == 4
+    finally:
+        other_app.close()
+
+
 @pytest.mark.parametrize(
     "statement",
     [

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from domain.errors import WorkflowDeleted, WorkflowInvalid
 from domain.meta import EventMeta
@@ -106,3 +110,35 @@ def test_events_replay_to_the_same_state() -> None:
     replayed = _replay(workflow, workflow.collect_events())
     assert replayed.definition() == workflow.definition()
     assert (replayed.version, replayed.deleted, replayed.id) == (3, True, workflow.id)
+
+
+_CHANGES = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.text("abc", min_size=1, max_size=5),
+        "tags": st.lists(st.text("xyz", min_size=1, max_size=3), max_size=3, unique=True),
+        "settings": st.sampled_from([{}, {"timeout_ms": 1000}]),
+        "nodes": st.integers(0, 3).map(
+            lambda n: [trigger(), noop("a")] + [noop(f"n{i}") for i in range(n)]
+        ),
+    },
+)
+
+
+@given(changes=st.lists(_CHANGES, max_size=5), delete=st.booleans())
+def test_commands_on_a_copy_leave_the_original_as_it_was(
+    changes: list[dict[str, Any]], delete: bool
+) -> None:
+    # Caches hand out copies (``Workflow.__deepcopy__`` shares the values), so
+    # whatever a command does to its copy must not reach the cached original.
+    original = _new(settings={"timeout_ms": 5}, tags=["t"])
+    original.collect_events()
+    before = (json.dumps(original.definition(), sort_keys=True), original.version)
+    clone = copy.deepcopy(original)
+    for change in changes:
+        clone.update(change, META)
+    if delete:
+        clone.delete(META)
+    assert (json.dumps(original.definition(), sort_keys=True), original.version) == before
+    assert not original.deleted and original.collect_events() == []
+    assert len(clone.collect_events()) == clone.version - original.version
