@@ -10,8 +10,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# What ``serve`` can run in one process (``--only`` picks one).
+ROLES = ("write-api", "read-api", "projections", "worker", "relay")
 
 
 class Settings(BaseSettings):
@@ -84,6 +87,15 @@ class Settings(BaseSettings):
     rate_limit_fail_open: bool = Field(
         default=True, description="Without Redis: allow (true) or refuse with 503 (false)."
     )
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, roles: str) -> str:
+        named = [role.strip() for role in roles.split(",") if role.strip()]
+        unknown = sorted(set(named) - set(ROLES))
+        if unknown or not named:
+            raise ValueError(f"unknown roles {unknown}; choose from {', '.join(ROLES)}")
+        return roles
 
     def role_list(self) -> list[str]:
         return [role.strip() for role in self.roles.split(",") if role.strip()]

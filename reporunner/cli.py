@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -204,7 +205,22 @@ def keys_revoke(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ValidationError as exc:
+        # Only settings are validated outside a command's own handling.
+        console.print(f"[red]error:[/red] invalid configuration:\n{_configuration_errors(exc)}")
+        raise SystemExit(2) from None
+
+
+def _configuration_errors(exc: ValidationError) -> str:
+    """One line per bad setting, named as the environment variable it came from."""
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = field if field.isupper() else f"REPORUNNER_{field.upper()}"
+        lines.append(f"  {name}: {error['msg']}")
+    return "\n".join(lines)
 
 
 def _projectors(name: str | None = None) -> list[Any]:

@@ -8,6 +8,8 @@ import signal
 import socket
 import sys
 import threading
+import time
+from collections import deque
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -62,6 +64,7 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
 # Linux spreads new connections over sockets sharing a port (SO_REUSEPORT).
 _HAS_BALANCED_PORTS = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 _STARTUP_FAILURE = 3  # uvicorn's exit code when a worker cannot start
+_DEATHS_ALLOWED = 5  # a minute, before the supervisor gives up
 
 
 def _supervise_workers(options: dict[str, Any], workers: int) -> None:
@@ -73,7 +76,9 @@ def _supervise_workers(options: dict[str, Any], workers: int) -> None:
     other idle, and half the throughput. Here every worker binds the port
     with ``SO_REUSEPORT`` and the kernel spreads connections over them.
 
-    A worker that dies is replaced; one that cannot start stops the service.
+    A worker that dies is replaced. One that cannot start, or deaths
+    piling up (more than ``_DEATHS_ALLOWED`` a minute), stop the service
+    rather than restart it in a loop.
     """
     # Bound, never listening: it gets no connections, but a port taken by
     # another program fails here, once, with a clear message.
@@ -89,14 +94,23 @@ def _supervise_workers(options: dict[str, Any], workers: int) -> None:
         return process
 
     processes = [start() for _ in range(workers)]
+    deaths: deque[float] = deque()
     exit_code = 0
     try:
         while not stop.wait(0.5):
             for index, process in enumerate(processes):
                 if process.is_alive():
                     continue
-                if process.exitcode == _STARTUP_FAILURE:
-                    log.error("http worker could not start; stopping", pid=process.pid)
+                now = time.monotonic()
+                deaths.append(now)
+                while deaths[0] < now - 60:
+                    deaths.popleft()
+                if process.exitcode == _STARTUP_FAILURE or len(deaths) > _DEATHS_ALLOWED:
+                    log.error(
+                        "http worker could not start or keeps dying; stopping",
+                        pid=process.pid,
+                        code=process.exitcode,
+                    )
                     exit_code = 1
                     stop.set()
                     break

@@ -31,7 +31,7 @@ from infrastructure.http_port import AllowListedHttp
 from infrastructure.queue import ExecutionQueue
 from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
 from infrastructure.relay import BusConfig, start_relay_in_thread
-from infrastructure.settings import Settings
+from infrastructure.settings import ROLES, Settings
 from infrastructure.web import (
     ReadyCheck,
     RequestContextMiddleware,
@@ -83,9 +83,6 @@ async def ping_redis(url: str) -> str:
 
 def create_workflow_application(target: PgTarget, settings: Settings) -> WorkflowApplication:
     return WorkflowApplication(env=eventsourcing_env(target, settings))
-
-
-ROLES = ("write-api", "read-api", "projections", "worker", "relay")
 
 
 @dataclass

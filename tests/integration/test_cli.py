@@ -79,6 +79,27 @@ def test_bad_cli_input_exits_2_with_a_message(db_target: PgTarget, args: tuple[s
     assert done.stderr.strip()
 
 
+def test_bad_settings_exit_2_naming_each_variable(db_target: PgTarget) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": _url(db_target),
+        "REPORUNNER_ROLES": "write-api,bogus",
+        "REPORUNNER_COMMAND_THREADS": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "reporunner", "serve", "--workers", "2"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "REPORUNNER_ROLES" in done.stderr and "bogus" in done.stderr
+    assert "REPORUNNER_COMMAND_THREADS" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_migrate_is_idempotent(db_target: PgTarget) -> None:
     done = _cli(db_target, "migrate")
     assert done.returncode == 0, done.stderr

@@ -150,3 +150,19 @@ def test_a_taken_port_fails_at_once_with_a_message(db_target: PgTarget) -> None:
         output = server.communicate(timeout=60)[0].decode()
     assert server.returncode != 0
     assert "cannot listen" in output
+
+
+def test_workers_dying_over_and_over_stop_the_service(db_target: PgTarget) -> None:
+    with _serving(db_target, workers=2) as (server, _):
+        killed: set[int] = set()
+        while server.poll() is None and len(killed) < 12:
+            for worker in _http_workers(server):
+                if worker.pid not in killed:
+                    killed.add(worker.pid)
+                    worker.kill()
+            time.sleep(0.2)
+        output = server.communicate(timeout=40)[0].decode()
+    # The sixth death within a minute is one too many.
+    assert server.returncode == 1, output
+    assert output.count("http worker died; replacing it") == 5
+    assert "keeps dying; stopping" in output
