@@ -28,6 +28,7 @@ log = structlog.get_logger("reporunner")
 
 
 def run_server(settings: Settings, *, host: str, port: int, migrate: bool, workers: int) -> None:
+    _exit_cleanly_on_sigterm()
     database = resolve_database(settings)
     log.info("database", url=database.target.display(), embedded=database.embedded)
     if migrate:
@@ -144,9 +145,20 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
 
 def _run_worker(options: dict[str, Any]) -> None:
     """One HTTP worker process: its own socket, its own app."""
+    _exit_cleanly_on_sigterm()
     sock = _reuse_port_socket(options["host"], options["port"])
     config = uvicorn.Config(create_worker_app, factory=True, **options)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """Let SIGTERM end the process through ``atexit``, as Ctrl-C does.
+
+    uvicorn handles the signal, shuts down, then raises it again; by default
+    that kills the process before ``atexit`` runs, and the embedded
+    PostgreSQL, which stops when its last user exits, would be left running.
+    """
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 
 def create_worker_app() -> FastAPI:

@@ -166,3 +166,39 @@ def test_workers_dying_over_and_over_stop_the_service(db_target: PgTarget) -> No
     assert server.returncode == 1, output
     assert output.count("http worker died; replacing it") == 5
     assert "keeps dying; stopping" in output
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_stops_the_embedded_postgresql_too(tmp_path: Path, workers: int) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"REPORUNNER_DATA_DIR": str(tmp_path), "REPORUNNER_LOG_FORMAT": "json"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "reporunner", "serve", "--port", f"{port}", f"--workers={workers}"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait(lambda: server.poll() is not None or _ready(f"http://127.0.0.1:{port}"), "ready", 90)
+        assert server.poll() is None, server.communicate()[0].decode()
+
+        def embedded_postgres() -> list[psutil.Process]:
+            pgdata = str(tmp_path / "pgdata")
+            return [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if pgdata in " ".join(p.info["cmdline"] or [])
+                and "postgres" in p.info["cmdline"][0]
+            ]
+
+        assert embedded_postgres()
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=60)[0].decode()
+        assert server.returncode == 0, output
+        _wait(lambda: not embedded_postgres(), "the embedded PostgreSQL to stop")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
