@@ -27,7 +27,11 @@ NODE_KINDS: dict[str, tuple[st.SearchStrategy[dict[str, Any]], tuple[str, ...]]]
                 st.none()
                 | st.booleans()
                 | st.integers()
-                | st.text(st.characters(exclude_characters="\x00"), max_size=10),
+                # Valid graphs hold valid text: no NUL, no lone surrogate.
+                | st.text(
+                    st.characters(exclude_characters="\x00", exclude_categories=["Cs"]),
+                    max_size=10,
+                ),
                 max_size=3,
             ),
             st.booleans(),
