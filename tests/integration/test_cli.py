@@ -100,6 +100,22 @@ def test_bad_settings_exit_2_naming_each_variable(db_target: PgTarget) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_serve_no_migrate_refuses_an_unmigrated_database(server_target: PgTarget) -> None:
+    import uuid
+
+    name = f"reporunner_unmigrated_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        done = _cli(server_target.with_dbname(name), "serve", "--no-migrate", "--port", "1")
+    finally:
+        with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    assert done.returncode == 2
+    assert "run `reporunner migrate`" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
 def test_migrate_is_idempotent(db_target: PgTarget) -> None:
     done = _cli(db_target, "migrate")
     assert done.returncode == 0, done.stderr
