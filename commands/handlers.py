@@ -57,7 +57,8 @@ class LastCommitted:
     Why trusting it is safe: a command decides on version N only to record
     N+1. Should anyone (another process, the runs follower) have recorded
     N+1 meanwhile, the save fails on the log's unique (id, version) key, and
-    the client gets the same 409 as after a fresh read. So a copy kept from
+    the client gets the same 409 (410 if it was a delete) as after a fresh
+    read. So a copy kept from
     our own commit can stand in for reading the log, but only at exactly the
     version the client expects. Kept workflows are never mutated; commands
     get copies. Bounded: least recently used go first.
