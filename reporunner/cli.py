@@ -55,7 +55,7 @@ def _setup() -> None:
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     migrate: Annotated[bool, typer.Option(help="Apply migrations at start.")] = True,
     workers: Annotated[
         int, typer.Option(min=1, max=64, help="HTTP worker processes (one per core).")

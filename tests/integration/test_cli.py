@@ -71,6 +71,8 @@ def test_keys_create_prints_the_key_alone_on_the_last_line(db_target: PgTarget, 
         ("keys", "create", "--org", "Bad Org!", "--role", "owner"),
         ("keys", "create", "--org", "ok", "--role", "emperor"),
         ("keys", "revoke", "not-a-uuid"),
+        ("serve", "--port", "0"),
+        ("serve", "--workers", "0"),
     ],
 )
 def test_bad_cli_input_exits_2_with_a_message(db_target: PgTarget, args: tuple[str, ...]) -> None:
