@@ -34,14 +34,16 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
     if migrate:
         migrations.upgrade(database.target)
         log.info("migrations applied", revision=migrations.current_revision(database.target))
-    elif migrations.current_revision(database.target) != migrations.head_revision():
-        log.error(
-            "the database schema is not at this version's revision: run `reporunner migrate`, "
-            "or serve without --no-migrate",
-            revision=migrations.current_revision(database.target),
-            head=migrations.head_revision(),
-        )
-        raise SystemExit(2)
+    else:
+        revision, head = migrations.current_revision(database.target), migrations.head_revision()
+        if revision != head:
+            log.error(
+                "the database schema is not at this version's revision: "
+                "run `reporunner migrate`, or serve without --no-migrate",
+                revision=revision,
+                head=head,
+            )
+            raise SystemExit(2)
     asyncio.run(_announce(settings, database.target, host, port))
     log.info(
         "serving",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -33,6 +32,7 @@ from infrastructure.settings import Settings
 from projections.runner import Projector, start_in_thread
 from projections.workflows import WorkflowsProjection
 from reporunner.wiring import create_app, create_workflow_application
+from tests.helpers import free_port
 
 settings.register_profile(
     "reporunner", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -141,12 +141,6 @@ def make_key(db_target: PgTarget) -> Callable[[str, str], str]:
     return make
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_projector(workflow_app: WorkflowApplication, db_target: PgTarget) -> Iterator[None]:
     """The workflows projector running live for one test module."""
@@ -161,7 +155,7 @@ def live_projector(workflow_app: WorkflowApplication, db_target: PgTarget) -> It
 @pytest.fixture(scope="session")
 def api_url(db_target: PgTarget, app_settings: Settings) -> Iterator[str]:
     """A real uvicorn server running the service, for HTTP tests."""
-    port = _free_port()
+    port = free_port()
     # Projectors run where a test asks for them (see live_projector), so tests
     # that drive projection by hand are not raced by a background one.
     config = uvicorn.Config(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -60,7 +59,7 @@ from infrastructure.relay import (
 )
 from infrastructure.settings import Settings
 from reporunner.wiring import create_execution_services, create_workflow_application
-from tests.helpers import trigger, workflow_body
+from tests.helpers import free_port, trigger, workflow_body
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[2]
@@ -363,9 +362,7 @@ class ThrowawayRedis:
     """A redis-server of the test's own, to kill and restart on the same port."""
 
     def __init__(self, workdir: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
+        self.port = free_port()
         self.workdir = workdir
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None

@@ -14,6 +14,7 @@ import pytest
 
 from infrastructure.auth import ApiKeyStore
 from infrastructure.database import PgTarget, create_engine
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,14 +162,11 @@ def test_verify_exits_1_when_a_view_differs(db_target: PgTarget, org: str) -> No
 def test_serve_runs_write_read_and_projections_in_one_process(
     db_target: PgTarget, org: str, make_key: Any
 ) -> None:
-    import socket
     import time
 
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": _url(db_target), "REPORUNNER_LOG_FORMAT": "json"}
     server = subprocess.Popen(
         [sys.executable, "-m", "reporunner", "serve", "--port", str(port)],

@@ -17,17 +17,12 @@ import psutil
 import pytest
 
 from infrastructure.database import PgTarget
+from tests.helpers import free_port
 from tests.integration.test_cli import _url
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT balancing is Linux")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(target: PgTarget, port: int, workers: int) -> subprocess.Popen[bytes]:
@@ -72,7 +67,7 @@ def _ready(base: str) -> bool:
 
 @contextmanager
 def _serving(target: PgTarget, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = _free_port()
+    port = free_port()
     server = _start(target, port, workers)
     try:
         _wait(lambda: server.poll() is not None or _ready(f"http://127.0.0.1:{port}"), "ready")
@@ -170,7 +165,7 @@ def test_workers_dying_over_and_over_stop_the_service(db_target: PgTarget) -> No
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_stops_the_embedded_postgresql_too(tmp_path: Path, workers: int) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env |= {"REPORUNNER_DATA_DIR": str(tmp_path), "REPORUNNER_LOG_FORMAT": "json"}
     server = subprocess.Popen(
