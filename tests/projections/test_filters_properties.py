@@ -75,11 +75,14 @@ def patterns(draw: st.DrawFn) -> str:
                 max_size=4,
             )
         )
-        # a quantified space would repeat nothing under the "x" option
+        # a quantified space would repeat nothing under the "x" option, and a
+        # branch of bare spaces would be empty (refused: "empty alternative")
         body = "".join(
             ("\\ " if atom == " " and quantifier else atom) + quantifier
             for atom, quantifier in pieces
         )
+        if not body.strip(" "):
+            body = "\\" + body
         return draw(st.sampled_from(["", "^"])) + body + draw(st.sampled_from(["", "$"]))
 
     return "|".join(branch() for _ in range(draw(st.integers(1, 2))))
