@@ -61,7 +61,7 @@ _IDEMPOTENT_ID_NAMESPACE = uuid.UUID("6f1c8e52-3a7d-4c1e-9b8a-52d0c6a1e7f3")
 # loss means the runs follower committed an Executed between our read and our
 # save (it records a whole batch of runs per transaction); losing this often
 # in a row means the workflow is too busy for now (503, retry).
-SAVE_ATTEMPTS = 5
+SAVE_ATTEMPTS = 10
 
 # A decision on a loaded workflow: record its events, or return False if
 # there is nothing to record (an update that changes nothing).
@@ -242,7 +242,8 @@ class WorkflowCommands:
                 return self._save(workflow, ctx, fingerprint, status_code=200)
             except IntegrityError:
                 # Someone saved first: the same keyed request, another edit,
-                # or runs recorded by the follower.
+                # or runs recorded by the follower. Read even after the last
+                # attempt: an edit is still a 409 (or 410), not "busy".
                 if ctx.idempotency_key is not None:
                     prior = self._prior_answer(ctx, fingerprint)
                     if prior is not None:
