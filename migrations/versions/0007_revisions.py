@@ -80,7 +80,7 @@ def upgrade() -> None:
     op.execute("DROP TABLE workflow_revisions")
     op.execute(
         "DELETE FROM reporunner_snapshots "
-        "WHERE convert_from(state, 'UTF8')::jsonb->>'originator_topic' = 'domain.workflow:Workflow'"
+        "WHERE convert_from(state, 'UTF8')::jsonb->>'topic' = 'domain.workflow:Workflow'"
     )
 
 
