@@ -85,7 +85,9 @@ class LastCommitted:
     revision moved, or the same decision saved on the fresh state if only
     runs were recorded. So a copy kept from our own commit can stand in for
     reading the log, but only at exactly the revision the client expects: a
-    stale copy can cost a retry, never a lost update. Kept workflows are never
+    stale copy can cost a retry, never a lost update. A command that would
+    record nothing has no save to catch a stale copy: it reads the log
+    before it answers. Kept workflows are never
     mutated; commands get copies. Bounded: least recently used go first.
     """
 
@@ -231,13 +233,19 @@ class WorkflowCommands:
             if prior is not None:
                 return prior
         workflow = self.last_committed.at_revision(workflow_id, expected_revision)
+        fresh = False  # read from the log (not the kept copy) for this decision
         if workflow is None or workflow.org_id != ctx.org_id:
-            workflow = self._at_head(workflow_id, expected_revision, ctx)
+            workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
         else:
             workflow.ensure_not_deleted()
         for _ in range(SAVE_ATTEMPTS):
             if not decide(workflow):
-                return self._unchanged(workflow, ctx, fingerprint)
+                if fresh:
+                    return self._unchanged(workflow, ctx, fingerprint)
+                # No save, so no key checks the kept copy against the log:
+                # read it before answering "unchanged" (an edit is a 409).
+                workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
+                continue
             try:
                 return self._save(workflow, ctx, fingerprint, status_code=200)
             except IntegrityError:
@@ -248,7 +256,7 @@ class WorkflowCommands:
                     prior = self._prior_answer(ctx, fingerprint)
                     if prior is not None:
                         return prior
-                workflow = self._at_head(workflow_id, expected_revision, ctx)
+                workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
         raise WorkflowBusy(workflow_id, SAVE_ATTEMPTS)
 
     def _at_head(self, workflow_id: UUID, expected_revision: int, ctx: CommandContext) -> Workflow:

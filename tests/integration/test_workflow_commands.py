@@ -103,6 +103,10 @@ def test_a_stale_kept_copy_still_ends_in_409_or_410(
         with pytest.raises(VersionConflict) as conflict:
             ours.update(workflow_id, UpdateWorkflow(name="ours"), 1, ctx)
         assert conflict.value.current == 2 and events() == 2
+        # Nor can a change that is none on the kept copy: no save, still a 409.
+        with pytest.raises(VersionConflict) as conflict:
+            ours.update(workflow_id, UpdateWorkflow(name="wf"), 1, ctx)
+        assert conflict.value.current == 2 and events() == 2
         # Expecting a version it does not keep, ours reads the log.
         assert ours.update(workflow_id, UpdateWorkflow(name="ours"), 2, ctx).version == 3
         assert theirs.get(workflow_id, org).name == "ours"
