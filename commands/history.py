@@ -136,9 +136,14 @@ class History:
 
         ``WorkflowNotFound`` if it did not exist (yet) then.
         """
-        self._workflow(workflow_id, org_id)  # 404 unless it is the caller's
+        current = self._workflow(workflow_id, org_id)
         if revision is not None:
-            version = version_at_revision(self.app, workflow_id, revision)
+            # Past the head there is nothing to look up (nor any bigint to send).
+            version = (
+                version_at_revision(self.app, workflow_id, revision)
+                if revision <= current.revision
+                else None
+            )
             if version is None:
                 raise WorkflowNotFound(workflow_id)
             found: object = self.app.repository.get(workflow_id, version=version)
