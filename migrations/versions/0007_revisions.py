@@ -15,11 +15,15 @@ aggregate counts revisions as it applies events), but:
   (``<workflow id>:<version>``). Each is recomputed from the log for the
   event it was built from (its ``_version``), so the views equal a rebuild
   (``reporunner replay --check``) without one.
-- workflow snapshots hold aggregates without ``revision``, which cannot be
-  derived from a snapshot alone: they are deleted (a snapshot only saves
-  reading events; new ones are taken as histories grow).
+- workflow snapshots hold aggregates without ``revision``. Each workflow's
+  latest snapshot gets the revision of its version (the log gives it); the
+  older ones, which only time travel to early versions reads, are deleted
+  (loading those versions replays from the start instead).
 """
 
+import json
+
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
@@ -77,11 +81,48 @@ def upgrade() -> None:
         "UPDATE doc_workflow_versions SET _id = substr(_id, length('renumbered:') + 1) "
         "WHERE _id LIKE 'renumbered:%'"
     )
+    _upcast_snapshots()
     op.execute("DROP TABLE workflow_revisions")
+
+
+def _upcast_snapshots() -> None:
+    """Add ``revision`` to each workflow's latest snapshot; delete the older ones.
+
+    In Python, with the event store's own JSON settings (eventsourcing's
+    JSONTranscoder), so the stored bytes stay exactly as it would write
+    them: a round trip through jsonb could change how numbers read back.
+    """
+    bind = op.get_bind()
     op.execute(
-        "DELETE FROM reporunner_snapshots "
-        "WHERE convert_from(state, 'UTF8')::jsonb->>'topic' = 'domain.workflow:Workflow'"
+        "DELETE FROM reporunner_snapshots AS s "
+        "WHERE convert_from(s.state, 'UTF8')::jsonb->>'topic' = 'domain.workflow:Workflow' "
+        "AND EXISTS (SELECT 1 FROM reporunner_snapshots AS newer "
+        "WHERE newer.originator_id = s.originator_id "
+        "AND newer.originator_version > s.originator_version)"
     )
+    rows = bind.execute(
+        sa.text(
+            "SELECT s.originator_id, s.originator_version, s.state, r.revision "
+            "FROM reporunner_snapshots AS s JOIN workflow_revisions AS r "
+            "ON r.workflow_id = s.originator_id::text AND r.version = s.originator_version "
+            "WHERE convert_from(s.state, 'UTF8')::jsonb->>'topic' = 'domain.workflow:Workflow'"
+        )
+    ).fetchall()
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    for originator_id, version, state, revision in rows:
+        snapshot = json.loads(bytes(state))
+        snapshot["state"]["revision"] = revision
+        bind.execute(
+            sa.text(
+                "UPDATE reporunner_snapshots SET state = :state "
+                "WHERE originator_id = :id AND originator_version = :version"
+            ),
+            {
+                "state": encoder.encode(snapshot).encode("utf8"),
+                "id": originator_id,
+                "version": version,
+            },
+        )
 
 
 def downgrade() -> None:

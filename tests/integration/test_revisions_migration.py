@@ -68,7 +68,7 @@ def test_the_views_are_renumbered_by_revision_and_equal_a_rebuild(
         record_run(app, deleted)
         commands.delete(deleted, 1, ctx)
         busy = commands.create(CreateWorkflow(**workflow_body("c")), ctx).workflow_id
-        for _ in range(60):  # a snapshot at stream version 50
+        for _ in range(110):  # snapshots at stream versions 50 and 100
             record_run(app, busy)
         projector = Projector(app, own_database, WorkflowsProjection())
         _catch_up(projector)
@@ -80,7 +80,7 @@ def test_the_views_are_renumbered_by_revision_and_equal_a_rebuild(
     command.downgrade(migrations.alembic_config(own_database), "0006")
     old = {row[0]: row for rows in _views(own_database).values() for row in rows}
     assert old[str(edited)][2]["version"] == 5 and old[str(edited)][3] == 5
-    assert old[str(deleted)][2]["version"] == 3 and old[str(busy)][3] == 61
+    assert old[str(deleted)][2]["version"] == 3 and old[str(busy)][3] == 111
     assert old[f"{edited}:3"][2]["name"] == "a2" and old[f"{edited}:3"][3] == 3
     assert f"{edited}:2" not in old and f"{deleted}:3" in old
     with psycopg.connect(own_database.conninfo()) as conn:
@@ -89,18 +89,22 @@ def test_the_views_are_renumbered_by_revision_and_equal_a_rebuild(
             "UPDATE reporunner_snapshots SET state = convert_to("
             "(convert_from(state, 'UTF8')::jsonb #- '{state,revision}')::text, 'UTF8')"
         ).rowcount
-    assert stripped == 1
+    assert stripped == 2
 
     migrations.upgrade(own_database)
     assert _views(own_database) == renumbered
     app = create_workflow_application(own_database, app_settings)
     try:
         assert verify(Projector(app, own_database, WorkflowsProjection())).ok
-        with psycopg.connect(own_database.conninfo()) as conn:
-            assert conn.execute("SELECT count(*) FROM reporunner_snapshots").fetchone() == (0,)
+        # The latest snapshot got its revision back; the older one is gone.
+        assert app.snapshots is not None
+        [snapshot] = list(app.snapshots.get(busy))
+        assert (snapshot.originator_version, snapshot.state["revision"]) == (100, 1)
+        assert snapshot.state["runs"] == 99
         commands = WorkflowCommands(app)
         loaded = commands.get(busy, "acme")
-        assert (loaded.revision, loaded.version, loaded.runs) == (1, 61, 60)
+        assert (loaded.revision, loaded.version, loaded.runs) == (1, 111, 110)
+        assert commands.get(busy, "acme", revision=1).version == 1  # no snapshot before
         assert commands.update(busy, UpdateWorkflow(name="c2"), 1, ctx).version == 2
     finally:
         app.close()
