@@ -14,7 +14,8 @@ Two numbers, two meanings:
   field in the events and replays the same from logs older than it.
 - ``version``: eventsourcing's stream version, +1 on every event, runs
   included. The log's unique (id, version) key makes concurrent saves of
-  one workflow exclusive; clients never see it.
+  one workflow exclusive; clients see it only as an event's number (history,
+  the audit log, the bus), never as the workflow's version.
 """
 
 from __future__ import annotations
