@@ -2,12 +2,17 @@
 
 - ``workflow_history``: a workflow's events in order, each with an RFC 6902
   JSON Patch from the state before it to the state after it.
-- ``workflow_as_of``: a workflow exactly as it was at a version or instant.
+- ``workflow_as_of``: a workflow exactly as it was at a revision or instant.
 - ``org_events``: an organisation's events in log order, filtered.
 
 The state a patch compares is the workflow's definition plus ``deleted``:
 what a reader of the workflow sees. ``Executed`` changes none of it, so its
-patch is empty; the run is in the entry's ``execution`` field.
+patch is empty and its ``revision`` is the one before it; the run is in the
+entry's ``execution`` field, with the revision that ran.
+
+Clients speak revisions (a workflow's ``version``); each event also has its
+stream version (``version`` in an entry, as in the organisation's log and on
+the bus), which is what a history cursor counts.
 """
 
 from __future__ import annotations
@@ -19,13 +24,34 @@ from uuid import UUID
 
 import jsonpatch
 from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.utils import get_topic
 
 from commands.application import WorkflowApplication
 from commands.errors import WorkflowNotFound
-from domain.workflow import DEFINITION_FIELDS, Workflow
+from domain.workflow import DEFINITION_FIELDS, REVISION_EVENTS, Workflow
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
 
 MAX_PAGE = 500
+_REVISION_TOPICS = [get_topic(cls) for cls in REVISION_EVENTS]
+
+
+def version_at_revision(app: WorkflowApplication, workflow_id: UUID, revision: int) -> int | None:
+    """The stream version of the event that made ``revision``; None if there is none.
+
+    The revision-th definition-changing event of the stream (runs skipped),
+    found by the log's own key order.
+    """
+    if revision < 1:
+        return None
+    with app.event_store.datastore.get_connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            f"SELECT originator_version FROM {EVENTS_TABLE} "
+            "WHERE originator_id = %s AND topic = ANY(%s) "
+            "ORDER BY originator_version OFFSET %s LIMIT 1",
+            (workflow_id, _REVISION_TOPICS, revision - 1),
+        )
+        row = cur.fetchone()
+    return None if row is None else int(row["originator_version"])
 
 
 @dataclass(frozen=True)
@@ -87,9 +113,14 @@ class History:
             after = _visible_state(workflow)
             changes = jsonpatch.make_patch(state, after).patch
             state = after
-            extra = {}
+            extra: dict[str, Any] = {"revision": workflow.revision}
             if event_type(event) == "Workflow.Executed":
-                extra = {"execution": {"id": event.execution_id, "status": event.status}}
+                extra["execution"] = {
+                    "id": event.execution_id,
+                    "status": event.status,
+                    # None for runs recorded before runs kept their revision.
+                    "revision": getattr(event, "revision", None),
+                }
             entries.append(_entry(position, event, changes, extra))
         return entries
 
@@ -98,16 +129,22 @@ class History:
         workflow_id: UUID,
         org_id: str,
         *,
-        version: int | None = None,
+        revision: int | None = None,
         as_of: datetime | None = None,
     ) -> Workflow:
-        """The workflow at ``version``, or as it stood at the instant ``as_of``.
+        """The workflow as ``revision`` made it, or as it stood at the instant ``as_of``.
 
         ``WorkflowNotFound`` if it did not exist (yet) then.
         """
         current = self._workflow(workflow_id, org_id)
-        if version is not None:
-            if version < 1 or version > current.version:
+        if revision is not None:
+            # Past the head there is nothing to look up (nor any bigint to send).
+            version = (
+                version_at_revision(self.app, workflow_id, revision)
+                if revision <= current.revision
+                else None
+            )
+            if version is None:
                 raise WorkflowNotFound(workflow_id)
             found: object = self.app.repository.get(workflow_id, version=version)
             assert isinstance(found, Workflow)

@@ -155,7 +155,8 @@ async def get_workflow(
     request: Request,
     min_position: MinPosition = None,
     version: Annotated[
-        int | None, Query(ge=1, description="As it was at this version (from the log).")
+        int | None,
+        Query(ge=1, description="As this version (revision) made it (from the log)."),
     ] = None,
     as_of: Annotated[
         str | None, Query(description="As it was at this ISO 8601 instant (from the log).")

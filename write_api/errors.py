@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from commands import IdempotencyKeyReused, VersionConflict, WorkflowNotFound
-from commands.errors import ExecutionNotFound, NoSuchVersion
+from commands.errors import ExecutionNotFound, NoSuchVersion, WorkflowBusy
 from domain.errors import ExecutionFinished, ExecutionInputInvalid
 from infrastructure.problems import Problem, problem_type
 
@@ -24,6 +24,10 @@ def _conflict(exc: VersionConflict) -> Problem:
         current_version=exc.current,
         expected_version=exc.expected,
     )
+
+
+def _busy(exc: WorkflowBusy) -> Problem:
+    return Problem(503, str(exc), type_=problem_type("busy"), headers={"Retry-After": "1"})
 
 
 def _key_reused(exc: IdempotencyKeyReused) -> Problem:
@@ -59,5 +63,6 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     ExecutionFinished: _finished,
     ExecutionInputInvalid: _bad_input,
     VersionConflict: _conflict,
+    WorkflowBusy: _busy,
     IdempotencyKeyReused: _key_reused,
 }

@@ -48,7 +48,7 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
 def expected_version(request: Request) -> int:
-    """The version the client saw, from ``If-Match: "<version>"``."""
+    """The version (the definition's revision) the client saw, from ``If-Match: "<version>"``."""
     if_match = request.headers.get("if-match")
     if if_match is None:
         raise Problem(
@@ -84,7 +84,8 @@ _IF_MATCH_DOC = {
     "name": "If-Match",
     "in": "header",
     "required": True,
-    "description": 'The version you saw, as its ETag: "3". 428 without it, 409 if stale.',
+    "description": 'The version you saw, as its ETag: "3". 428 without it, 409 if another '
+    "change came first (runs do not change the version).",
     "schema": {"type": "string", "example": '"3"'},
 }
 _IDEMPOTENCY_DOC = {

@@ -41,6 +41,7 @@ def _new(**overrides: Any) -> Execution:
         "execution_id": uuid.uuid4(),
         "workflow_id": uuid.uuid4(),
         "workflow_version": 3,
+        "workflow_revision": 2,
         "mode": "async",
         "input": {"x": 1},
         "meta": META,
@@ -76,6 +77,7 @@ def test_create_queues_with_who_and_what() -> None:
     assert execution.status == "queued" and not execution.is_finished
     assert (execution.org_id, execution.created_by) == ("acme", "apikey:1")
     assert (execution.workflow_id, execution.workflow_version) == (workflow_id, 3)
+    assert execution.workflow_revision == 2
     assert (execution.mode, execution.input) == ("sync", [{"a": 1}, {"a": 2}])
     assert execution.queued_at == queued.timestamp
     assert execution.started_at is None and execution.finished_at is None
@@ -87,6 +89,8 @@ def test_create_queues_with_who_and_what() -> None:
     [
         ({"mode": "later"}, ValueError),
         ({"workflow_version": 0}, ValueError),
+        ({"workflow_revision": 0}, ValueError),
+        ({"workflow_revision": 4}, ValueError),
         ({"input": "text"}, ExecutionInputInvalid),
         ({"input": [{"a": 1}, 2]}, ExecutionInputInvalid),
         ({"input": None}, ExecutionInputInvalid),
