@@ -58,16 +58,18 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from domain.values import ValueProblem, check_value
 from projections.errors import QueryError
 
 __all__ = [
+    "MAX_LIST_VALUES",
+    "MAX_PARAMETERS",
     "MAX_REGEX_CHARS",
     "Regex",
     "SqlFragment",
@@ -83,7 +85,12 @@ MAX_VALUE_DEPTH = 32
 MAX_REGEX_CHARS = 256
 INSTANT_FUNCTION = "reporunner_iso_timestamptz"
 
+MAX_LIST_VALUES = 1000  # values of one $in, $nin or $all
+MAX_PARAMETERS = 5000  # bind parameters of one filter (asyncpg takes at most 32767 per query)
+
 _MAX_CONTAINMENTS = 16  # @> patterns per equality before a path query is cheaper
+_MAX_CHAINED_VALUES = 8  # $all values tested one by one (each may use the GIN index)
+_SCALAR_TYPES = '@.type() == "string" || @.type() == "number" || @.type() == "boolean"'
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
@@ -114,6 +121,11 @@ def compile_filter(filter: Any, *, column: str = "data", param_prefix: str = "f"
         raise ValueError(f"invalid parameter prefix {param_prefix!r}")
     compiler = _Compiler(param_prefix)
     sql = compiler.document(filter, column, "", 0)
+    if len(compiler.params) > MAX_PARAMETERS:
+        raise QueryError(
+            f"filter too large: it needs {len(compiler.params)} bound values, "
+            f"at most {MAX_PARAMETERS} are allowed"
+        )
     return SqlFragment(f"({sql})" if _has_top_level(sql, " AND ", " OR ") else sql, compiler.params)
 
 
@@ -272,8 +284,7 @@ class _Compiler:
             any_of = self.any_of(field, operator, operand)
             return any_of if operator == "$in" else _not(any_of)
         if operator == "$all":
-            values = self.values_list(field, operator, operand)
-            return _and([self.equals(field, v) for v in values]) if values else "FALSE"
+            return self.all_of(field, operand)
         if operator == "$exists":
             if not isinstance(operand, bool):
                 raise QueryError(f"$exists needs true or false at '{where}'")
@@ -284,11 +295,14 @@ class _Compiler:
                 raise QueryError(f"$options needs a string at '{where}'")
             return self.regex(field, operand, options)
         if operator == "$not":
-            if isinstance(operand, str):
-                return _not(self.regex(field, operand, ""))
+            # MongoDB takes a regex literal here too; JSON has none, and a bare
+            # string is not one (MongoDB refuses {"$not": "x"}).
             if isinstance(operand, dict) and operand and all(_is_operator(k) for k in operand):
                 return _not(self.operators(field, operand, depth + 1))
-            raise QueryError(f"$not needs an operator object or a regex at '{where}'")
+            raise QueryError(
+                f"$not needs an operator object at '{where}', "
+                'e.g. {"$not": {"$gt": 5}} or {"$not": {"$regex": "^a"}}'
+            )
         if operator == "$size":
             return self.size(field, operand)
         if operator == "$elemMatch":
@@ -317,38 +331,89 @@ class _Compiler:
                     for pattern in _containments(field.keys, value)
                 ]
             )
-        tests = [f'@.type() == "{_json_type(v)}" && @ == $v{i}' for i, v in enumerate(values)]
-        predicate = tests[0] if len(tests) == 1 else " || ".join(f"({t})" for t in tests)
-        return self.any(field, predicate, {f"v{i}": v for i, v in enumerate(values)})
+        if len(values) == 1:
+            (value,) = values
+            return self.any(field, f'@.type() == "{_json_type(value)}" && @ == $v0', {"v0": value})
+        # jsonb equality is JSON equality on scalars: numbers by value, strings exactly.
+        listed = self.listed(values)
+        return self.exists_row(field, _SCALAR_TYPES, lambda v: f"{v} IN {listed}")
 
     def equals_whole(self, field: _Field, value: dict[str, Any] | list[Any]) -> str:
         target = self.jsonb(value)
+        return self.whole(field, lambda v: f"{v} = {target}")
+
+    def whole_in(self, field: _Field, values: list[Any]) -> str:
+        listed = self.listed(values)
+        return self.whole(field, lambda v: f"{v} IN {listed}")
+
+    def whole(self, field: _Field, condition: Callable[[str], str]) -> str:
+        """A value, or an element that is an array or an object, satisfies ``condition``."""
         if not field.branches:
-            return f"{field.doc} = {target}"
+            return condition(field.doc)
         containers = '@.type() == "array" || @.type() == "object"'
         return _or(
             [
-                self.exists_row(field, None, lambda v: f"{v} = {target}"),  # the values
-                self.exists_row(field, containers, lambda v: f"{v} = {target}"),  # elements
+                self.exists_row(field, None, condition),  # the values
+                self.exists_row(field, containers, condition),  # elements
             ]
         )
 
+    def listed(self, values: list[Any]) -> str:
+        """A SQL row source of ``values`` (jsonb), for ``x IN ...``: one bind parameter."""
+        return f"(SELECT jsonb_array_elements({self.jsonb(values)}))"
+
     def any_of(self, field: _Field, operator: str, operand: Any) -> str:
+        """Some value equals one of the list's: one clause per kind of value, not per value.
+
+        A list past a few values is one jsonb array bind parameter, matched
+        with ``IN (SELECT jsonb_array_elements(...))`` (a hashed semi join), so
+        a long ``$in`` neither chains clauses nor grows the statement.
+        """
         values = self.values_list(field, operator, operand)
-        scalars = [
-            v
-            for v in values
-            if v is not None
-            and not isinstance(v, dict | list)
-            and not (isinstance(v, str) and iso_instant(v) is not None)
-        ]
-        others = [v for v in values if not any(v is s for s in scalars)]
-        parts = [self.equals_scalars(field, scalars)] if scalars else []
-        return _or(parts + [self.equals(field, v) for v in others])
+        kinds = _by_kind(values)
+        parts = []
+        if kinds.nulls:
+            parts.append(self.equals(field, None))
+        if kinds.scalars:
+            parts.append(self.equals_scalars(field, kinds.scalars))
+        if len(kinds.instants) == 1:
+            parts.append(self.instant(field, "=", kinds.instants[0]))
+        elif kinds.instants:
+            parts.append(self.instant_in(field, kinds.instants))
+        if len(kinds.wholes) == 1:
+            parts.append(self.equals_whole(field, kinds.wholes[0]))
+        elif kinds.wholes:
+            parts.append(self.whole_in(field, kinds.wholes))
+        return _or(parts)
+
+    def all_of(self, field: _Field, operand: Any) -> str:
+        """Every value of the list is matched: one clause per value for short lists,
+        one ``NOT EXISTS`` over the array of scalars for long ones."""
+        values = self.values_list(field, "$all", operand)
+        if not values:
+            return "FALSE"
+        kinds = _by_kind(values)
+        if len(kinds.scalars) <= _MAX_CHAINED_VALUES:
+            return _and([self.equals(field, v) for v in values])
+        wanted = self.alias()
+        unmatched = _not(
+            self.exists_row(field, _SCALAR_TYPES, lambda v: f"{v} = {wanted}.{wanted}")
+        )
+        every_scalar = (
+            f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements({self.jsonb(kinds.scalars)}) "
+            f"AS {wanted}({wanted}) WHERE {unmatched})"
+        )
+        others = kinds.nulls[:1] + kinds.instants + kinds.wholes
+        return _and([every_scalar, *(self.equals(field, v) for v in others)])
 
     def values_list(self, field: _Field, operator: str, operand: Any) -> list[Any]:
         if not isinstance(operand, list):
             raise QueryError(f"{operator} needs an array at '{field.where}'")
+        if len(operand) > MAX_LIST_VALUES:
+            raise QueryError(
+                f"{operator} may list at most {MAX_LIST_VALUES} values, not {len(operand)}, "
+                f"at '{field.where}'"
+            )
         for value in operand:
             if isinstance(value, dict) and any(_is_operator(k) for k in value):
                 raise QueryError(f"{operator} cannot hold operators at '{field.where}'")
@@ -370,6 +435,17 @@ class _Compiler:
             return self.instant(field, symbol, operand)
         return self.any(
             field, f'@.type() == "{_json_type(operand)}" && @ {symbol} $v', {"v": operand}
+        )
+
+    def instant_in(self, field: _Field, values: list[str]) -> str:
+        listed = (
+            f"(SELECT {INSTANT_FUNCTION}(t) FROM jsonb_array_elements_text({self.jsonb(values)}) "
+            "AS t)"
+        )
+        return self.exists_row(
+            field,
+            '@.type() == "string"',
+            lambda v: f"{INSTANT_FUNCTION}({v} #>> '{{}}') IN {listed}",
         )
 
     def instant(self, field: _Field, symbol: str, value: str) -> str:
@@ -488,6 +564,30 @@ def _render_path(segments: list[str], indices: set[int]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class _Kinds:
+    """A list's values, by how they compare (see the module docstring)."""
+
+    nulls: list[None]
+    scalars: list[Any]  # strings (not instants), numbers, booleans
+    instants: list[str]
+    wholes: list[Any]  # arrays and objects, compared whole
+
+
+def _by_kind(values: list[Any]) -> _Kinds:
+    kinds = _Kinds([], [], [], [])
+    for value in values:
+        if value is None:
+            kinds.nulls.append(value)
+        elif isinstance(value, dict | list):
+            kinds.wholes.append(value)
+        elif isinstance(value, str) and iso_instant(value) is not None:
+            kinds.instants.append(value)
+        else:
+            kinds.scalars.append(value)
+    return kinds
+
+
 def _containments(keys: tuple[str, ...], value: Any) -> list[Any]:
     """Every ``@>`` pattern under which ``value`` sits at ``keys``, each level maybe in an array."""
     patterns = []
@@ -514,27 +614,18 @@ def _check_text(text: str, where: str) -> None:
         raise QueryError(f"strings cannot hold NUL or unpaired surrogates at '{where}'")
 
 
-def _check_value(value: Any, where: str, depth: int = 0) -> None:
-    if depth > MAX_VALUE_DEPTH:
-        raise QueryError(f"value nested deeper than {MAX_VALUE_DEPTH} levels at '{where}'")
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise QueryError(f"numbers must be finite at '{where}'")
-    elif isinstance(value, str):
-        _check_text(value, where)
-    elif isinstance(value, list):
-        for item in value:
-            _check_value(item, where, depth + 1)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise QueryError(f"object keys must be strings at '{where}'")
-            _check_text(key, where)
-            _check_value(item, where, depth + 1)
-    else:
-        raise QueryError(f"{_kind(value)} is not a JSON value at '{where}'")
+def _check_value(value: Any, where: str) -> None:
+    """A filter constant must keep the value contract (``domain.values``): what
+    jsonb, orjson and asyncpg all carry, so no constant can fail the query."""
+    problems = check_value(value, max_depth=MAX_VALUE_DEPTH)
+    if problems:
+        raise QueryError(value_problem_text(problems[0], f"invalid value at '{where}'"))
+
+
+def value_problem_text(problem: ValueProblem, subject: str) -> str:
+    """``problem`` of a constant (``subject``: "invalid value at 'n'"), as a query error says it."""
+    inside = f" (at {problem.loc} inside it)" if problem.path else ""
+    return f"{subject}{inside}: {problem.msg}"
 
 
 def _dump(value: Any) -> str:

@@ -102,8 +102,6 @@ def _operator(
     if op == "$options":
         return True
     if op == "$not":
-        if isinstance(operand, str):
-            return not _regex(operand, "", candidates)
         return not _field(operand, values, unwrap=unwrap)
     if op == "$size":
         return any(isinstance(v, list) and len(v) == operand for v in values)

@@ -163,8 +163,7 @@ CASES: list[tuple[dict[str, Any], set[int]]] = [
     ({"n": 10.0}, {0}),
     ({"n": True}, {5}),
     ({"flag": 1}, set()),
-    ({"big": 10**30}, {4}),
-    ({"big": 1e30}, {4}),
+    ({"big": {"$gt": 2**63 - 1}}, {4}),  # a big number stored before the value contract
     ({"meta.x": None}, ALL),
     ({"name": None}, {5}),
     ({"meta": {"x": None}}, {1}),
@@ -216,7 +215,7 @@ CASES: list[tuple[dict[str, Any], set[int]]] = [
     ({"name": {"$regex": "al pha # the first", "$options": "x"}}, {0}),
     ({"tags": {"$regex": "^c$"}}, {5}),
     ({"name": {"$not": {"$regex": "a"}}}, {4, 5}),
-    ({"name": {"$not": "^[a-c]"}}, {2, 3, 4, 5}),
+    ({"name": {"$not": {"$regex": "^[a-c]"}}}, {2, 3, 4, 5}),
     # arrays' elements
     ({"nodes": {"$elemMatch": {"type": "set"}}}, {0, 1}),
     ({"nodes": {"$elemMatch": {"type": "http_request", "n": {"$gte": 1}}}}, {0}),
