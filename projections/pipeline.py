@@ -463,9 +463,10 @@ class PipelineLimits:
 UNWIND_CAP_MARKER = "reporunner: $unwind row cap"
 
 
-def unwind_cap_exceeded(error: BaseException) -> bool:
-    """Whether a database error is a ``$unwind`` stage passing ``max_unwind_rows``."""
-    return UNWIND_CAP_MARKER in str(error)
+def unwind_cap_exceeded(message: str) -> bool:
+    """Whether PostgreSQL's error ``message`` (not the statement, which holds the
+    marker too) is a ``$unwind`` stage passing ``max_unwind_rows``."""
+    return f'"{UNWIND_CAP_MARKER}"' in message
 
 
 def compile_pipeline(

@@ -102,7 +102,7 @@ async def _fetch(request: Request, sql: str, params: dict[str, Any]) -> list[Any
         async with request.app.state.engine.connect() as conn:
             return list((await conn.execute(text(sql), params)).all())
     except DBAPIError as exc:
-        if unwind_cap_exceeded(exc):
+        if unwind_cap_exceeded(str(exc.orig)):
             cap = request.app.state.settings.query_max_unwind_rows
             raise Problem(
                 400,
