@@ -129,9 +129,11 @@ def _key_bytes(key_parts: Any) -> bytes:
     must not fail first). The standard encoder prints any integer and escapes
     every non-ASCII character, and keeps the order of object keys:
     ``{"$sort": {"a": 1, "b": -1}}`` and ``{"$sort": {"b": -1, "a": 1}}`` are
-    different queries.
+    different queries. Other values (our own: the datetimes of a period) are
+    keyed by ``str``; each endpoint's parts have a fixed shape, so that cannot
+    make two different queries one key.
     """
-    return json.dumps(key_parts, separators=(",", ":")).encode("ascii")
+    return json.dumps(key_parts, separators=(",", ":"), default=str).encode("ascii")
 
 
 @dataclass(frozen=True)
