@@ -27,8 +27,16 @@ The semantics are MongoDB's, restricted to JSON, with these decisions:
   strings exactly, objects regardless of key order, arrays element by element
   in order. A scalar may equal an array's element (``{"tags": "a"}`` matches
   ``["a", "b"]``), an array the whole array or an element that is an array.
-  ``null`` matches null values, null elements and missing fields. ``$ne`` and
-  ``$nin`` are exact negations, so they match missing fields.
+  ``null`` matches null values, null elements and missing fields, and, as in
+  MongoDB, a path on which an object lacks the next key (``{"a.b": null}``
+  matches ``{"a": [{"c": 1}]}``; a numeric segment never counts as lacking).
+  ``$ne`` and ``$nin`` are exact negations, so they match missing fields.
+* **Lists.** ``$in``/``$nin``/``$all`` take at most ``MAX_LIST_VALUES``
+  values; each kind of value (scalars, instants, whole arrays and objects) is
+  one jsonb array bind parameter, never one clause per value.
+* **$elemMatch** with a document applies it to elements that are objects or
+  arrays (an array as a document: its objects' keys, as at any array; the
+  first segment is never an index there).
 * **Order** (``$gt`` ...) is type-bracketed: numbers with numbers (numeric,
   never as text), strings with strings by Unicode code point, booleans with
   booleans (false < true); anything else, arrays and objects included, is
@@ -47,6 +55,8 @@ The semantics are MongoDB's, restricted to JSON, with these decisions:
   subset that PostgreSQL's ARE and Python's ``re`` read alike, checked and
   rewritten at compile time (see ``translate_regex``); they match strings and
   string elements, with ASCII-only classes and case folding (``COLLATE "C"``).
+  Newlines as in MongoDB's PCRE: ``$`` also matches before a final newline,
+  ``.`` not at a newline (without ``s``), ``[^a]`` always.
 
 Scalar equality on paths of plain keys compiles to ``@>`` containment, which
 the GIN ``jsonb_path_ops`` index serves; the rest compiles to
@@ -170,6 +180,8 @@ class _Field:
     where: str
     branches: tuple[str, ...] = ()
     keys: tuple[str, ...] | None = None  # the path as plain keys, for @> patterns
+    segments: tuple[str, ...] = ()
+    indices: frozenset[int] = frozenset()  # segments that are array subscripts too
 
 
 class _Compiler:
@@ -177,6 +189,8 @@ class _Compiler:
         self.prefix = prefix
         self.params: dict[str, Any] = {}
         self.aliases = 0
+        # Documents that may be arrays ($elemMatch elements): no @> patterns on them.
+        self.maybe_arrays: set[str] = set()
 
     def bind(self, value: Any) -> str:
         name = f"{self.prefix}{len(self.params)}"
@@ -246,7 +260,15 @@ class _Compiler:
             _render_path(segments, {i for i, chosen in zip(indices, choice, strict=True) if chosen})
             for choice in itertools.product((False, True), repeat=len(indices))
         )
-        return _Field(doc, dotted, branches, None if indices else tuple(segments))
+        plain = not indices and doc not in self.maybe_arrays
+        return _Field(
+            doc,
+            dotted,
+            branches,
+            tuple(segments) if plain else None,
+            tuple(segments),
+            frozenset(indices),
+        )
 
     # -- one field ------------------------------------------------------------------
 
@@ -314,7 +336,13 @@ class _Compiler:
     def equals(self, field: _Field, value: Any) -> str:
         _check_value(value, field.where)
         if value is None:
-            return _or([self.any(field, '@.type() == "null"'), _not(self.exists(field))])
+            return _or(
+                [
+                    self.any(field, '@.type() == "null"'),
+                    _not(self.exists(field)),
+                    self.lacks_a_key(field),
+                ]
+            )
         if isinstance(value, dict | list):
             return self.equals_whole(field, value)
         if isinstance(value, str) and iso_instant(value) is not None:
@@ -489,10 +517,11 @@ class _Compiler:
         element = f"{elements}.{elements}"
         if operators:  # each element itself is the value: {"$elemMatch": {"$gt": 3}}
             condition = self.operators(_Field(element, field.where), operand, depth + 1)
-        else:  # each element is a sub-document
+        else:  # each element is a sub-document; as in MongoDB, an array is one too
+            self.maybe_arrays.add(element)
             condition = _and(
                 [
-                    f"jsonb_typeof({element}) = 'object'",
+                    f"jsonb_typeof({element}) IN ('object', 'array')",
                     self.document(operand, element, field.where, depth + 1),
                 ]
             )
@@ -502,6 +531,27 @@ class _Compiler:
             f"jsonb_array_elements(CASE WHEN jsonb_typeof({array}) = 'array' THEN {array} END) "
             f"AS {elements}({elements}) WHERE {condition})"
         )
+
+    def lacks_a_key(self, field: _Field) -> str:
+        """An object on the way to the field lacks the next key (MongoDB: null there).
+
+        ``{"a.b": null}`` matches ``{"a": [{"c": 1}]}``: the element without
+        ``b`` has a missing ``a.b``. Numeric segments (array subscripts too)
+        and the first one (missing altogether) never count.
+        """
+        tests = []
+        for k in range(1, len(field.segments)):
+            if k in field.indices:
+                continue
+            key = json.dumps(field.segments[k], ensure_ascii=False)
+            prefix = field.segments[:k]
+            chosen = [i for i in sorted(field.indices) if i < k]
+            for choice in itertools.product((False, True), repeat=len(chosen)):
+                subscripts = {i for i, pick in zip(chosen, choice, strict=True) if pick}
+                rendered = _render_path(list(prefix), subscripts)
+                path = f'{rendered} ? (@.type() == "object" && !exists(@.{key}))'
+                tests.append(f"jsonb_path_exists({field.doc}, {self.jsonpath(path)})")
+        return _or(tests)
 
     # -- the three ways to look at a field's values -----------------------------------
 
@@ -697,9 +747,10 @@ class Regex:
     python: str
 
 
-# (m, s) -> PostgreSQL's newline mode: without "s" a dot (and a negated class)
-# stops at newlines; with "m", ^ and $ also match at them.
-_PG_NEWLINE_MODE = {(False, False): "p", (False, True): "s", (True, False): "n", (True, True): "w"}
+# m -> PostgreSQL's newline mode. MongoDB's PCRE lets a negated class match a
+# newline, whatever the options, so only "s" (ends only) and "w" (^ and $ at
+# newlines too) fit; a dot without the s option is spelled [^\n] instead.
+_PG_NEWLINE_MODE = {False: "s", True: "w"}
 _MAX_REGEX_SIZE = 1000  # bounded repetitions multiplied out; PostgreSQL refuses huge ones
 _ESCAPED_CONTROLS = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v"}
 _CONTROL_ESCAPES = {v: k for k, v in _ESCAPED_CONTROLS.items()}
@@ -734,7 +785,7 @@ def translate_regex(pattern: str, options: str = "", where: str = "") -> Regex:
     fold = "i" if "i" in options else ""
     python_flags = "a" + fold + ("m" if multiline else "") + ("s" if dotall else "")
     return Regex(
-        postgres=f"(?{fold}{_PG_NEWLINE_MODE[multiline, dotall]}){postgres}",
+        postgres=f"(?{fold}{_PG_NEWLINE_MODE[multiline]}){postgres}",
         python=f"(?{python_flags}){python}",
     )
 
@@ -822,8 +873,9 @@ class _RegexParser:
             self.pos += 1
             if self.peek() in ("*", "+", "?", "{"):
                 raise self.fail(f"nothing to repeat after '{char}'")
-            python = char if char == "^" or self.multiline else r"\Z"
-            return _Piece(char, python, 1, True)
+            # PCRE's (and Python's) $ without m also matches before a final newline.
+            postgres = char if char == "^" or self.multiline else "(?=\\n?$)"
+            return _Piece(postgres, char, 1, True)
         atom = self.atom(depth)
         quantifier = self.quantifier()
         if quantifier is None:
@@ -874,7 +926,7 @@ class _RegexParser:
             return _Piece(spelled, spelled)
         self.pos += 1
         if char == ".":
-            return _Piece(".", ".")
+            return _Piece("." if self.dotall else "[^\\n]", ".")
         if char in ("*", "+", "?", "{"):
             raise self.fail(f"nothing to repeat before '{char}'")
         if char in ("]", "}"):
@@ -952,6 +1004,4 @@ class _RegexParser:
             raise self.fail("empty [...]")
         body = "".join(members)
         caret = "^" if negated else ""
-        # PostgreSQL's newline-sensitive modes keep negated classes off newlines.
-        newline = "\\n" if negated and not self.dotall else ""
-        return _Piece(f"[{caret}{body}]", f"[{caret}{body}{newline}]")
+        return _Piece(f"[{caret}{body}]", f"[{caret}{body}]")

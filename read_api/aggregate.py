@@ -4,6 +4,10 @@
 ``{"results": [...]}``. The pipeline only ever sees the caller's organisation's
 documents (deleted workflows included: filter them with ``$match`` on
 ``deleted``). Bad pipelines are ``QueryError``s: 400 problems naming the stage.
+
+A run is bounded (``read_api.bounded``): the statement timeout, a row cap on
+each ``$unwind`` and on the answer (400 naming the setting), cancellation when
+the client leaves, and a per-organisation slot (429 when all are taken).
 """
 
 from __future__ import annotations
