@@ -109,7 +109,11 @@ def conditions(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
             )
         elif kind == "set":
             operator = draw(st.sampled_from(["$in", "$nin", "$all"]))
-            condition[operator] = draw(st.lists(constants, max_size=3))
+            # Short lists, and long ones of scalars ($all tests those as one array).
+            condition[operator] = draw(
+                st.lists(constants, max_size=3)
+                | st.lists(constant_scalars, min_size=9, max_size=12)
+            )
         elif kind == "exists":
             condition["$exists"] = draw(st.booleans())
         elif kind == "size":
