@@ -37,6 +37,10 @@ EXPLOSION = [*COPIES, *({"$unwind": f"${f}"} for f in "abcd"), {"$count": "n"}]
 EXPLOSION_SQL = "%row_number() OVER () AS n FROM (SELECT jsonb_set(s5.data, '{\"d\"}'%"
 
 
+# The test database server is shared: each extra server here keeps few connections.
+FEW_CONNECTIONS = {"db_pool_size": 2, "db_max_overflow": 2}
+
+
 @contextmanager
 def serve(settings: Settings, target: PgTarget) -> Iterator[str]:
     """A real uvicorn server (clients can disconnect from it) with these settings."""
@@ -68,7 +72,7 @@ def serve(settings: Settings, target: PgTarget) -> Iterator[str]:
 def impatient_url(app_settings: Settings, db_target: PgTarget) -> Iterator[str]:
     """Reads time out after one second; no row cap gets there first."""
     settings = app_settings.model_copy(
-        update={"query_timeout_ms": 1000, "query_max_unwind_rows": 10**9}
+        update={"query_timeout_ms": 1000, "query_max_unwind_rows": 10**9, **FEW_CONNECTIONS}
     )
     with serve(settings, db_target) as url:
         yield url
@@ -79,7 +83,12 @@ def patient_url(app_settings: Settings, db_target: PgTarget) -> Iterator[str]:
     """Reads may run a minute, so only cancellation can end one sooner; one pipeline
     per organisation at a time."""
     settings = app_settings.model_copy(
-        update={"query_timeout_ms": 60_000, "query_max_unwind_rows": 10**9, "pipelines_per_org": 1}
+        update={
+            "query_timeout_ms": 60_000,
+            "query_max_unwind_rows": 10**9,
+            "pipelines_per_org": 1,
+            **FEW_CONNECTIONS,
+        }
     )
     with serve(settings, db_target) as url:
         yield url
@@ -204,7 +213,7 @@ def test_static_and_row_limits_are_400s_naming_them(
     db_target: PgTarget, app_settings: Settings, make_key: Callable[[str, str], str], org: str
 ) -> None:
     settings = app_settings.model_copy(
-        update={"query_max_unwind_rows": 5000, "query_max_results": 60}
+        update={"query_max_unwind_rows": 5000, "query_max_results": 60, **FEW_CONNECTIONS}
     )
     auth = {"Authorization": f"Bearer {make_key(org, 'editor')}"}
     with TestClient(create_app(settings, db_target, roles=("write-api", "read-api"))) as client:
