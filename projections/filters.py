@@ -87,6 +87,7 @@ __all__ = [
     "compile_filter",
     "iso_instant",
     "translate_regex",
+    "value_problem_text",
 ]
 
 MAX_DEPTH = 16

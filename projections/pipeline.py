@@ -43,6 +43,11 @@ Where MongoDB and PostgreSQL differ, we chose (and the reference mirrors):
 
 Values never enter SQL text: they are bind parameters (``CAST(:p AS jsonb)``).
 Field paths are validated before they appear as ``#>`` path literals.
+
+Work is bounded: at most ``MAX_STAGES`` stages and ``MAX_UNWIND_STAGES``
+``$unwind``s; ``PipelineLimits`` caps the documents each ``$unwind`` emits (the
+query fails past it, so an answer is never silently cut) and the documents
+returned. The reference evaluator has no such caps.
 """
 
 from __future__ import annotations

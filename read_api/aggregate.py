@@ -74,7 +74,8 @@ async def aggregate(
     position = await _views_position(request, min_position)
 
     async def run_pipeline() -> dict[str, Any]:
-        with pipeline_slots(request).hold(principal.org_id):
+        slots: OrgSlots = request.app.state.pipeline_slots  # per process, per organisation
+        with slots.hold(principal.org_id):
             rows = await until_disconnected(request, _fetch(request, fragment.sql, fragment.params))
         if len(rows) > settings.query_max_results:
             raise Problem(
@@ -93,12 +94,6 @@ async def aggregate(
         body.pipeline,
         max_bytes=settings.query_max_result_bytes,
     )
-
-
-def pipeline_slots(request: Request) -> OrgSlots:
-    """This process' per-organisation cap on concurrent pipelines."""
-    slots: OrgSlots = request.app.state.pipeline_slots
-    return slots
 
 
 async def _fetch(request: Request, sql: str, params: dict[str, Any]) -> list[Any]:
