@@ -283,7 +283,7 @@ async def test_key_is_the_canonical_query(
     assert stub.computed == 4
 
 
-def test_keys_hold_what_orjson_refuses(shared_redis: AsyncRedis, key_prefix: str) -> None:
+async def test_keys_hold_what_orjson_refuses(shared_redis: AsyncRedis, key_prefix: str) -> None:
     # Integers past 64 bits and lone surrogates: JSON a request body may carry.
     cache = cache_on(shared_redis, key_prefix)
     parts = [
