@@ -19,6 +19,7 @@ from infrastructure.auth import Permission, Principal
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from projections.workflows import VERSIONS, WORKFLOWS
+from read_api.bounded import until_disconnected
 from read_api.history import workflow_then
 from read_api.queries import (
     MAX_LIMIT,
@@ -131,15 +132,18 @@ async def list_workflows(
 ) -> Response:
     principal = await _reader(request)
     position = await _views_position(request, min_position)
-    page = await list_documents(
-        request.app.state.engine,
-        WORKFLOWS,
-        principal.org_id,
-        filter_=_parse_filter(filter),
-        sort=parse_sort(sort, "-created_at"),
-        limit=limit,
-        cursor=cursor,
-        hide_deleted=True,
+    page = await until_disconnected(
+        request,
+        list_documents(
+            request.app.state.engine,
+            WORKFLOWS,
+            principal.org_id,
+            filter_=_parse_filter(filter),
+            sort=parse_sort(sort, "-created_at"),
+            limit=limit,
+            cursor=cursor,
+            hide_deleted=True,
+        ),
     )
     return _json({"items": page.items, "next_cursor": page.next_cursor}, position)
 

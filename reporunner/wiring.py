@@ -46,6 +46,7 @@ from read_api import QUERY_PROBLEMS
 from read_api import router as read_router
 from read_api.aggregate import router as aggregate_router
 from read_api.audit import router as audit_router
+from read_api.bounded import OrgSlots
 from read_api.executions import router as executions_router
 from read_api.history import router as history_router
 from reporunner.worker import Worker
@@ -153,9 +154,14 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         # Commands run in the thread pool (eventsourcing is synchronous). A few
         # threads keep PostgreSQL busy; dozens only fight over the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.command_threads
-        engine = create_engine(target, pool_size=settings.db_pool_size)
+        engine = create_engine(
+            target,
+            pool_size=settings.db_pool_size,
+            statement_timeout_ms=settings.query_timeout_ms,
+        )
         app.state.engine = engine
         app.state.settings = settings
+        app.state.pipeline_slots = OrgSlots(settings.pipelines_per_org, "pipelines")
         app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
         redis_client = (
             connect_redis(
