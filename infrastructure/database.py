@@ -13,6 +13,8 @@ from urllib.parse import quote
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from infrastructure.json_codec import jsonb_loads
+
 
 @dataclass(frozen=True)
 class PgTarget:
@@ -91,4 +93,7 @@ def create_engine(target: PgTarget, *, pool_size: int = 10) -> AsyncEngine:
         # off by the planner's row estimates for JSONB expansions) can cost
         # more than the query itself.
         connect_args={"server_settings": {"jit": "off"}},
+        # Not json.loads: jsonb prints 1e20 as an integer numeral, which must
+        # read back as a number the answers' encoder (orjson) can write.
+        json_deserializer=jsonb_loads,
     )
