@@ -127,8 +127,9 @@ def validate_definition(
     fits = check.storable(definition)
     node_list = check.collection("nodes", nodes, MAX_NODES)
     connection_list = check.collection("connections", connections, MAX_CONNECTIONS)
-    # With a value the log cannot carry, or past the size limit, only the cheap
-    # top-level checks run: the work done on such a document must stay bounded.
+    # Past the size limit only the cheap top-level checks run: the work done on
+    # an oversized document must stay bounded. With a value the log cannot
+    # carry they wait too: those are named first, the graph in the next round.
     # Without a node array every connection would merely repeat "unknown
     # node", so the graph checks wait.
     if fits and node_list is not None:
