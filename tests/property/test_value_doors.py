@@ -32,7 +32,11 @@ from domain.values import INT64_MAX, INT64_MIN
 from infrastructure.database import PgTarget
 from tests.helpers import workflow_body
 
-pytestmark = pytest.mark.usefixtures("live_projector", "live_executions_projector")
+pytestmark = [
+    pytest.mark.usefixtures("live_projector", "live_executions_projector"),
+    # Huge keys make huge reprs of the examples; hypothesis warns about each.
+    pytest.mark.filterwarnings("ignore:Generating overly large repr"),
+]
 
 EXAMPLES = settings(max_examples=60)
 
