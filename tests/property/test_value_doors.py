@@ -9,7 +9,9 @@ numerals past 64 bits or past a double's range, escaped NUL and lone
 surrogates, invalid UTF-8, nesting past every depth limit, huge keys.
 
 Filter and pipeline constants are the ``queries`` item's (they answer 400);
-this test holds them to "never a 5xx" as well.
+this test holds them to "never a 5xx" as well. Webhook bodies join the doors
+here when their route lands. The relay is driven through
+``infrastructure.relay`` (see ``followers``): one import to re-point.
 """
 
 from __future__ import annotations
