@@ -40,8 +40,10 @@ from domain.errors import (
     InvalidExecutionTransition,
     NodeRunNotStarted,
     NodeRunStillRunning,
+    Problem,
 )
 from domain.meta import EventMeta
+from domain.values import check_value
 
 __all__ = [
     "EXECUTION_MODES",
@@ -345,13 +347,20 @@ class Execution(Aggregate):
 
 
 def _check_input(value: Any) -> None:
-    if isinstance(value, dict):
-        return
-    if not isinstance(value, list):
+    if not isinstance(value, dict | list):
         raise ExecutionInputInvalid(f"expected an object or an array of objects, got {value!r:.80}")
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise ExecutionInputInvalid(f"item {index} is not an object")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise ExecutionInputInvalid(f"item {index} is not an object")
+    # Checked here, before the run is recorded: a value no follower can carry
+    # would otherwise be logged and stall every view behind it.
+    found = check_value(value, ("input",))
+    if found:
+        raise ExecutionInputInvalid(
+            "; ".join(str(problem) for problem in found),
+            [Problem(problem.loc, problem.msg) for problem in found],
+        )
 
 
 def truncate_items(items: list[Any], max_bytes: int) -> tuple[list[Any], bool]:

@@ -13,6 +13,8 @@ from urllib.parse import quote
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from infrastructure.json_codec import jsonb_loads
+
 
 @dataclass(frozen=True)
 class PgTarget:
@@ -101,4 +103,7 @@ def create_engine(
         pool_pre_ping=False,
         pool_recycle=3600,
         connect_args={"server_settings": server_settings},
+        # Not json.loads: jsonb prints 1e20 as an integer numeral, which must
+        # read back as a number the answers' encoder (orjson) can write.
+        json_deserializer=jsonb_loads,
     )

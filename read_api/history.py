@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -18,6 +17,7 @@ from starlette.responses import Response
 from commands.history import MAX_PAGE, History, HistoryEntry
 from domain.workflow import DEFINITION_FIELDS, Workflow
 from infrastructure.auth import Permission
+from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from read_api.queries import parse_instant
@@ -35,7 +35,7 @@ def _history(request: Request) -> History:
 def _page(entries: list[HistoryEntry], limit: int, cursor_of: Any) -> Response:
     next_cursor = str(cursor_of(entries[-1])) if len(entries) == limit else None
     body = {"items": [entry.as_json() for entry in entries], "next_cursor": next_cursor}
-    return Response(orjson.dumps(body), media_type="application/json")
+    return Response(dumps_answer(body), media_type="application/json")
 
 
 def _cursor(raw: str | None, name: str = "cursor") -> int:
@@ -111,7 +111,7 @@ async def workflow_then(
         )
     )
     return Response(
-        orjson.dumps(workflow_document(workflow)),
+        dumps_answer(workflow_document(workflow)),
         media_type="application/json",
         headers={"ETag": f'"{workflow.revision}"'},
     )

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from infrastructure.auth import Permission, Principal
+from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from projections.workflows import VERSIONS, WORKFLOWS
@@ -92,7 +93,7 @@ async def _views_position(
 
 def _json(body: Any, position: int, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps(body),
+        dumps_answer(body),
         media_type="application/json",
         headers={"X-Projection-Position": str(position), **(headers or {})},
     )

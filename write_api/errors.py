@@ -43,7 +43,7 @@ def _bad_input(exc: ExecutionInputInvalid) -> Problem:
         422,
         str(exc),
         type_=problem_type("invalid-input"),
-        errors=[{"loc": ["body", "input"], "msg": str(exc)}],
+        errors=[{"loc": problem.loc, "msg": problem.msg} for problem in exc.problems],
     )
 
 

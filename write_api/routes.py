@@ -25,6 +25,7 @@ from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkfl
 from commands.executions import ExecutionCommands
 from commands.models import ExecutionResult, RevertWorkflow, RunWorkflow
 from infrastructure.auth import Permission, Principal
+from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 
@@ -258,7 +259,8 @@ def _execution_response(result: ExecutionResult) -> Response:
         body["output"] = result.output
         body["error"] = result.error
     return Response(
-        orjson.dumps(body),
+        # The run is recorded by now: its answer must not fail on what it holds.
+        dumps_answer(body),
         status_code=result.status_code,
         headers={
             "X-Log-Position": str(result.position),

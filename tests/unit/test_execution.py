@@ -16,6 +16,7 @@ from domain.errors import (
     InvalidExecutionTransition,
     NodeRunNotStarted,
     NodeRunStillRunning,
+    Problem,
 )
 from domain.execution import (
     Execution,
@@ -99,6 +100,24 @@ def test_create_queues_with_who_and_what() -> None:
 def test_create_refuses_bad_arguments(overrides: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         _new(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("value", "loc", "words"),
+    [
+        ({"s": "a\x00b"}, "input.s", "NUL"),
+        ({"n": 2**64}, "input.n", "signed 64-bit range"),
+        ([{"a": 1}, {"b": [1e20]}], "input[1].b[0]", "whole number"),
+        ({"f": float("nan")}, "input.f", "not a finite number"),
+        ({"\ud800": 1}, 'input["\\ud800"]', "lone surrogate"),
+    ],
+)
+def test_create_refuses_input_the_log_cannot_carry(value: Any, loc: str, words: str) -> None:
+    with pytest.raises(ExecutionInputInvalid) as caught:
+        _new(input=value)
+    [problem] = caught.value.problems
+    assert problem.loc == loc and words in problem.msg
+    assert loc in str(caught.value)
 
 
 def test_start_records_the_worker_and_time() -> None:
@@ -311,6 +330,7 @@ def test_errors_survive_pickling() -> None:
         NodeRunNotStarted("e-1", "a", 2),
         NodeRunStillRunning("e-1", "a", 1),
         ExecutionInputInvalid("item 0 is not an object"),
+        ExecutionInputInvalid("input.s: bad", [Problem("input.s", "bad")]),
     ]
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))
