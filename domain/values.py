@@ -159,6 +159,8 @@ def ensure_value(value: Any, path: Path = ()) -> Any:
 def _string_problem(text: str) -> str | None:
     if "\x00" in text:
         return "contains a NUL character (U+0000), which cannot be stored"
+    if text.isascii():  # the common case, and no surrogate is ASCII
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -413,11 +413,6 @@ def test_list_filter_answers_200_or_4xx(api: Api, spot: str, raw: bytes) -> None
     answered(response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline constants that jsonb or orjson refuse (NUL, lone surrogates, ints past "
-    "64 bits) are 500s until the `queries` item of issue 11 answers them 400: then remove this",
-)
 @EXAMPLES
 @given(spot=st.sampled_from(sorted(PIPELINE_SPOTS)), raw=values)
 @example(spot="literal", raw=b'"\\u0000"')
