@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infrastructure.database import PgTarget
+
 # What ``serve`` can run in one process (``--only`` picks one).
 ROLES = ("write-api", "read-api", "projections", "worker", "relay")
 
@@ -87,6 +89,15 @@ class Settings(BaseSettings):
     rate_limit_fail_open: bool = Field(
         default=True, description="Without Redis: allow (true) or refuse with 503 (false)."
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_database_url(cls, url: str | None) -> str | None:
+        # Refused here, at start, like every other bad setting: a URL whose
+        # parameters would be dropped or misread must never be connected to.
+        if url is not None:
+            PgTarget.parse(url)
+        return url
 
     @field_validator("roles")
     @classmethod

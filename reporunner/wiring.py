@@ -155,6 +155,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.command_threads
         engine = create_engine(target, pool_size=settings.db_pool_size)
         app.state.engine = engine
+        app.state.pg_target = target
         app.state.settings = settings
         app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
         redis_client = (
