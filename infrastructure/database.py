@@ -207,18 +207,16 @@ class PgTarget:
         ``timeout``.
         """
         params = self.libpq_params()
-        location: dict[str, str] = {"port": str(self.port)}
-        netloc = ""
         if self.host.startswith("/"):
-            location["host"] = self.host
+            # A socket directory cannot sit in the netloc: asyncpg takes it as a query arg.
+            netloc, query = "", {"host": self.host, "port": str(self.port)}
         else:
             host = f"[{self.host}]" if ":" in self.host else self.host
-            netloc = f"{host}:{self.port}"
-            location = {}
+            netloc, query = f"{host}:{self.port}", {}
+        query |= {name: value for name, value in params.items() if name in _ASYNCPG_DSN_PARAMS}
         auth = quote(self.user, safe="")
         if self.password:
             auth += ":" + quote(self.password, safe="")
-        query = {**location, **{k: v for k, v in params.items() if k in _ASYNCPG_DSN_PARAMS}}
         dsn = f"postgresql://{auth}@{netloc}/{quote(self.dbname, safe='')}"
         if query:
             dsn += "?" + urlencode(query)

@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     def _usable_database_url(cls, url: str | None) -> str | None:
         # Refused here, at start, like every other bad setting: a URL whose
         # parameters would be dropped or misread must never be connected to.
-        if url is not None:
-            PgTarget.parse(url)
+        if not url:
+            return None  # set but empty, as in many compose files: unset
+        PgTarget.parse(url)
         return url
 
     @field_validator("roles")

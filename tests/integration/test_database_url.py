@@ -23,6 +23,7 @@ import eventsourcing.persistence
 import psycopg
 import pytest
 from psycopg.rows import tuple_row
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
@@ -139,6 +140,12 @@ def test_a_bad_url_names_the_variable_and_never_the_password(url: str, reason: s
     assert message.startswith("SOME_DATABASE_URL: ")
     assert reason in message
     assert "pw" not in message.replace("password", "")
+
+
+def test_settings_refuse_a_bad_url_and_take_an_empty_one_as_unset() -> None:
+    assert Settings(database_url="").database_url is None
+    with pytest.raises(ValidationError, match="scheme 'mysql' is not PostgreSQL"):
+        Settings(database_url="mysql://u@h/db")
 
 
 # -- every kind of connection, against the real server ------------------------------------
