@@ -17,7 +17,7 @@ import httpx
 import psycopg
 
 import migrations
-from infrastructure.database import PgTarget
+from infrastructure.database import DatabaseUrlError, PgTarget
 from infrastructure.embedded import start_embedded_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,9 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @contextmanager
 def scratch_database() -> Iterator[PgTarget]:
     """A fresh, migrated database on ``BENCH_DATABASE_URL``/``DATABASE_URL``, or embedded."""
-    url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    variable = "BENCH_DATABASE_URL" if os.environ.get("BENCH_DATABASE_URL") else "DATABASE_URL"
+    url = os.environ.get(variable)
     if url:
-        server = PgTarget.from_url(url)
+        try:
+            server = PgTarget.from_url(url, variable=variable)
+        except DatabaseUrlError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     else:
         server = start_embedded_postgres(
             Path(tempfile.mkdtemp(prefix="reporunner-bench-")), delete_at_exit=True
@@ -46,11 +51,7 @@ def scratch_database() -> Iterator[PgTarget]:
 
 
 def database_url(target: PgTarget) -> str:
-    return (
-        target.sqlalchemy_url("psycopg")
-        .render_as_string(hide_password=False)
-        .replace("postgresql+psycopg", "postgresql")
-    )
+    return target.url()
 
 
 def _free_port() -> int:

@@ -1,19 +1,71 @@
 """Where PostgreSQL is, and the connections we open to it.
 
-One ``PgTarget`` describes the server; every client (eventsourcing's psycopg
-pool, SQLAlchemy on asyncpg, Alembic) is configured from it, so they always
-agree on which database they talk to.
+One ``PgTarget`` describes the server and every libpq parameter the URL gave
+(``sslmode``, ``sslrootcert``, ``application_name``, ``options``, ...); every
+client (eventsourcing's psycopg pool, our psycopg followers, SQLAlchemy on
+asyncpg, Alembic) is configured from it, so they always agree on which
+database they talk to and how. A URL whose parameters a client could not honour
+is refused up front rather than connected without them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from urllib.parse import quote
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote, urlencode
 
-from sqlalchemy.engine import URL, make_url
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from infrastructure.json_codec import jsonb_loads
+
+# The schemes a user may paste: libpq's two, and SQLAlchemy's driver forms.
+_SCHEMES = frozenset(
+    {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+asyncpg"}
+)
+_LOCATION = frozenset({"host", "port", "user", "password", "dbname"})
+# libpq parameters asyncpg (the read API's driver) reads from its DSN too.
+_ASYNCPG_DSN_PARAMS = frozenset(
+    {
+        "passfile",
+        "service",
+        "sslmode",
+        "sslnegotiation",
+        "sslcert",
+        "sslkey",
+        "sslpassword",
+        "sslrootcert",
+        "sslcrl",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+    }
+)
+# Startup parameters the server applies: asyncpg sends them as server_settings.
+_SERVER_SETTINGS_PARAMS = frozenset({"application_name", "options"})
+_SUPPORTED_PARAMS = (
+    _ASYNCPG_DSN_PARAMS | _SERVER_SETTINGS_PARAMS | {"connect_timeout", "fallback_application_name"}
+)
+_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+}
+
+
+class DatabaseUrlError(ValueError):
+    """A database URL we cannot use as given; the message never holds the password."""
 
 
 @dataclass(frozen=True)
@@ -23,51 +75,162 @@ class PgTarget:
     user: str
     password: str
     dbname: str
+    # The URL's other libpq parameters, sorted by name, passed on every connection.
+    params: tuple[tuple[str, str], ...] = field(default=())
 
     @classmethod
-    def from_url(cls, url: str) -> PgTarget:
-        parsed = make_url(url)
-        host = parsed.host or str(parsed.query.get("host") or "") or "127.0.0.1"
+    def from_url(cls, url: str, *, variable: str = "DATABASE_URL") -> PgTarget:
+        """Parse a PostgreSQL URL; ``DatabaseUrlError`` names ``variable`` if it is unusable."""
+        try:
+            return cls.parse(url)
+        except DatabaseUrlError as exc:
+            raise DatabaseUrlError(f"{variable}: {exc}") from None
+
+    @classmethod
+    def parse(cls, url: str) -> PgTarget:
+        """Parse a PostgreSQL URL, or ``DatabaseUrlError`` saying what is wrong with it."""
+        scheme, separator, rest = url.strip().partition("://")
+        if not separator:
+            raise DatabaseUrlError(
+                "not a URL; expected postgresql://user:password@host:port/dbname?param=value"
+            )
+        if scheme.lower() not in _SCHEMES:
+            raise DatabaseUrlError(
+                f"scheme {scheme!r} is not PostgreSQL; use postgresql://"
+                if scheme
+                else "no scheme; use postgresql://"
+            )
+        libpq_url = f"postgresql://{rest}"
+        try:
+            parts = conninfo_to_dict(libpq_url)
+        except psycopg.ProgrammingError as exc:
+            # libpq quotes the URL it could not parse: never echo the password.
+            reason = str(exc).replace(libpq_url, "<the URL>").strip()
+            raise DatabaseUrlError(f"malformed URL: {reason}") from None
+        values = {name: str(value) for name, value in parts.items()}
+        host = values.pop("host", "") or "127.0.0.1"
+        port_text = values.pop("port", "") or "5432"
+        if "," in host or "," in port_text:
+            raise DatabaseUrlError("several hosts are not supported; name one")
+        if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+            raise DatabaseUrlError(f"port {port_text!r} is not a number from 1 to 65535")
+        unsupported = sorted(set(values) - _LOCATION - _SUPPORTED_PARAMS)
+        if unsupported:
+            raise DatabaseUrlError(
+                f"parameter {', '.join(unsupported)} is not supported (the read API's "
+                f"driver, asyncpg, cannot honour it); supported: "
+                f"{', '.join(sorted(_SUPPORTED_PARAMS))}"
+            )
+        for name, choices in _CHOICES.items():
+            if name in values and values[name] not in choices:
+                raise DatabaseUrlError(
+                    f"{name}={values[name]!r} is not one of {', '.join(choices)}"
+                )
+        timeout = values.get("connect_timeout")
+        if timeout is not None and not (timeout.isascii() and timeout.isdigit()):
+            raise DatabaseUrlError(f"connect_timeout={timeout!r} is not a whole number of seconds")
         return cls(
             host=host,
-            port=int(parsed.port or parsed.query.get("port") or 5432),  # type: ignore[arg-type]
-            user=parsed.username or "postgres",
-            password=parsed.password or "",
-            dbname=parsed.database or "postgres",
+            port=int(port_text),
+            user=values.pop("user", "") or "postgres",
+            password=values.pop("password", ""),
+            dbname=values.pop("dbname", "") or "postgres",
+            params=tuple(sorted(values.items())),
         )
 
     def with_dbname(self, dbname: str) -> PgTarget:
         return replace(self, dbname=dbname)
 
-    def sqlalchemy_url(self, driver: str) -> URL:
-        """A SQLAlchemy URL; socket directories travel as the ``host`` query arg."""
+    def libpq_params(self) -> dict[str, str]:
+        """The URL's libpq parameters beyond where the server is and who we are."""
+        return dict(self.params)
+
+    def sqlalchemy_url(self) -> URL:
+        """A SQLAlchemy URL for psycopg (Alembic); the parameters travel in its query.
+
+        Not for asyncpg, which takes libpq parameters differently: ``create_engine``.
+        """
+        query = self.libpq_params()
         if self.host.startswith("/"):
+            # Socket directories travel as the ``host`` query arg.
+            query |= {"host": self.host, "port": str(self.port)}
             return URL.create(
-                f"postgresql+{driver}",
+                "postgresql+psycopg",
                 username=self.user,
                 password=self.password or None,
                 database=self.dbname,
-                query={"host": self.host, "port": str(self.port)},
+                query=query,
             )
         return URL.create(
-            f"postgresql+{driver}",
+            "postgresql+psycopg",
             username=self.user,
             password=self.password or None,
             host=self.host,
             port=self.port,
             database=self.dbname,
+            query=query,
         )
 
-    def conninfo(self) -> str:
-        """A libpq connection string for psycopg."""
+    def url(self) -> str:
+        """The libpq URL of this target, password included (for child processes)."""
+        return (
+            self.sqlalchemy_url()
+            .render_as_string(hide_password=False)
+            .replace("postgresql+psycopg://", "postgresql://", 1)
+        )
+
+    def conninfo(self, **defaults: Any) -> str:
+        """A libpq connection string for psycopg.
+
+        ``defaults`` (e.g. ``connect_timeout``) apply unless the URL set the
+        same parameter. A default ``application_name`` becomes libpq's
+        ``fallback_application_name``: the URL's own name, if any, wins.
+        """
+        if "application_name" in defaults:
+            defaults["fallback_application_name"] = defaults.pop("application_name")
         parts = {
+            **{name: str(value) for name, value in defaults.items()},
+            **self.libpq_params(),
             "host": self.host,
             "port": str(self.port),
             "user": self.user,
             "dbname": self.dbname,
             "password": self.password,
         }
-        return " ".join(f"{k}='{_escape(v)}'" for k, v in parts.items())
+        return make_conninfo(**parts)
+
+    def asyncpg_connect_args(self) -> dict[str, Any]:
+        """``asyncpg.connect`` keyword arguments carrying every libpq parameter.
+
+        asyncpg reads the SSL and session-target parameters from a DSN as libpq
+        does (``sslmode`` included: ``require`` never falls back to plain
+        text); ``application_name``/``options`` are startup parameters, which
+        asyncpg sends as ``server_settings``; ``connect_timeout`` is its
+        ``timeout``.
+        """
+        params = self.libpq_params()
+        if self.host.startswith("/"):
+            # A socket directory cannot sit in the netloc: asyncpg takes it as a query arg.
+            netloc, query = "", {"host": self.host, "port": str(self.port)}
+        else:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            netloc, query = f"{host}:{self.port}", {}
+        query |= {name: value for name, value in params.items() if name in _ASYNCPG_DSN_PARAMS}
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        dsn = f"postgresql://{auth}@{netloc}/{quote(self.dbname, safe='')}"
+        if query:
+            dsn += "?" + urlencode(query)
+        server_settings = {k: v for k, v in params.items() if k in _SERVER_SETTINGS_PARAMS}
+        if "application_name" not in server_settings and "fallback_application_name" in params:
+            server_settings["application_name"] = params["fallback_application_name"]
+        args: dict[str, Any] = {"dsn": dsn, "server_settings": server_settings}
+        if "connect_timeout" in params:
+            # libpq: 0 means wait forever; asyncpg wants a number of seconds.
+            timeout = int(params["connect_timeout"])
+            args["timeout"] = timeout if timeout > 0 else None
+        return args
 
     def display(self) -> str:
         """Where we connect, without the password, for logs."""
@@ -77,12 +240,13 @@ class PgTarget:
         return f"postgresql://{user}@{self.host}:{self.port}/{self.dbname}"
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
 def create_engine(
-    target: PgTarget, *, pool_size: int = 10, statement_timeout_ms: int | None = None
+    target: PgTarget,
+    *,
+    pool_size: int = 10,
+    max_overflow: int | None = None,
+    server_settings: Mapping[str, str] | None = None,
+    statement_timeout_ms: int | None = None,
 ) -> AsyncEngine:
     """The async engine (asyncpg) for queries outside the event store.
 
@@ -90,19 +254,25 @@ def create_engine(
     (PostgreSQL cancels it past that, SQLSTATE 57014): the read API's queries
     are all meant to be short, so none may run on after its answer is due.
     """
+    connect_args = target.asyncpg_connect_args()
     # Queries here are short and latency-bound: JIT compilation (kicked off
-    # by the planner's row estimates for JSONB expansions) can cost more than
-    # the query itself.
-    server_settings = {"jit": "off"}
+    # by the planner's row estimates for JSONB expansions) can cost more
+    # than the query itself.
+    connect_args["server_settings"] = {
+        "jit": "off",
+        **connect_args["server_settings"],
+        **(server_settings or {}),
+    }
     if statement_timeout_ms is not None:
-        server_settings["statement_timeout"] = str(statement_timeout_ms)
+        connect_args["server_settings"]["statement_timeout"] = str(statement_timeout_ms)
     return create_async_engine(
-        target.sqlalchemy_url("asyncpg"),
+        # Everything travels in connect_args (the DSN): the URL only names the driver.
+        "postgresql+asyncpg://",
+        connect_args=connect_args,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=False,
         pool_recycle=3600,
-        connect_args={"server_settings": server_settings},
         # Not json.loads: jsonb prints 1e20 as an integer numeral, which must
         # read back as a number the answers' encoder (orjson) can write.
         json_deserializer=jsonb_loads,

@@ -23,9 +23,10 @@ from eventsourcing.persistence import (
     OperationalError,
     StoredEvent,
 )
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.utils import retry
 from psycopg import ClientCursor
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import ExecStatus
 from psycopg.sql import SQL, Composable, Identifier, Literal
 
@@ -237,6 +238,28 @@ def decode_event(
     )
 
 
+# Our key in eventsourcing's environment: the URL's libpq parameters, as a conninfo string.
+LIBPQ_PARAMS = "POSTGRES_LIBPQ_PARAMS"
+
+
+class EventStoreFactory(PostgresFactory):
+    """eventsourcing's PostgreSQL factory, with every libpq parameter of the URL.
+
+    The library's datastore passes only dbname, host, port, user and password
+    to its pool; ``sslmode``, ``application_name`` and the rest would be
+    dropped. Its pool opens lazily, so adding them to the pool's connection
+    keyword arguments here reaches every connection it ever makes.
+    """
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        params = conninfo_to_dict(self.env.get(LIBPQ_PARAMS) or "")
+        params.setdefault("fallback_application_name", "reporunner-eventstore")
+        kwargs = self.datastore.pool.kwargs
+        assert isinstance(kwargs, dict)
+        kwargs.update(params)
+
+
 def eventsourcing_env(target: PgTarget, settings: Settings) -> dict[str, str]:
     """The environment eventsourcing's PostgreSQL factory reads.
 
@@ -245,7 +268,7 @@ def eventsourcing_env(target: PgTarget, settings: Settings) -> dict[str, str]:
     lets tailing readers miss events.
     """
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": f"{EventStoreFactory.__module__}:EventStoreFactory",
         "APPLICATION_RECORDER_TOPIC": f"{EventStoreRecorder.__module__}:EventStoreRecorder",
         "CREATE_TABLE": "n",
         "POSTGRES_DBNAME": target.dbname,
@@ -253,6 +276,7 @@ def eventsourcing_env(target: PgTarget, settings: Settings) -> dict[str, str]:
         "POSTGRES_PORT": str(target.port),
         "POSTGRES_USER": target.user,
         "POSTGRES_PASSWORD": target.password,
+        LIBPQ_PARAMS: make_conninfo(**target.libpq_params()),
         "POSTGRES_SCHEMA": "public",
         "POSTGRES_POOL_SIZE": str(settings.db_pool_size),
         "POSTGRES_MAX_OVERFLOW": str(settings.db_max_overflow),

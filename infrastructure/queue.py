@@ -132,7 +132,7 @@ class ExecutionQueue:
     def listening(self) -> Iterator[psycopg.Connection[object]]:
         """A dedicated connection LISTENing for enqueues; ``wait`` on it."""
         conn = psycopg.connect(
-            self.target.conninfo(), autocommit=True, application_name="reporunner-worker"
+            self.target.conninfo(application_name="reporunner-worker"), autocommit=True
         )
         try:
             conn.execute(f"LISTEN {CHANNEL}")

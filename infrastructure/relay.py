@@ -167,10 +167,10 @@ class Relay:
 
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(
-            self.target.conninfo(),
+            self.target.conninfo(
+                connect_timeout=5, application_name=f"reporunner-relay:{self.name}"
+            ),
             autocommit=True,
-            connect_timeout=5,
-            application_name=f"reporunner-relay:{self.name}",
         )
 
     def ensure_tracking(self, conn: psycopg.Connection[Any]) -> None:

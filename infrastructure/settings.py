@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infrastructure.database import PgTarget
+
 # What ``serve`` can run in one process (``--only`` picks one).
 ROLES = ("write-api", "read-api", "projections", "worker", "relay")
 
@@ -95,6 +97,16 @@ class Settings(BaseSettings):
     query_max_results: int = Field(default=10_000, ge=1)
     query_max_result_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     pipelines_per_org: int = Field(default=4, ge=1, le=1_000)
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_database_url(cls, url: str | None) -> str | None:
+        # Refused here, at start, like every other bad setting: a URL whose
+        # parameters would be dropped or misread must never be connected to.
+        if not url:
+            return None  # set but empty, as in many compose files: unset
+        PgTarget.parse(url)
+        return url
 
     @field_validator("roles")
     @classmethod

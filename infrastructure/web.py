@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.errors import WorkflowDeleted, WorkflowInvalid
@@ -161,6 +162,8 @@ def install_error_handlers(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            return respond(request, _method_not_allowed(request))
         return respond(request, Problem(exc.status_code, str(exc.detail), headers=exc.headers))
 
     @app.exception_handler(WorkflowInvalid)
@@ -186,6 +189,35 @@ def install_error_handlers(
             return respond(request, to_problem(exc))
 
         app.add_exception_handler(exc_type, _mapped)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _method_not_allowed(request: Request) -> Problem:
+    """405 naming every method the path takes, across all the routers that serve it.
+
+    Starlette's own ``Allow`` names only the first route whose path matched,
+    and one path may be served by several (``GET /v1/workflows`` by the read
+    API, ``POST`` by the write API): ask every route about every method.
+    ``OPTIONS`` is answered the same way (no CORS preflight here).
+    """
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    allow = ", ".join(allowed)
+    return Problem(
+        405,
+        f"{request.method} is not allowed on {request.url.path}; allowed: {allow}",
+        type_=problem_type("method-not-allowed"),
+        headers={"Allow": allow},
+        allowed_methods=allowed,
+    )
 
 
 def _unexpected_problem(exc: Exception) -> Problem:

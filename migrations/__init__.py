@@ -41,7 +41,7 @@ def current_revision(target: PgTarget) -> str | None:
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
 
-    engine = create_engine(target.sqlalchemy_url("psycopg"))
+    engine = create_engine(target.sqlalchemy_url())
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()

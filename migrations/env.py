@@ -13,7 +13,7 @@ _MIGRATION_LOCK_ID = 727_001
 
 def run_migrations_online() -> None:
     target: PgTarget = context.config.attributes["pg_target"]
-    engine = create_engine(target.sqlalchemy_url("psycopg"))
+    engine = create_engine(target.sqlalchemy_url())
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})

@@ -95,10 +95,8 @@ def _connect(
     target: PgTarget, purpose: str, *, autocommit: bool = False
 ) -> psycopg.Connection[Any]:
     return psycopg.connect(
-        target.conninfo(),
+        target.conninfo(connect_timeout=5, application_name=f"reporunner-audit:{purpose}"),
         autocommit=autocommit,
-        connect_timeout=5,
-        application_name=f"reporunner-audit:{purpose}",
         # Text (the topic) arrives in the client encoding: the canonical bytes are UTF-8.
         client_encoding="UTF8",
     )

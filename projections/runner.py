@@ -112,10 +112,11 @@ class Projector:
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         conn = psycopg.connect(
-            self.target.conninfo(),
+            self.target.conninfo(
+                connect_timeout=5,
+                application_name=f"reporunner-projector:{self.projection.name}",
+            ),
             autocommit=autocommit,
-            connect_timeout=5,
-            application_name=f"reporunner-projector:{self.projection.name}",
         )
         # Documents cross as jsonb on every batch: orjson both ways.
         set_json_loads(orjson.loads, conn)

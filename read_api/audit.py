@@ -28,9 +28,9 @@ _verifying = threading.Lock()
 
 
 def _target(request: Request) -> PgTarget:
-    """The database the service runs on, as the async engine was given it."""
-    url = request.app.state.engine.url.render_as_string(hide_password=False)
-    return PgTarget.from_url(url)
+    """The database the service runs on."""
+    target: PgTarget = request.app.state.pg_target
+    return target
 
 
 @router.get(

@@ -12,13 +12,11 @@ executions projection for read-your-writes (``X-Min-Position``).
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -39,12 +37,11 @@ from projections.executions import (
 from projections.filters import compile_filter
 from projections.store import collection_table
 from read_api.bounded import until_disconnected
+from read_api.params import CursorKey, decode_cursor, encode_cursor, parse_instant
 from read_api.queries import (
-    BadQuery,
     Page,
     get_document,
     list_documents,
-    parse_instant,
     parse_sort,
 )
 from read_api.routes import (
@@ -209,7 +206,7 @@ async def workflow_executions_page(
         "limit": limit + 1,
     }
     if cursor is not None:
-        params["c_created"], params["c_id"] = _decode_cursor(cursor)
+        (params["c_created"],), params["c_id"] = decode_cursor(cursor, [CursorKey.INSTANT])
         # The first term bounds the index range; the second is the keyset's tie-break.
         where += ["created <= :c_created", "(created < :c_created OR _id > :c_id)"]
     query = (
@@ -219,26 +216,11 @@ async def workflow_executions_page(
     async with engine.connect() as conn:
         rows = (await conn.execute(text(query), params)).all()
     next_cursor = (
-        _encode_cursor(rows[limit - 1].created, rows[limit - 1]._id) if len(rows) > limit else None
+        encode_cursor([rows[limit - 1].created.isoformat(), rows[limit - 1]._id])
+        if len(rows) > limit
+        else None
     )
     return Page(items=[row.data for row in rows[:limit]], next_cursor=next_cursor)
-
-
-def _encode_cursor(created: datetime, doc_id: str) -> str:
-    raw = orjson.dumps([created.isoformat(), doc_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    invalid = BadQuery("invalid cursor: pass next_cursor from the previous page unchanged")
-    try:
-        created, doc_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        at = datetime.fromisoformat(created)
-    except (ValueError, TypeError):  # not base64, not JSON, not a pair, not a time
-        raise invalid from None
-    if at.tzinfo is None or not isinstance(doc_id, str):
-        raise invalid
-    return at, doc_id
 
 
 # -- the dashboard summary -------------------------------------------------------------

@@ -20,7 +20,7 @@ from infrastructure.auth import Permission
 from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
-from read_api.queries import parse_instant
+from read_api.params import MAX_POSITION, parse_instant, parse_position, parse_text
 
 router = APIRouter(prefix="/v1", tags=["history"])
 
@@ -38,16 +38,6 @@ def _page(entries: list[HistoryEntry], limit: int, cursor_of: Any) -> Response:
     return Response(dumps_answer(body), media_type="application/json")
 
 
-def _cursor(raw: str | None, name: str = "cursor") -> int:
-    if raw is None:
-        return 0
-    if not raw.isdigit() or len(raw) > 18:
-        raise Problem(
-            400, f"{name} must be a next_cursor this API returned", type_=problem_type("bad-cursor")
-        )
-    return int(raw)
-
-
 @router.get(
     "/workflows/{workflow_id}/history",
     summary="Every event of a workflow, with a JSON Patch of what each changed",
@@ -57,7 +47,7 @@ async def workflow_history(
     workflow_id: UUID, request: Request, limit: Limit = 100, cursor: str | None = None
 ) -> Response:
     principal = await authorize(request, Permission.READ_WORKFLOWS)
-    after = _cursor(cursor)
+    after = 0 if cursor is None else parse_position("cursor", cursor)
     entries = await run_in_threadpool(
         _history(request).workflow_history, workflow_id, principal.org_id, after, limit
     )
@@ -71,7 +61,7 @@ async def workflow_history(
 )
 async def audit_events(
     request: Request,
-    after_position: Annotated[int, Query(ge=0)] = 0,
+    after_position: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
     limit: Limit = 100,
     type: Annotated[str | None, Query(description="e.g. Workflow.Updated")] = None,
     actor: str | None = None,
@@ -85,8 +75,8 @@ async def audit_events(
             principal.org_id,
             after_position=after_position,
             limit=limit,
-            type_=type,
-            actor=actor,
+            type_=None if type is None else parse_text("type", type),
+            actor=None if actor is None else parse_text("actor", actor),
             aggregate_id=aggregate_id,
             since=parse_instant("since", since) if since else None,
             until=parse_instant("until", until) if until else None,

@@ -7,7 +7,6 @@ the client's filter says. Values always travel as bind parameters.
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import time
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from infrastructure.problems import Problem, problem_type
 from projections.filters import compile_filter
 from projections.store import collection_table
+from read_api.params import CursorKey, decode_cursor, encode_cursor
 
 MAX_LIMIT = 500
 _PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
@@ -50,18 +49,17 @@ class SortKey:
         kind = "timestamptz" if self.path in _COLUMN_SORTS else "jsonb"
         return f"CAST(:{name} AS {kind})"
 
+    @property
+    def cursor_key(self) -> CursorKey:
+        return CursorKey.INSTANT if self.path in _COLUMN_SORTS else CursorKey.JSON
+
     def cursor_value(self, value: Any) -> Any:
         """A key value as the cursor stores it (JSON)."""
         return value.isoformat() if isinstance(value, datetime) else value
 
     def bind(self, value: Any) -> Any:
-        """A cursor value as the query binds it."""
-        if self.path in _COLUMN_SORTS:
-            try:
-                return datetime.fromisoformat(value)
-            except (TypeError, ValueError):
-                raise BadQuery("invalid cursor: pass next_cursor unchanged") from None
-        return orjson.dumps(value).decode()
+        """A decoded cursor value as the query binds it."""
+        return value if self.cursor_key is CursorKey.INSTANT else orjson.dumps(value).decode()
 
 
 def parse_sort(sort: str | None, default: str) -> list[SortKey]:
@@ -76,22 +74,6 @@ def parse_sort(sort: str | None, default: str) -> list[SortKey]:
     if len(keys) > 4:
         raise BadQuery("sort on at most 4 fields")
     return keys
-
-
-def _encode_cursor(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, width: int) -> list[Any]:
-    try:
-        values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, orjson.JSONDecodeError):
-        raise BadQuery(
-            "invalid cursor: pass next_cursor from the previous page unchanged"
-        ) from None
-    if not isinstance(values, list) or len(values) != width + 1 or not isinstance(values[-1], str):
-        raise BadQuery("invalid cursor: pass next_cursor from the previous page unchanged")
-    return values
 
 
 def _mentions(filter_: Any, field: str) -> bool:
@@ -127,7 +109,7 @@ async def list_documents(
         where.append("NOT (data @> '{\"deleted\": true}')")
     expressions = [key.expression() for key in sort]
     if cursor is not None:
-        values = _decode_cursor(cursor, len(sort))
+        values, last_id = decode_cursor(cursor, [key.cursor_key for key in sort])
         # (k1 > v1) OR (k1 = v1 AND k2 < v2) OR ... OR (all equal AND _id > last_id)
         alternatives = []
         for i, key in enumerate([*sort, SortKey("_id", False)]):
@@ -141,9 +123,9 @@ async def list_documents(
                 terms.append("_id > :c_id")
             alternatives.append("(" + " AND ".join(terms) + ")")
         where.append("(" + " OR ".join(alternatives) + ")")
-        for i, (key, value) in enumerate(zip(sort, values[:-1], strict=True)):
+        for i, (key, value) in enumerate(zip(sort, values, strict=True)):
             params[f"c{i}"] = key.bind(value)
-        params["c_id"] = values[-1]
+        params["c_id"] = last_id
     order = ", ".join(
         f"{expression} {'DESC' if key.descending else 'ASC'}"
         for key, expression in zip(sort, expressions, strict=True)
@@ -161,7 +143,7 @@ async def list_documents(
     if more and rows:
         last = rows[-1]
         keys = [key.cursor_value(last[2 + i]) for i, key in enumerate(sort)]
-        next_cursor = _encode_cursor([*keys, last[0]])
+        next_cursor = encode_cursor([*keys, last[0]])
     return Page(items=[row[1] for row in rows], next_cursor=next_cursor)
 
 
@@ -208,22 +190,3 @@ async def wait_for_position(
             return False, position
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.1)
-
-
-def parse_instant(name: str, raw: str) -> datetime:
-    """An ISO 8601 instant with an offset from a query parameter; else a 400 naming ``name``."""
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        hint = " (send '+' in a query string as %2B)" if " " in raw else ""
-        raise Problem(
-            400,
-            f"{name} must be an ISO 8601 time with an offset, e.g. 2026-01-31T00:00:00Z, "
-            f"not {raw!r}{hint}",
-            type_=problem_type("bad-time"),
-        ) from None
-    if value.tzinfo is None:
-        raise Problem(
-            400, f"{name} needs an offset (Z or +HH:MM): {raw!r}", type_=problem_type("bad-time")
-        )
-    return value

@@ -22,6 +22,7 @@ from infrastructure.web import authorize
 from projections.workflows import VERSIONS, WORKFLOWS
 from read_api.bounded import until_disconnected
 from read_api.history import workflow_then
+from read_api.params import MAX_POSITION, parse_position
 from read_api.queries import (
     MAX_LIMIT,
     BadQuery,
@@ -52,7 +53,9 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page.")]
-MinPosition = Annotated[int | None, Query(ge=0, description="Same as X-Min-Position.")]
+MinPosition = Annotated[
+    int | None, Query(ge=0, le=MAX_POSITION, description="Same as X-Min-Position.")
+]
 
 
 async def _reader(request: Request) -> Principal:
@@ -67,13 +70,7 @@ async def _views_position(
     raw = request.headers.get("x-min-position")
     wanted = min_position
     if raw is not None:
-        if not raw.strip().isdigit():
-            raise Problem(
-                400,
-                f"X-Min-Position must be a log position (an integer >= 0), not {raw!r}",
-                type_=problem_type("bad-min-position"),
-            )
-        wanted = int(raw)
+        wanted = parse_position("X-Min-Position", raw)
     if wanted is None:
         return await projection_position(engine, views)
     reached, position = await wait_for_position(
@@ -161,7 +158,9 @@ async def get_workflow(
     min_position: MinPosition = None,
     version: Annotated[
         int | None,
-        Query(ge=1, description="As this version (revision) made it (from the log)."),
+        Query(
+            ge=1, le=MAX_POSITION, description="As this version (revision) made it (from the log)."
+        ),
     ] = None,
     as_of: Annotated[
         str | None, Query(description="As it was at this ISO 8601 instant (from the log).")

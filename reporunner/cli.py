@@ -9,6 +9,8 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Any
 
+import psycopg
+import sqlalchemy.exc
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -211,6 +213,12 @@ def main() -> None:
         # Only settings are validated outside a command's own handling.
         console.print(f"[red]error:[/red] invalid configuration:\n{_configuration_errors(exc)}")
         raise SystemExit(2) from None
+    except (psycopg.OperationalError, sqlalchemy.exc.OperationalError, ConnectionError) as exc:
+        # The server is unreachable or refused us (e.g. sslmode=require and no SSL):
+        # libpq's reason, not a traceback through the migration machinery.
+        reason = exc.orig if isinstance(exc, sqlalchemy.exc.OperationalError) else exc
+        console.print(f"[red]error:[/red] cannot connect to PostgreSQL: {reason}", highlight=False)
+        raise SystemExit(1) from None
 
 
 def _configuration_errors(exc: ValidationError) -> str:
@@ -219,7 +227,7 @@ def _configuration_errors(exc: ValidationError) -> str:
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else ""
         name = field if field.isupper() else f"REPORUNNER_{field.upper()}"
-        lines.append(f"  {name}: {error['msg']}")
+        lines.append(f"  {name}: {error['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

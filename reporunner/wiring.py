@@ -160,6 +160,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             statement_timeout_ms=settings.query_timeout_ms,
         )
         app.state.engine = engine
+        app.state.pg_target = target
         app.state.settings = settings
         app.state.pipeline_slots = OrgSlots(settings.pipelines_per_org, "pipelines")
         app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)

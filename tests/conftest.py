@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings
 import migrations
 from commands import WorkflowApplication, WorkflowCommands
 from infrastructure.auth import ApiKeyStore, Role
-from infrastructure.database import PgTarget, create_engine
+from infrastructure.database import DatabaseUrlError, PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.logs import configure_logging
 from infrastructure.settings import Settings
@@ -41,11 +41,26 @@ settings.register_profile(
 settings.load_profile("reporunner")
 
 
+def _test_database_target() -> PgTarget | None:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        return None
+    try:
+        return PgTarget.from_url(url, variable="TEST_DATABASE_URL")
+    except DatabaseUrlError as exc:
+        pytest.exit(str(exc), returncode=2)
+
+
+def pytest_configure() -> None:
+    # Before any test: a bad URL stops the run at once, naming the variable.
+    _test_database_target()
+
+
 @pytest.fixture(scope="session")
 def server_target() -> PgTarget:
-    url = os.environ.get("TEST_DATABASE_URL")
-    if url:
-        return PgTarget.from_url(url)
+    target = _test_database_target()
+    if target is not None:
+        return target
     # Not under pytest's basetemp: a concurrent pytest run prunes old
     # basetemps, which would pull the data directory from under the server.
     data_dir = Path(tempfile.mkdtemp(prefix="reporunner-test-pg-"))

@@ -31,7 +31,7 @@ from infrastructure.web import authorize
 
 router = APIRouter(prefix="/v1", tags=["workflows"])
 
-_IF_MATCH = re.compile(r'^"?(\d{1,18})"?$')
+_IF_MATCH = re.compile(r'^"?([0-9]{1,18})"?$')
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 _COMMAND_RESPONSE: dict[str, Any] = {

@@ -361,11 +361,7 @@ def test_a_checkpoint_forged_without_the_key_is_found(
 
 
 def _url(target: PgTarget) -> str:
-    return (
-        target.sqlalchemy_url("psycopg")
-        .render_as_string(hide_password=False)
-        .replace("postgresql+psycopg", "postgresql")
-    )
+    return target.url()
 
 
 def _audit_cli(target: PgTarget, *args: str) -> subprocess.CompletedProcess[str]:
@@ -536,6 +532,7 @@ def test_the_verify_endpoint_is_for_owners_and_auditors(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(db_target, pool_size=1)
         app.state.engine = engine
+        app.state.pg_target = db_target
         app.state.settings = Settings(database_url=None, audit_key=KEY)
         app.state.api_keys = ApiKeyStore(engine)
         yield

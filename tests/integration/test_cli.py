@@ -20,11 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _url(target: PgTarget) -> str:
-    return (
-        target.sqlalchemy_url("psycopg")
-        .render_as_string(hide_password=False)
-        .replace("postgresql+psycopg", "postgresql")
-    )
+    return target.url()
 
 
 def _cli(target: PgTarget, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from infrastructure.database import PgTarget
+from infrastructure.database import PgTarget, create_engine
 from projections.filters import compile_filter, iso_instant, translate_regex
 from projections.reference import matches
 
@@ -32,9 +32,7 @@ class Scratch:
     def __init__(self, target: PgTarget) -> None:
         self.table = f"filter_scratch_{uuid.uuid4().hex[:10]}"
         self.runner = asyncio.Runner()
-        self.engine = create_async_engine(
-            target.sqlalchemy_url("asyncpg"), pool_size=1, max_overflow=0
-        )
+        self.engine = create_engine(target, pool_size=1, max_overflow=0)
         self.sql(
             f"CREATE TABLE {self.table} (_id text PRIMARY KEY, org_id text NOT NULL, "
             "data jsonb NOT NULL, _version bigint NOT NULL, _position bigint NOT NULL, "

@@ -14,9 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from infrastructure.database import PgTarget
+from infrastructure.database import PgTarget, create_engine
 from projections.errors import QueryError
 from projections.pipeline import MAX_STAGES, compile_pipeline
 from projections.reference_pipeline import compare_sort_values, run_pipeline
@@ -28,7 +27,7 @@ class Table:
     def __init__(self, target: PgTarget) -> None:
         self.name = f"pipeline_docs_{uuid.uuid4().hex[:8]}"
         self.loop = asyncio.new_event_loop()
-        self.engine = create_async_engine(target.sqlalchemy_url("asyncpg"), pool_size=1)
+        self.engine = create_engine(target, pool_size=1)
         self.run(
             f"CREATE TABLE {self.name} (_id text PRIMARY KEY, ord int NOT NULL, "
             "org_id text NOT NULL, data jsonb NOT NULL)"
