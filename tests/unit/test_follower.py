@@ -65,7 +65,6 @@ class ListFollower(Follower):
         return self.position
 
 
-
 def _run(follower: ListFollower, batch_size: int = 10, attempts: int = 3) -> list[float]:
     waits: list[float] = []
     loop = FollowerLoop(follower, batch_size=batch_size, policy=RetryPolicy(attempts, 0.1, 0.4))
