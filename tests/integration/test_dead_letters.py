@@ -34,6 +34,7 @@ import uvicorn
 
 import migrations
 from commands import WorkflowApplication
+from domain.execution import Execution
 from domain.meta import EventMeta
 from domain.workflow import Workflow
 from infrastructure.auth import ApiKeyStore, Role
@@ -356,6 +357,45 @@ def test_a_state_that_does_not_decode_is_dead_lettered_by_the_relay_which_goes_o
     retried = _cli(db_target, "projections", "dead-letters", "retry", "--follower", RELAY_NAME)
     assert retried.returncode == 1
     assert "cannot retry" in retried.stderr
+
+
+def test_an_execution_input_no_view_can_hold_stops_no_other_organisations_executions(
+    client: httpx.Client,
+    db_target: PgTarget,
+    workflow_app: WorkflowApplication,
+    orgs: tuple[str, dict[str, str], str, dict[str, str]],
+) -> None:
+    x, x_auth, _, y_auth = orgs
+    workflow = _create(client, x_auth, "runs")
+    execution = Execution.create(
+        execution_id=uuid.uuid4(),
+        workflow_id=UUID(workflow["id"]),
+        workflow_version=1,
+        mode="async",
+        input={"n": PLANTED},
+        meta=_meta(x),
+    )
+    [event] = execution.collect_events()
+    planted = _plant(db_target, workflow_app, event, _with_big_int(workflow_app, event))
+
+    theirs = _create(client, y_auth, "theirs")
+    run = client.post(
+        f"/v1/workflows/{theirs['id']}/executions",
+        json={"input": {"a": 1}, "mode": "sync"},
+        headers=y_auth,
+    )
+    assert run.status_code == 200, run.text
+    got = _read(
+        client, y_auth, f"/v1/executions/{run.json()['execution_id']}", run.json()["position"]
+    )
+    assert got.status_code == 200, got.text
+    assert got.json()["status"] == "succeeded"
+    [letter] = [x for x in _letters(db_target, "executions") if x.position == planted]
+    assert letter.event == "Execution.Queued" and letter.org_id == x
+    assert (
+        _read(client, x_auth, f"/v1/executions/{execution.id}", run.json()["position"]).status_code
+        == 404
+    )
 
 
 def test_a_document_that_misses_an_event_says_so_and_a_rebuild_marks_it_the_same(
