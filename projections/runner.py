@@ -316,7 +316,9 @@ class Projector(Follower):
         keeps the events before applied, and is marked stale at that event.
         """
         chains: dict[UUID, list[DeadLetter]] = {}
-        for letter in list_letters(conn, follower=self.name):
+        with conn.transaction():  # not left open: each aggregate's retry commits on its own
+            waiting = list_letters(conn, follower=self.name)
+        for letter in waiting:
             chains.setdefault(letter.originator_id, []).append(letter)
         wanted = {letter.originator_id for letter in letters}
         outcome = RetryOutcome()

@@ -91,6 +91,9 @@ def service_settings(app_settings: Settings) -> Settings:
             "projection_poll_s": 0.1,
             "follower_retry_attempts": 2,
             "min_position_wait_s": 10,
+            # A small footprint: the PostgreSQL server is shared.
+            "db_pool_size": 2,
+            "db_max_overflow": 2,
         }
     )
 
@@ -357,6 +360,44 @@ def test_a_state_that_does_not_decode_is_dead_lettered_by_the_relay_which_goes_o
     retried = _cli(db_target, "projections", "dead-letters", "retry", "--follower", RELAY_NAME)
     assert retried.returncode == 1
     assert "cannot retry" in retried.stderr
+
+
+def test_an_ending_the_runs_recorder_cannot_place_is_recorded_once_what_was_missing_exists(
+    client: httpx.Client,
+    db_target: PgTarget,
+    workflow_app: WorkflowApplication,
+    orgs: tuple[str, dict[str, str], str, dict[str, str]],
+) -> None:
+    x, x_auth, _, _ = orgs
+    workflow = _create(client, x_auth, "ran")
+    execution = Execution.create(
+        execution_id=uuid.uuid4(),
+        workflow_id=UUID(workflow["id"]),
+        workflow_version=1,
+        mode="async",
+        input={},
+        meta=_meta(x),
+    )
+    execution.start(worker_id="planted", meta=_meta(x))
+    execution.succeed(output={}, output_truncated=False, meta=_meta(x))
+    queued, _, succeeded = execution.collect_events()
+    # The ending arrives without the execution's first event (which names its workflow).
+    ending = _plant(
+        db_target, workflow_app, succeeded, workflow_app.mapper.to_stored_event(succeeded).state
+    )
+    after = _create(client, x_auth, "after")
+    _wait_for(lambda: _tracking(db_target, "workflow-runs") >= after["position"], "the recorder")
+    [letter] = [x for x in _letters(db_target, "workflow-runs") if x.position == ending]
+    assert letter.event == "Execution.Succeeded" and "KeyError" in letter.error
+
+    # What was missing is there now: the retry records the run in the workflow's history.
+    _plant(db_target, workflow_app, queued, workflow_app.mapper.to_stored_event(queued).state)
+    retried = _cli(db_target, "projections", "dead-letters", "retry", "--id", str(letter.id))
+    assert retried.returncode == 0, retried.stderr
+    [done] = [x for x in _letters(db_target, "workflow-runs") if x.id == letter.id]
+    assert done.resolution == "retried"
+    recorded = workflow_app.repository.get(UUID(workflow["id"]))
+    assert isinstance(recorded, Workflow) and recorded.runs == 1
 
 
 def test_an_execution_input_no_view_can_hold_stops_no_other_organisations_executions(
