@@ -66,7 +66,10 @@ class EventRef:
     def of_row(cls, row: LogRow) -> EventRef:
         position, originator_id, version, topic, state = row
         # The stdlib decoder: the organisation of any state JSON at all, big numbers included.
-        return cls(position, originator_id, version, topic, event_org(decode_state(bytes(state))))
+        org_id = event_org(decode_state(bytes(state)))
+        return cls(
+            position, originator_id, version, topic, None if org_id is None else storable(org_id)
+        )
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,13 @@ def event_name(topic: str) -> str:
 
 def describe(exc: BaseException) -> str:
     """An error as a dead letter (and a stale marker) keeps it: type and message."""
-    return f"{type(exc).__name__}: {str(exc).strip()}"[:2000]
+    return storable(f"{type(exc).__name__}: {str(exc).strip()}"[:2000])
+
+
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL text and jsonb take it (an error may quote the bad value):
+    no NUL, no lone surrogate. Recording a dead letter must not fail on content."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def stale_marker(position: int, topic: str, error: str) -> dict[str, Any]:

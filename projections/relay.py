@@ -354,7 +354,7 @@ class Relay(Follower):
 
     def _failing(self, error: str) -> None:
         since = self._status.failing_since or datetime.now(UTC)
-        self._set(active=False, last_error=error, failing_since=since)
+        self._set(last_error=error, failing_since=since)
 
     def _redis_down(self, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"

@@ -47,6 +47,7 @@ from projections.dead_letters import (
     resolve,
     skip_next,
     stale_marker,
+    storable,
 )
 from projections.follower import Follower, FollowerLoop, RetryPolicy, connect
 from projections.store import DocumentCache, ViewBatch, collection_table
@@ -266,7 +267,7 @@ class Projector(Follower):
                     event.originator_id,
                     event.originator_version,
                     get_topic(type(event)),
-                    (getattr(event, "meta", None) or {}).get("org_id"),
+                    _org_of(event),
                 ),
                 f"waits for the dead letter at position {blocker} (same aggregate)",
                 0,
@@ -382,6 +383,11 @@ def _unmark(view: ViewBatch, collections: tuple[str, ...], doc_id: str) -> None:
         if document is not None and STALE in document.data:
             data = {k: v for k, v in document.data.items() if k != STALE}
             view.put(collection, dataclasses.replace(document, data=data))
+
+
+def _org_of(event: Any) -> str | None:
+    org_id = (getattr(event, "meta", None) or {}).get("org_id")
+    return storable(org_id) if isinstance(org_id, str) else None
 
 
 class _Redirected(Follower):
