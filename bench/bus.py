@@ -34,8 +34,8 @@ from commands import CommandContext, CreateWorkflow, WorkflowCommands
 from infrastructure.bus import Consumer, Message, connect, events_stream
 from infrastructure.database import PgTarget
 from infrastructure.logs import configure_logging
-from infrastructure.relay import BusConfig, Relay, start_relay_in_thread
 from infrastructure.settings import Settings
+from projections.relay import BusConfig, Relay, start_relay_in_thread
 from tests.helpers import workflow_body
 
 

@@ -6,6 +6,10 @@ the workflow. Doing this here rather than in the same transaction as the
 execution's end keeps the hot path free of the workflow aggregate: runs of a
 much-used workflow would otherwise all contend for its next version.
 
+It is a follower of the log like the projections (``projections/follower.py``:
+one loop, retries, dead letters); an ending it cannot record (say, a state
+that does not decode) becomes a dead letter and the others go on.
+
 Exactly once: the batch's ``Executed`` events and the move of its tracking
 position commit in one transaction, and the move only succeeds from the
 position the batch was read at (``expect_row``), so two instances can never
@@ -14,13 +18,13 @@ both record the same batch, and a crash records all of it or none.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 from uuid import UUID
 
+import psycopg
 import structlog
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 from eventsourcing.utils import get_topic
 
 from commands.application import WorkflowApplication
@@ -32,7 +36,11 @@ from domain.execution import (
 )
 from domain.meta import EventMeta
 from domain.workflow import Workflow
+from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, SideStatement, decode_event
+from projections.dead_letters import DeadLetter, describe, skip_next
+from projections.follower import Follower, FollowerLoop
+from projections.follower import connect as follower_connection
 
 log = structlog.get_logger("reporunner.workflow_runs")
 
@@ -45,11 +53,30 @@ _ENDINGS = {
 }
 
 
-class WorkflowRunsRecorder:
-    def __init__(self, app: WorkflowApplication, batch_size: int = 500) -> None:
+class WorkflowRunsRecorder(Follower):
+    """A follower of the log (``projections/follower.py``): its loop, retries and
+    dead letters; here only what one batch does."""
+
+    name = NAME
+    lock_key = f"projection:{NAME}"
+    transient = (psycopg.OperationalError, OperationalError, InterfaceError)
+
+    def __init__(
+        self,
+        app: WorkflowApplication,
+        batch_size: int = 500,
+        *,
+        target: PgTarget | None = None,
+    ) -> None:
         self.app = app
         self.batch_size = batch_size
+        self.target = target
         self._ending_topics = {get_topic(cls): status for cls, status in _ENDINGS.items()}
+
+    def connect(self) -> psycopg.Connection[Any]:
+        if self.target is None:
+            raise RuntimeError("the workflow-runs recorder needs a PgTarget to run live")
+        return follower_connection(self.target, "reporunner-workflow-runs")
 
     def ensure_tracking(self) -> None:
         with self.app.event_store.datastore.get_connection() as conn:
@@ -58,9 +85,15 @@ class WorkflowRunsRecorder:
                 (NAME,),
             )
 
-    def run_batch(self) -> int:
+    def start(self, conn: psycopg.Connection[Any]) -> None:
+        self.ensure_tracking()
+
+    def skip(self, conn: psycopg.Connection[Any], error: str, attempts: int) -> int | None:
+        return skip_next(conn, NAME, NAME, error, attempts)
+
+    def run_batch(self, conn: Any = None, limit: int | None = None) -> int:
         """Record the endings among the next events; return how many events were read."""
-        with self.app.event_store.datastore.get_connection() as conn, conn.cursor() as cur:
+        with self.app.event_store.datastore.get_connection() as db, db.cursor() as cur:
             cur.execute("SELECT position FROM projection_tracking WHERE name = %s", (NAME,))
             row = cur.fetchone()
             if row is None:
@@ -70,13 +103,11 @@ class WorkflowRunsRecorder:
                 "SELECT notification_id, originator_id, originator_version, topic, state "
                 f"FROM {EVENTS_TABLE} WHERE notification_id > %s "
                 "ORDER BY notification_id LIMIT %s",
-                (after, self.batch_size),
+                (after, limit or self.batch_size),
             )
             rows = cur.fetchall()
             if not rows:
                 return 0
-            endings = [r for r in rows if r["topic"] in self._ending_topics]
-            runs_of = self._runs_of(cur, [r["originator_id"] for r in endings])
         last = int(rows[-1]["notification_id"])
         move = SideStatement(
             "UPDATE projection_tracking SET position = %s, updated_at = now() "
@@ -84,6 +115,17 @@ class WorkflowRunsRecorder:
             (last, NAME, after),
             expect_row=True,
         )
+        if not self._record(rows, move):
+            # Another instance recorded this batch (or a workflow moved on
+            # under us): read again from where the tracking row now is.
+            return 0
+        return len(rows)
+
+    def _record(self, rows: list[Any], statement: SideStatement) -> bool:
+        """``Executed`` for the endings in ``rows``, saved with ``statement``; False: a race."""
+        endings = [r for r in rows if r["topic"] in self._ending_topics]
+        with self.app.event_store.datastore.get_connection() as db, db.cursor() as cur:
+            runs_of = self._runs_of(cur, [r["originator_id"] for r in endings])
         workflows: dict[UUID, Workflow] = {}
         for row in endings:
             event: Any = decode_event(
@@ -121,13 +163,41 @@ class WorkflowRunsRecorder:
                 ),
             )
         try:
-            # Saved with no workflow events too: the position still moves.
-            self.app.save(*workflows.values(), side_statements=[move])
+            # Saved with no workflow events too: the statement still runs.
+            self.app.save(*workflows.values(), side_statements=[statement])
         except IntegrityError:
-            # Another instance recorded this batch (or a workflow moved on
-            # under us): read again from where the tracking row now is.
-            return 0
-        return len(rows)
+            return False
+        return True
+
+    def retry_dead_letters(self, letters: list[DeadLetter]) -> tuple[int, list[str]]:
+        """Record the endings of dead-lettered events after a fix; (resolved, errors)."""
+        resolved, errors = 0, []
+        for letter in letters:
+            with self.app.event_store.datastore.get_connection() as db, db.cursor() as cur:
+                cur.execute(
+                    "SELECT notification_id, originator_id, originator_version, topic, state "
+                    f"FROM {EVENTS_TABLE} WHERE notification_id = %s",
+                    (letter.position,),
+                )
+                rows = cur.fetchall()
+            done = SideStatement(
+                "UPDATE dead_letters SET resolved_at = now(), resolution = 'retried', "
+                "last_seen = now() WHERE id = %s AND resolved_at IS NULL",
+                (letter.id,),
+                expect_row=True,
+            )
+            try:
+                if self._record(rows, done):
+                    resolved += 1
+            except Exception as exc:
+                errors.append(f"{letter.id}: {describe(exc)}")
+                with self.app.event_store.datastore.get_connection() as db:
+                    db.execute(
+                        "UPDATE dead_letters SET attempts = attempts + 1, error = %s, "
+                        "last_seen = now() WHERE id = %s",
+                        (describe(exc), letter.id),
+                    )
+        return resolved, errors
 
     def _runs_of(self, cur: Any, execution_ids: list[UUID]) -> dict[UUID, tuple[UUID, int | None]]:
         """Each execution's workflow and the revision it ran, from its ``Queued`` event.
@@ -153,29 +223,6 @@ class WorkflowRunsRecorder:
         return found
 
     def catch_up(self) -> int:
-        total = 0
-        while count := self.run_batch():
-            total += count
-        return total
-
-    def run_forever(self, stop: threading.Event, poll_s: float = 0.2) -> None:
-        backoff = poll_s
-        while not stop.is_set():
-            try:
-                self.ensure_tracking()
-                while not stop.is_set():
-                    if not self.run_batch():
-                        stop.wait(poll_s)
-                    backoff = poll_s
-            except Exception as exc:  # the database is away: back off, retry
-                log.warning("workflow runs recorder retrying", error=str(exc))
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-
-
-def start_in_thread(recorder: WorkflowRunsRecorder, stop: threading.Event) -> threading.Thread:
-    thread = threading.Thread(
-        target=recorder.run_forever, args=(stop,), name="workflow-runs", daemon=True
-    )
-    thread.start()
-    return thread
+        """Record until the log is exhausted (retries and dead letters as the live loop)."""
+        with self.app.event_store.datastore.get_connection() as conn:
+            return FollowerLoop(self, batch_size=self.batch_size).catch_up(conn)

@@ -1,6 +1,6 @@
 """The event bus: the log's events on Redis Streams, and a library to consume them.
 
-The relay (``infrastructure/relay.py``) publishes every event of the log, in
+The relay (``projections/relay.py``) publishes every event of the log, in
 log order. The log stays the truth; the bus is a copy for reacting to events
 (notifications, integrations), trimmed to roughly the last ``stream_maxlen``
 entries per stream.

@@ -108,6 +108,16 @@ class Settings(BaseSettings):
         PgTarget.parse(url)
         return url
 
+    # Followers of the log (issue 11, item 2: one loop, dead letters). A batch
+    # that fails is tried this many times, then the one event at fault as
+    # often, before it becomes a dead letter and the follower goes on.
+    follower_retry_attempts: int = Field(default=3, ge=1, le=100)
+    dead_letters_fail_readyz: bool = Field(
+        default=False,
+        description="Unresolved dead letters make /readyz answer 503 (true) or 200 with "
+        "status 'degraded' (false).",
+    )
+
     @field_validator("roles")
     @classmethod
     def _known_roles(cls, roles: str) -> str:

@@ -319,8 +319,18 @@ def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]
     return dependency
 
 
-def add_health_routes(app: FastAPI, checks: dict[str, ReadyCheck]) -> None:
-    """``/healthz``: the process is up. ``/readyz``: its dependencies answer."""
+DEGRADED = "degraded"
+"""A check's answer starts with it when the service works, but not for everything."""
+
+
+def add_health_routes(
+    app: FastAPI, checks: dict[str, ReadyCheck], *, fail_when_degraded: bool = False
+) -> None:
+    """``/healthz``: the process is up. ``/readyz``: its dependencies answer.
+
+    ``status`` is ``ready``, ``degraded`` (a check says so, e.g. dead letters:
+    200, or 503 with ``fail_when_degraded``) or ``unavailable`` (503).
+    """
 
     @app.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz() -> dict[str, str]:
@@ -329,11 +339,15 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadyCheck]) -> None:
     @app.get("/readyz", tags=["health"], summary="Readiness: PostgreSQL reachable")
     async def readyz() -> Response:
         results = {name: await check() for name, check in checks.items()}
-        ready = results.get("postgres") == "ok"
+        degraded = any(result.startswith(DEGRADED) for result in results.values())
+        ready = results.get("postgres") == "ok" and not (degraded and fail_when_degraded)
         import orjson
 
+        status = "unavailable" if results.get("postgres") != "ok" else "ready"
+        if status == "ready" and degraded:
+            status = DEGRADED
         return Response(
-            orjson.dumps({"status": "ready" if ready else "unavailable", "checks": results}),
+            orjson.dumps({"status": status, "checks": results}),
             status_code=200 if ready else 503,
             media_type="application/json",
             headers={} if ready else {"Retry-After": "2"},

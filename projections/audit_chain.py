@@ -59,7 +59,6 @@ from typing import Any, Literal
 import orjson
 import psycopg
 import structlog
-from psycopg import sql
 from psycopg.types.string import ByteaBinaryLoader
 
 from infrastructure.audit import (
@@ -81,6 +80,7 @@ from infrastructure.auth import check_org_id
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE
 from infrastructure.settings import Settings
+from projections.follower import Follower, FollowerLoop
 
 log = structlog.get_logger("reporunner.audit")
 
@@ -115,14 +115,21 @@ def _raw_columns(cursor: psycopg.Cursor[Any]) -> None:
 # -- the follower ---------------------------------------------------------------------
 
 
-class AuditChainFollower:
+class AuditChainFollower(Follower):
     """Extends the chain over the log, batch by batch, exactly once.
 
     Each batch locks the head row, links the events after it, and commits the
     links, any checkpoints, the new signed head and the tracking position in
     one transaction: a crash keeps all of it or none, and a second follower
     waits on the lock and continues from wherever the first one got to.
+
+    It hashes the stored bytes as they are (never decoding the state), so no
+    content can make it fail; and it never skips an event (``skip`` stays the
+    follower default): a chain with a hole would prove nothing.
     """
+
+    name = NAME
+    lock_key = f"projection:{NAME}"
 
     def __init__(
         self,
@@ -151,7 +158,7 @@ class AuditChainFollower:
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         return _connect(self.target, "follower", autocommit=autocommit)
 
-    def run_batch(self, conn: psycopg.Connection[Any]) -> int:
+    def run_batch(self, conn: psycopg.Connection[Any], limit: int | None = None) -> int:
         """Chain the next batch of events in one transaction; return how many."""
         with conn.transaction(), conn.cursor(binary=True) as cur:
             _raw_columns(cur)
@@ -166,7 +173,7 @@ class AuditChainFollower:
             cur.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM {EVENTS_TABLE} "
                 "WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
-                (after, self.batch_size),
+                (after, limit or self.batch_size),
             )
             events = cur.fetchall()
             if not events:
@@ -208,44 +215,15 @@ class AuditChainFollower:
 
     def catch_up(self, conn: psycopg.Connection[Any]) -> int:
         """Run batches until the log is exhausted; return how many events were chained."""
-        total = 0
-        while count := self.run_batch(conn):
-            total += count
-        return total
+        return self._loop().catch_up(conn)
 
     def run_forever(self, stop: threading.Event) -> None:
         """Follow the log until ``stop`` is set, surviving lost connections."""
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self._run_while_leader(stop)
-                backoff = 0.5
-            except Exception as exc:
-                # A failed batch rolled back whole: retry it after a pause. A chain
-                # that cannot advance shows as growing lag of 'audit-chain'.
-                log.warning(
-                    "audit chain follower retrying", error=str(exc).strip(), retry_in_s=backoff
-                )
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        log.info("audit chain follower starting", signed=self._key is not None)
+        self._loop().run_forever(stop)
 
-    def _run_while_leader(self, stop: threading.Event) -> None:
-        with self.connect(autocommit=True) as lock_conn:
-            locked = lock_conn.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s))", (f"projection:{NAME}",)
-            ).fetchone()
-            if not locked or not locked[0]:
-                stop.wait(self.poll_interval)  # another process follows; wait to take over
-                return
-            log.info("audit chain follower active", signed=self._key is not None)
-            with self.connect() as work_conn, self.connect(autocommit=True) as listen_conn:
-                listen_conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
-                while not stop.is_set():
-                    self.catch_up(work_conn)
-                    # Wake on NOTIFY, or after poll_interval regardless.
-                    for _ in listen_conn.notifies(timeout=self.poll_interval, stop_after=1):
-                        pass
-                    lock_conn.execute("SELECT 1")  # the lock lives as long as this connection
+    def _loop(self) -> FollowerLoop:
+        return FollowerLoop(self, batch_size=self.batch_size, poll_s=self.poll_interval)
 
 
 def start_audit_follower(

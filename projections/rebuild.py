@@ -5,6 +5,11 @@ readers keep reading the live ones; then, in one transaction that holds the
 live tracking row (so the live projector pauses between batches), the shadow
 catches up to the head and is renamed into place. Readers see the old view
 or the new one, never a half-built one.
+
+Dead letters: a rebuild meets every event again. One that now applies
+resolves its dead letter; one that still fails is a dead letter again and
+its documents are marked stale exactly as the live projector marks them, so
+a verify (a rebuild into a scratch schema) finds no difference either way.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg import sql
 
+from projections.dead_letters import adopt_rebuild, describe, forget
 from projections.runner import EventBatch, Projector
 from projections.store import DocumentCache, ViewBatch, collection_table
 
 Progress = Callable[[int], None]
+log = structlog.get_logger("reporunner.projections")
 
 
 BULK_BATCH_SIZE = 1000
@@ -84,6 +92,45 @@ def _index_shadow(conn: psycopg.Connection[Any], live: str, shadow: str) -> list
 def _start_tracking(conn: psycopg.Connection[Any], name: str) -> None:
     conn.execute("DELETE FROM projection_tracking WHERE name = %s", (name,))
     conn.execute("INSERT INTO projection_tracking (name) VALUES (%s)", (name,))
+    with conn.cursor() as cur:
+        forget(cur, name)
+
+
+def _load(
+    projector: Projector,
+    conn: psycopg.Connection[Any],
+    fresh_tables: Callable[[], dict[str, sql.Composable]],
+    tracking: str,
+    upto: int | None,
+    progress: Progress | None,
+) -> dict[str, sql.Composable]:
+    """Project everything up to ``upto`` into new copy tables; returns them.
+
+    The bulk load first. Its write-behind cache cannot take back one event's
+    changes, so should any event fail, the tables are started again and
+    loaded batch by batch under the follower policy: the events nobody can
+    apply become dead letters (of ``tracking``) and the rest is applied, as
+    the live projector does.
+    """
+    with conn.transaction():
+        tables = fresh_tables()
+        _start_tracking(conn, tracking)
+    try:
+        _bulk_load(projector, conn, tables, tracking, upto, progress)
+        return tables
+    except projector.transient:
+        raise
+    except Exception as exc:
+        log.warning(
+            "bulk load failed on an event; loading again batch by batch",
+            projection=projector.projection.name,
+            error=describe(exc),
+        )
+    with conn.transaction():
+        tables = fresh_tables()
+        _start_tracking(conn, tracking)
+    projector.catch_up(conn, tables=tables, tracking=tracking, upto=upto)
+    return tables
 
 
 def _bulk_load(
@@ -159,10 +206,14 @@ def rebuild(projector: Projector, progress: Progress | None = None) -> int:
     tracking = f"{name}__rebuild"
     with projector.connect() as conn:
         projector.ensure_tracking(conn)
-        with conn.transaction():
-            tables = _copy_tables(conn, projector, None, "__shadow")
-            _start_tracking(conn, tracking)
-        _bulk_load(projector, conn, tables, tracking, None, progress)
+        tables = _load(
+            projector,
+            conn,
+            lambda: _copy_tables(conn, projector, None, "__shadow"),
+            tracking,
+            None,
+            progress,
+        )
         with conn.transaction():
             indexes = {
                 collection: _index_shadow(
@@ -172,9 +223,9 @@ def rebuild(projector: Projector, progress: Progress | None = None) -> int:
             }
         with conn.transaction():
             _position(conn, name, lock=True)  # the live projector waits here
-            while count := projector.run_batch(conn, tables=tables, tracking=tracking):
-                if progress:
-                    progress(count)
+            count = projector.catch_up(conn, tables=tables, tracking=tracking)
+            if progress:
+                progress(count)
             position = _position(conn, tracking)
             for collection in projector.projection.collections:
                 live = collection_table(collection)
@@ -207,6 +258,9 @@ def rebuild(projector: Projector, progress: Progress | None = None) -> int:
                 (position, name),
             )
             conn.execute("DELETE FROM projection_tracking WHERE name = %s", (tracking,))
+            with conn.cursor() as cur:
+                # Dead letters the rebuild did not meet again are resolved.
+                adopt_rebuild(cur, name, tracking, position)
     return position
 
 
@@ -233,12 +287,17 @@ def verify(
         try:
             with conn.transaction():
                 conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-                tables = _copy_tables(conn, projector, schema, "")
-                _start_tracking(conn, tracking)
             # Build up to where the live view is now (it can only move forward).
             with conn.transaction():  # not left open: each batch below commits
                 upto = _position(conn, name)
-            _bulk_load(projector, conn, tables, tracking, upto, progress)
+            tables = _load(
+                projector,
+                conn,
+                lambda: _copy_tables(conn, projector, schema, ""),
+                tracking,
+                upto,
+                progress,
+            )
             with conn.transaction():
                 live_position = _position(conn, name, lock=True)
                 projector.catch_up(conn, tables=tables, tracking=tracking, upto=live_position)
@@ -261,3 +320,5 @@ def verify(
                     sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
                 )
                 conn.execute("DELETE FROM projection_tracking WHERE name = %s", (tracking,))
+                with conn.cursor() as cur:
+                    forget(cur, tracking)

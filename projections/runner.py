@@ -5,20 +5,22 @@
   transaction. A crash loses the whole batch or nothing.
 - Order without skips: eventsourcing's writers commit positions in order
   (table lock), so everything below the highest visible position is visible.
-- Live tail: woken by LISTEN/NOTIFY, with a polling backstop because a LISTEN
-  connection can die silently; every connection failure reconnects with
-  backoff and resumes from the tracking position.
-- One active projector per projection across processes: a session advisory
-  lock held on a dedicated connection; the others wait and take over.
+- Live tail, reconnection, leadership (one active projector per projection
+  across processes) and what happens to a batch that fails: the follower
+  loop, ``projections/follower.py``. An event the projection cannot apply
+  becomes a dead letter and its documents are marked stale
+  (``projections/dead_letters.py``); the others go on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+from uuid import UUID
 
 import orjson
 import psycopg
@@ -30,6 +32,24 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 from commands.application import WorkflowApplication
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
+from projections.dead_letters import (
+    STALE,
+    DeadLetter,
+    EventRef,
+    LogRow,
+    describe,
+    failed_again,
+    list_letters,
+    log_rows,
+    mark_stale,
+    open_blockers,
+    record,
+    resolve,
+    skip_next,
+    stale_marker,
+    storable,
+)
+from projections.follower import Follower, FollowerLoop, RetryPolicy, connect
 from projections.store import DocumentCache, ViewBatch, collection_table
 
 log = structlog.get_logger("reporunner.projections")
@@ -91,8 +111,8 @@ class ProjectionStatus:
     lag_seconds: float
 
 
-class Projector:
-    """Runs one projection over the log."""
+class Projector(Follower):
+    """Runs one projection over the log (a follower: ``projections/follower.py``)."""
 
     def __init__(
         self,
@@ -102,20 +122,22 @@ class Projector:
         *,
         batch_size: int = 1000,
         poll_interval: float = 1.0,
+        policy: RetryPolicy | None = None,
     ) -> None:
         self.app = app
         self.target = target
         self.projection = projection
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.policy = policy or RetryPolicy()
+        self.name = projection.name
+        self.lock_key = f"projection:{projection.name}"
         self._topics = {get_topic(cls) for cls in projection.topics}
 
     def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(
-            self.target.conninfo(
-                connect_timeout=5,
-                application_name=f"reporunner-projector:{self.projection.name}",
-            ),
+        conn = connect(
+            self.target,
+            f"reporunner-projector:{self.projection.name}",
             autocommit=autocommit,
         )
         # Documents cross as jsonb on every batch: orjson both ways.
@@ -130,13 +152,16 @@ class Projector:
                 (name or self.projection.name,),
             )
 
+    def start(self, conn: psycopg.Connection[Any]) -> None:
+        self.ensure_tracking(conn)
+
     def run_batch(
         self,
         conn: psycopg.Connection[Any],
+        limit: int | None = None,
         *,
         tables: Mapping[str, sql.Composable] | None = None,
         tracking: str | None = None,
-        limit: int | None = None,
         upto: int | None = None,
     ) -> int:
         """Apply the next batch of events in one transaction; return how many were read.
@@ -151,6 +176,24 @@ class Projector:
             if batch.count:
                 self._apply(cur, batch, tables, name)
             return batch.count
+
+    def skip(
+        self,
+        conn: psycopg.Connection[Any],
+        error: str,
+        attempts: int,
+        *,
+        tables: Mapping[str, sql.Composable] | None = None,
+        tracking: str | None = None,
+    ) -> int | None:
+        """Dead-letter the next event and mark its aggregate's documents stale."""
+        name = tracking or self.projection.name
+        marked = list((tables or live_tables(self.projection)).values())
+
+        def mark(cur: psycopg.Cursor[Any], row: LogRow, error: str) -> None:
+            mark_stale(cur, marked, str(row[1]), stale_marker(row[0], row[3], error))
+
+        return skip_next(conn, name, name, error, attempts, mark)
 
     def read_events(
         self, cur: psycopg.Cursor[Any], after: int, limit: int, upto: int | None = None
@@ -207,8 +250,31 @@ class Projector:
         cache: DocumentCache | None = None,
     ) -> None:
         view = ViewBatch(cur, tables or live_tables(self.projection), cache)
-        self.projection.prefetch([event for _, event in batch.events], view)
+        # An aggregate with a dead letter waits behind it: its later events
+        # are dead letters too, so its documents never skip an event.
+        blockers = open_blockers(cur, name, [event.originator_id for _, event in batch.events])
+        events = []
         for notification_id, event in batch.events:
+            blocker = blockers.get(event.originator_id)
+            if blocker is None:
+                events.append((notification_id, event))
+                continue
+            record(
+                cur,
+                name,
+                EventRef(
+                    notification_id,
+                    event.originator_id,
+                    event.originator_version,
+                    get_topic(type(event)),
+                    _org_of(event),
+                ),
+                f"waits for the dead letter at position {blocker} (same aggregate)",
+                0,
+                blocked_by=blocker,
+            )
+        self.projection.prefetch([event for _, event in events], view)
+        for notification_id, event in events:
             self.projection.apply(event, notification_id, view)
         view.flush()
         cur.execute(
@@ -216,55 +282,140 @@ class Projector:
             (batch.last, name),
         )
 
-    def catch_up(self, conn: psycopg.Connection[Any], **kwargs: Any) -> int:
-        """Run batches until the log is exhausted; return how many events were read."""
-        total = 0
-        while count := self.run_batch(conn, **kwargs):
-            total += count
-        return total
+    def catch_up(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        tables: Mapping[str, sql.Composable] | None = None,
+        tracking: str | None = None,
+        upto: int | None = None,
+    ) -> int:
+        """Run batches until the log is exhausted (or ``upto``); return how many events were read.
+
+        Batches that fail go through the follower policy (retry, isolate,
+        dead-letter), into the same tables and tracking row.
+        """
+        redirected = _Redirected(self, tables, tracking, upto)
+        loop = FollowerLoop(redirected, batch_size=self.batch_size, policy=self.policy)
+        return loop.catch_up(conn)
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Project live until ``stop`` is set, surviving lost connections."""
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self._run_while_leader(stop)
-                backoff = 0.5
-            except psycopg.OperationalError as exc:
-                log.warning(
-                    "projector lost its database connection; reconnecting",
-                    projection=self.projection.name,
-                    error=str(exc).strip(),
-                    retry_in_s=backoff,
-                )
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-            except Exception:
-                # A batch that fails rolls back whole; retry it after a pause rather
-                # than die. A poison event shows as growing lag in `projections status`.
-                log.exception("projector batch failed; retrying", projection=self.projection.name)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        """Project live until ``stop`` is set, surviving lost connections and bad events."""
+        loop = FollowerLoop(
+            self, batch_size=self.batch_size, poll_s=self.poll_interval, policy=self.policy
+        )
+        loop.run_forever(stop)
 
-    def _run_while_leader(self, stop: threading.Event) -> None:
-        with self.connect(autocommit=True) as lock_conn:
-            locked = lock_conn.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s))", (f"projection:{self.projection.name}",)
-            ).fetchone()
-            if not locked or not locked[0]:
-                # Another process projects this; wait and try to take over.
-                stop.wait(self.poll_interval)
-                return
-            log.info("projector active", projection=self.projection.name)
-            with self.connect() as work_conn, self.connect(autocommit=True) as listen_conn:
-                self.ensure_tracking(work_conn)
-                listen_conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
-                while not stop.is_set():
-                    self.catch_up(work_conn)
-                    # Wake on NOTIFY, or after poll_interval regardless.
-                    for _ in listen_conn.notifies(timeout=self.poll_interval, stop_after=1):
-                        pass
-                    lock_conn.execute("SELECT 1")  # the lock lives as long as this connection
+    def retry_dead_letters(
+        self, conn: psycopg.Connection[Any], letters: list[DeadLetter]
+    ) -> RetryOutcome:
+        """Re-apply dead-lettered events, each aggregate's in log order, to the live views.
+
+        Every unresolved dead letter of an aggregate named in ``letters`` is
+        retried (they wait behind one another). An aggregate whose events all
+        apply loses its ``_stale`` marker; one that fails again stops there,
+        keeps the events before applied, and is marked stale at that event.
+        """
+        chains: dict[UUID, list[DeadLetter]] = {}
+        with conn.transaction():  # not left open: each aggregate's retry commits on its own
+            waiting = list_letters(conn, follower=self.name)
+        for letter in waiting:
+            chains.setdefault(letter.originator_id, []).append(letter)
+        wanted = {letter.originator_id for letter in letters}
+        outcome = RetryOutcome()
+        for originator_id in sorted(wanted, key=str):
+            chain = chains.get(originator_id, [])
+            if chain:
+                self._retry_chain(conn, originator_id, chain, outcome)
+        return outcome
+
+    def _retry_chain(
+        self,
+        conn: psycopg.Connection[Any],
+        originator_id: UUID,
+        chain: list[DeadLetter],
+        outcome: RetryOutcome,
+    ) -> None:
+        tables = live_tables(self.projection)
+        doc_id = str(originator_id)
+        with conn.transaction(), conn.cursor() as cur:
+            _lock_tracking(cur, self.name)  # the live projector waits for this retry
+            rows = {row[0]: row for row in log_rows(cur, [letter.position for letter in chain])}
+            view = ViewBatch(cur, tables)
+            applied: list[int] = []
+            for letter in chain:
+                cur.execute("SAVEPOINT dead_letter_retry")
+                try:
+                    if not applied:
+                        _unmark(view, self.projection.collections, doc_id)
+                    _, _, version, topic, state = rows[letter.position]
+                    event = decode_event(self.app.mapper, originator_id, version, topic, state)
+                    self.projection.prefetch([event], view)
+                    self.projection.apply(event, letter.position, view)
+                    view.flush()
+                except Exception as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT dead_letter_retry")
+                    error = describe(exc)
+                    failed_again(cur, letter, error)
+                    mark_stale(
+                        cur,
+                        list(tables.values()),
+                        doc_id,
+                        stale_marker(letter.position, topic, error),
+                        replace=True,
+                    )
+                    outcome.failed.append((letter, error))
+                    break
+                applied.append(letter.id)
+            resolve(cur, applied, "retried")
+            outcome.resolved += len(applied)
+
+
+@dataclass
+class RetryOutcome:
+    resolved: int = 0
+    failed: list[tuple[DeadLetter, str]] = field(default_factory=list)
+
+
+def _unmark(view: ViewBatch, collections: tuple[str, ...], doc_id: str) -> None:
+    for collection in collections:
+        document = view.get(collection, doc_id)
+        if document is not None and STALE in document.data:
+            data = {k: v for k, v in document.data.items() if k != STALE}
+            view.put(collection, dataclasses.replace(document, data=data))
+
+
+def _org_of(event: Any) -> str | None:
+    org_id = (getattr(event, "meta", None) or {}).get("org_id")
+    return storable(org_id) if isinstance(org_id, str) else None
+
+
+class _Redirected(Follower):
+    """A projector's batches into other tables and another tracking row (rebuilds)."""
+
+    def __init__(
+        self,
+        projector: Projector,
+        tables: Mapping[str, sql.Composable] | None,
+        tracking: str | None,
+        upto: int | None,
+    ) -> None:
+        self.projector = projector
+        self.tables = tables
+        self.tracking = tracking
+        self.upto = upto
+        self.name = tracking or projector.name
+        self.lock_key = projector.lock_key
+
+    def run_batch(self, conn: psycopg.Connection[Any], limit: int) -> int:
+        return self.projector.run_batch(
+            conn, limit, tables=self.tables, tracking=self.tracking, upto=self.upto
+        )
+
+    def skip(self, conn: psycopg.Connection[Any], error: str, attempts: int) -> int | None:
+        return self.projector.skip(
+            conn, error, attempts, tables=self.tables, tracking=self.tracking
+        )
 
 
 def start_in_thread(projector: Projector, stop: threading.Event) -> threading.Thread:

@@ -53,6 +53,7 @@ from read_api.routes import (
     _json,
     _parse_filter,
     _views_position,
+    stale_header,
 )
 
 router = APIRouter(prefix="/v1", tags=["executions"])
@@ -144,7 +145,7 @@ async def get_execution(
     )
     if document is None:
         raise Problem(404, f"execution {execution_id} not found", type_=problem_type("not-found"))
-    return _json(document, position, {"ETag": f'"{document["version"]}"'})
+    return _json(document, position, {"ETag": f'"{document["version"]}"', **stale_header(document)})
 
 
 @router.get(

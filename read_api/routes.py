@@ -19,6 +19,7 @@ from infrastructure.auth import Permission, Principal
 from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
+from projections.dead_letters import STALE
 from projections.workflows import VERSIONS, WORKFLOWS
 from read_api.bounded import until_disconnected
 from read_api.history import workflow_then
@@ -176,7 +177,7 @@ async def get_workflow(
     )
     if document is None:
         raise _not_found(workflow_id)
-    return _json(document, position, {"ETag": f'"{document["version"]}"'})
+    return _json(document, position, {"ETag": f'"{document["version"]}"', **stale_header(document)})
 
 
 @router.get(
@@ -233,6 +234,11 @@ async def get_version(
             type_=problem_type("not-found"),
         )
     return _json(document, position, {"ETag": f'"{version}"'})
+
+
+def stale_header(document: dict[str, Any]) -> dict[str, str]:
+    """``X-Stale: true`` on a document that misses an event (``_stale`` says which)."""
+    return {"X-Stale": "true"} if STALE in document else {}
 
 
 def _not_found(workflow_id: UUID) -> Problem:

@@ -42,6 +42,11 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 projections_app = typer.Typer(help="Inspect, rebuild and verify projections.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
+dead_letters_app = typer.Typer(
+    help="Events a follower could not apply and went past: list them, retry them after a fix.",
+    no_args_is_help=True,
+)
+projections_app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(audit_app, name="audit")
 app.add_typer(bus_app, name="bus")
 
@@ -277,6 +282,8 @@ def _progress_bar(projector: Any) -> Any:
 @projections_app.command("status")
 def projections_status() -> None:
     """Per projection: position, the log head, lag in events and seconds."""
+    from projections.dead_letters import open_counts
+    from projections.relay import RELAY_NAME
     from projections.runner import status
 
     projectors = _projectors()
@@ -285,12 +292,13 @@ def projections_status() -> None:
     settings = get_settings()
     with projectors[0].connect() as conn:
         rows = status(conn, names)
+        dead = open_counts(conn, [*names, RELAY_NAME])
         relay = None
         if settings.redis_url:
-            from infrastructure.relay import relay_status
+            from projections.relay import relay_status
 
             relay = relay_status(conn, settings.redis_url)
-    table = Table("projection", "position", "head", "lag (events)", "lag (s)")
+    table = Table("projection", "position", "head", "lag (events)", "lag (s)", "dead letters")
     for row in rows:
         table.add_row(
             row.name,
@@ -298,9 +306,17 @@ def projections_status() -> None:
             str(row.head),
             str(row.lag_events),
             f"{row.lag_seconds:.1f}",
+            str(dead[row.name]),
         )
     if relay is not None:
-        table.add_row("relay (to Redis)", str(relay.position), str(relay.head), str(relay.lag), "")
+        table.add_row(
+            "relay (to Redis)",
+            str(relay.position),
+            str(relay.head),
+            str(relay.lag),
+            "",
+            str(dead[RELAY_NAME]),
+        )
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     if relay is not None:
         console.print(
@@ -361,5 +377,96 @@ def _verify_views() -> None:
                 )
             else:
                 console.print(f"ok {collection} at position {result.position}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    follower: Annotated[str | None, typer.Option(help="Only this follower's.")] = None,
+    resolved: Annotated[bool, typer.Option("--all", help="Resolved ones too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Dead letters (unresolved unless --all): which event, why, how often, since when."""
+    import orjson
+
+    from projections.dead_letters import list_letters
+
+    projectors = _projectors()
+    with projectors[0].connect() as conn:
+        letters = list_letters(conn, follower=follower, include_resolved=resolved)
+    if as_json:
+        for letter in letters:
+            print(orjson.dumps(letter.as_json()).decode(), flush=True)
+        return
+    table = Table(
+        "id", "follower", "position", "event", "event id", "org", "attempts", "last seen", "error"
+    )
+    for letter in letters:
+        table.add_row(
+            str(letter.id),
+            letter.follower,
+            str(letter.position),
+            letter.event,
+            f"{letter.originator_id}:{letter.originator_version}",
+            letter.org_id or "",
+            str(letter.attempts),
+            letter.last_seen.isoformat(timespec="seconds"),
+            (letter.resolution or "") if letter.resolved_at else letter.error,
+        )
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
+    console.print(f"{len(letters)} dead letter(s)")
+
+
+@dead_letters_app.command("retry")
+def dead_letters_retry(
+    letter_id: Annotated[int | None, typer.Option("--id", help="This dead letter.")] = None,
+    follower: Annotated[str | None, typer.Option(help="Every dead letter of it.")] = None,
+) -> None:
+    """Apply dead-lettered events again (after a fix); exit 1 if any still fails.
+
+    A projection retries each aggregate's waiting events in log order: what
+    applies is resolved and its documents lose their _stale marker.
+    """
+    from commands.workflow_runs import NAME as RUNS
+    from commands.workflow_runs import WorkflowRunsRecorder
+    from projections.dead_letters import DeadLetter, list_letters
+
+    if (letter_id is None) == (follower is None):
+        console.print("[red]error:[/red] give --id N or --follower NAME (one of them)")
+        raise typer.Exit(2)
+    projectors = {p.projection.name: p for p in _projectors()}
+    any_projector = next(iter(projectors.values()))
+    with any_projector.connect() as conn:
+        letters = list_letters(conn, follower=follower, letter_id=letter_id)
+    if not letters:
+        console.print("no unresolved dead letter matches")
+        return
+    by_follower: dict[str, list[DeadLetter]] = {}
+    for letter in letters:
+        by_follower.setdefault(letter.follower, []).append(letter)
+    failed = False
+    for name, group in by_follower.items():
+        if name in projectors:
+            with projectors[name].connect() as conn:
+                outcome = projectors[name].retry_dead_letters(conn, group)
+            console.print(f"{name}: {outcome.resolved} resolved")
+            for letter, error in outcome.failed:
+                failed = True
+                console.print(f"[red]still fails[/red] {letter.id} at {letter.position}: {error}")
+        elif name == RUNS:
+            recorder = WorkflowRunsRecorder(any_projector.app)
+            resolved, errors = recorder.retry_dead_letters(group)
+            console.print(f"{name}: {resolved} resolved")
+            for error in errors:
+                failed = True
+                console.print(f"[red]still fails[/red] {error}")
+        else:
+            failed = True
+            console.print(
+                f"[red]cannot retry[/red] {name}'s dead letters: the relay's stream ids "
+                "only grow, so a skipped entry cannot be published in its place; the event "
+                "stays in the log (GET /v1/audit/events)"
+            )
     if failed:
         raise typer.Exit(1)

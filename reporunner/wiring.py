@@ -6,6 +6,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 import structlog
@@ -20,7 +21,6 @@ from commands.executions import (
     default_worker_id,
 )
 from commands.workflow_runs import WorkflowRunsRecorder
-from commands.workflow_runs import start_in_thread as start_runs_recorder
 from domain.engine import EngineLimits
 from infrastructure.auth import ApiKeyStore
 from infrastructure.cache import CacheConfig, ReadCache, connect_redis
@@ -30,9 +30,9 @@ from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
 from infrastructure.queue import ExecutionQueue
 from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
-from infrastructure.relay import BusConfig, start_relay_in_thread
 from infrastructure.settings import ROLES, Settings
 from infrastructure.web import (
+    DEGRADED,
     ReadyCheck,
     RequestContextMiddleware,
     add_health_routes,
@@ -40,6 +40,9 @@ from infrastructure.web import (
 )
 from projections.audit_chain import start_audit_follower
 from projections.executions import ExecutionsProjection
+from projections.follower import RetryPolicy
+from projections.follower import start_in_thread as start_follower
+from projections.relay import BusConfig, start_relay_in_thread
 from projections.runner import Projection, Projector, start_in_thread
 from projections.workflows import WorkflowsProjection
 from read_api import QUERY_PROBLEMS
@@ -195,7 +198,15 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             projector_threads += start_workers(executions, settings, stop)
         if "projections" in roles:
             # Not a view, but the same kind of log follower: one per deployment suffices.
-            projector_threads.append(start_runs_recorder(WorkflowRunsRecorder(workflow_app), stop))
+            projector_threads.append(
+                start_follower(
+                    WorkflowRunsRecorder(workflow_app, target=target),
+                    stop,
+                    batch_size=500,
+                    poll_s=min(settings.projection_poll_s, 0.2),
+                    policy=follower_policy(settings),
+                )
+            )
             projector_threads.append(start_audit_follower(target, settings, stop))
             for projection in all_projections():
                 projector = Projector(
@@ -204,6 +215,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
                     projection,
                     batch_size=settings.projection_batch_size,
                     poll_interval=settings.projection_poll_s,
+                    policy=follower_policy(settings),
                 )
                 projector_threads.append(start_in_thread(projector, stop))
         app.state.relay = None
@@ -215,6 +227,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
                 bus_config(settings),
                 stop,
                 poll_s=settings.projection_poll_s,
+                retry_attempts=settings.follower_retry_attempts,
             )
             projector_threads.append(relay_thread)
         elif "relay" in roles:
@@ -267,10 +280,25 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         relay = getattr(app.state, "relay", None)
         return "disabled" if relay is None else str(relay.status().summary())
 
-    checks: dict[str, ReadyCheck] = {"postgres": postgres_check, "redis": redis_check}
+    async def dead_letters_check() -> str:
+        try:
+            async with app.state.engine.connect() as conn:
+                counts = await open_counts(conn)
+        except Exception as exc:  # readiness reports any failure, never raises
+            return f"unknown: {type(exc).__name__}"
+        if not counts:
+            return "none"
+        listed = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
+        return f"{DEGRADED}: {sum(counts.values())} unresolved ({listed})"
+
+    checks: dict[str, ReadyCheck] = {
+        "postgres": postgres_check,
+        "redis": redis_check,
+        "dead_letters": dead_letters_check,
+    }
     if "relay" in roles:
         checks["relay"] = relay_check
-    add_health_routes(app, checks)
+    add_health_routes(app, checks, fail_when_degraded=settings.dead_letters_fail_readyz)
     if "write-api" in roles:
         include_write_api(app)
     if "read-api" in roles:
@@ -288,6 +316,10 @@ def bus_config(settings: Settings) -> BusConfig:
         stream_maxlen=settings.bus_stream_maxlen,
         relay_batch=settings.bus_relay_batch,
     )
+
+
+def follower_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(attempts=settings.follower_retry_attempts)
 
 
 def cache_config(settings: Settings) -> CacheConfig:
@@ -309,6 +341,19 @@ def rate_limit_config(settings: Settings) -> RateLimitConfig:
         key_prefix=settings.redis_key_prefix,
         breaker_cooldown_s=settings.redis_breaker_cooldown_s,
     )
+
+
+async def open_counts(conn: Any) -> dict[str, int]:
+    """Unresolved dead letters per follower (only those that have some)."""
+    rows = (
+        await conn.execute(
+            text(
+                "SELECT follower, count(*) FROM dead_letters WHERE resolved_at IS NULL "
+                "GROUP BY follower"
+            )
+        )
+    ).all()
+    return {str(name): int(count) for name, count in rows}
 
 
 def all_projections() -> list[Projection]:

@@ -50,14 +50,14 @@ from infrastructure.bus import (
 )
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE
-from infrastructure.relay import (
+from infrastructure.settings import Settings
+from projections.relay import (
     BusConfig,
     Relay,
     RelayConflict,
     relay_status,
     start_relay_in_thread,
 )
-from infrastructure.settings import Settings
 from reporunner.wiring import create_execution_services, create_workflow_application
 from tests.helpers import free_port, trigger, workflow_body
 

@@ -118,7 +118,7 @@ def test_a_failed_batch_applies_nothing_and_a_retry_applies_everything_once(
 
     projector.projection.apply = crash_on_third  # type: ignore[method-assign]
     with pytest.raises(RuntimeError), projector.connect() as conn:
-        projector.catch_up(conn)
+        projector.run_batch(conn)
     projector.projection.apply = original  # type: ignore[method-assign]
     assert all(_doc(db_target, "doc_workflows", str(i)) is None for i in ids)
     _catch_up(projector)

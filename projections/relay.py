@@ -20,13 +20,17 @@
 - Redis down: wait and retry with capped exponential backoff, and say so in
   ``status()``. Commands are unaffected: the log is the truth, the relay
   catches up when Redis is back.
-- One active relay per deployment: a session advisory lock, as for
-  projectors; other instances stand by and take over.
-- Live: woken by the event store's LISTEN/NOTIFY, with polling as a backstop.
+- Every event can be published: ``data`` falls back to the stdlib encoder for
+  what orjson refuses (integers beyond 64 bits). An event that still cannot
+  be made a message (a state that does not decode) becomes a dead letter
+  after its retries, and the relay goes on (``projections/follower.py``).
+- One active relay per deployment, live wake-ups, reconnection: the follower
+  loop, as for projectors.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -37,7 +41,6 @@ import orjson
 import psycopg
 import redis
 import structlog
-from psycopg import sql
 from redis.exceptions import ResponseError
 
 from commands.application import WorkflowApplication
@@ -45,6 +48,8 @@ from commands.history import event_type
 from infrastructure.bus import DEFAULT_PREFIX, connect, entry_id, events_stream
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
+from projections.dead_letters import skip_next
+from projections.follower import Follower, FollowerLoop, RetryPolicy
 
 log = structlog.get_logger("reporunner.relay")
 
@@ -123,8 +128,12 @@ class RelayConflict(RuntimeError):
     """Redis holds entries the log has not reached: publishing would lose events."""
 
 
-class Relay:
+class Relay(Follower):
     """Publishes the log to Redis Streams; ``run_forever`` in a thread of its own."""
+
+    # Redis away (or refusing writes: out of memory, a replica) is never an
+    # event's fault: reconnect and retry, never dead-letter.
+    transient = (psycopg.OperationalError, redis.RedisError)
 
     def __init__(
         self,
@@ -137,14 +146,17 @@ class Relay:
         poll_s: float = 1.0,
         retry_base_s: float = 0.2,
         retry_cap_s: float = 5.0,
+        retry_attempts: int = 3,
     ) -> None:
         self.app = app
         self.target = target
         self.config = config or BusConfig()
         self.name = name
+        self.lock_key = _lock_key(name)
         self.poll_s = poll_s
         self.retry_base_s = retry_base_s
         self.retry_cap_s = retry_cap_s
+        self.retry_attempts = retry_attempts
         self.redis = connect(redis_url)
         self._publish_script = self.redis.register_script(_PUBLISH_SCRIPT)
         self.all_events = events_stream(self.config.prefix)
@@ -179,13 +191,14 @@ class Relay:
             (self.name,),
         )
 
-    def publish_batch(self, conn: psycopg.Connection[Any]) -> int:
+    def publish_batch(self, conn: psycopg.Connection[Any], limit: int | None = None) -> int:
         """Publish the next events and then move the position; return how many."""
         after, head = self._position_and_head(conn)
+        self._set(head=max(head, after))  # current while Redis is away, too
         rows = conn.execute(
             "SELECT notification_id, originator_id, originator_version, topic, state "
             f"FROM {EVENTS_TABLE} WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
-            (after, self.config.relay_batch),
+            (after, limit or self.config.relay_batch),
         ).fetchall()
         if rows:
             self.publish([self.message_fields(row) for row in rows])
@@ -196,11 +209,13 @@ class Relay:
         return len(rows)
 
     def catch_up(self, conn: psycopg.Connection[Any]) -> int:
-        """Publish until the log is exhausted; return how many events were read."""
-        total = 0
-        while count := self.publish_batch(conn):
-            total += count
-        return total
+        """Publish until the log is exhausted; return how many events were read.
+
+        As the live loop does: an event no message can be made of is retried,
+        then dead-lettered.
+        """
+        policy = RetryPolicy(self.retry_attempts, self.retry_base_s, self.retry_cap_s)
+        return FollowerLoop(self, batch_size=self.config.relay_batch, policy=policy).catch_up(conn)
 
     def message_fields(self, row: Sequence[Any]) -> dict[str, str]:
         """A log row as the message fields the bus documents."""
@@ -217,7 +232,7 @@ class Relay:
             "org_id": str(meta.get("org_id") or ""),
             "actor": str(meta.get("actor") or ""),
             "correlation_id": str(meta.get("correlation_id") or ""),
-            "data": orjson.dumps(attributes, default=str, option=orjson.OPT_NON_STR_KEYS).decode(),
+            "data": _data_json(attributes),
         }
 
     def publish(self, messages: Sequence[dict[str, str]]) -> None:
@@ -249,6 +264,7 @@ class Relay:
     def reconcile(self, conn: psycopg.Connection[Any]) -> None:
         """Publish again what Redis lost; refuse to run over a stream ahead of the log."""
         position, head = self._position_and_head(conn)
+        self._set(head=head)
         published = self._published_up_to()
         if published > head:
             raise RelayConflict(
@@ -293,102 +309,63 @@ class Relay:
             raise LookupError(f"no tracking row for the relay {self.name!r}")
         return int(row[0]), int(row[1])
 
-    # -- running ----------------------------------------------------------------------
+    # -- following (the loop: projections/follower.py) --------------------------------
+
+    def start(self, conn: psycopg.Connection[Any]) -> None:
+        self.ensure_tracking(conn)
+        self.reconcile(conn)
+        self._redis_up()
+
+    def run_batch(self, conn: psycopg.Connection[Any], limit: int) -> int:
+        return self.publish_batch(conn, limit)
+
+    def skip(self, conn: psycopg.Connection[Any], error: str, attempts: int) -> int | None:
+        """An event no message can be made of: a dead letter, and the relay goes on.
+
+        Its entry id is then missing from the streams (ids only grow, so it
+        cannot be added later): a consumer sees the gap in positions, and
+        the event stays in the log and in ``dead-letters list``.
+        """
+        return skip_next(conn, self.name, self.name, error, attempts)
+
+    def active(self, leading: bool) -> None:
+        if leading:
+            log.info("relay active", name=self.name, prefix=self.config.prefix)
+        self._set(active=leading)
+
+    def failing(self, exc: BaseException) -> None:
+        if isinstance(exc, redis.RedisError):
+            self._redis_down(exc)
+        elif isinstance(exc, psycopg.OperationalError):
+            self._failing(f"postgres: {str(exc).strip()}")
+        else:
+            self._failing(f"{type(exc).__name__}: {exc}")
 
     def run_forever(self, stop: threading.Event) -> None:
         """Relay live until ``stop`` is set, surviving lost connections to either side."""
-        backoff = self.retry_base_s
+        policy = RetryPolicy(self.retry_attempts, self.retry_base_s, self.retry_cap_s)
+        loop = FollowerLoop(
+            self, batch_size=self.config.relay_batch, poll_s=self.poll_s, policy=policy
+        )
         try:
-            while not stop.is_set():
-                try:
-                    self._run_while_leader(stop)
-                    backoff = self.retry_base_s
-                except psycopg.OperationalError as exc:
-                    log.warning(
-                        "relay lost its database connection; reconnecting",
-                        error=str(exc).strip(),
-                        retry_in_s=backoff,
-                    )
-                    self._failing(f"postgres: {str(exc).strip()}")
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, self.retry_cap_s)
-                except Exception as exc:
-                    # E.g. an event that cannot be decoded: retry rather than die; the
-                    # stall shows as lag and last_error in the status.
-                    log.exception("relay failed; retrying", retry_in_s=backoff)
-                    self._failing(f"{type(exc).__name__}: {exc}")
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, self.retry_cap_s)
+            loop.run_forever(stop)
         finally:
-            self._set(active=False)
             self.redis.close()
 
     def _failing(self, error: str) -> None:
         since = self._status.failing_since or datetime.now(UTC)
-        self._set(active=False, last_error=error, failing_since=since)
+        self._set(last_error=error, failing_since=since)
 
-    def _run_while_leader(self, stop: threading.Event) -> None:
-        with self.connect() as conn:
-            locked = conn.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s))", (_lock_key(self.name),)
-            ).fetchone()
-            if not locked or not locked[0]:
-                # Another process relays; stand by to take over.
-                self._set(active=False)
-                stop.wait(self.poll_s)
-                return
-            log.info("relay active", name=self.name, prefix=self.config.prefix)
-            self._set(active=True)
-            with self.connect() as listen_conn:
-                listen_conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
-                self.ensure_tracking(conn)
-                self._follow(conn, listen_conn, stop)
-
-    def _follow(
-        self,
-        conn: psycopg.Connection[Any],
-        listen_conn: psycopg.Connection[Any],
-        stop: threading.Event,
-    ) -> None:
-        in_step_with_redis = False
-        backoff = self.retry_base_s
-        while not stop.is_set():
-            try:
-                if not in_step_with_redis:
-                    self.reconcile(conn)
-                    in_step_with_redis = True
-                    self._redis_up()
-                while self.publish_batch(conn) >= self.config.relay_batch:
-                    if stop.is_set():
-                        return
-                backoff = self.retry_base_s
-            except redis.RedisError as exc:
-                in_step_with_redis = False
-                self._redis_down(exc, backoff)
-                # Keep the status' head current while we wait.
-                self._set(head=self._position_and_head(conn)[1])
-                stop.wait(backoff)
-                backoff = min(backoff * 2, self.retry_cap_s)
-                continue
-            # Wake on NOTIFY (one per committed write), or after poll_s regardless.
-            for _ in listen_conn.notifies(timeout=self.poll_s, stop_after=1):
-                pass
-
-    def _redis_down(self, exc: Exception, retry_in_s: float) -> None:
+    def _redis_down(self, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
         now = datetime.now(UTC)
         down_since = self._status.redis_down_since or now
         if self._status.redis_ok:
-            log.warning(
-                "relay cannot reach Redis; events wait in the log, retrying",
-                error=error,
-                retry_in_s=retry_in_s,
-            )
+            log.warning("relay cannot reach Redis; events wait in the log, retrying", error=error)
         else:
             log.info(
                 "relay still waiting for Redis",
                 error=error,
-                retry_in_s=retry_in_s,
                 down_s=round((now - down_since).total_seconds(), 1),
             )
         self._set(redis_ok=False, redis_down_since=down_since, last_error=error)
@@ -399,6 +376,19 @@ class Relay:
             down_s = (datetime.now(UTC) - since).total_seconds() if since else 0.0
             log.info("relay reached Redis again", down_s=round(down_s, 1))
         self._set(redis_ok=True, redis_down_since=None)
+
+
+def _data_json(attributes: dict[str, Any]) -> str:
+    """The event's attributes as JSON; never fails on a value the log holds.
+
+    orjson first (fast); it refuses integers beyond 64 bits, which the
+    stdlib encoder writes exactly (and NUL and every other character are
+    escaped by both). So the bus carries every acknowledged event.
+    """
+    try:
+        return orjson.dumps(attributes, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(attributes, default=str, separators=(",", ":"), ensure_ascii=False)
 
 
 def _lock_key(name: str) -> str:
