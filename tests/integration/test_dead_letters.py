@@ -203,7 +203,9 @@ def plant_update(
         changes: dict[str, Any] = {"nodes": [workflow.nodes[0], node]}
     else:
         changes = {"description": "planted, but fine"}
-    workflow.update(changes, _meta(org_id))
+    # Past the domain's checks, as an older release (or a hand in the database)
+    # wrote it: the workflow it updates may already hold BIG.
+    workflow._updated(changes=changes, meta=_meta(org_id).as_dict())
     [event] = workflow.collect_events()
     state = _with_big_int(app, event) if big else app.mapper.to_stored_event(event).state
     return _plant(db_target, app, event, state)
@@ -244,12 +246,7 @@ def _read(client: httpx.Client, auth: dict[str, str], path: str, position: int) 
 
 
 def _cli(target: PgTarget, *args: str) -> subprocess.CompletedProcess[str]:
-    url = (
-        target.sqlalchemy_url("psycopg")
-        .render_as_string(hide_password=False)
-        .replace("postgresql+psycopg", "postgresql")
-    )
-    env = {**os.environ, "DATABASE_URL": url, "REPORUNNER_LOG_FORMAT": "json"}
+    env = {**os.environ, "DATABASE_URL": target.url(), "REPORUNNER_LOG_FORMAT": "json"}
     env.pop("REDIS_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "reporunner", *args],
@@ -374,6 +371,7 @@ def test_an_ending_the_runs_recorder_cannot_place_is_recorded_once_what_was_miss
         execution_id=uuid.uuid4(),
         workflow_id=UUID(workflow["id"]),
         workflow_version=1,
+        workflow_revision=1,
         mode="async",
         input={},
         meta=_meta(x),
@@ -412,6 +410,7 @@ def test_an_execution_input_no_view_can_hold_stops_no_other_organisations_execut
         execution_id=uuid.uuid4(),
         workflow_id=UUID(workflow["id"]),
         workflow_version=1,
+        workflow_revision=1,
         mode="async",
         input={"n": PLANTED},
         meta=_meta(x),
