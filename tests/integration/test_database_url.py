@@ -32,7 +32,7 @@ from commands import WorkflowApplication
 from infrastructure.database import DatabaseUrlError, PgTarget, create_engine
 from infrastructure.eventstore import EventStoreFactory, eventsourcing_env
 from infrastructure.queue import ExecutionQueue
-from infrastructure.relay import Relay
+from projections.relay import Relay
 from infrastructure.settings import Settings
 from projections.audit_chain import AuditChainFollower
 from projections.runner import Projector

@@ -10,8 +10,7 @@ surrogates, invalid UTF-8, nesting past every depth limit, huge keys.
 
 Filter and pipeline constants are the ``queries`` item's (they answer 400);
 this test holds them to "never a 5xx" as well. Webhook bodies join the doors
-here when their route lands. The relay is driven through
-``infrastructure.relay`` (see ``followers``): one import to re-point.
+here when their route lands.
 """
 
 from __future__ import annotations
@@ -198,7 +197,7 @@ def followers(
     """Catch the runs follower (and, with Redis, a relay of our own) up past a position."""
     relay = None
     if os.environ.get("REDIS_URL"):
-        from infrastructure.relay import BusConfig, Relay
+        from projections.relay import BusConfig, Relay
 
         prefix = f"reporunner-test-doors-{uuid.uuid4().hex[:8]}"
         relay = Relay(
