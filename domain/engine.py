@@ -24,9 +24,19 @@ Semantics (n8n-like):
 - The execution ``output`` maps each terminal node (no outgoing connections)
   that ran to all of its output items, concatenated in output order.
 - Timeout: ``settings.timeout_ms`` or else ``EngineLimits.max_execution_ms``,
-  checked before each node attempt, each HTTP call and each code evaluation;
-  waits and retry back-offs that would pass the deadline sleep until it and
-  then time out; HTTP timeouts are shortened to the time left.
+  checked before each node attempt and inside nodes: every few ``set``
+  assignments, before each HTTP call and each code evaluation, and at every
+  step of an expression. Waits and retry back-offs that would pass the
+  deadline sleep until it and then time out; an HTTP call gets the time left
+  as the deadline of its whole exchange, and a call cut off by it times the
+  execution out.
+- Memory: every node charges what it builds (new items and the dicts it
+  copies, measured with ``sys.getsizeof``; response bodies and expression
+  results in full) against ``EngineLimits.max_execution_bytes``, while it
+  builds them, so one execution cannot grow the process by more than that
+  (plus its input and, transiently, one expression's working set). Going past
+  it fails the node (``on_error`` applies); a failed attempt's charge is
+  given back. Items passed on unchanged cost one list slot each.
 - Cancellation is checked before each node and after each retry back-off.
 
 Node failures honour the node's ``retry`` (``max_tries`` attempts in total,
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
@@ -49,7 +60,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
-from domain.expressions import CompiledExpression, ExpressionError, compile_expression
+from domain.expressions import (
+    CompiledExpression,
+    ExpressionError,
+    ExpressionTimeout,
+    compile_expression,
+)
 from domain.nodes import (
     DEFAULT_OUTPUT,
     ERROR_OUTPUT,
@@ -69,6 +85,7 @@ from domain.nodes import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_EXECUTION_BYTES",
     "DEFAULT_MAX_EXECUTION_MS",
     "EngineLimits",
     "EnginePorts",
@@ -92,6 +109,7 @@ Outputs = dict[str, list[Item]]
 """A node's result: items per output name, every declared output present."""
 
 DEFAULT_MAX_EXECUTION_MS: Final = 30_000
+DEFAULT_MAX_EXECUTION_BYTES: Final = 64 * 1024 * 1024
 
 
 # -- ports -----------------------------------------------------------------------
@@ -176,6 +194,8 @@ class EngineLimits:
     """Most items one node output may hold; more fails the node."""
     max_execution_ms: int = DEFAULT_MAX_EXECUTION_MS
     """Execution timeout unless the workflow's ``settings.timeout_ms`` sets one."""
+    max_execution_bytes: int = DEFAULT_MAX_EXECUTION_BYTES
+    """Memory the items one execution builds may take (see the module docstring)."""
 
 
 # -- outcome -----------------------------------------------------------------------
@@ -337,20 +357,35 @@ class _Stopped(Exception):
         self.node_id = node_id
 
 
-@dataclass(frozen=True, slots=True)
+# How many set assignments run between two looks at the clock.
+_ASSIGNMENTS_PER_CLOCK_READ: Final = 64
+# A list slot, and the growth of a dict by one key (both approximate).
+_SLOT_BYTES: Final = 8
+_KEY_BYTES: Final = 48
+_EMPTY_DICT_BYTES: Final = sys.getsizeof({})
+
+
+@dataclass(slots=True)
 class _RunContext:
-    """What steps may touch while running: the ports, the limits, the deadline."""
+    """What steps may touch while running: the ports, the limits, the deadline,
+    and the memory budget (bytes committed by finished attempts, and those
+    charged so far by the running one)."""
 
     ports: EnginePorts
     limits: EngineLimits
     allowed_hosts: frozenset[str]
     deadline: float
+    bytes_used: int = 0
+    attempt_bytes: int = 0
 
     def seconds_left(self) -> float:
         return self.deadline - self.ports.clock()
 
+    def out_of_time(self) -> bool:
+        return self.seconds_left() <= 0
+
     def ensure_time_left(self) -> None:
-        if self.seconds_left() <= 0:
+        if self.out_of_time():
             raise _Timeout
 
     def sleep(self, seconds: float) -> None:
@@ -363,6 +398,48 @@ class _RunContext:
                 self.ports.sleep(left)
             raise _Timeout
         self.ports.sleep(seconds)
+
+    def charge(self, nbytes: int) -> None:
+        """Count memory the running attempt built; past the budget the node fails."""
+        self.attempt_bytes += nbytes
+        if self.bytes_used + self.attempt_bytes > self.limits.max_execution_bytes:
+            raise _NodeError(
+                f"the execution's items would take more than "
+                f"{self.limits.max_execution_bytes} bytes of memory"
+            )
+
+    def charge_value(self, value: Any) -> None:
+        """Charge a value built whole (a response body, an expression result)."""
+        left = self.limits.max_execution_bytes - self.bytes_used - self.attempt_bytes
+        self.charge(deep_size(value, left))
+
+    def end_attempt(self, succeeded: bool) -> None:
+        """A finished attempt keeps its charge; a failed one's items are garbage."""
+        if succeeded:
+            self.bytes_used += self.attempt_bytes
+        self.attempt_bytes = 0
+
+
+def deep_size(value: Any, limit: int) -> int:
+    """``sys.getsizeof`` summed over a JSON value's objects; stops once past ``limit``.
+
+    Iterative (no recursion limit), and bounded by ``limit`` however big the
+    value is. Shared objects are counted each time they are reached, so this
+    is an upper bound of what the value holds alone.
+    """
+    total = 0
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        total += sys.getsizeof(current)
+        if total > limit:
+            break
+        if isinstance(current, dict):
+            pending.extend(current.keys())
+            pending.extend(current.values())
+        elif isinstance(current, list):
+            pending.extend(current)
+    return total
 
 
 def run(
@@ -449,9 +526,12 @@ def _run_node(
         try:
             outputs = node.step(inputs, context)
             _check_item_counts(outputs, context.limits.max_items)
+            context.charge(_SLOT_BYTES * sum(len(items) for items in outputs.values()))
         except _NodeError as exc:
+            context.end_attempt(succeeded=False)
             error = str(exc)
         else:
+            context.end_attempt(succeeded=True)
             runs.append(NodeRun(node.id, attempt, "succeeded", outputs))
             listener.node_succeeded(node.id, outputs, attempt)
             return outputs
@@ -464,7 +544,11 @@ def _run_node(
             if context.ports.should_cancel():
                 raise _Canceled
             continue
-        passed_on = _on_error_outputs(node, inputs, error)
+        try:
+            passed_on = _on_error_outputs(node, inputs, error, context)
+        except _NodeError as exc:  # the error output itself is over the budget
+            context.end_attempt(succeeded=False)
+            passed_on, error = None, f"{error}; {exc}"
         runs.append(NodeRun(node.id, attempt, "failed", passed_on, error))
         listener.node_failed(node.id, error, attempt, will_retry=False)
         if passed_on is None:
@@ -473,16 +557,25 @@ def _run_node(
     raise AssertionError("max_tries is at least 1")
 
 
-def _on_error_outputs(node: PlannedNode, inputs: list[list[Item]], error: str) -> Outputs | None:
+def _on_error_outputs(
+    node: PlannedNode, inputs: list[list[Item]], error: str, context: _RunContext
+) -> Outputs | None:
     """What a finally failed node passes on under its on_error policy (None: stop)."""
     if node.on_error == "stop":
         return None
     items = _concat(inputs) if not node.is_trigger else []
     outputs: Outputs = {name: [] for name in node.outputs}
+    context.charge(_SLOT_BYTES * len(items))
     if node.on_error == "continue":
         outputs[node.outputs[0]] = items
     else:
-        outputs[ERROR_OUTPUT] = [{**item, "error": error} for item in items]
+        with_error = []
+        for item in items:
+            copied = {**item, "error": error}
+            context.charge(sys.getsizeof(copied))
+            with_error.append(copied)
+        outputs[ERROR_OUTPUT] = with_error
+    context.end_attempt(succeeded=True)
     return outputs
 
 
@@ -539,16 +632,52 @@ def _build_set(params: SetParameters, outputs: tuple[str, ...]) -> Step:
     assignments = [(path.split("."), value) for path, value in params.fields.items()]
     keep_others = params.keep_others
 
-    def set_fields(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
+    def set_fields(inputs: list[list[Item]], context: _RunContext) -> Outputs:
         results = []
+        assigned = 0
         for item in _concat(inputs):
-            result: Item = item if keep_others else {}
+            result: Item = dict(item) if keep_others else {}
+            context.charge(sys.getsizeof(result))
+            # Dicts built for this result, so later paths may change them in
+            # place: each dict along any path is copied once per item, never
+            # once per assignment (1,000 deep paths would copy it 1,000 times).
+            # Keyed by id, holding each dict so that no id is reused meanwhile.
+            owned = {id(result): result}
             for segments, value in assignments:
-                result = _assign(result, segments, value)
+                assigned += 1
+                if assigned % _ASSIGNMENTS_PER_CLOCK_READ == 0:
+                    context.ensure_time_left()
+                _assign_in_place(result, segments, value, owned, context)
             results.append(result)
         return _with_empty(outputs, DEFAULT_OUTPUT, results)
 
     return set_fields
+
+
+def _assign_in_place(
+    result: Item, segments: list[str], value: Any, owned: dict[int, Item], context: _RunContext
+) -> None:
+    """Put ``value`` at the path in ``result``, copying the dicts along it not yet ``owned``.
+
+    A missing or non-object value along the path is replaced by a new object.
+    Steps never mutate their input items: only ``owned`` dicts change.
+    """
+    target = result
+    for segment in segments[:-1]:
+        child = target.get(segment)
+        if not isinstance(child, dict):
+            child = {}
+        elif id(child) in owned:
+            target = child
+            continue
+        else:
+            child = dict(child)
+        context.charge(sys.getsizeof(child) + _KEY_BYTES)
+        owned[id(child)] = child
+        target[segment] = child
+        target = child
+    context.charge(_KEY_BYTES)
+    target[segments[-1]] = value
 
 
 def _build_if(params: IfParameters, outputs: tuple[str, ...]) -> Step:
@@ -593,7 +722,7 @@ def _build_merge(params: MergeParameters, outputs: tuple[str, ...]) -> Step:
     assert params.key is not None  # the model requires a key for combine
     key_path = params.key.split(".")
 
-    def combine(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
+    def combine(inputs: list[list[Item]], context: _RunContext) -> Outputs:
         # Inner join on the key: keep first-input items that every other input
         # matches, merged with the first match of each (later inputs win on
         # conflicting fields). Unmatched items are dropped, as in n8n.
@@ -604,7 +733,9 @@ def _build_merge(params: MergeParameters, outputs: tuple[str, ...]) -> Step:
             for item in items:
                 key = _lookup(item, key_path)
                 if key is not _MISSING:
-                    index.setdefault(_hashable(key), item)
+                    hashable = _hashable(key)
+                    context.charge(_KEY_BYTES + sys.getsizeof(hashable))
+                    index.setdefault(hashable, item)
             indexes.append(index)
         merged = []
         for item in first:
@@ -616,6 +747,7 @@ def _build_merge(params: MergeParameters, outputs: tuple[str, ...]) -> Step:
                 result = dict(item)
                 for match in matches:
                     result.update(match or {})
+                context.charge(sys.getsizeof(result))
                 merged.append(result)
         return _with_empty(outputs, DEFAULT_OUTPUT, merged)
 
@@ -660,18 +792,22 @@ def _build_http_request(params: HttpRequestParameters, outputs: tuple[str, ...])
             try:
                 response = context.ports.http(request)
             except HttpFailure as exc:
+                # Cut off by the execution's deadline: the execution timed out,
+                # whatever the node's retry and on_error say.
+                context.ensure_time_left()
                 raise _NodeError(f"{params.method} {params.url} failed: {exc.message}") from None
+            context.ensure_time_left()
             if response.status >= 400:
                 raise _NodeError(
                     f"{params.method} {params.url} returned HTTP status {response.status}"
                 )
-            results.append(
-                {
-                    "status": response.status,
-                    "headers": dict(response.headers),
-                    "body": response.body,
-                }
-            )
+            result = {
+                "status": response.status,
+                "headers": dict(response.headers),
+                "body": response.body,
+            }
+            context.charge_value(result)
+            results.append(result)
         return _with_empty(outputs, DEFAULT_OUTPUT, results)
 
     return call
@@ -691,14 +827,16 @@ def _build_code(params: CodeParameters, outputs: tuple[str, ...]) -> Step:
             raise _NodeError(compile_error)
         results = []
         for index, item in enumerate(_concat(inputs)):
-            # An evaluation may take a fraction of a second (it is step-bounded),
-            # so a node over many items watches the deadline between items.
             context.ensure_time_left()
             try:
-                value = expression.evaluate(item)
+                # The expression watches the deadline at every step, too.
+                value = expression.evaluate(item, out_of_time=context.out_of_time)
+            except ExpressionTimeout:
+                raise _Timeout from None
             except ExpressionError as exc:
                 raise _NodeError(f"expression failed on item {index}: {exc}") from None
-            results.append(_assign(item, into, value))
+            context.charge_value(value)
+            results.append(_assign_charged(item, into, value, context))
         return _with_empty(outputs, DEFAULT_OUTPUT, results)
 
     return evaluate
@@ -755,18 +893,11 @@ def _lookup(item: Any, segments: list[str]) -> Any:
     return value
 
 
-def _assign(item: Item, segments: list[str], value: Any) -> Item:
-    """A copy of ``item`` with ``value`` at the path; only the dicts along it are copied.
-
-    A missing or non-object value along the path is replaced by a new object.
-    """
-    head, *rest = segments
+def _assign_charged(item: Item, segments: list[str], value: Any, context: _RunContext) -> Item:
+    """``_assign``, charging the dicts it copies."""
     result = dict(item)
-    if rest:
-        child = item.get(head)
-        result[head] = _assign(child if isinstance(child, dict) else {}, rest, value)
-    else:
-        result[head] = value
+    context.charge(sys.getsizeof(result) + _KEY_BYTES)
+    _assign_in_place(result, segments, value, {id(result): result}, context)
     return result
 
 

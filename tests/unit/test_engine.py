@@ -844,7 +844,7 @@ def test_timeout_from_settings_overrides_the_default() -> None:
     assert "after" not in recorder.started_nodes()
 
 
-def test_timeout_between_nodes_uses_the_engine_limit() -> None:
+def test_timeout_uses_the_engine_limit_and_a_call_past_it_times_out() -> None:
     world = FakeWorld(seconds_per_http_call=2.0)
     plan = plan_of(
         [
@@ -858,7 +858,8 @@ def test_timeout_between_nodes_uses_the_engine_limit() -> None:
     recorder = Recorder()
     outcome = execute(plan, world=world, recorder=recorder, limits=limits)
     assert outcome.status == "failed" and outcome.error == "execution timed out after 1500 ms"
-    assert outcome.failed_node_id == "after"
+    # The response came after the deadline: the call itself timed out.
+    assert outcome.failed_node_id == "call"
     assert "after" not in recorder.started_nodes()
 
 
