@@ -37,7 +37,8 @@ Semantics (n8n-like):
   (plus its input and, transiently, one expression's working set). Going past
   it fails the node (``on_error`` applies); a failed attempt's charge is
   given back. Items passed on unchanged cost one list slot each.
-- Cancellation is checked before each node and after each retry back-off.
+- Cancellation is checked before each node and after each retry back-off; a
+  port that raises ``RunStopped`` cancels the run there and then.
 
 Node failures honour the node's ``retry`` (``max_tries`` attempts in total,
 ``wait_ms * 2**(attempt - 1)`` between them, a retry re-runs the node for all
@@ -99,6 +100,7 @@ __all__ = [
     "NodeRun",
     "NullListener",
     "PlannedNode",
+    "RunStopped",
     "compile_plan",
     "run",
 ]
@@ -138,6 +140,12 @@ class HttpFailure(Exception):
     def __init__(self, message: str) -> None:
         self.message = message
         super().__init__(message)
+
+
+class RunStopped(Exception):
+    """Raised by a port when the caller has stopped the run (canceled, or found to
+    duplicate a run already recorded): the engine ends it as canceled at once,
+    so no further port call, and no further side effect, happens."""
 
 
 def _never_cancel() -> bool:
@@ -504,7 +512,7 @@ def run(
             f"execution timed out after {timeout_ms} ms",
             current.id if current else None,
         )
-    except _Canceled:
+    except (_Canceled, RunStopped):
         return outcome("canceled")
     return outcome("succeeded")
 

@@ -50,6 +50,7 @@ from read_api.executions import router as executions_router
 from read_api.history import router as history_router
 from reporunner.worker import Worker
 from write_api import COMMAND_PROBLEMS, include_write_api
+from write_api.bulkhead import SyncRunBulkhead
 
 log = structlog.get_logger("reporunner")
 
@@ -117,6 +118,7 @@ def create_execution_services(
                 max_wait_ms=settings.wait_max_ms,
                 allowed_http_hosts=settings.allowed_http_hosts(),
                 max_execution_ms=settings.execution_max_ms,
+                max_execution_bytes=settings.execution_max_bytes,
             ),
         ),
         http,
@@ -153,6 +155,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         # Commands run in the thread pool (eventsourcing is synchronous). A few
         # threads keep PostgreSQL busy; dozens only fight over the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.command_threads
+        app.state.sync_runs = SyncRunBulkhead(settings.sync_run_threads, settings.sync_runs_per_org)
         engine = create_engine(target, pool_size=settings.db_pool_size)
         app.state.engine = engine
         app.state.settings = settings

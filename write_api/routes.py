@@ -22,11 +22,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow, WorkflowCommands
+from commands.errors import ExecutionAnswerUnavailable
 from commands.executions import ExecutionCommands
 from commands.models import ExecutionResult, RevertWorkflow, RunWorkflow
 from infrastructure.auth import Permission, Principal
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
+from write_api.bulkhead import SyncRunBulkhead
 
 router = APIRouter(prefix="/v1", tags=["workflows"])
 
@@ -256,8 +258,12 @@ def _execution_response(result: ExecutionResult) -> Response:
     if result.status_code == 200:
         body["output"] = result.output
         body["error"] = result.error
+    try:
+        content = orjson.dumps(body)
+    except TypeError as exc:  # recorded already: answer with its id, never a 500
+        raise ExecutionAnswerUnavailable(result.execution_id) from exc
     return Response(
-        orjson.dumps(body),
+        content,
         status_code=result.status_code,
         headers={
             "X-Log-Position": str(result.position),
@@ -275,17 +281,24 @@ def _execution_response(result: ExecutionResult) -> Response:
         200: _EXECUTION_RESPONSE,
         202: {"description": "Queued for a worker"},
         404: _PROBLEM,
+        409: _PROBLEM,
         410: _PROBLEM,
         422: _PROBLEM,
+        429: _PROBLEM,
     },
     openapi_extra=_documented(RunWorkflow, _IDEMPOTENCY_DOC),
 )
 async def run_workflow(workflow_id: UUID, request: Request) -> Response:
     principal = await authorize(request, Permission.EXECUTE_WORKFLOWS)
     command = await _parse(request, RunWorkflow)
-    result = await run_in_threadpool(
-        _executions(request).start, workflow_id, command, _context(request, principal)
-    )
+    start = _executions(request).start
+    context = _context(request, principal)
+    if command.mode == "sync":
+        # Its own pool, so long runs never hold the command threads.
+        bulkhead: SyncRunBulkhead = request.app.state.sync_runs
+        result = await bulkhead.run(principal.org_id, start, workflow_id, command, context)
+    else:
+        result = await run_in_threadpool(start, workflow_id, command, context)
     return _execution_response(result)
 
 
