@@ -9,6 +9,9 @@ returns an equal ``ExecutionOutcome``.
 Usage: ``plan = compile_plan(definition)`` once per workflow version (it
 validates parameters, compiles conditions, regexes and expressions, and sorts
 the graph), then ``run(plan, execution_input, ports=..., listener=..., limits=...)``.
+This module is the runner; what each node type does is in ``domain/steps.py``,
+and what a step works with (ports, limits, deadline, memory budget) in
+``domain/run_context.py``.
 
 Semantics (n8n-like):
 
@@ -52,38 +55,32 @@ failures: they end the execution regardless of ``on_error``.
 from __future__ import annotations
 
 import heapq
-import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from domain.expressions import (
-    CompiledExpression,
-    ExpressionError,
-    ExpressionTimeout,
-    compile_expression,
+from domain.nodes import DEFAULT_OUTPUT, ERROR_OUTPUT, NODE_TYPES
+from domain.run_context import (
+    DEFAULT_MAX_EXECUTION_BYTES,
+    DEFAULT_MAX_EXECUTION_MS,
+    SLOT_BYTES,
+    DeadlinePassed,
+    EngineLimits,
+    EnginePorts,
+    HttpFailure,
+    HttpRequest,
+    HttpResponse,
+    Item,
+    NodeError,
+    Outputs,
+    RunContext,
+    RunStopped,
+    Step,
 )
-from domain.nodes import (
-    DEFAULT_OUTPUT,
-    ERROR_OUTPUT,
-    NODE_TYPES,
-    SWITCH_DEFAULT_OUTPUT,
-    CodeParameters,
-    Condition,
-    FilterParameters,
-    HttpRequestParameters,
-    IfParameters,
-    MergeParameters,
-    SetParameters,
-    StopAndErrorParameters,
-    SwitchParameters,
-    WaitParameters,
-    compile_regex,
-)
+from domain.steps import STEP_BUILDERS, concat
 
 __all__ = [
     "DEFAULT_MAX_EXECUTION_BYTES",
@@ -99,70 +96,12 @@ __all__ = [
     "Item",
     "NodeRun",
     "NullListener",
+    "Outputs",
     "PlannedNode",
     "RunStopped",
     "compile_plan",
     "run",
 ]
-
-Item = dict[str, Any]
-"""One unit of data flowing between nodes: a JSON object."""
-Outputs = dict[str, list[Item]]
-"""A node's result: items per output name, every declared output present."""
-
-DEFAULT_MAX_EXECUTION_MS: Final = 30_000
-DEFAULT_MAX_EXECUTION_BYTES: Final = 64 * 1024 * 1024
-
-
-# -- ports -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HttpRequest:
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    body: Any
-    timeout_ms: int
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    status: int
-    headers: Mapping[str, str]
-    body: Any
-    """Parsed JSON when the response was JSON, else its text."""
-
-
-class HttpFailure(Exception):
-    """Raised by the HTTP port when no response arrived (DNS, connect, timeout, TLS)."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
-
-
-class RunStopped(Exception):
-    """Raised by a port when the caller has stopped the run (canceled, or found to
-    duplicate a run already recorded): the engine ends it as canceled at once,
-    so no further port call, and no further side effect, happens."""
-
-
-def _never_cancel() -> bool:
-    return False
-
-
-@dataclass(frozen=True)
-class EnginePorts:
-    """Everything the engine needs from the outside world."""
-
-    http: Callable[[HttpRequest], HttpResponse]
-    sleep: Callable[[float], None]
-    """Sleeps the given seconds (waits and retry back-off)."""
-    clock: Callable[[], float]
-    """Monotonic seconds, for the execution timeout."""
-    should_cancel: Callable[[], bool] = _never_cancel
-    """Polled between node runs; must be cheap."""
 
 
 class ExecutionListener(Protocol):
@@ -190,20 +129,6 @@ class NullListener:
 
     def node_failed(self, node_id: str, error: str, attempt: int, will_retry: bool) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class EngineLimits:
-    max_wait_ms: int = 60_000
-    """Cap on one ``wait`` node's pause and on one retry back-off."""
-    allowed_http_hosts: frozenset[str] = frozenset()
-    """Host names ``http_request`` may call (case-insensitive); empty allows none."""
-    max_items: int = 10_000
-    """Most items one node output may hold; more fails the node."""
-    max_execution_ms: int = DEFAULT_MAX_EXECUTION_MS
-    """Execution timeout unless the workflow's ``settings.timeout_ms`` sets one."""
-    max_execution_bytes: int = DEFAULT_MAX_EXECUTION_BYTES
-    """Memory the items one execution builds may take (see the module docstring)."""
 
 
 # -- outcome -----------------------------------------------------------------------
@@ -236,9 +161,6 @@ class ExecutionOutcome:
 
 
 # -- plan ----------------------------------------------------------------------------
-
-Step = Callable[[list[list[Item]], "_RunContext"], Outputs]
-"""A node's behaviour: items per incoming connection -> items per output."""
 
 
 @dataclass(frozen=True)
@@ -311,7 +233,7 @@ def compile_plan(definition: Mapping[str, Any]) -> ExecutionPlan:
             max_tries=retry.get("max_tries", 1),
             retry_wait_ms=retry.get("wait_ms", 0),
             on_error=on_error,
-            step=_STEP_BUILDERS[raw["type"]](parameters, outputs),
+            step=STEP_BUILDERS[raw["type"]](parameters, outputs),
         )
     order = _topological_order([node["id"] for node in raw_nodes], successors)
     return ExecutionPlan(
@@ -345,14 +267,6 @@ def _topological_order(node_ids: list[str], successors: dict[str, list[str]]) ->
 # -- run -----------------------------------------------------------------------------
 
 
-class _NodeError(Exception):
-    """A node failed; retry and on_error apply."""
-
-
-class _Timeout(Exception):
-    """The execution's deadline passed."""
-
-
 class _Canceled(Exception):
     """The caller asked to cancel."""
 
@@ -363,94 +277,6 @@ class _Stopped(Exception):
     def __init__(self, node_id: str, error: str) -> None:
         super().__init__(f"node '{node_id}' failed: {error}")
         self.node_id = node_id
-
-
-# How many set assignments run between two looks at the clock.
-_ASSIGNMENTS_PER_CLOCK_READ: Final = 64
-# A list slot, the growth of a dict by one key, and a new dict with its first
-# key plus its entry in set's index of owned dicts (approximate, measured with
-# tracemalloc on CPython 3.11: a path's new dict costs about 210 bytes).
-_SLOT_BYTES: Final = 8
-_KEY_BYTES: Final = 48
-_OWNED_ENTRY_BYTES: Final = 64
-_NEW_DICT_BYTES: Final = sys.getsizeof({"": None}) + _OWNED_ENTRY_BYTES
-
-
-@dataclass(slots=True)
-class _RunContext:
-    """What steps may touch while running: the ports, the limits, the deadline,
-    and the memory budget (bytes committed by finished attempts, and those
-    charged so far by the running one)."""
-
-    ports: EnginePorts
-    limits: EngineLimits
-    allowed_hosts: frozenset[str]
-    deadline: float
-    bytes_used: int = 0
-    attempt_bytes: int = 0
-
-    def seconds_left(self) -> float:
-        return self.deadline - self.ports.clock()
-
-    def out_of_time(self) -> bool:
-        return self.seconds_left() <= 0
-
-    def ensure_time_left(self) -> None:
-        if self.out_of_time():
-            raise _Timeout
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, but not past the deadline: time out there instead."""
-        if seconds <= 0:
-            return
-        left = self.seconds_left()
-        if seconds >= left:
-            if left > 0:
-                self.ports.sleep(left)
-            raise _Timeout
-        self.ports.sleep(seconds)
-
-    def charge(self, nbytes: int) -> None:
-        """Count memory the running attempt built; past the budget the node fails."""
-        self.attempt_bytes += nbytes
-        if self.bytes_used + self.attempt_bytes > self.limits.max_execution_bytes:
-            raise _NodeError(
-                f"the execution's items would take more than "
-                f"{self.limits.max_execution_bytes} bytes of memory"
-            )
-
-    def charge_value(self, value: Any) -> None:
-        """Charge a value built whole (a response body, an expression result)."""
-        left = self.limits.max_execution_bytes - self.bytes_used - self.attempt_bytes
-        self.charge(deep_size(value, left))
-
-    def end_attempt(self, succeeded: bool) -> None:
-        """A finished attempt keeps its charge; a failed one's items are garbage."""
-        if succeeded:
-            self.bytes_used += self.attempt_bytes
-        self.attempt_bytes = 0
-
-
-def deep_size(value: Any, limit: int) -> int:
-    """``sys.getsizeof`` summed over a JSON value's objects; stops once past ``limit``.
-
-    Iterative (no recursion limit), and bounded by ``limit`` however big the
-    value is. Shared objects are counted each time they are reached, so this
-    is an upper bound of what the value holds alone.
-    """
-    total = 0
-    pending = [value]
-    while pending:
-        current = pending.pop()
-        total += sys.getsizeof(current)
-        if total > limit:
-            break
-        if isinstance(current, dict):
-            pending.extend(current.keys())
-            pending.extend(current.values())
-        elif isinstance(current, list):
-            pending.extend(current)
-    return total
 
 
 def run(
@@ -465,7 +291,7 @@ def run(
     limits = limits or EngineLimits()
     listener = listener or NullListener()
     timeout_ms = plan.timeout_ms if plan.timeout_ms is not None else limits.max_execution_ms
-    context = _RunContext(
+    context = RunContext(
         ports=ports,
         limits=limits,
         allowed_hosts=frozenset(host.lower() for host in limits.allowed_http_hosts),
@@ -509,7 +335,7 @@ def run(
             results[node.id] = _run_node(node, inputs, context, listener, runs)
     except _Stopped as stopped:
         return outcome("failed", str(stopped), stopped.node_id)
-    except _Timeout:
+    except DeadlinePassed:
         return outcome(
             "failed",
             f"execution timed out after {timeout_ms} ms",
@@ -523,7 +349,7 @@ def run(
 def _run_node(
     node: PlannedNode,
     inputs: list[list[Item]],
-    context: _RunContext,
+    context: RunContext,
     listener: ExecutionListener,
     runs: list[NodeRun],
 ) -> Outputs:
@@ -537,8 +363,8 @@ def _run_node(
         try:
             outputs = node.step(inputs, context)
             _check_item_counts(outputs, context.limits.max_items)
-            context.charge(_SLOT_BYTES * sum(len(items) for items in outputs.values()))
-        except _NodeError as exc:
+            context.charge(SLOT_BYTES * sum(len(items) for items in outputs.values()))
+        except NodeError as exc:
             context.end_attempt(succeeded=False)
             error = str(exc)
         else:
@@ -557,7 +383,7 @@ def _run_node(
             continue
         try:
             passed_on = _on_error_outputs(node, inputs, error, context)
-        except _NodeError as exc:  # the error output itself is over the budget
+        except NodeError as exc:  # the error output itself is over the budget
             context.end_attempt(succeeded=False)
             passed_on, error = None, f"{error}; {exc}"
         runs.append(NodeRun(node.id, attempt, "failed", passed_on, error))
@@ -569,14 +395,14 @@ def _run_node(
 
 
 def _on_error_outputs(
-    node: PlannedNode, inputs: list[list[Item]], error: str, context: _RunContext
+    node: PlannedNode, inputs: list[list[Item]], error: str, context: RunContext
 ) -> Outputs | None:
     """What a finally failed node passes on under its on_error policy (None: stop)."""
     if node.on_error == "stop":
         return None
-    items = _concat(inputs) if not node.is_trigger else []
+    items = concat(inputs) if not node.is_trigger else []
     outputs: Outputs = {name: [] for name in node.outputs}
-    context.charge(_SLOT_BYTES * len(items))
+    context.charge(SLOT_BYTES * len(items))
     if node.on_error == "continue":
         outputs[node.outputs[0]] = items
     else:
@@ -593,442 +419,4 @@ def _on_error_outputs(
 def _check_item_counts(outputs: Outputs, max_items: int) -> None:
     for name, items in outputs.items():
         if len(items) > max_items:
-            raise _NodeError(f"output '{name}' has {len(items)} items, at most {max_items} allowed")
-
-
-def _concat(inputs: list[list[Item]]) -> list[Item]:
-    """A new list, so no two nodes' outputs share a list object (items are shared)."""
-    return [item for items in inputs for item in items]
-
-
-# -- node behaviours -----------------------------------------------------------------
-# Each builder runs once per plan and returns the node's step, with its
-# parameters pre-processed (paths split, conditions compiled). Steps never
-# mutate their input items: they build new dicts along the paths they change.
-
-StepBuilder = Callable[[Any, tuple[str, ...]], Step]
-
-
-def _build_trigger(_params: Any, outputs: tuple[str, ...]) -> Step:
-    def trigger(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        [[execution_input]] = inputs
-        return _with_empty(outputs, DEFAULT_OUTPUT, _input_items(execution_input))
-
-    return trigger
-
-
-def _input_items(execution_input: Any) -> list[Item]:
-    if isinstance(execution_input, dict):
-        return [execution_input]
-    if isinstance(execution_input, list):
-        for index, item in enumerate(execution_input):
-            if not isinstance(item, dict):
-                raise _NodeError(
-                    f"input item {index} is {_json_type(item)}, items must be JSON objects"
-                )
-        return list(execution_input)
-    raise _NodeError(
-        f"input is {_json_type(execution_input)}, expected an object or an array of objects"
-    )
-
-
-def _build_passthrough(_params: Any, outputs: tuple[str, ...]) -> Step:
-    def passthrough(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        return _with_empty(outputs, DEFAULT_OUTPUT, _concat(inputs))
-
-    return passthrough
-
-
-def _build_set(params: SetParameters, outputs: tuple[str, ...]) -> Step:
-    assignments = [(path.split("."), value) for path, value in params.fields.items()]
-    keep_others = params.keep_others
-
-    def set_fields(inputs: list[list[Item]], context: _RunContext) -> Outputs:
-        results = []
-        assigned = 0
-        for item in _concat(inputs):
-            result: Item = dict(item) if keep_others else {}
-            context.charge(sys.getsizeof(result))
-            # Dicts built for this result, so later paths may change them in
-            # place: each dict along any path is copied once per item, never
-            # once per assignment (1,000 deep paths would copy it 1,000 times).
-            # Keyed by id, holding each dict so that no id is reused meanwhile.
-            owned = {id(result): result}
-            for segments, value in assignments:
-                assigned += 1
-                if assigned % _ASSIGNMENTS_PER_CLOCK_READ == 0:
-                    context.ensure_time_left()
-                _assign_in_place(result, segments, value, owned, context)
-            results.append(result)
-        return _with_empty(outputs, DEFAULT_OUTPUT, results)
-
-    return set_fields
-
-
-def _assign_in_place(
-    result: Item, segments: list[str], value: Any, owned: dict[int, Item], context: _RunContext
-) -> None:
-    """Put ``value`` at the path in ``result``, copying the dicts along it not yet ``owned``.
-
-    A missing or non-object value along the path is replaced by a new object.
-    Steps never mutate their input items: only ``owned`` dicts change.
-    """
-    target = result
-    for segment in segments[:-1]:
-        child = target.get(segment)
-        if not isinstance(child, dict):
-            child = {}
-            context.charge(_NEW_DICT_BYTES)
-        elif id(child) in owned:
-            target = child
-            continue
-        else:
-            child = dict(child)
-            context.charge(sys.getsizeof(child) + _KEY_BYTES + _OWNED_ENTRY_BYTES)
-        owned[id(child)] = child
-        target[segment] = child
-        target = child
-    context.charge(_KEY_BYTES)
-    target[segments[-1]] = value
-
-
-def _build_if(params: IfParameters, outputs: tuple[str, ...]) -> Step:
-    matches = _compile_conditions(params.conditions, params.combine)
-
-    def route(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        routed: Outputs = {name: [] for name in outputs}
-        for item in _concat(inputs):
-            routed["true" if matches(item) else "false"].append(item)
-        return routed
-
-    return route
-
-
-def _build_filter(params: FilterParameters, outputs: tuple[str, ...]) -> Step:
-    matches = _compile_conditions(params.conditions, params.combine)
-
-    def keep(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        return _with_empty(outputs, DEFAULT_OUTPUT, [i for i in _concat(inputs) if matches(i)])
-
-    return keep
-
-
-def _build_switch(params: SwitchParameters, outputs: tuple[str, ...]) -> Step:
-    cases = [
-        (case.name, _compile_conditions(case.conditions, case.combine)) for case in params.cases
-    ]
-
-    def route(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        routed: Outputs = {name: [] for name in outputs}
-        for item in _concat(inputs):
-            target = next((name for name, matches in cases if matches(item)), None)
-            routed[target or SWITCH_DEFAULT_OUTPUT].append(item)
-        return routed
-
-    return route
-
-
-def _build_merge(params: MergeParameters, outputs: tuple[str, ...]) -> Step:
-    if params.mode == "append":
-        return _build_passthrough(params, outputs)
-    assert params.key is not None  # the model requires a key for combine
-    key_path = params.key.split(".")
-
-    def combine(inputs: list[list[Item]], context: _RunContext) -> Outputs:
-        # Inner join on the key: keep first-input items that every other input
-        # matches, merged with the first match of each (later inputs win on
-        # conflicting fields). Unmatched items are dropped, as in n8n.
-        first, *others = inputs
-        indexes = []
-        for items in others:
-            index: dict[Any, Item] = {}
-            for item in items:
-                key = _lookup(item, key_path)
-                if key is not _MISSING:
-                    hashable = _hashable(key)
-                    context.charge(_KEY_BYTES + sys.getsizeof(hashable))
-                    index.setdefault(hashable, item)
-            indexes.append(index)
-        merged = []
-        for item in first:
-            key = _lookup(item, key_path)
-            if key is _MISSING:
-                continue
-            matches = [index.get(_hashable(key)) for index in indexes]
-            if all(match is not None for match in matches):
-                result = dict(item)
-                for match in matches:
-                    result.update(match or {})
-                context.charge(sys.getsizeof(result))
-                merged.append(result)
-        return _with_empty(outputs, DEFAULT_OUTPUT, merged)
-
-    return combine
-
-
-def _build_wait(params: WaitParameters, outputs: tuple[str, ...]) -> Step:
-    def wait(inputs: list[list[Item]], context: _RunContext) -> Outputs:
-        context.sleep(min(params.ms, context.limits.max_wait_ms) / 1000)
-        return _with_empty(outputs, DEFAULT_OUTPUT, _concat(inputs))
-
-    return wait
-
-
-def _build_stop_and_error(params: StopAndErrorParameters, _outputs: tuple[str, ...]) -> Step:
-    def stop(_inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        raise _NodeError(params.message)
-
-    return stop
-
-
-def _build_http_request(params: HttpRequestParameters, outputs: tuple[str, ...]) -> Step:
-    host = (urlsplit(params.url).hostname or "").lower()
-    headers = dict(params.headers)
-
-    def call(inputs: list[list[Item]], context: _RunContext) -> Outputs:
-        # Refused before any call: the port must never see a disallowed host.
-        if host not in context.allowed_hosts:
-            raise _NodeError(f"host '{host}' is not allowed: it is not in the HTTP allow-list")
-        results = []
-        for _item in _concat(inputs):  # one request per incoming item, as in n8n
-            left_ms = context.seconds_left() * 1000
-            if left_ms <= 0:
-                raise _Timeout
-            request = HttpRequest(
-                method=params.method,
-                url=params.url,
-                headers=headers,
-                body=params.body,
-                timeout_ms=max(1, min(params.timeout_ms, math.ceil(left_ms))),
-            )
-            try:
-                response = context.ports.http(request)
-            except HttpFailure as exc:
-                # Cut off by the execution's deadline: the execution timed out,
-                # whatever the node's retry and on_error say.
-                context.ensure_time_left()
-                raise _NodeError(f"{params.method} {params.url} failed: {exc.message}") from None
-            context.ensure_time_left()
-            if response.status >= 400:
-                raise _NodeError(
-                    f"{params.method} {params.url} returned HTTP status {response.status}"
-                )
-            result = {
-                "status": response.status,
-                "headers": dict(response.headers),
-                "body": response.body,
-            }
-            context.charge_value(result)
-            results.append(result)
-        return _with_empty(outputs, DEFAULT_OUTPUT, results)
-
-    return call
-
-
-def _build_code(params: CodeParameters, outputs: tuple[str, ...]) -> Step:
-    into = params.into.split(".")
-    expression: CompiledExpression | None = None
-    compile_error: str | None = None
-    try:
-        expression = compile_expression(params.expression)
-    except ExpressionError as exc:
-        compile_error = f"invalid expression: {exc}"
-
-    def evaluate(inputs: list[list[Item]], context: _RunContext) -> Outputs:
-        if expression is None:
-            raise _NodeError(compile_error)
-        results = []
-        for index, item in enumerate(_concat(inputs)):
-            context.ensure_time_left()
-            try:
-                # The expression watches the deadline at every step, too.
-                value = expression.evaluate(item, out_of_time=context.out_of_time)
-            except ExpressionTimeout:
-                raise _Timeout from None
-            except ExpressionError as exc:
-                raise _NodeError(f"expression failed on item {index}: {exc}") from None
-            context.charge_value(value)
-            results.append(_assign_charged(item, into, value, context))
-        return _with_empty(outputs, DEFAULT_OUTPUT, results)
-
-    return evaluate
-
-
-_STEP_BUILDERS: Final[Mapping[str, StepBuilder]] = {
-    "manual_trigger": _build_trigger,
-    "set": _build_set,
-    "if": _build_if,
-    "filter": _build_filter,
-    "switch": _build_switch,
-    "merge": _build_merge,
-    "wait": _build_wait,
-    "noop": _build_passthrough,
-    "stop_and_error": _build_stop_and_error,
-    "http_request": _build_http_request,
-    "code": _build_code,
-}
-if set(_STEP_BUILDERS) != set(NODE_TYPES):  # pragma: no cover - a registry change
-    raise RuntimeError("every registered node type needs an engine step")
-
-
-def _with_empty(outputs: tuple[str, ...], name: str, items: list[Item]) -> Outputs:
-    """All declared outputs, empty except ``name``."""
-    return {output: items if output == name else [] for output in outputs}
-
-
-# -- items: dotted paths -------------------------------------------------------------
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING: Final = _Missing()
-
-
-def _lookup(item: Any, segments: list[str]) -> Any:
-    """The value at a dotted path, or ``_MISSING``. Digit segments index arrays."""
-    value = item
-    for segment in segments:
-        if isinstance(value, dict):
-            if segment not in value:
-                return _MISSING
-            value = value[segment]
-        elif isinstance(value, list) and segment.isdigit():
-            index = int(segment)
-            if index >= len(value):
-                return _MISSING
-            value = value[index]
-        else:
-            return _MISSING
-    return value
-
-
-def _assign_charged(item: Item, segments: list[str], value: Any, context: _RunContext) -> Item:
-    """``_assign``, charging the dicts it copies."""
-    result = dict(item)
-    context.charge(sys.getsizeof(result) + _KEY_BYTES)
-    _assign_in_place(result, segments, value, {id(result): result}, context)
-    return result
-
-
-# -- conditions ----------------------------------------------------------------------
-# Precise semantics: numbers (not booleans) compare with numbers, strings with
-# strings, by value; any other pairing is simply false, never an error. A
-# missing field matches nothing except `ne` (which is `not eq`) and
-# `exists: false`. Equality is JSON equality: 1 == 1.0, but true != 1.
-
-Predicate = Callable[[Item], bool]
-
-
-def _compile_conditions(conditions: list[Condition], combine: str) -> Predicate:
-    predicates = [_compile_condition(condition) for condition in conditions]
-    if len(predicates) == 1:
-        return predicates[0]
-    if combine == "and":
-        return lambda item: all(predicate(item) for predicate in predicates)
-    return lambda item: any(predicate(item) for predicate in predicates)
-
-
-def _compile_condition(condition: Condition) -> Predicate:
-    path = condition.field.split(".")
-    expected = condition.value
-    op = condition.op
-
-    if op == "exists":
-        must_exist = expected is not False
-        return lambda item: (_lookup(item, path) is not _MISSING) == must_exist
-    if op == "regex":
-        pattern = compile_regex(expected)
-
-        def regex(item: Item) -> bool:
-            actual = _lookup(item, path)
-            return isinstance(actual, str) and pattern.search(actual) is not None
-
-        return regex
-    compare = _COMPARISONS[op]
-
-    def test(item: Item) -> bool:
-        actual = _lookup(item, path)
-        if actual is _MISSING:
-            return op == "ne"
-        return compare(actual, expected)
-
-    return test
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _ordered(test: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
-    """An ordering comparison, false unless both are numbers or both are strings."""
-
-    def compare(actual: Any, expected: Any) -> bool:
-        if _is_number(actual) and _is_number(expected):
-            return test(actual, expected)
-        if isinstance(actual, str) and isinstance(expected, str):
-            return test(actual, expected)
-        return False
-
-    return compare
-
-
-def _contains(actual: Any, expected: Any) -> bool:
-    if isinstance(actual, str):
-        return isinstance(expected, str) and expected in actual
-    if isinstance(actual, list):
-        return any(_json_equal(element, expected) for element in actual)
-    return False
-
-
-_COMPARISONS: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
-    "eq": lambda actual, expected: _json_equal(actual, expected),
-    "ne": lambda actual, expected: not _json_equal(actual, expected),
-    "gt": _ordered(lambda a, b: a > b),
-    "gte": _ordered(lambda a, b: a >= b),
-    "lt": _ordered(lambda a, b: a < b),
-    "lte": _ordered(lambda a, b: a <= b),
-    "contains": _contains,
-}
-
-
-def _json_equal(left: Any, right: Any) -> bool:
-    """JSON equality: like ``==`` but booleans never equal numbers, at any depth."""
-    if isinstance(left, bool) or isinstance(right, bool):
-        return isinstance(left, bool) and isinstance(right, bool) and left == right
-    if _is_number(left) and _is_number(right):
-        return bool(left == right)
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(_json_equal, left, right))
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
-    return type(left) is type(right) and bool(left == right)
-
-
-def _hashable(value: Any) -> Any:
-    """A hashable stand-in with the same equality as ``_json_equal`` (for merge keys)."""
-    if isinstance(value, bool):
-        return ("bool", value)
-    if _is_number(value):
-        return ("number", value)  # 1 and 1.0 hash and compare equal
-    if isinstance(value, list):
-        return ("array", tuple(_hashable(element) for element in value))
-    if isinstance(value, dict):
-        return ("object", frozenset((key, _hashable(v)) for key, v in value.items()))
-    return (type(value).__name__, value)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if _is_number(value):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
+            raise NodeError(f"output '{name}' has {len(items)} items, at most {max_items} allowed")
