@@ -1,0 +1,143 @@
+"""Parameters of the trigger nodes that start runs from outside: webhooks and schedules.
+
+Strict models like every node's (see ``domain/nodes.py``); the decisions
+they feed live in ``domain/webhooks.py`` and ``domain/schedule.py``. A
+webhook's secret is never a parameter: the service generates it at
+activation and keeps it outside the log.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from domain.schedule import (
+    MAX_CATCH_UP_WINDOW_S,
+    MAX_INTERVAL_S,
+    MIN_INTERVAL_S,
+    CatchUpPolicy,
+    OverlapPolicy,
+    Schedule,
+    ScheduleInvalid,
+)
+from domain.webhooks import (
+    DEFAULT_SIGNATURE_HEADER,
+    DEFAULT_TIMESTAMP_HEADER,
+    DEFAULT_TOKEN_HEADER,
+    DEFAULT_TOLERANCE_S,
+    Dedupe,
+    ResponseMode,
+    check_header_name,
+    check_hook_path,
+)
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+HookMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _header(value: str) -> str:
+    problem = check_header_name(value)
+    if problem:
+        raise PydanticCustomError("header_name", problem)
+    return value.lower()
+
+
+class NoAuth(BaseModel):
+    model_config = _STRICT
+    type: Literal["none"]
+
+
+class HeaderTokenAuth(BaseModel):
+    """The caller sends the token the service generated, in ``header``."""
+
+    model_config = _STRICT
+    type: Literal["header_token"]
+    header: str = DEFAULT_TOKEN_HEADER
+
+    _lower = field_validator("header")(_header)
+
+
+class HmacAuth(BaseModel):
+    """The caller signs ``"<timestamp>." + body`` with the shared secret (HMAC-SHA256)."""
+
+    model_config = _STRICT
+    type: Literal["hmac_sha256"]
+    signature_header: str = DEFAULT_SIGNATURE_HEADER
+    timestamp_header: str = DEFAULT_TIMESTAMP_HEADER
+    tolerance_s: Annotated[int, Field(ge=1, le=3600)] = DEFAULT_TOLERANCE_S
+
+    _lower = field_validator("signature_header", "timestamp_header")(_header)
+
+
+class DedupeParameters(BaseModel):
+    """Where a delivery's identity comes from: ``{"header": "Idempotency-Key"}`` or a body path."""
+
+    model_config = _STRICT
+    source: Literal["header", "body"]
+    header: str = "idempotency-key"
+    path: str = "$"
+
+    _lower = field_validator("header")(_header)
+
+    @model_validator(mode="after")
+    def _path_for_body(self) -> DedupeParameters:
+        try:
+            self.rule()
+        except ValueError as exc:
+            raise PydanticCustomError("dedupe_path", str(exc)) from None
+        return self
+
+    def rule(self) -> Dedupe:
+        return Dedupe(self.source, self.path, self.header)
+
+
+class WebhookTriggerParameters(BaseModel):
+    """Starts a run when ``METHOD /hooks/{org}/{path}`` is called."""
+
+    model_config = _STRICT
+    path: str
+    method: HookMethod = "POST"
+    auth: Annotated[NoAuth | HeaderTokenAuth | HmacAuth, Field(discriminator="type")]
+    response: ResponseMode = "immediately"
+    dedupe: DedupeParameters | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        problem = check_hook_path(value)
+        if problem:
+            raise PydanticCustomError("hook_path", problem)
+        return value
+
+
+class ScheduleTriggerParameters(BaseModel):
+    """Starts a run at every instant of a cron expression or an interval."""
+
+    model_config = _STRICT
+    cron: str | None = None
+    interval_s: Annotated[int, Field(ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)] | None = None
+    timezone: str = "UTC"
+    overlap: OverlapPolicy = "skip"
+    catch_up: CatchUpPolicy = "skip_missed"
+    catch_up_window_s: Annotated[int, Field(ge=0, le=MAX_CATCH_UP_WINDOW_S)] = 3600
+
+    @model_validator(mode="after")
+    def _readable(self) -> ScheduleTriggerParameters:
+        try:
+            self.schedule()
+        except ScheduleInvalid as exc:
+            raise PydanticCustomError("schedule", str(exc)) from None
+        return self
+
+    def schedule(self) -> Schedule:
+        return Schedule(
+            cron=self.cron,
+            interval_s=self.interval_s,
+            timezone=self.timezone,
+            overlap=self.overlap,
+            catch_up=self.catch_up,
+            catch_up_window_s=self.catch_up_window_s,
+        )
