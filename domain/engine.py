@@ -43,6 +43,11 @@ Semantics (n8n-like):
 - Cancellation is checked before each node and after each retry back-off; a
   port that raises ``RunStopped`` cancels the run there and then.
 
+Values the engine produces (expression results, HTTP responses, what ``set``
+builds) must hold the value contract (``domain/values.py``): otherwise the
+node fails naming the path, so no follower ever meets a value it cannot store.
+Failure messages have NUL and lone surrogates escaped for the same reason.
+
 Node failures honour the node's ``retry`` (``max_tries`` attempts in total,
 ``wait_ms * 2**(attempt - 1)`` between them, a retry re-runs the node for all
 its items) and then its ``on_error``: ``stop`` fails the execution;
@@ -366,7 +371,7 @@ def _run_node(
             context.charge(SLOT_BYTES * sum(len(items) for items in outputs.values()))
         except NodeError as exc:
             context.end_attempt(succeeded=False)
-            error = str(exc)
+            error = _storable(str(exc))
         else:
             context.end_attempt(succeeded=True)
             runs.append(NodeRun(node.id, attempt, "succeeded", outputs))
@@ -414,6 +419,13 @@ def _on_error_outputs(
         outputs[ERROR_OUTPUT] = with_error
     context.end_attempt(succeeded=True)
     return outputs
+
+
+def _storable(message: str) -> str:
+    """A message the log can hold: it may quote data (a CEL string, a server's
+    words), so a NUL or a lone surrogate in it is escaped, not stored raw."""
+    escaped = message.replace("\x00", "\\u0000")
+    return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _check_item_counts(outputs: Outputs, max_items: int) -> None:

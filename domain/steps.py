@@ -47,6 +47,7 @@ from domain.run_context import (
     RunContext,
     Step,
 )
+from domain.values import MAX_DEPTH, ValueProblem, check_value
 
 __all__ = ["STEP_BUILDERS", "concat", "json_type"]
 
@@ -103,8 +104,16 @@ def _build_passthrough(_params: Any, outputs: tuple[str, ...]) -> Step:
 def _build_set(params: SetParameters, outputs: tuple[str, ...]) -> Step:
     assignments = [(path.split("."), value) for path, value in params.fields.items()]
     keep_others = params.keep_others
+    # A path deeper than the value contract allows would build an item no
+    # follower can store: the node fails when it runs (so on_error applies).
+    too_deep = next(
+        (problem for segments, value in assignments for problem in _placed(value, segments)),
+        None,
+    )
 
     def set_fields(inputs: list[list[Item]], context: RunContext) -> Outputs:
+        if too_deep is not None:
+            raise NodeError(f"field {too_deep}")
         results = []
         assigned = 0
         for item in concat(inputs):
@@ -279,6 +288,14 @@ def _build_http_request(params: HttpRequestParameters, outputs: tuple[str, ...])
                 "headers": dict(response.headers),
                 "body": response.body,
             }
+            # What a server sends is refused, never stored raw, when the log
+            # could not carry it (an integer past 64 bits, NaN, a NUL, too deep).
+            problems = check_value(result)
+            if problems:
+                raise NodeError(
+                    f"{params.method} {params.url} answered with a value that cannot be "
+                    f"stored: {problems[0]}"
+                )
             context.charge_value(result)
             results.append(result)
         return _with_empty(outputs, DEFAULT_OUTPUT, results)
@@ -308,6 +325,11 @@ def _build_code(params: CodeParameters, outputs: tuple[str, ...]) -> Step:
                 raise DeadlinePassed from None
             except ExpressionError as exc:
                 raise NodeError(f"expression failed on item {index}: {exc}") from None
+            problems = _placed(value, into)
+            if problems:
+                raise NodeError(
+                    f"expression result on item {index} cannot be stored: {problems[0]}"
+                )
             context.charge_value(value)
             results.append(_assign_charged(item, into, value, context))
         return _with_empty(outputs, DEFAULT_OUTPUT, results)
@@ -338,6 +360,20 @@ def _with_empty(outputs: tuple[str, ...], name: str, items: list[Item]) -> Outpu
 
 
 # -- items: dotted paths -------------------------------------------------------------
+
+
+def _placed(value: Any, segments: list[str]) -> list[ValueProblem]:
+    """Where ``value`` at the path breaks the value contract (it sits under
+    ``len(segments)`` objects of the item), empty if nowhere."""
+    path = tuple(segments)
+    too_deep = f"is nested deeper than {MAX_DEPTH} levels in the item"
+    if len(segments) > MAX_DEPTH:
+        return [ValueProblem(path, too_deep)]
+    return [
+        # Checked from the path down, so the depth it names is relative to it.
+        ValueProblem(problem.path, too_deep) if "nested deeper" in problem.msg else problem
+        for problem in check_value(value, path, max_depth=MAX_DEPTH - len(segments))
+    ]
 
 
 class _Missing:

@@ -929,7 +929,8 @@ SET_OR_NOOP = st.one_of(
         st.just("set"),
         st.sampled_from(["a", "b", "a.b", "c.d.e", "b.x"]),
         st.one_of(
-            st.integers(),
+            # Storable values only (the value contract): definitions refuse others.
+            st.integers(min_value=-(2**63), max_value=2**63 - 1),
             # Storable text: definitions refuse NUL (jsonb cannot hold it).
             st.text(st.characters(exclude_characters="\x00"), max_size=5),
             st.none(),
@@ -1114,3 +1115,65 @@ def test_an_http_call_past_the_deadline_times_the_execution_out() -> None:
     outcome = execute(plan, world=world, limits=API_LIMITS)
     assert outcome.status == "failed" and outcome.error == "execution timed out after 1000 ms"
     assert len(world.requests) == 1
+
+
+# -- values the engine produces hold the value contract (issue 11, item 1) -------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("2.0 * 1e308", "not a JSON number"),
+        ("1e20", "whole number of magnitude 2**63"),
+        ("18446744073709551615u", "outside the signed 64-bit range"),
+        ('"a\\x00b"', "NUL"),
+        ("[[[[[1]]]]]", "nested deeper than 64 levels"),
+    ],
+)
+def test_an_expression_result_the_log_cannot_hold_fails_the_node(
+    expression: str, message: str
+) -> None:
+    into = ".".join(["d"] * 60)  # 60 levels down: five lists more reach level 64
+    plan = plan_of(
+        [trigger(), node("code", "code", expression=expression, into=into)],
+        chain("start", "code"),
+    )
+    outcome = execute(plan)
+    assert outcome.status == "failed" and outcome.failed_node_id == "code"
+    assert message in (outcome.error or ""), outcome.error
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"n": 123456789012345678901234567890}, "body.n: integer 123456789012345678901234567890"),
+        ({"x": [float("nan")]}, "body.x[0]: is not a finite number"),
+        ("text with a \x00", "body: contains a NUL"),
+    ],
+)
+def test_a_response_the_log_cannot_hold_fails_the_node(body: Any, message: str) -> None:
+    world = FakeWorld(responses=[HttpResponse(200, {}, body)])
+    outcome = execute(_http_plan(), world=world, limits=API_LIMITS)
+    assert outcome.status == "failed" and outcome.failed_node_id == "call"
+    assert "answered with a value that cannot be stored" in (outcome.error or "")
+    assert message in (outcome.error or ""), outcome.error
+
+
+def test_a_set_path_deeper_than_the_contract_fails_the_node_when_it_runs() -> None:
+    deep = ".".join(["d"] * 65)
+    plan = plan_of(
+        [trigger(), {**node("set", "set", fields={deep: 1}), "on_error": "continue"}],
+        chain("start", "set"),
+    )
+    outcome = execute(plan, {"x": 1})
+    assert outcome.status == "succeeded" and outcome.output["set"] == [{"x": 1}]
+    (run_,) = outcome.node_runs[1:]
+    assert "nested deeper than 64 levels" in (run_.error or "")
+
+
+def test_a_failure_message_quoting_a_nul_is_stored_escaped() -> None:
+    world = FakeWorld(responses=[HttpFailure("server said a\x00b \ud800")])
+    outcome = execute(_http_plan(), world=world, limits=API_LIMITS)
+    assert outcome.status == "failed"
+    assert "a\\u0000b \\ud800" in (outcome.error or "")
+    assert "\x00" not in (outcome.error or "")
