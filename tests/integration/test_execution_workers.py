@@ -201,3 +201,51 @@ def test_a_killed_worker_leaves_nothing_running(
     assert execution.status == "crashed" and "stopped responding" in (execution.error or "")
     assert execution.node_runs[-1]["status"] == "interrupted"
     assert _queue_rows(db_target, started.execution_id) == 0
+
+
+def test_a_sync_run_recorded_but_not_answerable_still_names_its_execution(
+    services: ExecutionServices,
+    commands: WorkflowCommands,
+    org: str,
+    db_target: PgTarget,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The database goes away between the commit and the answer: the run is in
+    # the log, so the client must learn its id (503 with it), never a bare 500.
+    from commands.errors import ExecutionAnswerUnavailable
+
+    workflow_id = _workflow(commands, org, trigger(), {"id": "n", "type": "noop", "parameters": {}})
+
+    def gone(*_args: Any) -> int:
+        raise psycopg.OperationalError("the database went away")
+
+    monkeypatch.setattr(services.commands.app.event_store, "position_of", gone)
+    with pytest.raises(ExecutionAnswerUnavailable) as raised:
+        services.commands.start(workflow_id, RunWorkflow(input={}, mode="sync"), _ctx(org))
+    execution_id = raised.value.execution_id
+    monkeypatch.undo()
+    recorded = services.runner.load(execution_id)
+    assert recorded is not None and recorded.status == "succeeded"
+
+
+def test_a_keyed_sync_request_waits_for_the_run_of_an_identical_one(
+    services: ExecutionServices, commands: WorkflowCommands, org: str
+) -> None:
+    # The second request finds the first one's run recorded but not finished:
+    # it answers with the end, never with "running".
+    workflow_id = _workflow(commands, org, trigger(), _wait(1000))
+    key = f"k-{uuid.uuid4()}"
+    answers: list[Any] = []
+
+    def start() -> None:
+        answers.append(
+            services.commands.start(workflow_id, RunWorkflow(input={}, mode="sync"), _ctx(org, key))
+        )
+
+    first = threading.Thread(target=start)
+    first.start()
+    time.sleep(0.5)  # the first run is in its wait, recorded as running
+    start()
+    first.join()
+    assert [answer.status for answer in answers] == ["succeeded", "succeeded"]
+    assert answers[0].execution_id == answers[1].execution_id
