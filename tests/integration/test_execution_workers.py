@@ -249,3 +249,47 @@ def test_a_keyed_sync_request_waits_for_the_run_of_an_identical_one(
     first.join()
     assert [answer.status for answer in answers] == ["succeeded", "succeeded"]
     assert answers[0].execution_id == answers[1].execution_id
+
+
+def test_a_keyed_sync_request_whose_run_never_ends_gets_409_with_its_id(
+    services: ExecutionServices, commands: WorkflowCommands, org: str
+) -> None:
+    # A run recorded as running whose process died mid-run (no one will end
+    # it before its lease expires): past its timeout the identical request
+    # answers 409 naming it, never "running".
+    from commands.errors import ExecutionInProgress
+    from commands.handlers import request_fingerprint
+    from domain.meta import EventMeta
+    from infrastructure.eventstore import IdempotencyRecord
+
+    body = workflow_body(
+        nodes=[trigger(), _wait(100)],
+        connections=[{"from": "start", "to": "nap"}],
+        settings={"timeout_ms": 100},
+    )
+    workflow_id = commands.create(CreateWorkflow(**body), _ctx(org)).workflow_id
+    key = f"k-{uuid.uuid4()}"
+    ctx = _ctx(org, key)
+    command = RunWorkflow(input={}, mode="sync")
+    meta = EventMeta(org_id=org, actor=ctx.actor, correlation_id=ctx.correlation_id)
+    execution = Execution.create(
+        execution_id=uuid.uuid4(),
+        workflow_id=workflow_id,
+        workflow_version=1,
+        mode="sync",
+        input={},
+        meta=meta,
+    )
+    execution.start(worker_id="api:gone", meta=meta)
+    record = IdempotencyRecord(
+        org_id=org,
+        key=key,
+        request_hash=request_fingerprint(ctx, "execute", workflow_id, None, command.model_dump()),
+        aggregate_id=execution.id,
+        aggregate_version=1,
+        status_code=200,
+    )
+    services.commands.app.save(execution, idempotency=record)
+    with pytest.raises(ExecutionInProgress) as raised:
+        services.commands.start(workflow_id, command, ctx)
+    assert raised.value.execution_id == execution.id
