@@ -105,6 +105,7 @@ def seed(target: PgTarget, executions: int, now: datetime) -> int:
                 execution_id=uuid.uuid4(),
                 workflow_id=rng.choices(workflows[org], popularity)[0],
                 workflow_version=1,
+                workflow_revision=1,
                 mode="async",
                 input={"order": n},
                 meta=meta,

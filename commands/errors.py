@@ -18,7 +18,7 @@ class WorkflowNotFound(CommandError):
 
 
 class VersionConflict(CommandError):
-    """The client's expected version is not the current one."""
+    """The client's expected version (the definition's revision) is not the current one."""
 
     def __init__(self, workflow_id: UUID, expected: int, current: int) -> None:
         super().__init__(
@@ -27,6 +27,17 @@ class VersionConflict(CommandError):
         self.workflow_id = workflow_id
         self.expected = expected
         self.current = current
+
+
+class WorkflowBusy(CommandError):
+    """Runs kept being recorded between a command's read and its save."""
+
+    def __init__(self, workflow_id: UUID, attempts: int) -> None:
+        super().__init__(
+            f"workflow {workflow_id} had runs recorded during each of {attempts} attempts "
+            "to save this change; retry shortly"
+        )
+        self.workflow_id = workflow_id
 
 
 class IdempotencyKeyReused(CommandError):
@@ -49,7 +60,7 @@ class ExecutionNotFound(CommandError):
 
 
 class NoSuchVersion(CommandError):
-    """A revert named a version the workflow never had."""
+    """A revert named a version (revision) the workflow never had."""
 
     def __init__(self, workflow_id: UUID, version: int, current: int) -> None:
         super().__init__(

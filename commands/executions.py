@@ -452,6 +452,7 @@ class ExecutionCommands:
             execution_id=execution_id,
             workflow_id=workflow.id,
             workflow_version=workflow.version,
+            workflow_revision=workflow.revision,
             mode=command.mode,
             input=command.input,
             meta=meta,

@@ -6,9 +6,18 @@ that answer and writes nothing; a racing duplicate fails on the unique key
 and then finds the winner's answer. A new workflow's id is derived from the
 key, so even two racing creates can only ever make one workflow.
 
-Loading: a command names the version it expects (If-Match). When this process
-itself committed exactly that version, the command decides on that copy
-without reading the log (see ``LastCommitted``).
+Revisions and versions: a command names the revision it expects (If-Match,
+the workflow's ``version`` to clients; see ``domain/workflow.py``), and is
+saved at the stream version after the one it was decided on. The log's
+unique (id, version) key refuses that save if anything was recorded
+meanwhile; the command then reads the log again and decides anew
+(``_decide_and_save``): another edit moved the revision (409, or 410 after a
+delete), a run did not (``Executed``), and the same decision is saved on the
+fresh state. So two editors conflict, and runs never block an edit.
+
+Loading: when this process itself committed exactly the revision the client
+expects, the command decides on that copy without reading the log (see
+``LastCommitted``).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -30,8 +40,10 @@ from commands.errors import (
     IdempotencyKeyReused,
     NoSuchVersion,
     VersionConflict,
+    WorkflowBusy,
     WorkflowNotFound,
 )
+from commands.history import version_at_revision
 from commands.models import (
     CommandContext,
     CommandResult,
@@ -45,6 +57,16 @@ from infrastructure.eventstore import IdempotencyRecord
 
 _IDEMPOTENT_ID_NAMESPACE = uuid.UUID("6f1c8e52-3a7d-4c1e-9b8a-52d0c6a1e7f3")
 
+# How often a command decides again after runs were recorded under it. Each
+# loss means the runs follower committed an Executed between our read and our
+# save (it records a whole batch of runs per transaction); losing this often
+# in a row means the workflow is too busy for now (503, retry).
+SAVE_ATTEMPTS = 10
+
+# A decision on a loaded workflow: record its events, or return False if
+# there is nothing to record (an update that changes nothing).
+Decision = Callable[[Workflow], bool]
+
 
 def idempotent_workflow_id(org_id: str, key: str) -> UUID:
     """The id a workflow created with this key gets: uuid5(uuid5(ns, org), key)."""
@@ -54,14 +76,19 @@ def idempotent_workflow_id(org_id: str, key: str) -> UUID:
 class LastCommitted:
     """The workflows this process committed last, each exactly as committed.
 
-    Why trusting it is safe: a command decides on version N only to record
-    N+1. Should anyone (another process, the runs follower) have recorded
-    N+1 meanwhile, the save fails on the log's unique (id, version) key, and
-    the client gets the same 409 (410 if it was a delete) as after a fresh
-    read. So a copy kept from
-    our own commit can stand in for reading the log, but only at exactly the
-    version the client expects. Kept workflows are never mutated; commands
-    get copies. Bounded: least recently used go first.
+    Why trusting it is safe: a command decides on a copy at stream version V
+    (revision R, the one the client expects) only to record V+1. Should
+    anyone have recorded V+1 meanwhile (another process's edit, or the runs
+    follower's ``Executed``), the save fails on the log's unique (id, version)
+    key, and the command reads the log to its head and decides again there:
+    the same 409 (410 if it was a delete) as after a fresh read if the
+    revision moved, or the same decision saved on the fresh state if only
+    runs were recorded. So a copy kept from our own commit can stand in for
+    reading the log, but only at exactly the revision the client expects: a
+    stale copy can cost a retry, never a lost update. A command that would
+    record nothing has no save to catch a stale copy: it reads the log
+    before it answers. Kept workflows are never
+    mutated; commands get copies. Bounded: least recently used go first.
     """
 
     def __init__(self, limit: int = 2000) -> None:
@@ -80,11 +107,11 @@ class LastCommitted:
             if len(self._workflows) > self._limit:
                 self._workflows.popitem(last=False)
 
-    def at_version(self, workflow_id: UUID, version: int) -> Workflow | None:
-        """A private copy of the kept workflow if it is at exactly ``version``."""
+    def at_revision(self, workflow_id: UUID, revision: int) -> Workflow | None:
+        """A private copy of the kept workflow if it is at exactly ``revision``."""
         with self._lock:
             workflow = self._workflows.get(workflow_id)
-        if workflow is None or workflow.version != version:
+        if workflow is None or workflow.revision != revision:
             return None
         return copy.deepcopy(workflow)
 
@@ -107,62 +134,78 @@ class WorkflowCommands:
         else:
             workflow_id = uuid.uuid4()
         workflow = Workflow.create(workflow_id=workflow_id, definition=payload, meta=_meta(ctx))
-        return self._save(workflow, ctx, fingerprint, status_code=201, expected_version=0)
+        try:
+            return self._save(workflow, ctx, fingerprint, status_code=201)
+        except IntegrityError:
+            # Only a keyed create can collide (its id comes from the key): the
+            # same request won the race, or the key was used for another one.
+            if ctx.idempotency_key is not None:
+                prior = self._prior_answer(ctx, fingerprint)
+                if prior is not None:
+                    return prior
+            current = self.get(workflow.id, ctx.org_id)
+            current.ensure_not_deleted()
+            raise VersionConflict(workflow.id, 0, current.revision) from None
 
     def update(
         self,
         workflow_id: UUID,
         command: UpdateWorkflow,
-        expected_version: int,
+        expected_revision: int,
         ctx: CommandContext,
     ) -> CommandResult:
         changes = command.changes()
-        fingerprint = request_fingerprint(ctx, "update", workflow_id, expected_version, changes)
-        if ctx.idempotency_key is not None:
-            prior = self._prior_answer(ctx, fingerprint)
-            if prior is not None:
-                return prior
-        workflow = self._load_for_command(workflow_id, expected_version, ctx)
-        if not workflow.update(changes, _meta(ctx)):
-            return self._unchanged(workflow, ctx, fingerprint)
-        return self._save(workflow, ctx, fingerprint, 200, expected_version)
+        fingerprint = request_fingerprint(ctx, "update", workflow_id, expected_revision, changes)
+        meta = _meta(ctx)
+        return self._decide_and_save(
+            workflow_id,
+            expected_revision,
+            ctx,
+            fingerprint,
+            lambda workflow: workflow.update(changes, meta),
+        )
 
     def delete(
-        self, workflow_id: UUID, expected_version: int, ctx: CommandContext
+        self, workflow_id: UUID, expected_revision: int, ctx: CommandContext
     ) -> CommandResult:
-        fingerprint = request_fingerprint(ctx, "delete", workflow_id, expected_version, None)
-        if ctx.idempotency_key is not None:
-            prior = self._prior_answer(ctx, fingerprint)
-            if prior is not None:
-                return prior
-        workflow = self._load_for_command(workflow_id, expected_version, ctx)
-        workflow.delete(_meta(ctx))
-        return self._save(workflow, ctx, fingerprint, 200, expected_version)
+        fingerprint = request_fingerprint(ctx, "delete", workflow_id, expected_revision, None)
+        meta = _meta(ctx)
+
+        def decide(workflow: Workflow) -> bool:
+            workflow.delete(meta)
+            return True
+
+        return self._decide_and_save(workflow_id, expected_revision, ctx, fingerprint, decide)
 
     def revert(
         self,
         workflow_id: UUID,
         command: RevertWorkflow,
-        expected_version: int,
+        expected_revision: int,
         ctx: CommandContext,
     ) -> CommandResult:
-        """A new ``Updated`` event restoring the definition of ``to_version``."""
+        """A new ``Updated`` event restoring the definition of revision ``to_version``."""
         payload = command.model_dump()
-        fingerprint = request_fingerprint(ctx, "revert", workflow_id, expected_version, payload)
-        if ctx.idempotency_key is not None:
-            prior = self._prior_answer(ctx, fingerprint)
-            if prior is not None:
-                return prior
-        workflow = self._load_for_command(workflow_id, expected_version, ctx)
-        if command.to_version > workflow.version:
-            raise NoSuchVersion(workflow_id, command.to_version, workflow.version)
-        then = self.get(workflow_id, ctx.org_id, version=command.to_version)
-        if not workflow.update(then.definition(), _meta(ctx)):
-            return self._unchanged(workflow, ctx, fingerprint)
-        return self._save(workflow, ctx, fingerprint, 200, expected_version)
+        fingerprint = request_fingerprint(ctx, "revert", workflow_id, expected_revision, payload)
+        meta = _meta(ctx)
+        then: list[Workflow] = []  # read once: an earlier revision never changes
 
-    def get(self, workflow_id: UUID, org_id: str, version: int | None = None) -> Workflow:
-        """The workflow as the write side sees it (latest, or at a version)."""
+        def decide(workflow: Workflow) -> bool:
+            if command.to_version > workflow.revision:
+                raise NoSuchVersion(workflow_id, command.to_version, workflow.revision)
+            if not then:
+                then.append(self.get(workflow_id, ctx.org_id, revision=command.to_version))
+            return workflow.update(then[0].definition(), meta)
+
+        return self._decide_and_save(workflow_id, expected_revision, ctx, fingerprint, decide)
+
+    def get(self, workflow_id: UUID, org_id: str, revision: int | None = None) -> Workflow:
+        """The workflow as the write side sees it: latest, or as revision ``revision`` made it."""
+        version = None
+        if revision is not None:
+            version = version_at_revision(self.app, workflow_id, revision)
+            if version is None:
+                raise WorkflowNotFound(workflow_id)
         try:
             workflow: object = self.app.repository.get(workflow_id, version=version)
         except AggregateNotFoundError:
@@ -171,25 +214,63 @@ class WorkflowCommands:
             raise WorkflowNotFound(workflow_id)
         return workflow
 
-    def _load_for_command(
-        self, workflow_id: UUID, expected_version: int, ctx: CommandContext
-    ) -> Workflow:
-        workflow = self.last_committed.at_version(workflow_id, expected_version)
+    def _decide_and_save(
+        self,
+        workflow_id: UUID,
+        expected_revision: int,
+        ctx: CommandContext,
+        fingerprint: str,
+        decide: Decision,
+    ) -> CommandResult:
+        """Decide on the workflow at ``expected_revision`` and save at the version loaded.
+
+        A lost save is decided again on the log's head (see the module's
+        docstring): the decision depends only on the definition, which is
+        the same at the same revision, and the revision is checked anew.
+        """
+        if ctx.idempotency_key is not None:
+            prior = self._prior_answer(ctx, fingerprint)
+            if prior is not None:
+                return prior
+        workflow = self.last_committed.at_revision(workflow_id, expected_revision)
+        fresh = False  # read from the log (not the kept copy) for this decision
         if workflow is None or workflow.org_id != ctx.org_id:
-            workflow = self.get(workflow_id, ctx.org_id)
+            workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
+        else:
+            workflow.ensure_not_deleted()
+        for _ in range(SAVE_ATTEMPTS):
+            if not decide(workflow):
+                if fresh:
+                    return self._unchanged(workflow, ctx, fingerprint)
+                # No save, so no key checks the kept copy against the log:
+                # read it before answering "unchanged" (an edit is a 409).
+                workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
+                continue
+            try:
+                return self._save(workflow, ctx, fingerprint, status_code=200)
+            except IntegrityError:
+                # Someone saved first: the same keyed request, another edit,
+                # or runs recorded by the follower. Read even after the last
+                # attempt: an edit is still a 409 (or 410), not "busy".
+                if ctx.idempotency_key is not None:
+                    prior = self._prior_answer(ctx, fingerprint)
+                    if prior is not None:
+                        return prior
+                workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
+        raise WorkflowBusy(workflow_id, SAVE_ATTEMPTS)
+
+    def _at_head(self, workflow_id: UUID, expected_revision: int, ctx: CommandContext) -> Workflow:
+        """The workflow read from the log, if it is still at ``expected_revision``."""
+        workflow = self.get(workflow_id, ctx.org_id)
         workflow.ensure_not_deleted()
-        if workflow.version != expected_version:
-            raise VersionConflict(workflow_id, expected_version, workflow.version)
+        if workflow.revision != expected_revision:
+            raise VersionConflict(workflow_id, expected_revision, workflow.revision)
         return workflow
 
     def _save(
-        self,
-        workflow: Workflow,
-        ctx: CommandContext,
-        fingerprint: str,
-        status_code: int,
-        expected_version: int,
+        self, workflow: Workflow, ctx: CommandContext, fingerprint: str, status_code: int
     ) -> CommandResult:
+        """Record the workflow's new events; ``IntegrityError`` if anyone saved first."""
         record = None
         if ctx.idempotency_key is not None:
             record = IdempotencyRecord(
@@ -200,22 +281,11 @@ class WorkflowCommands:
                 aggregate_version=workflow.version,
                 status_code=status_code,
             )
-        try:
-            recordings = self.app.save(workflow, idempotency=record)
-        except IntegrityError:
-            # Someone else saved first: the same idempotent request, or a
-            # concurrent command on the same version.
-            if ctx.idempotency_key is not None:
-                prior = self._prior_answer(ctx, fingerprint)
-                if prior is not None:
-                    return prior
-            current = self.get(workflow.id, ctx.org_id)
-            current.ensure_not_deleted()
-            raise VersionConflict(workflow.id, expected_version, current.version) from None
+        recordings = self.app.save(workflow, idempotency=record)
         self.last_committed.remember(workflow)
         return CommandResult(
             workflow_id=workflow.id,
-            version=workflow.version,
+            version=workflow.revision,
             position=recordings[-1].notification.id,
             status_code=status_code,
         )
@@ -239,7 +309,7 @@ class WorkflowCommands:
             return self._answer(winner, ctx, fingerprint)
         return CommandResult(
             workflow_id=workflow.id,
-            version=workflow.version,
+            version=workflow.revision,
             position=store.position_of(workflow.id, workflow.version),
             status_code=200,
         )
@@ -254,9 +324,15 @@ class WorkflowCommands:
     ) -> CommandResult:
         if record.request_hash != fingerprint:
             raise IdempotencyKeyReused(record.key)
+        # The record keeps the stream version (it names the event, for the
+        # position); the client was answered with the revision there.
+        then: object = self.app.repository.get(
+            record.aggregate_id, version=record.aggregate_version
+        )
+        assert isinstance(then, Workflow)
         return CommandResult(
             workflow_id=record.aggregate_id,
-            version=record.aggregate_version,
+            version=then.revision,
             position=self.app.event_store.position_of(
                 record.aggregate_id, record.aggregate_version
             ),
@@ -277,7 +353,7 @@ def request_fingerprint(
     ctx: CommandContext,
     command: str,
     workflow_id: UUID | None,
-    expected_version: int | None,
+    expected_revision: int | None,
     payload: Any,
 ) -> str:
     """A stable hash of what a request asks for, to tell a retry from a new request.
@@ -287,7 +363,7 @@ def request_fingerprint(
     if ctx.idempotency_key is None:
         return ""
     canonical = json.dumps(
-        [command, str(workflow_id) if workflow_id else None, expected_version, payload],
+        [command, str(workflow_id) if workflow_id else None, expected_revision, payload],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -2,12 +2,17 @@
 
 - ``workflow_history``: a workflow's events in order, each with an RFC 6902
   JSON Patch from the state before it to the state after it.
-- ``workflow_as_of``: a workflow exactly as it was at a version or instant.
+- ``workflow_as_of``: a workflow exactly as it was at a revision or instant.
 - ``org_events``: an organisation's events in log order, filtered.
 
 The state a patch compares is the workflow's definition plus ``deleted``:
 what a reader of the workflow sees. ``Executed`` changes none of it, so its
-patch is empty; the run is in the entry's ``execution`` field.
+patch is empty and its ``revision`` is the one before it; the run is in the
+entry's ``execution`` field, with the revision that ran.
+
+Clients speak revisions (a workflow's ``version``); each event also has its
+stream version (``version`` in an entry, as in the organisation's log and on
+the bus), which is what a history cursor counts.
 """
 
 from __future__ import annotations
@@ -19,13 +24,34 @@ from uuid import UUID
 
 import jsonpatch
 from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.utils import get_topic
 
 from commands.application import WorkflowApplication
 from commands.errors import WorkflowNotFound
-from domain.workflow import DEFINITION_FIELDS, Workflow
+from domain.workflow import DEFINITION_FIELDS, REVISION_EVENTS, Workflow
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
 
 MAX_PAGE = 500
+_REVISION_TOPICS = [get_topic(cls) for cls in REVISION_EVENTS]
+
+
+def version_at_revision(app: WorkflowApplication, workflow_id: UUID, revision: int) -> int | None:
+    """The stream version of the event that made ``revision``; None if there is none.
+
+    The revision-th definition-changing event of the stream (runs skipped),
+    found by the log's own key order.
+    """
+    if revision < 1:
+        return None
+    with app.event_store.datastore.get_connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            f"SELECT originator_version FROM {EVENTS_TABLE} "
+            "WHERE originator_id = %s AND topic = ANY(%s) "
+            "ORDER BY originator_version OFFSET %s LIMIT 1",
+            (workflow_id, _REVISION_TOPICS, revision - 1),
+        )
+        row = cur.fetchone()
+    return None if row is None else int(row["originator_version"])
 
 
 @dataclass(frozen=True)
@@ -87,9 +113,14 @@ class History:
             after = _visible_state(workflow)
             changes = jsonpatch.make_patch(state, after).patch
             state = after
-            extra = {}
+            extra: dict[str, Any] = {"revision": workflow.revision}
             if event_type(event) == "Workflow.Executed":
-                extra = {"execution": {"id": event.execution_id, "status": event.status}}
+                extra["execution"] = {
+                    "id": event.execution_id,
+                    "status": event.status,
+                    # None for runs recorded before runs kept their revision.
+                    "revision": getattr(event, "revision", None),
+                }
             entries.append(_entry(position, event, changes, extra))
         return entries
 
@@ -98,16 +129,22 @@ class History:
         workflow_id: UUID,
         org_id: str,
         *,
-        version: int | None = None,
+        revision: int | None = None,
         as_of: datetime | None = None,
     ) -> Workflow:
-        """The workflow at ``version``, or as it stood at the instant ``as_of``.
+        """The workflow as ``revision`` made it, or as it stood at the instant ``as_of``.
 
         ``WorkflowNotFound`` if it did not exist (yet) then.
         """
         current = self._workflow(workflow_id, org_id)
-        if version is not None:
-            if version < 1 or version > current.version:
+        if revision is not None:
+            # Past the head there is nothing to look up (nor any bigint to send).
+            version = (
+                version_at_revision(self.app, workflow_id, revision)
+                if revision <= current.revision
+                else None
+            )
+            if version is None:
                 raise WorkflowNotFound(workflow_id)
             found: object = self.app.repository.get(workflow_id, version=version)
             assert isinstance(found, Workflow)
@@ -141,16 +178,14 @@ class History:
         """The organisation's events after ``after_position``, in log order.
 
         Organisation, actor and aggregate filter in SQL (the stored state is
-        JSON); type and time are checked on the decoded events, reading on
-        until ``limit`` entries are found or the log ends.
+        JSON) and again on the decoded events (see ``_meta_is``); type and
+        time are checked on the decoded events, reading on until ``limit``
+        entries are found or the log ends.
         """
-        where = (
-            "WHERE notification_id > %s "
-            "AND convert_from(state, 'UTF8')::jsonb #>> '{meta,org_id}' = %s"
-        )
+        where = f"WHERE notification_id > %s AND {_meta_is('org_id')}"
         params: list[Any] = [org_id]
         if actor is not None:
-            where += " AND convert_from(state, 'UTF8')::jsonb #>> '{meta,actor}' = %s"
+            where += f" AND {_meta_is('actor')}"
             params.append(actor)
         if aggregate_id is not None:
             where += " AND originator_id = %s"
@@ -163,6 +198,10 @@ class History:
             )
             for row_position, event in rows:
                 position = row_position
+                if event.meta["org_id"] != org_id:
+                    continue
+                if actor is not None and event.meta["actor"] != actor:
+                    continue
                 if type_ is not None and event_type(event) != type_:
                     continue
                 if since is not None and event.timestamp < since:
@@ -209,6 +248,25 @@ class History:
             )
             for row in rows
         ]
+
+
+_STATE = "convert_from(state, 'UTF8')"
+# Text jsonb refuses that the log may hold from before the value contract: a
+# \u0000 escape, NaN or Infinity (Python's json writes them). Casting such an
+# event to jsonb would fail the whole query, for every organisation.
+_MAYBE_NOT_JSONB = " OR ".join(
+    f"strpos({_STATE}, '{text}') > 0" for text in ("\\u0000", "NaN", "Infinity")
+)
+
+
+def _meta_is(field: str) -> str:
+    """SQL: the event's ``meta.<field>`` equals the next parameter.
+
+    Rows whose text might not be jsonb (a cheap, conservative test) pass
+    this filter, and are filtered by ``org_events`` once decoded.
+    """
+    value = f"{_STATE}::jsonb #>> '{{meta,{field}}}'"
+    return f"(CASE WHEN {_MAYBE_NOT_JSONB} THEN true ELSE {value} = %s END)"
 
 
 def _visible_state(workflow: Any) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class UpdateWorkflow(BaseModel):
 
 
 class RevertWorkflow(BaseModel):
-    """Restore the whole definition a workflow had at ``to_version``, as a new version."""
+    """Restore the whole definition a workflow had at version (revision) ``to_version``."""
 
     model_config = ConfigDict(
         extra="forbid", strict=True, json_schema_extra={"examples": [{"to_version": 3}]}
@@ -101,7 +101,7 @@ class CommandContext:
 @dataclass(frozen=True)
 class CommandResult:
     workflow_id: UUID
-    version: int
+    version: int  # the definition's revision: what the ETag and the next If-Match carry
     position: int
     status_code: int
 

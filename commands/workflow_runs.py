@@ -76,7 +76,7 @@ class WorkflowRunsRecorder:
             if not rows:
                 return 0
             endings = [r for r in rows if r["topic"] in self._ending_topics]
-            workflow_of = self._workflow_ids(cur, [r["originator_id"] for r in endings])
+            runs_of = self._runs_of(cur, [r["originator_id"] for r in endings])
         last = int(rows[-1]["notification_id"])
         move = SideStatement(
             "UPDATE projection_tracking SET position = %s, updated_at = now() "
@@ -93,7 +93,7 @@ class WorkflowRunsRecorder:
                 row["topic"],
                 row["state"],
             )
-            workflow_id = workflow_of[row["originator_id"]]
+            workflow_id, revision = runs_of[row["originator_id"]]
             if workflow_id not in workflows:
                 try:
                     loaded: object = self.app.repository.get(workflow_id)
@@ -112,6 +112,7 @@ class WorkflowRunsRecorder:
             workflows[workflow_id].record_execution(
                 event.originator_id,
                 self._ending_topics[row["topic"]],
+                revision,
                 EventMeta(
                     org_id=meta["org_id"],
                     actor=meta["actor"],
@@ -128,8 +129,11 @@ class WorkflowRunsRecorder:
             return 0
         return len(rows)
 
-    def _workflow_ids(self, cur: Any, execution_ids: list[UUID]) -> dict[UUID, UUID]:
-        """Each execution's workflow, from its first (``Queued``) event."""
+    def _runs_of(self, cur: Any, execution_ids: list[UUID]) -> dict[UUID, tuple[UUID, int | None]]:
+        """Each execution's workflow and the revision it ran, from its ``Queued`` event.
+
+        The revision is None for executions queued before Queued recorded it.
+        """
         if not execution_ids:
             return {}
         cur.execute(
@@ -142,7 +146,10 @@ class WorkflowRunsRecorder:
             queued: Any = decode_event(
                 self.app.mapper, row["originator_id"], 1, row["topic"], row["state"]
             )
-            found[row["originator_id"]] = queued.workflow_id
+            found[row["originator_id"]] = (
+                queued.workflow_id,
+                getattr(queued, "workflow_revision", None),
+            )
         return found
 
     def catch_up(self) -> int:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from domain.errors import Problem, WorkflowInvalid
 from domain.nodes import DEFAULT_OUTPUT, ERROR_OUTPUT, NODE_TYPES, TRIGGER_TYPES
+from domain.values import check_value
 
 __all__ = [
     "CONNECTION_KEYS",
@@ -96,28 +97,6 @@ def canonical_definition_size(
     return len(text.encode("utf-8"))
 
 
-def nul_locations(value: Any, prefix: str = "") -> Iterable[str]:
-    """Where a JSON value holds U+0000 in a string or key, as ``a.b[2]`` locations.
-
-    PostgreSQL's jsonb and text refuse that character, so a value holding it
-    could be logged but never projected into a view.
-    """
-    pending: list[tuple[str, Any]] = [(prefix, value)]
-    while pending:
-        loc, item = pending.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                yield loc or "value"
-        elif isinstance(item, list):
-            pending.extend((f"{loc}[{i}]", child) for i, child in enumerate(item))
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                child_loc = f"{loc}.{key}" if loc else str(key)
-                if isinstance(key, str) and "\x00" in key:
-                    yield child_loc
-                pending.append((child_loc, child))
-
-
 def validate_definition(
     *,
     name: str,
@@ -132,24 +111,27 @@ def validate_definition(
     The annotations describe valid input; any value is accepted at run time
     and a wrong type is reported as a problem.
     """
+    definition = {
+        "name": name,
+        "description": description,
+        "nodes": nodes,
+        "connections": connections,
+        "tags": tags,
+        "settings": settings,
+    }
     check = _Checker()
     check.name(name)
     check.description(description)
     check.tags(tags)
     check.settings(settings)
-    fits = check.size(
-        name=name,
-        description=description,
-        nodes=nodes,
-        connections=connections,
-        tags=tags,
-        settings=settings,
-    )
+    fits = check.storable(definition)
     node_list = check.collection("nodes", nodes, MAX_NODES)
     connection_list = check.collection("connections", connections, MAX_CONNECTIONS)
     # Past the size limit only the cheap top-level checks run: the work done on
-    # an oversized document must stay bounded. Without a node array every
-    # connection would merely repeat "unknown node", so the graph checks wait.
+    # an oversized document must stay bounded. With a value the log cannot
+    # carry they wait too: those are named first, the graph in the next round.
+    # Without a node array every connection would merely repeat "unknown
+    # node", so the graph checks wait.
     if fits and node_list is not None:
         graph = check.nodes(node_list)
         check.connections(connection_list or [], graph)
@@ -237,33 +219,28 @@ class _Checker:
         if "timeout_ms" in settings:
             self.integer("settings.timeout_ms", settings["timeout_ms"], 1, MAX_WORKFLOW_TIMEOUT_MS)
 
-    def size(self, **definition: Any) -> bool:
-        """Check the canonical size; False when the definition is over the limit."""
+    def storable(self, definition: dict[str, Any]) -> bool:
+        """Check the canonical size, then the value contract; False if either fails.
+
+        Size first: encoding runs at C speed, so an oversized definition is
+        refused without walking it. A value JSON cannot encode at all (NaN,
+        a lone surrogate) makes the size unknown; the contract then names it.
+        """
         try:
-            size = canonical_definition_size(**definition)
-        except UnicodeEncodeError:
-            self.add("definition", "contains a string with invalid Unicode (a lone surrogate)")
-            return True
-        except ValueError:
-            self.add("definition", "contains a number JSON cannot represent (NaN or Infinity)")
-            return True
-        except RecursionError:
-            self.add("definition", "is nested too deeply")
-            return False
-        except TypeError as exc:
-            self.add("definition", f"contains a value JSON cannot represent: {exc}")
-            return True
-        if size > MAX_DEFINITION_BYTES:
+            size: int | None = canonical_definition_size(**definition)
+        except (TypeError, ValueError, RecursionError):
+            size = None
+        if size is not None and size > MAX_DEFINITION_BYTES:
             self.add(
                 "definition",
                 f"is {size} bytes as canonical JSON, at most {MAX_DEFINITION_BYTES} "
                 f"({MAX_DEFINITION_BYTES // 1024} KiB) allowed",
             )
             return False
-        # The size was in the limit, so this walk is bounded too.
-        for loc in nul_locations(definition):
-            self.add(loc, "contains a NUL character (U+0000), which cannot be stored")
-        return True
+        problems = check_value(definition)
+        for problem in problems:
+            self.add(problem.loc, problem.msg)
+        return not problems
 
     def collection(self, loc: str, value: object, limit: int) -> list[Any] | None:
         """The array at ``loc``, or None (with a problem) if it is not one."""

@@ -54,14 +54,16 @@ class WorkflowDeleted(DomainError):
 
 
 class ExecutionInputInvalid(DomainError):
-    """An execution's input is not a JSON object or an array of JSON objects."""
+    """An execution's input is not a JSON object or an array of JSON objects, or
+    holds a value the log cannot carry; ``problems`` say where (``input.a[0]``)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, problems: list[Problem] | None = None) -> None:
         self.reason = reason
+        self.problems: list[Problem] = list(problems or [Problem("input", reason)])
         super().__init__(f"invalid execution input: {reason}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.reason,))
+        return (type(self), (self.reason, self.problems))
 
 
 class InvalidExecutionTransition(DomainError):

@@ -40,8 +40,10 @@ from domain.errors import (
     InvalidExecutionTransition,
     NodeRunNotStarted,
     NodeRunStillRunning,
+    Problem,
 )
 from domain.meta import EventMeta
+from domain.values import check_value
 
 __all__ = [
     "EXECUTION_MODES",
@@ -81,20 +83,31 @@ class Execution(Aggregate):
         execution_id: UUID,
         workflow_id: UUID,
         workflow_version: int,
+        workflow_revision: int,
         mode: ExecutionMode,
         input: Any,
         meta: EventMeta,
     ) -> Execution:
-        """Queue a run of ``workflow_version`` over ``input`` (an object or array of objects)."""
+        """Queue a run of ``workflow_version`` over ``input`` (an object or array of objects).
+
+        ``workflow_version`` is the workflow's stream version (what a worker
+        loads the definition at); ``workflow_revision`` the definition's
+        revision there, what clients call the workflow's version.
+        """
         if mode not in EXECUTION_MODES:
             raise ValueError(f"mode must be one of {EXECUTION_MODES}, got {mode!r}")
         if workflow_version < 1:
             raise ValueError(f"workflow_version must be at least 1, got {workflow_version}")
+        if not 1 <= workflow_revision <= workflow_version:
+            raise ValueError(
+                f"workflow_revision must be 1 to workflow_version, got {workflow_revision}"
+            )
         _check_input(input)
         return cls(
             id=execution_id,
             workflow_id=workflow_id,
             workflow_version=workflow_version,
+            workflow_revision=workflow_revision,
             mode=mode,
             input=input,
             meta=meta.as_dict(),
@@ -110,10 +123,13 @@ class Execution(Aggregate):
         mode: ExecutionMode,
         input: Any,
         meta: dict[str, Any],
+        workflow_revision: int | None = None,
     ) -> None:
         self.org_id: str = meta["org_id"]
         self.workflow_id = workflow_id
         self.workflow_version = workflow_version
+        # None in the Queued events recorded before executions kept it.
+        self.workflow_revision = workflow_revision
         self.mode: ExecutionMode = mode
         self.input = input
         self.created_by: str = meta["actor"]
@@ -331,13 +347,20 @@ class Execution(Aggregate):
 
 
 def _check_input(value: Any) -> None:
-    if isinstance(value, dict):
-        return
-    if not isinstance(value, list):
+    if not isinstance(value, dict | list):
         raise ExecutionInputInvalid(f"expected an object or an array of objects, got {value!r:.80}")
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise ExecutionInputInvalid(f"item {index} is not an object")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise ExecutionInputInvalid(f"item {index} is not an object")
+    # Checked here, before the run is recorded: a value no follower can carry
+    # would otherwise be logged and stall every view behind it.
+    found = check_value(value, ("input",))
+    if found:
+        raise ExecutionInputInvalid(
+            "; ".join(str(problem) for problem in found),
+            [Problem(problem.loc, problem.msg) for problem in found],
+        )
 
 
 def truncate_items(items: list[Any], max_bytes: int) -> tuple[list[Any], bool]:

@@ -159,6 +159,8 @@ def ensure_value(value: Any, path: Path = ()) -> Any:
 def _string_problem(text: str) -> str | None:
     if "\x00" in text:
         return "contains a NUL character (U+0000), which cannot be stored"
+    if text.isascii():  # the common case, and no surrogate is ASCII
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -167,8 +169,11 @@ def _string_problem(text: str) -> str | None:
 
 
 def _int_problem(number: int) -> str:
-    digits = len(str(abs(number)))
-    shown = f"integer {number}" if digits <= 30 else f"an integer of {digits} digits"
+    if abs(number).bit_length() > 14_000:  # past 4,214 digits: Python will not print it
+        shown = "an integer of more than 4,000 digits"
+    else:
+        digits = len(str(abs(number)))
+        shown = f"integer {number}" if digits <= 30 else f"an integer of {digits} digits"
     return f"{shown} is outside the signed 64-bit range [-2**63, 2**63 - 1]"
 
 

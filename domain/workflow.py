@@ -4,6 +4,18 @@ Public methods validate and decide; the ``@event`` methods only apply state,
 so replaying the log never re-runs validation rules that may have changed.
 Event state is JSON-native (dicts, lists, str, numbers) so what comes back
 from the store equals what went in.
+
+Two numbers, two meanings:
+
+- ``revision``: the definition's revision, what clients see as the workflow's
+  ``version`` (``ETag``, ``If-Match``). 1 at ``Created``, +1 on every
+  definition change (``Updated``, which a revert is too, and ``Deleted``); a
+  run (``Executed``) leaves it. Counted by the apply methods, so it needs no
+  field in the events and replays the same from logs older than it.
+- ``version``: eventsourcing's stream version, +1 on every event, runs
+  included. The log's unique (id, version) key makes concurrent saves of
+  one workflow exclusive; clients see it only as an event's number (history,
+  the audit log, the bus), never as the workflow's version.
 """
 
 from __future__ import annotations
@@ -59,6 +71,7 @@ class Workflow(Aggregate):
         self.updated_by: str = meta["actor"]
         self.deleted: bool = False
         self.runs: int = 0
+        self.revision: int = 1
 
     def definition(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in DEFINITION_FIELDS}
@@ -81,6 +94,7 @@ class Workflow(Aggregate):
         for field, value in changes.items():
             setattr(self, field, value)
         self.updated_by = meta["actor"]
+        self.revision += 1
 
     def delete(self, meta: EventMeta) -> None:
         """Mark deleted; the history stays, and no further command is accepted."""
@@ -91,16 +105,26 @@ class Workflow(Aggregate):
     def _deleted(self, meta: dict[str, Any]) -> None:
         self.deleted = True
         self.updated_by = meta["actor"]
+        self.revision += 1
 
-    def record_execution(self, execution_id: UUID, status: str, meta: EventMeta) -> None:
-        """Note a finished run in the workflow's own history.
+    def record_execution(
+        self, execution_id: UUID, status: str, revision: int | None, meta: EventMeta
+    ) -> None:
+        """Note a finished run of ``revision`` in the workflow's own history.
 
         Recorded even if the workflow was deleted meanwhile: the run happened.
+        ``revision`` is None for a run queued before executions recorded it.
+        A run changes no definition, so the revision stays where it is.
         """
-        self._executed(execution_id=str(execution_id), status=status, meta=meta.as_dict())
+        self._executed(
+            execution_id=str(execution_id), status=status, revision=revision, meta=meta.as_dict()
+        )
 
     @event("Executed")
-    def _executed(self, execution_id: str, status: str, meta: dict[str, Any]) -> None:
+    def _executed(
+        self, execution_id: str, status: str, meta: dict[str, Any], revision: int | None = None
+    ) -> None:
+        # ``revision`` defaults for the Executed events recorded before it existed.
         self.runs += 1
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Workflow:
@@ -139,3 +163,10 @@ WorkflowCreatedEvent: Any = Workflow.Created  # type: ignore[attr-defined]
 WorkflowUpdatedEvent: Any = Workflow.Updated  # type: ignore[attr-defined]
 WorkflowDeletedEvent: Any = Workflow.Deleted  # type: ignore[attr-defined]
 WorkflowExecutedEvent: Any = Workflow.Executed  # type: ignore[attr-defined]
+
+# The events that move the revision: every definition change, not a run.
+REVISION_EVENTS: tuple[Any, ...] = (
+    WorkflowCreatedEvent,
+    WorkflowUpdatedEvent,
+    WorkflowDeletedEvent,
+)

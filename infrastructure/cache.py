@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
+
+from infrastructure.problems import Problem, problem_type
 
 log = structlog.get_logger("reporunner.redis")
 
@@ -118,6 +121,21 @@ class RedisBreaker:
             self._next_warning_at = now + self.warn_every_s
 
 
+def _key_bytes(key_parts: Any) -> bytes:
+    """The parts of a cache key as bytes, whatever they hold.
+
+    Not orjson: it refuses integers past 64 bits and lone surrogates, which a
+    request body may well carry (the query then answers 400; building its key
+    must not fail first). The standard encoder prints any integer and escapes
+    every non-ASCII character, and keeps the order of object keys:
+    ``{"$sort": {"a": 1, "b": -1}}`` and ``{"$sort": {"b": -1, "a": 1}}`` are
+    different queries. Other values (our own: the datetimes of a period) are
+    keyed by ``str``; each endpoint's parts have a fixed shape, so that cannot
+    make two different queries one key.
+    """
+    return json.dumps(key_parts, separators=(",", ":"), default=str).encode("ascii")
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     ttl_s: float = 60.0
@@ -144,10 +162,13 @@ class ReadCache:
         self.config = config
         self.breaker = RedisBreaker("reads are served uncached", config.breaker_cooldown_s)
 
-    def key(self, org_id: str, key_parts: Any, position: int) -> str:
-        # orjson keeps the order of object keys: {"$sort": {"a": 1, "b": -1}} and
-        # {"$sort": {"b": -1, "a": 1}} are different queries.
-        digest = hashlib.sha256(orjson.dumps(key_parts)).hexdigest()[:32]
+    def key(self, org_id: str, key_parts: Any, position: int) -> str | None:
+        """The entry's key; None when the parts cannot be encoded (then nothing is cached)."""
+        try:
+            encoded = _key_bytes(key_parts)
+        except (TypeError, ValueError):  # e.g. an integer of more digits than Python prints
+            return None
+        digest = hashlib.sha256(encoded).hexdigest()[:32]
         return f"{self.config.key_prefix}cache:{org_id}:{position}:{digest}"
 
     async def get_or_compute(
@@ -164,7 +185,7 @@ class ReadCache:
         are never cached.
         """
         key = self.key(org_id, key_parts, position)
-        if not self.breaker.allow():
+        if key is None or not self.breaker.allow():
             return CachedBody(await compute(), "bypass")
         try:
             cached = await self.redis.get(key)
@@ -199,6 +220,7 @@ async def cached_json(
     position: int,
     compute: Callable[[], Awaitable[Any]],
     *key_parts: Any,
+    max_bytes: int | None = None,
 ) -> Response:
     """``compute()``'s JSON answer, from the read cache when it has it.
 
@@ -206,10 +228,19 @@ async def cached_json(
     whatever else the answer depends on (the body, the resolved period...).
     Answers ``X-Projection-Position`` and ``X-Cache: hit|miss|bypass``. With
     no ``app.state.read_cache`` (no Redis configured) every read bypasses.
+    An answer longer than ``max_bytes`` is a 400 (and never cached).
     """
 
     async def body() -> bytes:
-        return orjson.dumps(await compute())
+        encoded = orjson.dumps(await compute())
+        if max_bytes is not None and len(encoded) > max_bytes:
+            raise Problem(
+                400,
+                f"the answer would be {len(encoded)} bytes, more than {max_bytes} "
+                "(REPORUNNER_QUERY_MAX_RESULT_BYTES): ask for less ($project, $limit, $match)",
+                type_=problem_type("result-too-large"),
+            )
+        return encoded
 
     cache: ReadCache | None = getattr(request.app.state, "read_cache", None)
     if cache is None:

@@ -13,6 +13,8 @@ from urllib.parse import quote
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from infrastructure.json_codec import jsonb_loads
+
 
 @dataclass(frozen=True)
 class PgTarget:
@@ -79,16 +81,29 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def create_engine(target: PgTarget, *, pool_size: int = 10) -> AsyncEngine:
-    """The async engine (asyncpg) for queries outside the event store."""
+def create_engine(
+    target: PgTarget, *, pool_size: int = 10, statement_timeout_ms: int | None = None
+) -> AsyncEngine:
+    """The async engine (asyncpg) for queries outside the event store.
+
+    ``statement_timeout_ms`` bounds every statement on its connections
+    (PostgreSQL cancels it past that, SQLSTATE 57014): the read API's queries
+    are all meant to be short, so none may run on after its answer is due.
+    """
+    # Queries here are short and latency-bound: JIT compilation (kicked off
+    # by the planner's row estimates for JSONB expansions) can cost more than
+    # the query itself.
+    server_settings = {"jit": "off"}
+    if statement_timeout_ms is not None:
+        server_settings["statement_timeout"] = str(statement_timeout_ms)
     return create_async_engine(
         target.sqlalchemy_url("asyncpg"),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=False,
         pool_recycle=3600,
-        # Queries here are short and latency-bound: JIT compilation (kicked
-        # off by the planner's row estimates for JSONB expansions) can cost
-        # more than the query itself.
-        connect_args={"server_settings": {"jit": "off"}},
+        connect_args={"server_settings": server_settings},
+        # Not json.loads: jsonb prints 1e20 as an integer numeral, which must
+        # read back as a number the answers' encoder (orjson) can write.
+        json_deserializer=jsonb_loads,
     )

@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     rate_limit_fail_open: bool = Field(
         default=True, description="Without Redis: allow (true) or refuse with 503 (false)."
     )
+    # Bounded reads (issue 11 item 3): every query of the read API's connections
+    # ends within the timeout; a pipeline's $unwind stages and its answer are
+    # capped; each process runs at most this many pipelines per organisation.
+    query_timeout_ms: int = Field(default=5_000, ge=1, le=600_000)
+    query_max_unwind_rows: int = Field(default=1_000_000, ge=1)
+    query_max_results: int = Field(default=10_000, ge=1)
+    query_max_result_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    pipelines_per_org: int = Field(default=4, ge=1, le=1_000)
 
     @field_validator("roles")
     @classmethod

@@ -189,7 +189,17 @@ def install_error_handlers(
 
 
 def _unexpected_problem(exc: Exception) -> Problem:
-    """What an error no handler knows becomes: 503 if a dependency is down, else a 500 bug."""
+    """What an error no handler knows becomes: 503 if a dependency is down or a
+    query ran out of time, else a 500 bug."""
+    if _is_statement_timeout(exc):
+        log.warning("query timed out", error=str(exc))
+        return Problem(
+            503,
+            "the query ran longer than the read timeout (REPORUNNER_QUERY_TIMEOUT_MS) and was "
+            "cancelled; narrow it (a $match first, fewer $unwind stages, a $limit) or retry later",
+            type_=problem_type("query-timeout"),
+            headers={"Retry-After": "5"},
+        )
     if _is_unavailable(exc):
         log.warning("dependency unavailable", error=repr(exc))
         return Problem(
@@ -200,6 +210,13 @@ def _unexpected_problem(exc: Exception) -> Problem:
         )
     log.exception("unhandled error")
     return Problem(500, "internal error; this is a bug, please report it")
+
+
+def _is_statement_timeout(exc: Exception) -> bool:
+    """PostgreSQL cancelled the statement (SQLSTATE 57014: ``statement_timeout``)."""
+    from sqlalchemy.exc import DBAPIError
+
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "57014"
 
 
 def _is_unavailable(exc: Exception) -> bool:

@@ -6,12 +6,16 @@ counters always agree with the execution documents they count.
 ``executions`` documents (``_id`` = the execution id; ``created`` = when it
 was queued, ``updated`` = its last event)::
 
-    {id, workflow_id, workflow_version, mode, status, input, version,
+    {id, workflow_id, workflow_version, workflow_revision, mode, status, input, version,
      created_at, created_by, updated_at, started_at, finished_at, duration_ms,
      worker_id, error, output, output_truncated, canceled_by,
      node_runs: [{node_id, attempt, status, started_at, finished_at,
                   outputs, outputs_truncated, error, will_retry}],
      node_summary: {succeeded, failed}}
+
+``workflow_revision`` is the revision that ran (what clients call the
+workflow's version); absent for executions queued before Queued recorded
+it, so a rebuild gives the same documents as the live view.
 
 ``execution_stats`` documents count executions: each execution is counted
 once, in the bucket of its queued time, under its *current* status (a
@@ -243,6 +247,9 @@ def _queued_document(event: Any, position: int) -> Document:
         "node_runs": [],
         "node_summary": {"succeeded": 0, "failed": 0},
     }
+    revision = getattr(event, "workflow_revision", None)
+    if revision is not None:
+        data["workflow_revision"] = revision
     return Document(
         id=data["id"],
         org_id=event.meta["org_id"],

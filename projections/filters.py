@@ -27,8 +27,16 @@ The semantics are MongoDB's, restricted to JSON, with these decisions:
   strings exactly, objects regardless of key order, arrays element by element
   in order. A scalar may equal an array's element (``{"tags": "a"}`` matches
   ``["a", "b"]``), an array the whole array or an element that is an array.
-  ``null`` matches null values, null elements and missing fields. ``$ne`` and
-  ``$nin`` are exact negations, so they match missing fields.
+  ``null`` matches null values, null elements and missing fields, and, as in
+  MongoDB, a path on which an object lacks the next key (``{"a.b": null}``
+  matches ``{"a": [{"c": 1}]}``; a numeric segment never counts as lacking).
+  ``$ne`` and ``$nin`` are exact negations, so they match missing fields.
+* **Lists.** ``$in``/``$nin``/``$all`` take at most ``MAX_LIST_VALUES``
+  values; each kind of value (scalars, instants, whole arrays and objects) is
+  one jsonb array bind parameter, never one clause per value.
+* **$elemMatch** with a document applies it to elements that are objects or
+  arrays (an array as a document: its objects' keys, as at any array; the
+  first segment is never an index there).
 * **Order** (``$gt`` ...) is type-bracketed: numbers with numbers (numeric,
   never as text), strings with strings by Unicode code point, booleans with
   booleans (false < true); anything else, arrays and objects included, is
@@ -47,6 +55,8 @@ The semantics are MongoDB's, restricted to JSON, with these decisions:
   subset that PostgreSQL's ARE and Python's ``re`` read alike, checked and
   rewritten at compile time (see ``translate_regex``); they match strings and
   string elements, with ASCII-only classes and case folding (``COLLATE "C"``).
+  Newlines as in MongoDB's PCRE: ``$`` also matches before a final newline,
+  ``.`` not at a newline (without ``s``), ``[^a]`` always.
 
 Scalar equality on paths of plain keys compiles to ``@>`` containment, which
 the GIN ``jsonb_path_ops`` index serves; the rest compiles to
@@ -58,32 +68,40 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from domain.values import ValueProblem, check_value
 from projections.errors import QueryError
+from projections.regex import MAX_REGEX_CHARS, Regex, translate_regex
 
 __all__ = [
+    "MAX_LIST_VALUES",
+    "MAX_PARAMETERS",
     "MAX_REGEX_CHARS",
     "Regex",
     "SqlFragment",
     "compile_filter",
     "iso_instant",
     "translate_regex",
+    "value_problem_text",
 ]
 
 MAX_DEPTH = 16
 MAX_PATH_SEGMENTS = 32
 MAX_INDEX_SEGMENTS = 4
 MAX_VALUE_DEPTH = 32
-MAX_REGEX_CHARS = 256
 INSTANT_FUNCTION = "reporunner_iso_timestamptz"
 
+MAX_LIST_VALUES = 1000  # values of one $in, $nin or $all
+MAX_PARAMETERS = 5000  # bind parameters of one filter (asyncpg takes at most 32767 per query)
+
 _MAX_CONTAINMENTS = 16  # @> patterns per equality before a path query is cheaper
+_MAX_CHAINED_VALUES = 8  # $all values tested one by one (each may use the GIN index)
+_SCALAR_TYPES = '@.type() == "string" || @.type() == "number" || @.type() == "boolean"'
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
@@ -114,6 +132,11 @@ def compile_filter(filter: Any, *, column: str = "data", param_prefix: str = "f"
         raise ValueError(f"invalid parameter prefix {param_prefix!r}")
     compiler = _Compiler(param_prefix)
     sql = compiler.document(filter, column, "", 0)
+    if len(compiler.params) > MAX_PARAMETERS:
+        raise QueryError(
+            f"filter too large: it needs {len(compiler.params)} bound values, "
+            f"at most {MAX_PARAMETERS} are allowed"
+        )
     return SqlFragment(f"({sql})" if _has_top_level(sql, " AND ", " OR ") else sql, compiler.params)
 
 
@@ -158,6 +181,8 @@ class _Field:
     where: str
     branches: tuple[str, ...] = ()
     keys: tuple[str, ...] | None = None  # the path as plain keys, for @> patterns
+    segments: tuple[str, ...] = ()
+    indices: frozenset[int] = frozenset()  # segments that are array subscripts too
 
 
 class _Compiler:
@@ -165,6 +190,8 @@ class _Compiler:
         self.prefix = prefix
         self.params: dict[str, Any] = {}
         self.aliases = 0
+        # Documents that may be arrays ($elemMatch elements): no @> patterns on them.
+        self.maybe_arrays: set[str] = set()
 
     def bind(self, value: Any) -> str:
         name = f"{self.prefix}{len(self.params)}"
@@ -234,7 +261,15 @@ class _Compiler:
             _render_path(segments, {i for i, chosen in zip(indices, choice, strict=True) if chosen})
             for choice in itertools.product((False, True), repeat=len(indices))
         )
-        return _Field(doc, dotted, branches, None if indices else tuple(segments))
+        plain = not indices and doc not in self.maybe_arrays
+        return _Field(
+            doc,
+            dotted,
+            branches,
+            tuple(segments) if plain else None,
+            tuple(segments),
+            frozenset(indices),
+        )
 
     # -- one field ------------------------------------------------------------------
 
@@ -272,8 +307,7 @@ class _Compiler:
             any_of = self.any_of(field, operator, operand)
             return any_of if operator == "$in" else _not(any_of)
         if operator == "$all":
-            values = self.values_list(field, operator, operand)
-            return _and([self.equals(field, v) for v in values]) if values else "FALSE"
+            return self.all_of(field, operand)
         if operator == "$exists":
             if not isinstance(operand, bool):
                 raise QueryError(f"$exists needs true or false at '{where}'")
@@ -284,11 +318,14 @@ class _Compiler:
                 raise QueryError(f"$options needs a string at '{where}'")
             return self.regex(field, operand, options)
         if operator == "$not":
-            if isinstance(operand, str):
-                return _not(self.regex(field, operand, ""))
+            # MongoDB takes a regex literal here too; JSON has none, and a bare
+            # string is not one (MongoDB refuses {"$not": "x"}).
             if isinstance(operand, dict) and operand and all(_is_operator(k) for k in operand):
                 return _not(self.operators(field, operand, depth + 1))
-            raise QueryError(f"$not needs an operator object or a regex at '{where}'")
+            raise QueryError(
+                f"$not needs an operator object at '{where}', "
+                'e.g. {"$not": {"$gt": 5}} or {"$not": {"$regex": "^a"}}'
+            )
         if operator == "$size":
             return self.size(field, operand)
         if operator == "$elemMatch":
@@ -300,7 +337,13 @@ class _Compiler:
     def equals(self, field: _Field, value: Any) -> str:
         _check_value(value, field.where)
         if value is None:
-            return _or([self.any(field, '@.type() == "null"'), _not(self.exists(field))])
+            return _or(
+                [
+                    self.any(field, '@.type() == "null"'),
+                    _not(self.exists(field)),
+                    self.lacks_a_key(field),
+                ]
+            )
         if isinstance(value, dict | list):
             return self.equals_whole(field, value)
         if isinstance(value, str) and iso_instant(value) is not None:
@@ -317,38 +360,89 @@ class _Compiler:
                     for pattern in _containments(field.keys, value)
                 ]
             )
-        tests = [f'@.type() == "{_json_type(v)}" && @ == $v{i}' for i, v in enumerate(values)]
-        predicate = tests[0] if len(tests) == 1 else " || ".join(f"({t})" for t in tests)
-        return self.any(field, predicate, {f"v{i}": v for i, v in enumerate(values)})
+        if len(values) == 1:
+            (value,) = values
+            return self.any(field, f'@.type() == "{_json_type(value)}" && @ == $v0', {"v0": value})
+        # jsonb equality is JSON equality on scalars: numbers by value, strings exactly.
+        listed = self.listed(values)
+        return self.exists_row(field, _SCALAR_TYPES, lambda v: f"{v} IN {listed}")
 
     def equals_whole(self, field: _Field, value: dict[str, Any] | list[Any]) -> str:
         target = self.jsonb(value)
+        return self.whole(field, lambda v: f"{v} = {target}")
+
+    def whole_in(self, field: _Field, values: list[Any]) -> str:
+        listed = self.listed(values)
+        return self.whole(field, lambda v: f"{v} IN {listed}")
+
+    def whole(self, field: _Field, condition: Callable[[str], str]) -> str:
+        """A value, or an element that is an array or an object, satisfies ``condition``."""
         if not field.branches:
-            return f"{field.doc} = {target}"
+            return condition(field.doc)
         containers = '@.type() == "array" || @.type() == "object"'
         return _or(
             [
-                self.exists_row(field, None, lambda v: f"{v} = {target}"),  # the values
-                self.exists_row(field, containers, lambda v: f"{v} = {target}"),  # elements
+                self.exists_row(field, None, condition),  # the values
+                self.exists_row(field, containers, condition),  # elements
             ]
         )
 
+    def listed(self, values: list[Any]) -> str:
+        """A SQL row source of ``values`` (jsonb), for ``x IN ...``: one bind parameter."""
+        return f"(SELECT jsonb_array_elements({self.jsonb(values)}))"
+
     def any_of(self, field: _Field, operator: str, operand: Any) -> str:
+        """Some value equals one of the list's: one clause per kind of value, not per value.
+
+        A list past a few values is one jsonb array bind parameter, matched
+        with ``IN (SELECT jsonb_array_elements(...))`` (a hashed semi join), so
+        a long ``$in`` neither chains clauses nor grows the statement.
+        """
         values = self.values_list(field, operator, operand)
-        scalars = [
-            v
-            for v in values
-            if v is not None
-            and not isinstance(v, dict | list)
-            and not (isinstance(v, str) and iso_instant(v) is not None)
-        ]
-        others = [v for v in values if not any(v is s for s in scalars)]
-        parts = [self.equals_scalars(field, scalars)] if scalars else []
-        return _or(parts + [self.equals(field, v) for v in others])
+        kinds = _by_kind(values)
+        parts = []
+        if kinds.nulls:
+            parts.append(self.equals(field, None))
+        if kinds.scalars:
+            parts.append(self.equals_scalars(field, kinds.scalars))
+        if len(kinds.instants) == 1:
+            parts.append(self.instant(field, "=", kinds.instants[0]))
+        elif kinds.instants:
+            parts.append(self.instant_in(field, kinds.instants))
+        if len(kinds.wholes) == 1:
+            parts.append(self.equals_whole(field, kinds.wholes[0]))
+        elif kinds.wholes:
+            parts.append(self.whole_in(field, kinds.wholes))
+        return _or(parts)
+
+    def all_of(self, field: _Field, operand: Any) -> str:
+        """Every value of the list is matched: one clause per value for short lists,
+        one ``NOT EXISTS`` over the array of scalars for long ones."""
+        values = self.values_list(field, "$all", operand)
+        if not values:
+            return "FALSE"
+        kinds = _by_kind(values)
+        if len(kinds.scalars) <= _MAX_CHAINED_VALUES:
+            return _and([self.equals(field, v) for v in values])
+        wanted = self.alias()
+        unmatched = _not(
+            self.exists_row(field, _SCALAR_TYPES, lambda v: f"{v} = {wanted}.{wanted}")
+        )
+        every_scalar = (
+            f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements({self.jsonb(kinds.scalars)}) "
+            f"AS {wanted}({wanted}) WHERE {unmatched})"
+        )
+        others = kinds.nulls[:1] + kinds.instants + kinds.wholes
+        return _and([every_scalar, *(self.equals(field, v) for v in others)])
 
     def values_list(self, field: _Field, operator: str, operand: Any) -> list[Any]:
         if not isinstance(operand, list):
             raise QueryError(f"{operator} needs an array at '{field.where}'")
+        if len(operand) > MAX_LIST_VALUES:
+            raise QueryError(
+                f"{operator} may list at most {MAX_LIST_VALUES} values, not {len(operand)}, "
+                f"at '{field.where}'"
+            )
         for value in operand:
             if isinstance(value, dict) and any(_is_operator(k) for k in value):
                 raise QueryError(f"{operator} cannot hold operators at '{field.where}'")
@@ -370,6 +464,17 @@ class _Compiler:
             return self.instant(field, symbol, operand)
         return self.any(
             field, f'@.type() == "{_json_type(operand)}" && @ {symbol} $v', {"v": operand}
+        )
+
+    def instant_in(self, field: _Field, values: list[str]) -> str:
+        listed = (
+            f"(SELECT {INSTANT_FUNCTION}(t) FROM jsonb_array_elements_text({self.jsonb(values)}) "
+            "AS t)"
+        )
+        return self.exists_row(
+            field,
+            '@.type() == "string"',
+            lambda v: f"{INSTANT_FUNCTION}({v} #>> '{{}}') IN {listed}",
         )
 
     def instant(self, field: _Field, symbol: str, value: str) -> str:
@@ -413,10 +518,11 @@ class _Compiler:
         element = f"{elements}.{elements}"
         if operators:  # each element itself is the value: {"$elemMatch": {"$gt": 3}}
             condition = self.operators(_Field(element, field.where), operand, depth + 1)
-        else:  # each element is a sub-document
+        else:  # each element is a sub-document; as in MongoDB, an array is one too
+            self.maybe_arrays.add(element)
             condition = _and(
                 [
-                    f"jsonb_typeof({element}) = 'object'",
+                    f"jsonb_typeof({element}) IN ('object', 'array')",
                     self.document(operand, element, field.where, depth + 1),
                 ]
             )
@@ -426,6 +532,27 @@ class _Compiler:
             f"jsonb_array_elements(CASE WHEN jsonb_typeof({array}) = 'array' THEN {array} END) "
             f"AS {elements}({elements}) WHERE {condition})"
         )
+
+    def lacks_a_key(self, field: _Field) -> str:
+        """An object on the way to the field lacks the next key (MongoDB: null there).
+
+        ``{"a.b": null}`` matches ``{"a": [{"c": 1}]}``: the element without
+        ``b`` has a missing ``a.b``. Numeric segments (array subscripts too)
+        and the first one (missing altogether) never count.
+        """
+        tests = []
+        for k in range(1, len(field.segments)):
+            if k in field.indices:
+                continue
+            key = json.dumps(field.segments[k], ensure_ascii=False)
+            prefix = field.segments[:k]
+            chosen = [i for i in sorted(field.indices) if i < k]
+            for choice in itertools.product((False, True), repeat=len(chosen)):
+                subscripts = {i for i, pick in zip(chosen, choice, strict=True) if pick}
+                rendered = _render_path(list(prefix), subscripts)
+                path = f'{rendered} ? (@.type() == "object" && !exists(@.{key}))'
+                tests.append(f"jsonb_path_exists({field.doc}, {self.jsonpath(path)})")
+        return _or(tests)
 
     # -- the three ways to look at a field's values -----------------------------------
 
@@ -488,6 +615,30 @@ def _render_path(segments: list[str], indices: set[int]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class _Kinds:
+    """A list's values, by how they compare (see the module docstring)."""
+
+    nulls: list[None]
+    scalars: list[Any]  # strings (not instants), numbers, booleans
+    instants: list[str]
+    wholes: list[Any]  # arrays and objects, compared whole
+
+
+def _by_kind(values: list[Any]) -> _Kinds:
+    kinds = _Kinds([], [], [], [])
+    for value in values:
+        if value is None:
+            kinds.nulls.append(value)
+        elif isinstance(value, dict | list):
+            kinds.wholes.append(value)
+        elif isinstance(value, str) and iso_instant(value) is not None:
+            kinds.instants.append(value)
+        else:
+            kinds.scalars.append(value)
+    return kinds
+
+
 def _containments(keys: tuple[str, ...], value: Any) -> list[Any]:
     """Every ``@>`` pattern under which ``value`` sits at ``keys``, each level maybe in an array."""
     patterns = []
@@ -514,27 +665,18 @@ def _check_text(text: str, where: str) -> None:
         raise QueryError(f"strings cannot hold NUL or unpaired surrogates at '{where}'")
 
 
-def _check_value(value: Any, where: str, depth: int = 0) -> None:
-    if depth > MAX_VALUE_DEPTH:
-        raise QueryError(f"value nested deeper than {MAX_VALUE_DEPTH} levels at '{where}'")
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise QueryError(f"numbers must be finite at '{where}'")
-    elif isinstance(value, str):
-        _check_text(value, where)
-    elif isinstance(value, list):
-        for item in value:
-            _check_value(item, where, depth + 1)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise QueryError(f"object keys must be strings at '{where}'")
-            _check_text(key, where)
-            _check_value(item, where, depth + 1)
-    else:
-        raise QueryError(f"{_kind(value)} is not a JSON value at '{where}'")
+def _check_value(value: Any, where: str) -> None:
+    """A filter constant must keep the value contract (``domain.values``): what
+    jsonb, orjson and asyncpg all carry, so no constant can fail the query."""
+    problems = check_value(value, max_depth=MAX_VALUE_DEPTH)
+    if problems:
+        raise QueryError(value_problem_text(problems[0], f"invalid value at '{where}'"))
+
+
+def value_problem_text(problem: ValueProblem, subject: str) -> str:
+    """``problem`` of a constant (``subject``: "invalid value at 'n'"), as a query error says it."""
+    inside = f" (at {problem.loc} inside it)" if problem.path else ""
+    return f"{subject}{inside}: {problem.msg}"
 
 
 def _dump(value: Any) -> str:
@@ -589,278 +731,3 @@ def _not(sql: str) -> str:
     if sql in ("TRUE", "FALSE"):
         return "FALSE" if sql == "TRUE" else "TRUE"
     return f"NOT ({sql})" if _has_top_level(sql, " AND ", " OR ") else f"NOT {sql}"
-
-
-# -- regexes ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Regex:
-    """One accepted pattern, spelled for each engine; both match the same strings.
-
-    ``postgres`` is an ARE with embedded options, for ``text COLLATE "C" ~``;
-    ``python`` carries inline flags, for ``re.search``.
-    """
-
-    postgres: str
-    python: str
-
-
-# (m, s) -> PostgreSQL's newline mode: without "s" a dot (and a negated class)
-# stops at newlines; with "m", ^ and $ also match at them.
-_PG_NEWLINE_MODE = {(False, False): "p", (False, True): "s", (True, False): "n", (True, True): "w"}
-_MAX_REGEX_SIZE = 1000  # bounded repetitions multiplied out; PostgreSQL refuses huge ones
-_ESCAPED_CONTROLS = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v"}
-_CONTROL_ESCAPES = {v: k for k, v in _ESCAPED_CONTROLS.items()}
-_BOUNDS = re.compile(r"\{([0-9]{1,3})(,([0-9]{1,3})?)?\}")
-
-
-def translate_regex(pattern: str, options: str = "", where: str = "") -> Regex:
-    """Check ``pattern`` against the supported subset and spell it for both engines.
-
-    Supported: literals (escape any of ``\\^$.|?*+()[]{}``; ``\\`` before other
-    punctuation is allowed too), ``.``, ``^``, ``$``, ``\\d \\D \\s \\S \\w \\W``
-    (ASCII), ``\\n \\t \\r \\f \\v``, classes ``[...]``/``[^...]`` of literals,
-    ranges and ``\\d \\s \\w`` (``[``, ``]`` and ``-`` escaped inside), groups
-    ``(...)``/``(?:...)``, ``|``, and ``* + ? {m} {m,} {m,n}`` (bounds up to 255),
-    each optionally lazy. Not supported (refused): backreferences, lookaround,
-    word boundaries, POSIX classes, inline flags, empty alternatives.
-    Options: ``i`` (ASCII case folding), ``m`` (^/$ at line breaks), ``s`` (dot
-    matches a newline), ``x`` (whitespace and ``#`` comments ignored outside
-    classes).
-    """
-    if len(pattern) > MAX_REGEX_CHARS:
-        raise QueryError(f"regex longer than {MAX_REGEX_CHARS} characters at '{where}'")
-    unsupported = sorted(set(options) - set("imsx"))
-    if unsupported:
-        raise QueryError(
-            f"unsupported $options '{unsupported[0]}' at '{where}' (supported: i, m, s, x)"
-        )
-    _check_text(pattern, where)
-    multiline, dotall = "m" in options, "s" in options
-    parser = _RegexParser(pattern, where, "x" in options, multiline, dotall)
-    postgres, python = parser.parse()
-    fold = "i" if "i" in options else ""
-    python_flags = "a" + fold + ("m" if multiline else "") + ("s" if dotall else "")
-    return Regex(
-        postgres=f"(?{fold}{_PG_NEWLINE_MODE[multiline, dotall]}){postgres}",
-        python=f"(?{python_flags}){python}",
-    )
-
-
-@dataclass(frozen=True)
-class _Piece:
-    postgres: str
-    python: str
-    size: int = 1
-    anchored: bool = False  # holds ^ or $: never repeated
-
-
-def _literal(char: str) -> str:
-    if char in _CONTROL_ESCAPES:
-        return "\\" + _CONTROL_ESCAPES[char]
-    if char.isascii() and not char.isalnum() and char not in " _" and char.isprintable():
-        return "\\" + char
-    return char
-
-
-class _RegexParser:
-    def __init__(
-        self, text: str, where: str, extended: bool, multiline: bool, dotall: bool
-    ) -> None:
-        self.text = text
-        self.where = where
-        self.extended = extended
-        self.multiline = multiline
-        self.dotall = dotall
-        self.pos = 0
-
-    def fail(self, problem: str) -> QueryError:
-        return QueryError(f"invalid regex at '{self.where}': {problem}")
-
-    def peek(self) -> str | None:
-        while self.extended and self.pos < len(self.text):
-            if self.text[self.pos] in " \t\n\r\f\v":
-                self.pos += 1
-            elif self.text[self.pos] == "#":
-                end = self.text.find("\n", self.pos)
-                self.pos = len(self.text) if end < 0 else end + 1
-            else:
-                break
-        return self.text[self.pos] if self.pos < len(self.text) else None
-
-    def parse(self) -> tuple[str, str]:
-        if self.peek() is None:
-            return "", ""
-        piece = self.alternation(0)
-        char = self.peek()
-        if char is not None:
-            raise self.fail(f"unbalanced '{char}'")
-        if piece.size > _MAX_REGEX_SIZE:
-            raise self.fail("too complex (bounded repetitions multiply out too far)")
-        return piece.postgres, piece.python
-
-    def alternation(self, depth: int) -> _Piece:
-        branches = [self.sequence(depth)]
-        while self.peek() == "|":
-            self.pos += 1
-            branches.append(self.sequence(depth))
-        return _Piece(
-            "|".join(b.postgres for b in branches),
-            "|".join(b.python for b in branches),
-            sum(b.size for b in branches),
-            any(b.anchored for b in branches),
-        )
-
-    def sequence(self, depth: int) -> _Piece:
-        items = []
-        while (char := self.peek()) is not None and char not in "|)":
-            items.append(self.repeat(depth))
-        if not items:
-            raise self.fail("missing ')'" if char is None and depth else "empty alternative")
-        return _Piece(
-            "".join(i.postgres for i in items),
-            "".join(i.python for i in items),
-            sum(i.size for i in items),
-            any(i.anchored for i in items),
-        )
-
-    def repeat(self, depth: int) -> _Piece:
-        char = self.peek()
-        if char in ("^", "$"):
-            self.pos += 1
-            if self.peek() in ("*", "+", "?", "{"):
-                raise self.fail(f"nothing to repeat after '{char}'")
-            python = char if char == "^" or self.multiline else r"\Z"
-            return _Piece(char, python, 1, True)
-        atom = self.atom(depth)
-        quantifier = self.quantifier()
-        if quantifier is None:
-            return atom
-        text, factor = quantifier
-        if atom.anchored:
-            raise self.fail("a group holding ^ or $ cannot be repeated")
-        if self.peek() in ("*", "+", "?", "{"):
-            raise self.fail("multiple repeat")
-        return _Piece(atom.postgres + text, atom.python + text, atom.size * factor)
-
-    def quantifier(self) -> tuple[str, int] | None:
-        char = self.peek()
-        if char in ("*", "+", "?"):
-            self.pos += 1
-            text, factor = char, 1
-        elif char == "{":
-            bounds = _BOUNDS.match(self.text, self.pos)
-            if bounds is None:
-                raise self.fail("malformed {m,n} repetition")
-            self.pos = bounds.end()
-            low = int(bounds[1])
-            high = None if bounds[2] and bounds[3] is None else int(bounds[3] or low)
-            if low > 255 or (high is not None and not low <= high <= 255):
-                raise self.fail("repetition bounds must satisfy m <= n <= 255")
-            if high is None:
-                text, factor = f"{{{low},}}", low + 1
-            elif high == low:
-                text, factor = f"{{{low}}}", max(low, 1)
-            else:
-                text, factor = f"{{{low},{high}}}", max(high, 1)
-        else:
-            return None
-        if self.peek() == "?":
-            self.pos += 1
-            text += "?"
-        return text, factor
-
-    def atom(self, depth: int) -> _Piece:
-        char = self.peek()
-        if char == "(":
-            return self.group(depth)
-        if char == "[":
-            return self.bracket()
-        if char == "\\":
-            kind, value = self.escape(inside_class=False)
-            spelled = value if kind == "class" else _literal(value)
-            return _Piece(spelled, spelled)
-        self.pos += 1
-        if char == ".":
-            return _Piece(".", ".")
-        if char in ("*", "+", "?", "{"):
-            raise self.fail(f"nothing to repeat before '{char}'")
-        if char in ("]", "}"):
-            raise self.fail(f"'{char}' must be escaped")
-        assert char is not None
-        return _Piece(_literal(char), _literal(char))
-
-    def group(self, depth: int) -> _Piece:
-        if depth >= 16:
-            raise self.fail("groups nested too deeply")
-        self.pos += 1
-        if self.text.startswith("?", self.pos):
-            if not self.text.startswith("?:", self.pos):
-                raise self.fail("only (...) and (?:...) groups are supported")
-            self.pos += 2
-        inner = self.alternation(depth + 1)
-        if self.peek() != ")":
-            raise self.fail("missing ')'")
-        self.pos += 1
-        return _Piece(f"(?:{inner.postgres})", f"(?:{inner.python})", inner.size, inner.anchored)
-
-    def escape(self, *, inside_class: bool) -> tuple[str, str]:
-        """After a backslash: ("class", "\\d") or ("literal", char)."""
-        self.pos += 1
-        if self.pos >= len(self.text):
-            raise self.fail("trailing backslash")
-        char = self.text[self.pos]
-        self.pos += 1
-        if char in "dsw" or (char in "DSW" and not inside_class):
-            return "class", "\\" + char
-        if char in "DSW":
-            raise self.fail(f"'\\{char}' is not supported inside [...]")
-        if char in _ESCAPED_CONTROLS:
-            return "literal", _ESCAPED_CONTROLS[char]
-        if char.isascii() and not char.isalnum():
-            return "literal", char
-        raise self.fail(f"unsupported escape '\\{char}'")
-
-    def class_member(self) -> tuple[str, str]:
-        char = self.text[self.pos]
-        if char == "\\":
-            return self.escape(inside_class=True)
-        if char in "[-":
-            raise self.fail(f"'{char}' inside [...] must be escaped")
-        self.pos += 1
-        return "literal", char
-
-    def bracket(self) -> _Piece:
-        self.pos += 1
-        negated = self.text.startswith("^", self.pos)
-        self.pos += negated
-        members = []
-        while True:
-            if self.pos >= len(self.text):
-                raise self.fail("missing ']'")
-            if self.text[self.pos] == "]":
-                self.pos += 1
-                break
-            kind, start = self.class_member()
-            if kind == "class":
-                members.append(start)
-            elif self.text.startswith("-", self.pos) and not self.text.startswith("-]", self.pos):
-                self.pos += 1
-                if self.pos >= len(self.text):
-                    raise self.fail("missing ']'")
-                kind, end = self.class_member()
-                if kind == "class":
-                    raise self.fail("a range cannot end in a class escape")
-                if end < start:
-                    raise self.fail(f"reversed range in [...]: {start!r}-{end!r}")
-                members.append(f"{_literal(start)}-{_literal(end)}")
-            else:
-                members.append(_literal(start))
-        if not members:
-            raise self.fail("empty [...]")
-        body = "".join(members)
-        caret = "^" if negated else ""
-        # PostgreSQL's newline-sensitive modes keep negated classes off newlines.
-        newline = "\\n" if negated and not self.dotall else ""
-        return _Piece(f"[{caret}{body}]", f"[{caret}{body}{newline}]")

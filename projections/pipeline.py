@@ -43,6 +43,11 @@ Where MongoDB and PostgreSQL differ, we chose (and the reference mirrors):
 
 Values never enter SQL text: they are bind parameters (``CAST(:p AS jsonb)``).
 Field paths are validated before they appear as ``#>`` path literals.
+
+Work is bounded: at most ``MAX_STAGES`` stages and ``MAX_UNWIND_STAGES``
+``$unwind``s; ``PipelineLimits`` caps the documents each ``$unwind`` emits (the
+query fails past it, so an answer is never silently cut) and the documents
+returned. The reference evaluator has no such caps.
 """
 
 from __future__ import annotations
@@ -54,10 +59,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from domain.values import check_value
 from projections.errors import QueryError
-from projections.filters import SqlFragment, compile_filter
+from projections.filters import SqlFragment, compile_filter, value_problem_text
 
 MAX_STAGES = 50
+MAX_UNWIND_STAGES = 4
+MAX_PARAMETERS = 10_000  # bind parameters of one pipeline (asyncpg takes at most 32767)
 MAX_FIELDS = 40
 MAX_SORT_KEYS = 8
 MAX_SKIP_LIMIT = 2**53
@@ -177,7 +185,13 @@ def parse_pipeline(pipeline: Any) -> list[Stage]:
         raise QueryError(f"a pipeline must be a JSON array of stages, not {_kind(pipeline)}")
     if len(pipeline) > MAX_STAGES:
         raise QueryError(f"a pipeline may have at most {MAX_STAGES} stages, not {len(pipeline)}")
-    return [_parse_stage(i, stage) for i, stage in enumerate(pipeline, start=1)]
+    stages = [_parse_stage(i, stage) for i, stage in enumerate(pipeline, start=1)]
+    unwinds = sum(isinstance(stage, Unwind) for stage in stages)
+    if unwinds > MAX_UNWIND_STAGES:
+        raise QueryError(
+            f"a pipeline may have at most {MAX_UNWIND_STAGES} $unwind stages, not {unwinds}"
+        )
+    return stages
 
 
 def _parse_stage(index: int, stage: Any) -> Stage:
@@ -355,6 +369,7 @@ def parse_expression(value: Any, where: str, depth: int) -> Expr:
             raise QueryError(f"{where}: unknown variable '{value}' (only $$ROOT)")
         if value.startswith("$"):
             return Ref(parse_path(value[1:], where))
+        _check_json(value, where)
         return Literal(value)
     if value is None or isinstance(value, bool):
         return Literal(value)
@@ -391,10 +406,11 @@ def parse_path(path: Any, where: str) -> tuple[str, ...]:
 
 
 def _check_json(value: Any, where: str) -> None:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        raise QueryError(f"{where}: constants must be finite JSON values") from None
+    """A constant must keep the value contract (``domain.values``): jsonb stores
+    it and every reader of the answer can encode what it reads back."""
+    problems = check_value(value)
+    if problems:
+        raise QueryError(f"{where}: {value_problem_text(problems[0], 'invalid constant')}")
 
 
 def _is_int(value: Any) -> bool:
@@ -433,8 +449,37 @@ def _describe(value: Any) -> str:
 # -- the compiler ---------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PipelineLimits:
+    """Bounds on the work of one run; ``None`` is unbounded.
+
+    ``max_unwind_rows`` caps the documents each ``$unwind`` stage may emit:
+    past it the query fails with ``UNWIND_CAP_MARKER`` in its error (see
+    ``unwind_cap_exceeded``). ``max_results`` caps the documents the query
+    returns: it returns at most one more, so the caller can tell.
+    """
+
+    max_unwind_rows: int | None = None
+    max_results: int | None = None
+
+
+# PostgreSQL has no RAISE outside PL/pgSQL: a stage past its row cap casts this
+# text to an integer, which fails at run time with the text in its message.
+UNWIND_CAP_MARKER = "reporunner: $unwind row cap"
+
+
+def unwind_cap_exceeded(message: str) -> bool:
+    """Whether PostgreSQL's error ``message`` (not the statement, which holds the
+    marker too) is a ``$unwind`` stage passing ``max_unwind_rows``."""
+    return f'"{UNWIND_CAP_MARKER}"' in message
+
+
 def compile_pipeline(
-    pipeline: Any, *, source_sql: str, source_params: dict[str, Any]
+    pipeline: Any,
+    *,
+    source_sql: str,
+    source_params: dict[str, Any],
+    limits: PipelineLimits = PipelineLimits(),
 ) -> SqlFragment:
     """One SQL query running ``pipeline`` over ``source_sql`` (trusted; yields ``data jsonb``).
 
@@ -469,13 +514,21 @@ def compile_pipeline(
     for index, stage in enumerate(stages[leading:], start=leading + 1):
         compiler = _StageCompiler(stage_prefix(index), f"s{index}")
         sql = compiler.stage(stage, sql)
+        if isinstance(stage, Unwind) and limits.max_unwind_rows is not None:
+            sql = compiler.row_cap(sql, limits.max_unwind_rows)
         params.update(compiler.params)
+    if len(params) > MAX_PARAMETERS:
+        raise QueryError(
+            f"pipeline too large: it needs {len(params)} bound values, "
+            f"at most {MAX_PARAMETERS} are allowed"
+        )
     clash = set(params) & set(source_params)
     if clash:
         raise ValueError(f"source parameters clash with the pipeline's: {sorted(clash)}")
     final = f"s{len(stages) + 1}"
+    limit = "" if limits.max_results is None else f" LIMIT {int(limits.max_results) + 1}"
     return SqlFragment(
-        f"SELECT data FROM ({sql}) AS {final} ORDER BY pos", {**source_params, **params}
+        f"SELECT data FROM ({sql}) AS {final} ORDER BY pos{limit}", {**source_params, **params}
     )
 
 
@@ -681,6 +734,21 @@ class _StageCompiler:
             f"CAST({a}.pos AS numeric) * {_UNWIND_SPAN} + coalesce(e.i, 0) AS pos "
             f"FROM {source} {join} jsonb_array_elements({elements}) "
             f"WITH ORDINALITY AS e(value, i){' ON TRUE' if stage.preserve else ''} {_FENCE}"
+        )
+
+    def row_cap(self, stage_sql: str, cap: int) -> str:
+        """``stage_sql``'s rows, failing the query at the first row past ``cap``.
+
+        The guard is a filter on a window column, so the planner can neither
+        drop it nor push it below the numbering; the cast fails only when a
+        row is past the cap (a text constant under ``CASE`` is not folded).
+        """
+        a = self.alias
+        marker = self.text(UNWIND_CAP_MARKER)
+        return (
+            f"SELECT data, pos FROM (SELECT data, pos, row_number() OVER () AS n "
+            f"FROM ({stage_sql}) AS c{a}) AS r{a} "
+            f"WHERE CAST(CASE WHEN n > {int(cap)} THEN {marker} END AS integer) IS NULL"
         )
 
     def group(self, stage: Group, previous: str) -> str:

@@ -29,7 +29,8 @@ _ORDER: dict[str, Callable[[Any, Any], bool]] = {
 
 
 def matches(filter: Any, document: Any) -> bool:
-    """Whether ``document`` (a JSON object) satisfies ``filter``."""
+    """Whether ``document`` (a JSON object, or an array under ``$elemMatch``) satisfies
+    ``filter``."""
     if not isinstance(filter, dict):
         raise QueryError("a filter must be a JSON object")
     return all(_clause(key, condition, document) for key, condition in filter.items())
@@ -42,37 +43,44 @@ def _clause(key: str, condition: Any, document: Any) -> bool:
         return any(matches(f, document) for f in condition)
     if key == "$nor":
         return not any(matches(f, document) for f in condition)
-    return _field(condition, _values(document, key.split(".")), unwrap=True)
+    values, lacking = _values(document, key.split("."))
+    return _field(condition, values, unwrap=True, lacking=lacking)
 
 
-def _values(document: Any, segments: list[str]) -> list[Any]:
-    """What a path finds: keys of objects, of an array's objects, and array indexes."""
+def _values(document: Any, segments: list[str]) -> tuple[list[Any], bool]:
+    """What a path finds: keys of objects, of an array's objects, and array indexes
+    (after the first segment); and whether an object on the way lacked the next
+    key (not a numeric one), which MongoDB counts as a null there."""
     found = [document]
-    for segment in segments:
+    lacking = False
+    for depth, segment in enumerate(segments):
+        index = depth > 0 and _INDEX.fullmatch(segment) is not None
         step = []
         for value in found:
-            if isinstance(value, dict):
-                if segment in value:
-                    step.append(value[segment])
-            elif isinstance(value, list):
-                step += [e[segment] for e in value if isinstance(e, dict) and segment in e]
-                if _INDEX.fullmatch(segment) and int(segment) < len(value):
+            objects = [value] if isinstance(value, dict) else []
+            if isinstance(value, list):
+                objects = [e for e in value if isinstance(e, dict)]
+                if index and int(segment) < len(value):
                     step.append(value[int(segment)])
+            step += [o[segment] for o in objects if segment in o]
+            lacking = lacking or (
+                depth > 0 and not index and any(segment not in o for o in objects)
+            )
         found = step
-    return found
+    return found, lacking
 
 
-def _field(condition: Any, values: list[Any], *, unwrap: bool) -> bool:
+def _field(condition: Any, values: list[Any], *, unwrap: bool, lacking: bool = False) -> bool:
     """``values`` are a field's values; with ``unwrap``, arrays' elements are candidates too."""
     candidates = (
         values + [e for v in values if isinstance(v, list) for e in v] if unwrap else values
     )
     if isinstance(condition, dict) and any(k.startswith("$") for k in condition):
         return all(
-            _operator(op, operand, condition, values, candidates, unwrap)
+            _operator(op, operand, condition, values, candidates, unwrap, lacking)
             for op, operand in condition.items()
         )
-    return _equals(condition, values, candidates)
+    return _equals(condition, values, candidates, lacking)
 
 
 def _operator(
@@ -82,19 +90,20 @@ def _operator(
     values: list[Any],
     candidates: list[Any],
     unwrap: bool,
+    lacking: bool,
 ) -> bool:
     if op == "$eq":
-        return _equals(operand, values, candidates)
+        return _equals(operand, values, candidates, lacking)
     if op == "$ne":
-        return not _equals(operand, values, candidates)
+        return not _equals(operand, values, candidates, lacking)
     if op in _ORDER:
-        return _compare(op, operand, values, candidates)
+        return _compare(op, operand, values, candidates, lacking)
     if op == "$in":
-        return any(_equals(v, values, candidates) for v in operand)
+        return any(_equals(v, values, candidates, lacking) for v in operand)
     if op == "$nin":
-        return not any(_equals(v, values, candidates) for v in operand)
+        return not any(_equals(v, values, candidates, lacking) for v in operand)
     if op == "$all":
-        return bool(operand) and all(_equals(v, values, candidates) for v in operand)
+        return bool(operand) and all(_equals(v, values, candidates, lacking) for v in operand)
     if op == "$exists":
         return bool(values) == operand
     if op == "$regex":
@@ -102,9 +111,7 @@ def _operator(
     if op == "$options":
         return True
     if op == "$not":
-        if isinstance(operand, str):
-            return not _regex(operand, "", candidates)
-        return not _field(operand, values, unwrap=unwrap)
+        return not _field(operand, values, unwrap=unwrap, lacking=lacking)
     if op == "$size":
         return any(isinstance(v, list) and len(v) == operand for v in values)
     if op == "$elemMatch":
@@ -115,12 +122,13 @@ def _operator(
 def _element_matches(condition: dict[str, Any], element: Any) -> bool:
     if any(k.startswith("$") and k not in ("$and", "$or", "$nor") for k in condition):
         return _field(condition, [element], unwrap=False)
-    return isinstance(element, dict) and matches(condition, element)
+    # As in MongoDB, an element that is an array is a document too.
+    return isinstance(element, dict | list) and matches(condition, element)
 
 
-def _equals(target: Any, values: list[Any], candidates: list[Any]) -> bool:
+def _equals(target: Any, values: list[Any], candidates: list[Any], lacking: bool) -> bool:
     if target is None:
-        return not values or any(c is None for c in candidates)
+        return not values or lacking or any(c is None for c in candidates)
     if isinstance(target, str) and (instant := iso_instant(target)) is not None:
         return any(isinstance(c, str) and iso_instant(c) == instant for c in candidates)
     return any(_same(c, target) for c in candidates)
@@ -141,9 +149,11 @@ def _same(a: Any, b: Any) -> bool:
     return a is None and b is None
 
 
-def _compare(op: str, operand: Any, values: list[Any], candidates: list[Any]) -> bool:
+def _compare(
+    op: str, operand: Any, values: list[Any], candidates: list[Any], lacking: bool
+) -> bool:
     if operand is None:
-        return op in ("$gte", "$lte") and _equals(None, values, candidates)
+        return op in ("$gte", "$lte") and _equals(None, values, candidates, lacking)
     as_instants = isinstance(operand, str) and iso_instant(operand) is not None
     target = _sort_key(operand, as_instants)
     return any(

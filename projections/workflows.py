@@ -3,6 +3,11 @@
 Both collections are kept by one projection (one tracking position), so a
 version document is always built from the workflow document as it stood at
 that event.
+
+A document's ``version`` is the definition's revision (``domain/workflow.py``):
+1 at ``Created``, +1 at each ``Updated`` and ``Deleted``. ``Executed`` (a run)
+leaves it, so it is what the write side compares ``If-Match`` with, and
+``workflow_versions`` holds exactly one document per revision.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ class WorkflowsProjection:
             data: dict[str, Any] = {
                 "id": workflow_id,
                 **{name: getattr(event, name) for name in DEFINITION_FIELDS},
-                "version": event.originator_version,
+                "version": 1,
                 "deleted": False,
                 "runs": 0,
                 "last_execution": None,
@@ -59,7 +64,7 @@ class WorkflowsProjection:
                 id=workflow_id,
                 org_id=event.meta["org_id"],
                 data=data,
-                version=event.originator_version,
+                version=1,
                 position=position,
                 created=at,
                 updated=at,
@@ -70,24 +75,21 @@ class WorkflowsProjection:
             if existing is None:
                 raise LookupError(f"{type(event).__qualname__} for unknown workflow {workflow_id}")
             if isinstance(event, WorkflowExecutedEvent):
-                # A run is part of the workflow's history (and moves its
-                # version) but changes no definition: no version document.
+                # A run is part of the workflow's history but changes no
+                # definition: the revision stays, and no version document.
                 run = {"id": event.execution_id, "status": event.status, "at": at.isoformat()}
-                update = {"version": event.originator_version, "last_execution": run}
-                data = apply_update(existing.data, {"$set": update, "$inc": {"runs": 1}})
-                view.put(
-                    WORKFLOWS,
-                    replace(
-                        existing, data=data, version=event.originator_version, position=position
-                    ),
+                data = apply_update(
+                    existing.data, {"$set": {"last_execution": run}, "$inc": {"runs": 1}}
                 )
+                view.put(WORKFLOWS, replace(existing, data=data, position=position))
                 return
             changes = dict(event.changes) if isinstance(event, WorkflowUpdatedEvent) else {}
             if isinstance(event, WorkflowDeletedEvent):
                 changes["deleted"] = True
-            update = {
+            revision = existing.version + 1
+            update: dict[str, Any] = {
                 **changes,
-                "version": event.originator_version,
+                "version": revision,
                 "updated_at": at.isoformat(),
                 "updated_by": actor,
             }
@@ -95,7 +97,7 @@ class WorkflowsProjection:
                 id=workflow_id,
                 org_id=existing.org_id,
                 data=apply_update(existing.data, {"$set": update}),
-                version=event.originator_version,
+                version=revision,
                 position=position,
                 created=existing.created,
                 updated=at,

@@ -4,6 +4,10 @@
 ``{"results": [...]}``. The pipeline only ever sees the caller's organisation's
 documents (deleted workflows included: filter them with ``$match`` on
 ``deleted``). Bad pipelines are ``QueryError``s: 400 problems naming the stage.
+
+A run is bounded (``read_api.bounded``): the statement timeout, a row cap on
+each ``$unwind`` and on the answer (400 naming the setting), cancellation when
+the client leaves, and a per-organisation slot (429 when all are taken).
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from starlette.responses import Response
 
 from infrastructure.auth import Permission
 from infrastructure.cache import cached_json
+from infrastructure.org_slots import OrgSlots
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
-from projections.pipeline import compile_pipeline
+from projections.pipeline import PipelineLimits, compile_pipeline, unwind_cap_exceeded
 from projections.store import collection_table
 from projections.workflows import VERSIONS, WORKFLOWS
+from read_api.bounded import until_disconnected
 from read_api.routes import MinPosition, _views_position
 
 router = APIRouter(prefix="/v1", tags=["queries"])
@@ -40,7 +47,7 @@ class AggregateRequest(BaseModel):
 @router.post(
     "/query/{collection}/aggregate",
     summary="Run a MongoDB-style aggregation pipeline over a view",
-    responses={400: _PROBLEM, 404: _PROBLEM, 503: _PROBLEM},
+    responses={400: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM, 503: _PROBLEM},
 )
 async def aggregate(
     collection: str,
@@ -55,16 +62,52 @@ async def aggregate(
             f"unknown collection '{collection}' (one of: {', '.join(COLLECTIONS)})",
             type_=problem_type("not-found"),
         )
+    settings = request.app.state.settings
+    limits = PipelineLimits(
+        max_unwind_rows=settings.query_max_unwind_rows, max_results=settings.query_max_results
+    )
     fragment = compile_pipeline(
         body.pipeline,
         source_sql=f"SELECT data FROM {collection_table(collection)} WHERE org_id = :org",
         source_params={"org": principal.org_id},
+        limits=limits,
     )
     position = await _views_position(request, min_position)
 
     async def run_pipeline() -> dict[str, Any]:
-        async with request.app.state.engine.connect() as conn:
-            rows = (await conn.execute(text(fragment.sql), fragment.params)).all()
+        slots: OrgSlots = request.app.state.pipeline_slots  # per process, per organisation
+        with slots.hold(principal.org_id):
+            rows = await until_disconnected(request, _fetch(request, fragment.sql, fragment.params))
+        if len(rows) > settings.query_max_results:
+            raise Problem(
+                400,
+                f"the pipeline answers more than {settings.query_max_results} documents "
+                "(REPORUNNER_QUERY_MAX_RESULTS): add a $limit stage or narrow it with $match",
+                type_=problem_type("result-too-large"),
+            )
         return {"results": [row[0] for row in rows]}
 
-    return await cached_json(request, principal.org_id, position, run_pipeline, body.pipeline)
+    return await cached_json(
+        request,
+        principal.org_id,
+        position,
+        run_pipeline,
+        body.pipeline,
+        max_bytes=settings.query_max_result_bytes,
+    )
+
+
+async def _fetch(request: Request, sql: str, params: dict[str, Any]) -> list[Any]:
+    try:
+        async with request.app.state.engine.connect() as conn:
+            return list((await conn.execute(text(sql), params)).all())
+    except DBAPIError as exc:
+        if unwind_cap_exceeded(str(exc.orig)):
+            cap = request.app.state.settings.query_max_unwind_rows
+            raise Problem(
+                400,
+                f"a $unwind stage produces more than {cap} documents "
+                "(REPORUNNER_QUERY_MAX_UNWIND_ROWS): $match before unwinding, or unwind less",
+                type_=problem_type("unwind-too-large"),
+            ) from None
+        raise

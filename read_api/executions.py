@@ -38,6 +38,7 @@ from projections.executions import (
 )
 from projections.filters import compile_filter
 from projections.store import collection_table
+from read_api.bounded import until_disconnected
 from read_api.queries import (
     BadQuery,
     Page,
@@ -93,14 +94,17 @@ async def _page(
     cursor: str | None,
     position: int,
 ) -> Response:
-    page = await list_documents(
-        request.app.state.engine,
-        EXECUTIONS,
-        org_id,
-        filter_=filter_,
-        sort=parse_sort(sort, "-created_at"),
-        limit=limit,
-        cursor=cursor,
+    page = await until_disconnected(
+        request,
+        list_documents(
+            request.app.state.engine,
+            EXECUTIONS,
+            org_id,
+            filter_=filter_,
+            sort=parse_sort(sort, "-created_at"),
+            limit=limit,
+            cursor=cursor,
+        ),
     )
     items = [_list_item(item) for item in page.items]
     return _json({"items": items, "next_cursor": page.next_cursor}, position)
@@ -164,13 +168,16 @@ async def list_workflow_executions(
 ) -> Response:
     principal = await _reader(request)
     position = await _views_position(request, min_position, EXECUTION_VIEWS)
-    page = await workflow_executions_page(
-        request.app.state.engine,
-        principal.org_id,
-        str(workflow_id),
-        filter_=_parse_filter(filter),
-        limit=limit,
-        cursor=cursor,
+    page = await until_disconnected(
+        request,
+        workflow_executions_page(
+            request.app.state.engine,
+            principal.org_id,
+            str(workflow_id),
+            filter_=_parse_filter(filter),
+            limit=limit,
+            cursor=cursor,
+        ),
     )
     items = [_list_item(item) for item in page.items]
     return _json({"items": items, "next_cursor": page.next_cursor}, position)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -18,6 +17,7 @@ from starlette.responses import Response
 from commands.history import MAX_PAGE, History, HistoryEntry
 from domain.workflow import DEFINITION_FIELDS, Workflow
 from infrastructure.auth import Permission
+from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from read_api.queries import parse_instant
@@ -35,7 +35,7 @@ def _history(request: Request) -> History:
 def _page(entries: list[HistoryEntry], limit: int, cursor_of: Any) -> Response:
     next_cursor = str(cursor_of(entries[-1])) if len(entries) == limit else None
     body = {"items": [entry.as_json() for entry in entries], "next_cursor": next_cursor}
-    return Response(orjson.dumps(body), media_type="application/json")
+    return Response(dumps_answer(body), media_type="application/json")
 
 
 def _cursor(raw: str | None, name: str = "cursor") -> int:
@@ -98,19 +98,22 @@ async def audit_events(
 async def workflow_then(
     request: Request, workflow_id: UUID, org_id: str, version: int | None, as_of: str | None
 ) -> Response:
-    """``GET /v1/workflows/{id}?version=N|as_of=T``: the workflow exactly as it was."""
+    """``GET /v1/workflows/{id}?version=N|as_of=T``: the workflow exactly as it was.
+
+    ``version`` is a revision, as everywhere a client sees a workflow's version.
+    """
     if version is not None and as_of is not None:
         raise Problem(400, "give version or as_of, not both", type_=problem_type("bad-query"))
     instant = parse_instant("as_of", as_of) if as_of is not None else None
     workflow = await run_in_threadpool(
         lambda: _history(request).workflow_as_of(
-            workflow_id, org_id, version=version, as_of=instant
+            workflow_id, org_id, revision=version, as_of=instant
         )
     )
     return Response(
-        orjson.dumps(workflow_document(workflow)),
+        dumps_answer(workflow_document(workflow)),
         media_type="application/json",
-        headers={"ETag": f'"{workflow.version}"'},
+        headers={"ETag": f'"{workflow.revision}"'},
     )
 
 
@@ -118,7 +121,7 @@ def workflow_document(workflow: Workflow) -> dict[str, Any]:
     return {
         "id": str(workflow.id),
         **{name: getattr(workflow, name) for name in DEFINITION_FIELDS},
-        "version": workflow.version,
+        "version": workflow.revision,
         "deleted": workflow.deleted,
         "runs": workflow.runs,
         "created_at": workflow.created_on.isoformat(),

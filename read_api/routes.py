@@ -16,9 +16,11 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from infrastructure.auth import Permission, Principal
+from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from projections.workflows import VERSIONS, WORKFLOWS
+from read_api.bounded import until_disconnected
 from read_api.history import workflow_then
 from read_api.queries import (
     MAX_LIMIT,
@@ -91,7 +93,7 @@ async def _views_position(
 
 def _json(body: Any, position: int, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps(body),
+        dumps_answer(body),
         media_type="application/json",
         headers={"X-Projection-Position": str(position), **(headers or {})},
     )
@@ -131,15 +133,18 @@ async def list_workflows(
 ) -> Response:
     principal = await _reader(request)
     position = await _views_position(request, min_position)
-    page = await list_documents(
-        request.app.state.engine,
-        WORKFLOWS,
-        principal.org_id,
-        filter_=_parse_filter(filter),
-        sort=parse_sort(sort, "-created_at"),
-        limit=limit,
-        cursor=cursor,
-        hide_deleted=True,
+    page = await until_disconnected(
+        request,
+        list_documents(
+            request.app.state.engine,
+            WORKFLOWS,
+            principal.org_id,
+            filter_=_parse_filter(filter),
+            sort=parse_sort(sort, "-created_at"),
+            limit=limit,
+            cursor=cursor,
+            hide_deleted=True,
+        ),
     )
     return _json({"items": page.items, "next_cursor": page.next_cursor}, position)
 
@@ -155,7 +160,8 @@ async def get_workflow(
     request: Request,
     min_position: MinPosition = None,
     version: Annotated[
-        int | None, Query(ge=1, description="As it was at this version (from the log).")
+        int | None,
+        Query(ge=1, description="As this version (revision) made it (from the log)."),
     ] = None,
     as_of: Annotated[
         str | None, Query(description="As it was at this ISO 8601 instant (from the log).")

@@ -28,6 +28,7 @@ from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
+from infrastructure.org_slots import OrgSlots
 from infrastructure.queue import ExecutionQueue
 from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
 from infrastructure.relay import BusConfig, start_relay_in_thread
@@ -156,9 +157,16 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         # threads keep PostgreSQL busy; dozens only fight over the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.command_threads
         app.state.sync_runs = SyncRunBulkhead(settings.sync_run_threads, settings.sync_runs_per_org)
-        engine = create_engine(target, pool_size=settings.db_pool_size)
+        engine = create_engine(
+            target,
+            pool_size=settings.db_pool_size,
+            statement_timeout_ms=settings.query_timeout_ms,
+        )
         app.state.engine = engine
         app.state.settings = settings
+        app.state.pipeline_slots = OrgSlots(
+            settings.pipelines_per_org, "pipelines", "REPORUNNER_PIPELINES_PER_ORG"
+        )
         app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
         redis_client = (
             connect_redis(

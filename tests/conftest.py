@@ -29,6 +29,7 @@ from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.logs import configure_logging
 from infrastructure.settings import Settings
+from projections.executions import ExecutionsProjection
 from projections.runner import Projector, start_in_thread
 from projections.workflows import WorkflowsProjection
 from reporunner.wiring import create_app, create_workflow_application
@@ -146,6 +147,19 @@ def live_projector(workflow_app: WorkflowApplication, db_target: PgTarget) -> It
     """The workflows projector running live for one test module."""
     stop = threading.Event()
     projector = Projector(workflow_app, db_target, WorkflowsProjection(), poll_interval=0.2)
+    thread = start_in_thread(projector, stop)
+    yield
+    stop.set()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live_executions_projector(
+    workflow_app: WorkflowApplication, db_target: PgTarget
+) -> Iterator[None]:
+    """The executions projector running live for one test module."""
+    stop = threading.Event()
+    projector = Projector(workflow_app, db_target, ExecutionsProjection(), poll_interval=0.2)
     thread = start_in_thread(projector, stop)
     yield
     stop.set()

@@ -32,3 +32,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def record_run(app: Any, workflow_id: Any) -> None:
+    """Append ``Executed`` to a workflow, as the runs follower does for an ended run.
+
+    For tests that need a run in a workflow's history at an exact moment
+    (the follower itself is driven by the ``record_runs`` fixture).
+    """
+    import uuid
+
+    from domain.meta import EventMeta
+
+    workflow = app.repository.get(workflow_id)
+    meta = EventMeta(org_id=workflow.org_id, actor="worker:test", correlation_id="run")
+    workflow.record_execution(uuid.uuid4(), "succeeded", workflow.revision, meta)
+    app.save(workflow)

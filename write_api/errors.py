@@ -11,6 +11,7 @@ from commands.errors import (
     ExecutionInProgress,
     ExecutionNotFound,
     NoSuchVersion,
+    WorkflowBusy,
 )
 from domain.errors import ExecutionFinished, ExecutionInputInvalid
 from infrastructure.problems import Problem, problem_type
@@ -31,6 +32,10 @@ def _conflict(exc: VersionConflict) -> Problem:
     )
 
 
+def _busy(exc: WorkflowBusy) -> Problem:
+    return Problem(503, str(exc), type_=problem_type("busy"), headers={"Retry-After": "1"})
+
+
 def _key_reused(exc: IdempotencyKeyReused) -> Problem:
     return Problem(422, str(exc), type_=problem_type("idempotency-key-reused"))
 
@@ -44,7 +49,7 @@ def _bad_input(exc: ExecutionInputInvalid) -> Problem:
         422,
         str(exc),
         type_=problem_type("invalid-input"),
-        errors=[{"loc": ["body", "input"], "msg": str(exc)}],
+        errors=[{"loc": problem.loc, "msg": problem.msg} for problem in exc.problems],
     )
 
 
@@ -85,6 +90,7 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     ExecutionFinished: _finished,
     ExecutionInputInvalid: _bad_input,
     VersionConflict: _conflict,
+    WorkflowBusy: _busy,
     IdempotencyKeyReused: _key_reused,
     ExecutionInProgress: _in_progress,
     ExecutionAnswerUnavailable: _answer_unavailable,

@@ -22,10 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow, WorkflowCommands
-from commands.errors import ExecutionAnswerUnavailable
 from commands.executions import ExecutionCommands
 from commands.models import ExecutionResult, RevertWorkflow, RunWorkflow
 from infrastructure.auth import Permission, Principal
+from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from write_api.bulkhead import SyncRunBulkhead
@@ -50,7 +50,7 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
 def expected_version(request: Request) -> int:
-    """The version the client saw, from ``If-Match: "<version>"``."""
+    """The version (the definition's revision) the client saw, from ``If-Match: "<version>"``."""
     if_match = request.headers.get("if-match")
     if if_match is None:
         raise Problem(
@@ -86,7 +86,8 @@ _IF_MATCH_DOC = {
     "name": "If-Match",
     "in": "header",
     "required": True,
-    "description": 'The version you saw, as its ETag: "3". 428 without it, 409 if stale.',
+    "description": 'The version you saw, as its ETag: "3". 428 without it, 409 if another '
+    "change came first (runs do not change the version).",
     "schema": {"type": "string", "example": '"3"'},
 }
 _IDEMPOTENCY_DOC = {
@@ -258,12 +259,9 @@ def _execution_response(result: ExecutionResult) -> Response:
     if result.status_code == 200:
         body["output"] = result.output
         body["error"] = result.error
-    try:
-        content = orjson.dumps(body)
-    except TypeError as exc:  # recorded already: answer with its id, never a 500
-        raise ExecutionAnswerUnavailable(result.execution_id) from exc
     return Response(
-        content,
+        # The run is recorded by now: its answer must not fail on what it holds.
+        dumps_answer(body),
         status_code=result.status_code,
         headers={
             "X-Log-Position": str(result.position),

@@ -248,6 +248,46 @@ def test_bad_requests_are_4xx_problems(
     assert client.post(url, json={}, headers=stranger).status_code == 404
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("raw", "loc", "words"),
+    [
+        (b'{"s": "a\\u0000b"}', "input.s", "NUL"),
+        (b'{"n": 18446744073709551616}', "input.n", "signed 64-bit range"),
+        (b'[{"a": 1}, {"b": [1e20]}]', "input[1].b[0]", "whole number"),
+        (b'{"f": 1e400}', "input.f", "not a finite number"),
+        (b'{"f": NaN}', "input.f", "not a finite number"),
+    ],
+)
+def test_input_the_log_cannot_carry_is_422_naming_where_and_runs_nothing(
+    client: httpx.Client,
+    owner: dict[str, str],
+    db_target: PgTarget,
+    raw: bytes,
+    loc: str,
+    words: str,
+    mode: str,
+) -> None:
+    workflow_id = _workflow(client, owner, [trigger()])
+    body = b'{"mode": "' + mode.encode() + b'", "input": ' + raw + b"}"
+    response = client.post(
+        f"/v1/workflows/{workflow_id}/executions",
+        content=body,
+        headers={**owner, "Content-Type": "application/json", "Idempotency-Key": "k"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    [error] = response.json()["errors"]
+    assert error["loc"] == loc and words in error["msg"]
+    with psycopg.connect(db_target.conninfo()) as conn:
+        executions = conn.execute(
+            "SELECT count(*) FROM reporunner_events WHERE topic LIKE '%%Execution.Queued' "
+            "AND (convert_from(state, 'UTF8') LIKE %s OR convert_from(state, 'UTF8') LIKE %s)",
+            (f"%{workflow_id}%", f"%{uuid.UUID(workflow_id).hex}%"),
+        ).fetchone()
+    assert executions == (0,)
+
+
 def test_deleted_workflows_cannot_run(client: httpx.Client, owner: dict[str, str]) -> None:
     workflow_id = _workflow(client, owner, [trigger()])
     deleted = client.delete(f"/v1/workflows/{workflow_id}", headers={**owner, "If-Match": '"1"'})

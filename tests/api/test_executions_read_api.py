@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,9 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from commands import WorkflowApplication
-from infrastructure.database import PgTarget
-from projections.executions import ExecutionsProjection
-from projections.runner import Projector, start_in_thread
 from read_api.executions import Period
 from tests.projections.test_executions_projection import (
     BASE,
@@ -30,18 +26,6 @@ from tests.projections.test_executions_projection import (
 )
 
 pytestmark = pytest.mark.usefixtures("live_executions_projector")
-
-
-@pytest.fixture(scope="module")
-def live_executions_projector(
-    workflow_app: WorkflowApplication, db_target: PgTarget
-) -> Iterator[None]:
-    stop = threading.Event()
-    projector = Projector(workflow_app, db_target, ExecutionsProjection(), poll_interval=0.2)
-    thread = start_in_thread(projector, stop)
-    yield
-    stop.set()
-    thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -374,6 +374,41 @@ def test_invalid_workflow_is_422_naming_the_problem_and_writes_nothing(
     assert _max_position(workflow_app) == before
 
 
+@pytest.mark.parametrize(
+    ("where", "raw", "loc", "words"),
+    [
+        ("position", b"[1e20, 0]", "nodes[1].position[0]", "whole number"),
+        ("position", b"[0, 18446744073709551616]", "nodes[1].position[1]", "64-bit"),
+        ("name", b'"a\\u0000"', "nodes[1].name", "NUL"),
+        ("parameters", b'{"x": 1e400}', "nodes[1].parameters.x", "not a finite number"),
+    ],
+)
+def test_values_the_log_cannot_carry_are_422_naming_where_and_write_nothing(
+    client: httpx.Client,
+    owner: dict[str, str],
+    workflow_app: WorkflowApplication,
+    where: str,
+    raw: bytes,
+    loc: str,
+    words: str,
+) -> None:
+    before = _max_position(workflow_app)
+    body = workflow_body(nodes=[trigger(), {**noop("a"), where: "@"}])
+    content = json.dumps(body).encode().replace(b'"@"', raw)
+    headers = {**owner, "Content-Type": "application/json"}
+    created = client.post("/v1/workflows", content=content, headers=headers)
+    problem = _assert_problem(created, 422)
+    assert [(e["loc"], words in e["msg"]) for e in problem["errors"]] == [(loc, True)]
+    assert _max_position(workflow_app) == before
+    workflow_id = _create(client, owner).json()["id"]
+    patch = json.dumps({"nodes": body["nodes"]}).encode().replace(b'"@"', raw)
+    changed = client.patch(
+        f"/v1/workflows/{workflow_id}", content=patch, headers={**headers, "If-Match": '"1"'}
+    )
+    assert _assert_problem(changed, 422)["errors"] == problem["errors"]
+    assert len(_events(workflow_app, workflow_id)) == 1
+
+
 def test_update_is_validated_against_the_whole_definition(
     client: httpx.Client, owner: dict[str, str], workflow_app: WorkflowApplication
 ) -> None:

@@ -283,6 +283,25 @@ async def test_key_is_the_canonical_query(
     assert stub.computed == 4
 
 
+async def test_keys_hold_what_orjson_refuses(shared_redis: AsyncRedis, key_prefix: str) -> None:
+    # Integers past 64 bits and lone surrogates: JSON a request body may carry.
+    cache = cache_on(shared_redis, key_prefix)
+    parts = [
+        [10**400],
+        [10**400 + 1],
+        ["\ud800"],
+        ["\ud801"],
+        [{"a": 1, "b": 2}],
+        [{"b": 2, "a": 1}],
+    ]
+    keys = [cache.key("org", part, 1) for part in parts]
+    assert all(key is not None and key.startswith(f"{key_prefix}cache:org:1:") for key in keys)
+    assert len(set(keys)) == len(parts)
+    assert keys[0] == cache.key("org", [10**400], 1)
+    # Past what Python will print there is no key: the answer is computed, uncached.
+    assert cache.key("org", [10**5000], 1) is None
+
+
 async def test_moved_position_means_a_new_answer(
     engine: AsyncEngine, view: str, shared_redis: AsyncRedis, key_prefix: str
 ) -> None:

@@ -276,6 +276,7 @@ def test_a_keyed_sync_request_whose_run_never_ends_gets_409_with_its_id(
         execution_id=uuid.uuid4(),
         workflow_id=workflow_id,
         workflow_version=1,
+        workflow_revision=1,
         mode="sync",
         input={},
         meta=meta,

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,9 +20,10 @@ from commands import (
     WorkflowNotFound,
     idempotent_workflow_id,
 )
+from commands.errors import NoSuchVersion, WorkflowBusy
+from commands.handlers import SAVE_ATTEMPTS
 from domain.errors import WorkflowDeleted
-from domain.workflow import Workflow
-from tests.helpers import noop, trigger, workflow_body
+from tests.helpers import noop, record_run, trigger, workflow_body
 
 
 def _ctx(org: str, key: str | None = None) -> CommandContext:
@@ -101,6 +103,10 @@ def test_a_stale_kept_copy_still_ends_in_409_or_410(
         with pytest.raises(VersionConflict) as conflict:
             ours.update(workflow_id, UpdateWorkflow(name="ours"), 1, ctx)
         assert conflict.value.current == 2 and events() == 2
+        # Nor can a change that is none on the kept copy: no save, still a 409.
+        with pytest.raises(VersionConflict) as conflict:
+            ours.update(workflow_id, UpdateWorkflow(name="wf"), 1, ctx)
+        assert conflict.value.current == 2 and events() == 2
         # Expecting a version it does not keep, ours reads the log.
         assert ours.update(workflow_id, UpdateWorkflow(name="ours"), 2, ctx).version == 3
         assert theirs.get(workflow_id, org).name == "ours"
@@ -111,6 +117,166 @@ def test_a_stale_kept_copy_still_ends_in_409_or_410(
         assert events() == 4
     finally:
         other_app.close()
+
+
+# --- runs between a read and a write -----------------------------------------------
+
+
+def _events(app: WorkflowApplication, workflow_id: uuid.UUID) -> list[str]:
+    return [type(e).__name__ for e in app.events.get(workflow_id)]
+
+
+def test_a_run_recorded_after_the_read_is_no_conflict(
+    workflow_app: WorkflowApplication, org: str
+) -> None:
+    # The runs follower works in its own process: ours keeps revision 1 at
+    # stream version 1, the log has moved to 2. The save at 2 loses on the
+    # log's key; ours reads the log again, finds revision 1, saves at 3.
+    follower = WorkflowApplication(env=dict(workflow_app.env))
+    ours, ctx = WorkflowCommands(workflow_app), _ctx(org)
+    try:
+        workflow_id = ours.create(CreateWorkflow(**workflow_body()), ctx).workflow_id
+        record_run(follower, workflow_id)
+        assert ours.update(workflow_id, UpdateWorkflow(name="edited"), 1, ctx).version == 2
+        record_run(follower, workflow_id)
+        record_run(follower, workflow_id)
+        deleted = ours.delete(workflow_id, 2, ctx)
+        assert deleted.version == 3
+        assert _events(workflow_app, workflow_id) == [
+            "Created",
+            "Executed",
+            "Updated",
+            "Executed",
+            "Executed",
+            "Deleted",
+        ]
+        assert deleted.position == workflow_app.event_store.position_of(workflow_id, 6)
+    finally:
+        follower.close()
+
+
+def test_two_editors_with_the_same_revision_conflict_even_with_runs_between(
+    workflow_app: WorkflowApplication, org: str
+) -> None:
+    other_app = WorkflowApplication(env=dict(workflow_app.env))
+    alice, bob, ctx = WorkflowCommands(workflow_app), WorkflowCommands(other_app), _ctx(org)
+    try:
+        workflow_id = alice.create(CreateWorkflow(**workflow_body()), ctx).workflow_id
+        record_run(other_app, workflow_id)
+        assert bob.update(workflow_id, UpdateWorkflow(name="bob"), 1, ctx).version == 2
+        record_run(other_app, workflow_id)
+        # Alice read revision 1 too; she still keeps it. Bob's edit came first.
+        with pytest.raises(VersionConflict) as conflict:
+            alice.update(workflow_id, UpdateWorkflow(name="alice"), 1, ctx)
+        assert (conflict.value.expected, conflict.value.current) == (1, 2)
+        assert alice.get(workflow_id, org).name == "bob"
+        assert _events(workflow_app, workflow_id).count("Updated") == 1
+    finally:
+        other_app.close()
+
+
+def test_racing_editors_and_runs_one_edit_wins(
+    workflow_app: WorkflowApplication, commands: WorkflowCommands, org: str
+) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    ctx = _ctx(org)
+    workflow_id = commands.create(CreateWorkflow(**workflow_body()), ctx).workflow_id
+    follower = WorkflowApplication(env=dict(workflow_app.env))
+    done = threading.Event()
+
+    def runs() -> int:
+        # One run every few milliseconds, about the runs follower's pace
+        # under load (it records a batch of runs per transaction).
+        count = 0
+        while not done.is_set() and count < 100:
+            try:
+                record_run(follower, workflow_id)
+            except IntegrityError:
+                continue  # an edit came first: the follower too reads again
+            count += 1
+            time.sleep(0.003)
+        return count
+
+    def edit(i: int) -> str:
+        try:
+            commands.update(workflow_id, UpdateWorkflow(name=f"editor {i}"), 1, ctx)
+        except VersionConflict as conflict:
+            assert conflict.current == 2
+            return "conflict"
+        return "won"
+
+    try:
+        with ThreadPoolExecutor(max_workers=9) as pool:
+            running = pool.submit(runs)
+            outcomes = list(pool.map(edit, range(8)))
+            done.set()
+            recorded = running.result()
+    finally:
+        follower.close()
+    assert sorted(outcomes) == ["conflict"] * 7 + ["won"]
+    events = _events(workflow_app, workflow_id)
+    assert events.count("Updated") == 1 and events.count("Executed") == recorded
+    assert commands.get(workflow_id, org).revision == 2
+
+
+def test_a_workflow_whose_runs_win_every_save_is_busy(
+    workflow_app: WorkflowApplication, org: str
+) -> None:
+    # Runs recorded between every read and its save: the command gives up
+    # after SAVE_ATTEMPTS tries (503 to the client) and records nothing.
+    follower = WorkflowApplication(env=dict(workflow_app.env))
+
+    class RunsEverySave(WorkflowCommands):
+        def _at_head(self, workflow_id: uuid.UUID, expected: int, ctx: CommandContext) -> Any:
+            workflow = super()._at_head(workflow_id, expected, ctx)
+            record_run(follower, workflow_id)
+            return workflow
+
+    commands, ctx = RunsEverySave(workflow_app), _ctx(org)
+    try:
+        workflow_id = commands.create(CreateWorkflow(**workflow_body()), ctx).workflow_id
+        record_run(follower, workflow_id)  # the kept copy is stale from the start
+        with pytest.raises(WorkflowBusy):
+            commands.update(workflow_id, UpdateWorkflow(name="never"), 1, ctx)
+        # One run made the kept copy stale, one more came with each read.
+        runs = 1 + SAVE_ATTEMPTS
+        assert _events(workflow_app, workflow_id) == ["Created"] + ["Executed"] * runs
+    finally:
+        follower.close()
+
+
+def test_a_keyed_retry_after_runs_answers_the_same_revision(
+    workflow_app: WorkflowApplication, commands: WorkflowCommands, org: str
+) -> None:
+    workflow_id = commands.create(CreateWorkflow(**workflow_body()), _ctx(org)).workflow_id
+    first = commands.update(workflow_id, UpdateWorkflow(name="x"), 1, _ctx(org, "edit-1"))
+    record_run(workflow_app, workflow_id)
+    retry = commands.update(workflow_id, UpdateWorkflow(name="x"), 1, _ctx(org, "edit-1"))
+    assert retry == first and first.version == 2
+    unchanged = commands.update(workflow_id, UpdateWorkflow(name="x"), 2, _ctx(org, "same"))
+    record_run(workflow_app, workflow_id)
+    again = commands.update(workflow_id, UpdateWorkflow(name="x"), 2, _ctx(org, "same"))
+    assert again == unchanged and unchanged.version == 2
+
+
+def test_revert_names_a_revision(
+    workflow_app: WorkflowApplication, commands: WorkflowCommands, org: str
+) -> None:
+    from commands.models import RevertWorkflow
+
+    ctx = _ctx(org)
+    workflow_id = commands.create(CreateWorkflow(**workflow_body("first")), ctx).workflow_id
+    record_run(workflow_app, workflow_id)
+    commands.update(workflow_id, UpdateWorkflow(name="second"), 1, ctx)
+    record_run(workflow_app, workflow_id)
+    reverted = commands.revert(workflow_id, RevertWorkflow(to_version=1), 2, ctx)
+    assert reverted.version == 3 and commands.get(workflow_id, org).name == "first"
+    assert commands.get(workflow_id, org, revision=2).name == "second"
+    with pytest.raises(NoSuchVersion):
+        commands.revert(workflow_id, RevertWorkflow(to_version=4), 3, ctx)
 
 
 @pytest.mark.parametrize(
@@ -166,7 +332,7 @@ _updates = st.fixed_dictionaries(
 @settings(max_examples=25)
 @given(
     name=_names,
-    steps=st.lists(st.one_of(_updates, st.just("delete")), min_size=1, max_size=8),
+    steps=st.lists(st.one_of(_updates, st.just("delete"), st.just("run")), min_size=1, max_size=8),
 )
 def test_replaying_the_log_rebuilds_the_state_handlers_returned(
     commands: WorkflowCommands, workflow_app: WorkflowApplication, name: str, steps: list[Any]
@@ -178,7 +344,14 @@ def test_replaying_the_log_rebuilds_the_state_handlers_returned(
     # An independent model of what each accepted command should leave behind.
     model: dict[str, Any] = {**body, "deleted": False}
     expected: dict[int, dict[str, Any]] = {result.version: dict(model)}
+    runs = 0
     for step in steps:
+        if step == "run":
+            # A run recorded between two commands, as the runs follower does:
+            # the next command's If-Match (the revision it saw) still holds.
+            record_run(workflow_app, result.workflow_id)
+            runs += 1
+            continue
         if model["deleted"]:
             with pytest.raises(WorkflowDeleted):
                 commands.delete(result.workflow_id, result.version, ctx)
@@ -198,14 +371,19 @@ def test_replaying_the_log_rebuilds_the_state_handlers_returned(
             model.update(changes)
         expected[result.version] = dict(model)
 
-    # A fresh application without caches replays the stored events.
+    # A fresh application without caches replays the stored events: each
+    # revision as the commands left it, and the head as the live state.
     fresh = WorkflowApplication(env=dict(workflow_app.env))
     try:
-        for version, state in expected.items():
-            replayed = fresh.repository.get(result.workflow_id, version=version)
-            assert isinstance(replayed, Workflow)
-            assert replayed.version == version
+        replaying = WorkflowCommands(fresh)
+        for revision, state in expected.items():
+            replayed = replaying.get(result.workflow_id, org, revision=revision)
+            assert replayed.revision == revision
             assert replayed.org_id == org and replayed.created_by == "apikey:test"
             assert {**replayed.definition(), "deleted": replayed.deleted} == state
+        head, live = replaying.get(result.workflow_id, org), commands.get(result.workflow_id, org)
+        assert (head.revision, head.version, head.runs) == (live.revision, live.version, runs)
+        assert head.revision == result.version == max(expected)
+        assert {**head.definition(), "deleted": head.deleted} == expected[head.revision]
     finally:
         fresh.close()

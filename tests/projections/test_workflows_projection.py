@@ -23,7 +23,7 @@ from infrastructure.database import PgTarget
 from projections.rebuild import rebuild, verify
 from projections.runner import Projector, status
 from projections.workflows import WorkflowsProjection
-from tests.helpers import workflow_body
+from tests.helpers import record_run, workflow_body
 
 
 @pytest.fixture
@@ -70,6 +70,32 @@ def test_projects_created_updated_deleted(
     _catch_up(projector)
     data, *_ = _doc(db_target, "doc_workflows", str(created.workflow_id))
     assert data["deleted"] is True and data["version"] == 3
+
+
+def test_a_run_moves_no_version_and_makes_no_version_document(
+    commands: WorkflowCommands,
+    workflow_app: WorkflowApplication,
+    projector: Projector,
+    db_target: PgTarget,
+    org: str,
+) -> None:
+    created = commands.create(CreateWorkflow(**workflow_body("first")), _ctx(org))
+    record_run(workflow_app, created.workflow_id)
+    updated = commands.update(created.workflow_id, UpdateWorkflow(name="second"), 1, _ctx(org))
+    record_run(workflow_app, created.workflow_id)
+    _catch_up(projector)
+    data, _, version, position = _doc(db_target, "doc_workflows", str(created.workflow_id))
+    assert (data["version"], version, data["runs"]) == (2, 2, 2)
+    assert position > updated.position  # the run was applied, at the same version
+    assert data["last_execution"]["status"] == "succeeded"
+    with psycopg.connect(db_target.conninfo()) as conn:
+        rows = conn.execute(
+            "SELECT _id, _version, data->>'name' FROM doc_workflow_versions "
+            "WHERE data->>'workflow_id' = %s ORDER BY _version",
+            (str(created.workflow_id),),
+        ).fetchall()
+    workflow_id = created.workflow_id
+    assert rows == [(f"{workflow_id}:1", 1, "first"), (f"{workflow_id}:2", 2, "second")]
 
 
 def test_a_failed_batch_applies_nothing_and_a_retry_applies_everything_once(
@@ -202,7 +228,7 @@ def test_verify_reports_a_tampered_view(
 
 @settings(max_examples=15)
 @given(
-    steps=st.lists(st.sampled_from(["create", "update", "delete"]), min_size=1, max_size=12),
+    steps=st.lists(st.sampled_from(["create", "update", "run", "delete"]), min_size=1, max_size=12),
     batch_size=st.integers(1, 7),
 )
 def test_incremental_view_equals_a_rebuild(
@@ -224,6 +250,8 @@ def test_incremental_view_equals_a_rebuild(
             live[workflow_id] = commands.update(
                 workflow_id, UpdateWorkflow(description=f"v{version}"), version, _ctx(org)
             ).version
+        elif step == "run":
+            record_run(workflow_app, next(iter(live)))
         else:
             workflow_id, version = live.popitem()
             commands.delete(workflow_id, version, _ctx(org))

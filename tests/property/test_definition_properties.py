@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from domain.definition import validate_definition
 from domain.errors import Problem, WorkflowInvalid
+from domain.values import INT64_MAX, INT64_MIN
 
 NODE_IDS = st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)
 
@@ -26,8 +27,9 @@ NODE_KINDS: dict[str, tuple[st.SearchStrategy[dict[str, Any]], tuple[str, ...]]]
                 st.from_regex(r"[a-z]{1,5}(\.[a-z0-9_-]{1,5}){0,2}", fullmatch=True),
                 st.none()
                 | st.booleans()
-                | st.integers()
-                # Valid graphs hold valid text: no NUL, no lone surrogate.
+                # Valid graphs hold what the value contract admits: 64-bit
+                # integers, text without NUL or lone surrogates.
+                | st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
                 | st.text(
                     st.characters(exclude_characters="\x00", exclude_categories=["Cs"]),
                     max_size=10,

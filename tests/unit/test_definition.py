@@ -18,6 +18,7 @@ from domain.definition import (
     validate_definition,
 )
 from domain.errors import DomainError, Problem, WorkflowDeleted, WorkflowInvalid
+from domain.values import MAX_DEPTH
 
 
 def trigger(node_id: str = "start", **extra: Any) -> dict[str, Any]:
@@ -343,13 +344,43 @@ def test_too_deeply_nested_value_is_a_problem() -> None:
         deep = [deep]
     set_node = {"id": "a", "type": "set", "parameters": {"fields": {"deep": deep}}}
     problem = only(nodes=[trigger(), set_node])
-    assert problem == Problem("definition", "is nested too deeply")
+    # The value contract names the first level past its depth limit.
+    assert problem.loc.startswith("nodes[1].parameters.fields.deep[0][0]")
+    assert f"nested deeper than {MAX_DEPTH} levels" in problem.msg
 
 
 def test_non_finite_number_is_a_problem() -> None:
     found = problems(nodes=[trigger(), noop("a", position=[float("nan"), 0])])
-    assert [p.loc for p in found] == ["definition", "nodes[1].position"]
+    assert [p.loc for p in found] == ["nodes[1].position[0]"]
     assert "NaN" in found[0].msg
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (2**63, "signed 64-bit range"),
+        (-(2**63) - 1, "signed 64-bit range"),
+        (10**400, "an integer of 401 digits"),
+        (1e20, "whole number of magnitude 2**63 or more"),
+        (float("inf"), "not a finite number"),
+        ("\ud800", "lone surrogate"),
+    ],
+)
+def test_values_the_log_cannot_carry_are_refused_where_they_are(value: Any, words: str) -> None:
+    found = problems(
+        nodes=[trigger(), {"id": "a", "type": "set", "parameters": {"fields": {"x": [value]}}}]
+    )
+    assert [p.loc for p in found] == ["nodes[1].parameters.fields.x[0]"]
+    assert words in found[0].msg
+
+
+def test_a_value_problem_anywhere_in_a_node_is_found() -> None:
+    found = problems(
+        nodes=[trigger(), noop("a", position=[0, 2**64], name="\x00")],
+        settings={"timeout_ms": 1000},
+        tags=["fine"],
+    )
+    assert {p.loc for p in found} == {"nodes[1].name", "nodes[1].position[1]"}
 
 
 # -- counts ------------------------------------------------------------------------
@@ -503,7 +534,7 @@ def test_node_name() -> None:
     )
 
 
-@pytest.mark.parametrize("position", [[0, 0], [-1.5, 2], [1e300, -1e300]])
+@pytest.mark.parametrize("position", [[0, 0], [-1.5, 2], [1e18, -1e-300]])
 def test_valid_position(position: list[float]) -> None:
     accepts(nodes=[trigger(position=position), noop("a")])
 
@@ -519,7 +550,13 @@ def test_invalid_position(position: Any) -> None:
 
 def test_infinite_position() -> None:
     found = problems(nodes=[trigger(), noop("a", position=[float("inf"), 0])])
-    assert "nodes[1].position" in [p.loc for p in found]
+    assert [p.loc for p in found] == ["nodes[1].position[0]"]
+
+
+def test_position_jsonb_would_turn_into_a_huge_integer() -> None:
+    # jsonb prints 1e300 as a 301-digit integer numeral: refused by the value contract.
+    found = problems(nodes=[trigger(), noop("a", position=[1e300, 0])])
+    assert [p.loc for p in found] == ["nodes[1].position[0]"]
 
 
 @pytest.mark.parametrize(
@@ -893,5 +930,5 @@ def test_nul_characters_are_refused_wherever_they_are() -> None:
         settings={"note\x00": 1},
     )
     nul = {p.loc for p in found if "NUL" in p.msg}
-    assert nul == {"name", "tags[1]", "nodes[1].name", "settings.note\x00"}
+    assert nul == {"name", "tags[1]", "nodes[1].name", 'settings["note\\u0000"]'}
     accepts(description="a backslash then u0000 is fine: \\u0000")

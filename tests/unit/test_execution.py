@@ -16,6 +16,7 @@ from domain.errors import (
     InvalidExecutionTransition,
     NodeRunNotStarted,
     NodeRunStillRunning,
+    Problem,
 )
 from domain.execution import (
     Execution,
@@ -41,6 +42,7 @@ def _new(**overrides: Any) -> Execution:
         "execution_id": uuid.uuid4(),
         "workflow_id": uuid.uuid4(),
         "workflow_version": 3,
+        "workflow_revision": 2,
         "mode": "async",
         "input": {"x": 1},
         "meta": META,
@@ -76,6 +78,7 @@ def test_create_queues_with_who_and_what() -> None:
     assert execution.status == "queued" and not execution.is_finished
     assert (execution.org_id, execution.created_by) == ("acme", "apikey:1")
     assert (execution.workflow_id, execution.workflow_version) == (workflow_id, 3)
+    assert execution.workflow_revision == 2
     assert (execution.mode, execution.input) == ("sync", [{"a": 1}, {"a": 2}])
     assert execution.queued_at == queued.timestamp
     assert execution.started_at is None and execution.finished_at is None
@@ -87,6 +90,8 @@ def test_create_queues_with_who_and_what() -> None:
     [
         ({"mode": "later"}, ValueError),
         ({"workflow_version": 0}, ValueError),
+        ({"workflow_revision": 0}, ValueError),
+        ({"workflow_revision": 4}, ValueError),
         ({"input": "text"}, ExecutionInputInvalid),
         ({"input": [{"a": 1}, 2]}, ExecutionInputInvalid),
         ({"input": None}, ExecutionInputInvalid),
@@ -95,6 +100,24 @@ def test_create_queues_with_who_and_what() -> None:
 def test_create_refuses_bad_arguments(overrides: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         _new(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("value", "loc", "words"),
+    [
+        ({"s": "a\x00b"}, "input.s", "NUL"),
+        ({"n": 2**64}, "input.n", "signed 64-bit range"),
+        ([{"a": 1}, {"b": [1e20]}], "input[1].b[0]", "whole number"),
+        ({"f": float("nan")}, "input.f", "not a finite number"),
+        ({"\ud800": 1}, 'input["\\ud800"]', "lone surrogate"),
+    ],
+)
+def test_create_refuses_input_the_log_cannot_carry(value: Any, loc: str, words: str) -> None:
+    with pytest.raises(ExecutionInputInvalid) as caught:
+        _new(input=value)
+    [problem] = caught.value.problems
+    assert problem.loc == loc and words in problem.msg
+    assert loc in str(caught.value)
 
 
 def test_start_records_the_worker_and_time() -> None:
@@ -307,6 +330,7 @@ def test_errors_survive_pickling() -> None:
         NodeRunNotStarted("e-1", "a", 2),
         NodeRunStillRunning("e-1", "a", 1),
         ExecutionInputInvalid("item 0 is not an object"),
+        ExecutionInputInvalid("input.s: bad", [Problem("input.s", "bad")]),
     ]
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))

@@ -142,3 +142,68 @@ def test_commands_on_a_copy_leave_the_original_as_it_was(
     assert (json.dumps(original.definition(), sort_keys=True), original.version) == before
     assert not original.deleted and original.collect_events() == []
     assert len(clone.collect_events()) == clone.version - original.version
+
+
+# --- revisions: definition changes count, runs do not --------------------------------
+
+
+def _run(workflow: Workflow) -> None:
+    workflow.record_execution(uuid.uuid4(), "succeeded", workflow.revision, META)
+
+
+def test_the_revision_moves_on_definition_changes_and_not_on_runs() -> None:
+    workflow = _new(name="a")
+    assert (workflow.revision, workflow.version) == (1, 1)
+    _run(workflow)
+    assert (workflow.revision, workflow.version, workflow.runs) == (1, 2, 1)
+    workflow.update({"name": "b"}, META)
+    assert (workflow.revision, workflow.version) == (2, 3)
+    _run(workflow)
+    workflow.delete(META)
+    assert (workflow.revision, workflow.version, workflow.runs) == (3, 5, 2)
+    executed = [e for e in workflow.collect_events() if type(e).__name__ == "Executed"]
+    assert [e.revision for e in executed] == [1, 2]  # each run says which revision ran
+
+
+def test_an_executed_event_from_before_revisions_replays() -> None:
+    # Executed events recorded before runs kept their revision have no such
+    # field: replay takes the default and counts the revision all the same.
+    workflow = _new()
+    _run(workflow)
+    workflow.update({"name": "later"}, META)
+    events = workflow.collect_events()
+    old = object.__new__(type(events[1]))
+    old.__dict__.update({k: v for k, v in events[1].__dict__.items() if k != "revision"})
+    assert not hasattr(old, "revision")
+    replayed = _replay(workflow, [events[0], old, events[2]])
+    assert (replayed.revision, replayed.version, replayed.runs) == (2, 3, 1)
+
+
+@given(
+    steps=st.lists(st.one_of(_CHANGES, st.just("run")), max_size=8),
+    delete=st.booleans(),
+)
+def test_replaying_the_events_gives_the_live_revision_and_state(
+    steps: list[Any], delete: bool
+) -> None:
+    workflow = _new(settings={"timeout_ms": 5}, tags=["t"])
+    definition_events = 1
+    for step in steps:
+        if step == "run":
+            _run(workflow)
+        else:
+            definition_events += workflow.update(step, META)
+    if delete:
+        workflow.delete(META)
+        definition_events += 1
+    events = workflow.collect_events()
+    replayed = _replay(workflow, events)
+    assert workflow.revision == definition_events
+    assert workflow.runs == steps.count("run") and workflow.version == len(events)
+    assert (replayed.revision, replayed.version, replayed.runs, replayed.deleted) == (
+        workflow.revision,
+        workflow.version,
+        workflow.runs,
+        workflow.deleted,
+    )
+    assert replayed.definition() == workflow.definition()
