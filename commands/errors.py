@@ -68,3 +68,25 @@ class NoSuchVersion(CommandError):
         )
         self.workflow_id = workflow_id
         self.version = version
+
+
+class ExecutionInProgress(CommandError):
+    """A keyed sync request found its execution still running past its timeout."""
+
+    def __init__(self, execution_id: UUID) -> None:
+        super().__init__(
+            f"execution {execution_id} of an identical request with this Idempotency-Key "
+            f"is still running; read it at /v1/executions/{execution_id} or retry later"
+        )
+        self.execution_id = execution_id
+
+
+class ExecutionAnswerUnavailable(CommandError):
+    """A sync run was recorded, but its answer could not be read back or sent."""
+
+    def __init__(self, execution_id: UUID) -> None:
+        super().__init__(
+            f"execution {execution_id} was recorded, but its answer is unavailable right "
+            f"now; read it at /v1/executions/{execution_id}"
+        )
+        self.execution_id = execution_id

@@ -12,6 +12,8 @@ only one decides how an execution ends.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import socket
 import threading
@@ -28,7 +30,12 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from commands.application import WorkflowApplication
-from commands.errors import ExecutionNotFound, IdempotencyKeyReused
+from commands.errors import (
+    ExecutionAnswerUnavailable,
+    ExecutionInProgress,
+    ExecutionNotFound,
+    IdempotencyKeyReused,
+)
 from commands.handlers import WorkflowCommands, request_fingerprint
 from commands.models import CommandContext, ExecutionResult, RunWorkflow
 from domain.engine import (
@@ -39,6 +46,7 @@ from domain.engine import (
     HttpRequest,
     HttpResponse,
     Outputs,
+    RunStopped,
     compile_plan,
     run,
 )
@@ -55,6 +63,10 @@ _IDEMPOTENT_EXECUTION_NAMESPACE = uuid.UUID("0b6f1f0e-7c1a-4f57-9d0e-3f9a8c2b5e4
 # it crashed; the lease keeper renews it meanwhile anyway.
 _LEASE_GRACE_S = 10.0
 _CANCEL_ATTEMPTS = 20
+# How long a keyed sync request waits for an identical one's run to end: the
+# run ends by 1.2 times its timeout, then records its end.
+_AWAIT_TIMEOUT_FACTOR = 1.2
+_AWAIT_SLACK_S = 2.0
 
 
 def default_worker_id(role: str) -> str:
@@ -274,11 +286,23 @@ class ExecutionRunner:
 
             def sleep(seconds: float) -> None:
                 recorder.flush()
+                if should_stop():
+                    raise RunStopped
                 recorder.lost.wait(seconds)  # a cancel cuts a wait short
 
             def http(request: HttpRequest) -> HttpResponse:
+                began = time.monotonic()
                 recorder.flush()
-                return self.http(request)
+                if should_stop():
+                    # Canceled, or the flush found this run to be a duplicate of
+                    # one already recorded (a racing request with the same
+                    # Idempotency-Key): that one makes the call, this one none.
+                    raise RunStopped
+                # The flush spent some of the time the engine granted the call.
+                spent_ms = math.ceil((time.monotonic() - began) * 1000)
+                return self.http(
+                    dataclasses.replace(request, timeout_ms=max(1, request.timeout_ms - spent_ms))
+                )
 
             ports = EnginePorts(
                 http=http, sleep=sleep, clock=time.monotonic, should_cancel=should_stop
@@ -464,12 +488,20 @@ class ExecutionCommands:
                 ),
             )
             finished = self.runner.run(execution, self.worker_id, run_meta, first_save)
-            if ctx.idempotency_key is not None:
-                # Ours, or that of an identical request which got there first.
-                prior = self._prior_answer(ctx, fingerprint)
-                assert prior is not None
-                return prior
-            return self._result(finished, status_code=200)
+            # The execution is recorded now: whatever goes wrong from here on,
+            # the client must learn its id.
+            try:
+                if ctx.idempotency_key is not None:
+                    # Ours, or that of an identical request which got there first.
+                    prior = self._prior_answer(ctx, fingerprint)
+                    assert prior is not None
+                    return prior
+                return self._result(finished, status_code=200)
+            except (ExecutionInProgress, IdempotencyKeyReused):
+                raise
+            except Exception as exc:
+                log.exception("sync run answer failed", execution_id=str(execution_id))
+                raise ExecutionAnswerUnavailable(execution_id) from exc
         try:
             recordings = self.app.save(
                 execution,
@@ -525,4 +557,25 @@ class ExecutionCommands:
         if record.request_hash != fingerprint:
             raise IdempotencyKeyReused(record.key)
         execution = self.get(record.aggregate_id, ctx.org_id)
+        if record.status_code == 200 and not execution.is_finished:
+            # A sync run's answer is its end: wait for the request running it.
+            execution = self._await_end(execution)
         return self._result(execution, status_code=record.status_code)
+
+    def _await_end(self, execution: Execution) -> Execution:
+        """The execution once finished, polled from the log; bounded by its timeout.
+
+        Past the run's own timeout (plus slack for recording its end) it
+        should have ended: 409 with its id, never a "running" answer.
+        """
+        plan = self.runner.plan(execution.workflow_id, execution.workflow_version)
+        timeout_ms = plan.timeout_ms or self.runner.settings.limits.max_execution_ms
+        deadline = time.monotonic() + timeout_ms * _AWAIT_TIMEOUT_FACTOR / 1000 + _AWAIT_SLACK_S
+        pause = 0.01
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+            current = self.runner.load(execution.id)
+            if current is not None and current.is_finished:
+                return current
+        raise ExecutionInProgress(execution.id)

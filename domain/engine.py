@@ -9,6 +9,9 @@ returns an equal ``ExecutionOutcome``.
 Usage: ``plan = compile_plan(definition)`` once per workflow version (it
 validates parameters, compiles conditions, regexes and expressions, and sorts
 the graph), then ``run(plan, execution_input, ports=..., listener=..., limits=...)``.
+This module is the runner; what each node type does is in ``domain/steps.py``,
+and what a step works with (ports, limits, deadline, memory budget) in
+``domain/run_context.py``.
 
 Semantics (n8n-like):
 
@@ -24,10 +27,26 @@ Semantics (n8n-like):
 - The execution ``output`` maps each terminal node (no outgoing connections)
   that ran to all of its output items, concatenated in output order.
 - Timeout: ``settings.timeout_ms`` or else ``EngineLimits.max_execution_ms``,
-  checked before each node attempt, each HTTP call and each code evaluation;
-  waits and retry back-offs that would pass the deadline sleep until it and
-  then time out; HTTP timeouts are shortened to the time left.
-- Cancellation is checked before each node and after each retry back-off.
+  checked before each node attempt and inside nodes: every few ``set``
+  assignments, before each HTTP call and each code evaluation, and at every
+  step of an expression. Waits and retry back-offs that would pass the
+  deadline sleep until it and then time out; an HTTP call gets the time left
+  as the deadline of its whole exchange, and a call cut off by it times the
+  execution out.
+- Memory: every node charges what it builds (new items and the dicts it
+  copies, measured with ``sys.getsizeof``; response bodies and expression
+  results in full) against ``EngineLimits.max_execution_bytes``, while it
+  builds them, so one execution cannot grow the process by more than that
+  (plus its input and, transiently, one expression's working set). Going past
+  it fails the node (``on_error`` applies); a failed attempt's charge is
+  given back. Items passed on unchanged cost one list slot each.
+- Cancellation is checked before each node and after each retry back-off; a
+  port that raises ``RunStopped`` cancels the run there and then.
+
+Values the engine produces (expression results, HTTP responses, what ``set``
+builds) must hold the value contract (``domain/values.py``): otherwise the
+node fails naming the path, so no follower ever meets a value it cannot store.
+Failure messages have NUL and lone surrogates escaped for the same reason.
 
 Node failures honour the node's ``retry`` (``max_tries`` attempts in total,
 ``wait_ms * 2**(attempt - 1)`` between them, a retry re-runs the node for all
@@ -41,34 +60,35 @@ failures: they end the execution regardless of ``on_error``.
 from __future__ import annotations
 
 import heapq
-import math
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from domain.expressions import CompiledExpression, ExpressionError, compile_expression
-from domain.nodes import (
-    DEFAULT_OUTPUT,
-    ERROR_OUTPUT,
-    NODE_TYPES,
-    SWITCH_DEFAULT_OUTPUT,
-    CodeParameters,
-    Condition,
-    FilterParameters,
-    HttpRequestParameters,
-    IfParameters,
-    MergeParameters,
-    SetParameters,
-    StopAndErrorParameters,
-    SwitchParameters,
-    WaitParameters,
-    compile_regex,
+from domain.nodes import DEFAULT_OUTPUT, ERROR_OUTPUT, NODE_TYPES
+from domain.run_context import (
+    DEFAULT_MAX_EXECUTION_BYTES,
+    DEFAULT_MAX_EXECUTION_MS,
+    SLOT_BYTES,
+    DeadlinePassed,
+    EngineLimits,
+    EnginePorts,
+    HttpFailure,
+    HttpRequest,
+    HttpResponse,
+    Item,
+    NodeError,
+    Outputs,
+    RunContext,
+    RunStopped,
+    Step,
 )
+from domain.steps import STEP_BUILDERS, concat
 
 __all__ = [
+    "DEFAULT_MAX_EXECUTION_BYTES",
     "DEFAULT_MAX_EXECUTION_MS",
     "EngineLimits",
     "EnginePorts",
@@ -81,62 +101,12 @@ __all__ = [
     "Item",
     "NodeRun",
     "NullListener",
+    "Outputs",
     "PlannedNode",
+    "RunStopped",
     "compile_plan",
     "run",
 ]
-
-Item = dict[str, Any]
-"""One unit of data flowing between nodes: a JSON object."""
-Outputs = dict[str, list[Item]]
-"""A node's result: items per output name, every declared output present."""
-
-DEFAULT_MAX_EXECUTION_MS: Final = 30_000
-
-
-# -- ports -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HttpRequest:
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    body: Any
-    timeout_ms: int
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    status: int
-    headers: Mapping[str, str]
-    body: Any
-    """Parsed JSON when the response was JSON, else its text."""
-
-
-class HttpFailure(Exception):
-    """Raised by the HTTP port when no response arrived (DNS, connect, timeout, TLS)."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
-
-
-def _never_cancel() -> bool:
-    return False
-
-
-@dataclass(frozen=True)
-class EnginePorts:
-    """Everything the engine needs from the outside world."""
-
-    http: Callable[[HttpRequest], HttpResponse]
-    sleep: Callable[[float], None]
-    """Sleeps the given seconds (waits and retry back-off)."""
-    clock: Callable[[], float]
-    """Monotonic seconds, for the execution timeout."""
-    should_cancel: Callable[[], bool] = _never_cancel
-    """Polled between node runs; must be cheap."""
 
 
 class ExecutionListener(Protocol):
@@ -164,18 +134,6 @@ class NullListener:
 
     def node_failed(self, node_id: str, error: str, attempt: int, will_retry: bool) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class EngineLimits:
-    max_wait_ms: int = 60_000
-    """Cap on one ``wait`` node's pause and on one retry back-off."""
-    allowed_http_hosts: frozenset[str] = frozenset()
-    """Host names ``http_request`` may call (case-insensitive); empty allows none."""
-    max_items: int = 10_000
-    """Most items one node output may hold; more fails the node."""
-    max_execution_ms: int = DEFAULT_MAX_EXECUTION_MS
-    """Execution timeout unless the workflow's ``settings.timeout_ms`` sets one."""
 
 
 # -- outcome -----------------------------------------------------------------------
@@ -208,9 +166,6 @@ class ExecutionOutcome:
 
 
 # -- plan ----------------------------------------------------------------------------
-
-Step = Callable[[list[list[Item]], "_RunContext"], Outputs]
-"""A node's behaviour: items per incoming connection -> items per output."""
 
 
 @dataclass(frozen=True)
@@ -283,7 +238,7 @@ def compile_plan(definition: Mapping[str, Any]) -> ExecutionPlan:
             max_tries=retry.get("max_tries", 1),
             retry_wait_ms=retry.get("wait_ms", 0),
             on_error=on_error,
-            step=_STEP_BUILDERS[raw["type"]](parameters, outputs),
+            step=STEP_BUILDERS[raw["type"]](parameters, outputs),
         )
     order = _topological_order([node["id"] for node in raw_nodes], successors)
     return ExecutionPlan(
@@ -317,14 +272,6 @@ def _topological_order(node_ids: list[str], successors: dict[str, list[str]]) ->
 # -- run -----------------------------------------------------------------------------
 
 
-class _NodeError(Exception):
-    """A node failed; retry and on_error apply."""
-
-
-class _Timeout(Exception):
-    """The execution's deadline passed."""
-
-
 class _Canceled(Exception):
     """The caller asked to cancel."""
 
@@ -335,34 +282,6 @@ class _Stopped(Exception):
     def __init__(self, node_id: str, error: str) -> None:
         super().__init__(f"node '{node_id}' failed: {error}")
         self.node_id = node_id
-
-
-@dataclass(frozen=True, slots=True)
-class _RunContext:
-    """What steps may touch while running: the ports, the limits, the deadline."""
-
-    ports: EnginePorts
-    limits: EngineLimits
-    allowed_hosts: frozenset[str]
-    deadline: float
-
-    def seconds_left(self) -> float:
-        return self.deadline - self.ports.clock()
-
-    def ensure_time_left(self) -> None:
-        if self.seconds_left() <= 0:
-            raise _Timeout
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, but not past the deadline: time out there instead."""
-        if seconds <= 0:
-            return
-        left = self.seconds_left()
-        if seconds >= left:
-            if left > 0:
-                self.ports.sleep(left)
-            raise _Timeout
-        self.ports.sleep(seconds)
 
 
 def run(
@@ -377,7 +296,7 @@ def run(
     limits = limits or EngineLimits()
     listener = listener or NullListener()
     timeout_ms = plan.timeout_ms if plan.timeout_ms is not None else limits.max_execution_ms
-    context = _RunContext(
+    context = RunContext(
         ports=ports,
         limits=limits,
         allowed_hosts=frozenset(host.lower() for host in limits.allowed_http_hosts),
@@ -421,13 +340,13 @@ def run(
             results[node.id] = _run_node(node, inputs, context, listener, runs)
     except _Stopped as stopped:
         return outcome("failed", str(stopped), stopped.node_id)
-    except _Timeout:
+    except DeadlinePassed:
         return outcome(
             "failed",
             f"execution timed out after {timeout_ms} ms",
             current.id if current else None,
         )
-    except _Canceled:
+    except (_Canceled, RunStopped):
         return outcome("canceled")
     return outcome("succeeded")
 
@@ -435,7 +354,7 @@ def run(
 def _run_node(
     node: PlannedNode,
     inputs: list[list[Item]],
-    context: _RunContext,
+    context: RunContext,
     listener: ExecutionListener,
     runs: list[NodeRun],
 ) -> Outputs:
@@ -449,9 +368,12 @@ def _run_node(
         try:
             outputs = node.step(inputs, context)
             _check_item_counts(outputs, context.limits.max_items)
-        except _NodeError as exc:
-            error = str(exc)
+            context.charge(SLOT_BYTES * sum(len(items) for items in outputs.values()))
+        except NodeError as exc:
+            context.end_attempt(succeeded=False)
+            error = _storable(str(exc))
         else:
+            context.end_attempt(succeeded=True)
             runs.append(NodeRun(node.id, attempt, "succeeded", outputs))
             listener.node_succeeded(node.id, outputs, attempt)
             return outputs
@@ -464,7 +386,11 @@ def _run_node(
             if context.ports.should_cancel():
                 raise _Canceled
             continue
-        passed_on = _on_error_outputs(node, inputs, error)
+        try:
+            passed_on = _on_error_outputs(node, inputs, error, context)
+        except NodeError as exc:  # the error output itself is over the budget
+            context.end_attempt(succeeded=False)
+            passed_on, error = None, f"{error}; {exc}"
         runs.append(NodeRun(node.id, attempt, "failed", passed_on, error))
         listener.node_failed(node.id, error, attempt, will_retry=False)
         if passed_on is None:
@@ -473,419 +399,36 @@ def _run_node(
     raise AssertionError("max_tries is at least 1")
 
 
-def _on_error_outputs(node: PlannedNode, inputs: list[list[Item]], error: str) -> Outputs | None:
+def _on_error_outputs(
+    node: PlannedNode, inputs: list[list[Item]], error: str, context: RunContext
+) -> Outputs | None:
     """What a finally failed node passes on under its on_error policy (None: stop)."""
     if node.on_error == "stop":
         return None
-    items = _concat(inputs) if not node.is_trigger else []
+    items = concat(inputs) if not node.is_trigger else []
     outputs: Outputs = {name: [] for name in node.outputs}
+    context.charge(SLOT_BYTES * len(items))
     if node.on_error == "continue":
         outputs[node.outputs[0]] = items
     else:
-        outputs[ERROR_OUTPUT] = [{**item, "error": error} for item in items]
+        with_error = []
+        for item in items:
+            copied = {**item, "error": error}
+            context.charge(sys.getsizeof(copied))
+            with_error.append(copied)
+        outputs[ERROR_OUTPUT] = with_error
+    context.end_attempt(succeeded=True)
     return outputs
+
+
+def _storable(message: str) -> str:
+    """A message the log can hold: it may quote data (a CEL string, a server's
+    words), so a NUL or a lone surrogate in it is escaped, not stored raw."""
+    escaped = message.replace("\x00", "\\u0000")
+    return escaped.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _check_item_counts(outputs: Outputs, max_items: int) -> None:
     for name, items in outputs.items():
         if len(items) > max_items:
-            raise _NodeError(f"output '{name}' has {len(items)} items, at most {max_items} allowed")
-
-
-def _concat(inputs: list[list[Item]]) -> list[Item]:
-    """A new list, so no two nodes' outputs share a list object (items are shared)."""
-    return [item for items in inputs for item in items]
-
-
-# -- node behaviours -----------------------------------------------------------------
-# Each builder runs once per plan and returns the node's step, with its
-# parameters pre-processed (paths split, conditions compiled). Steps never
-# mutate their input items: they build new dicts along the paths they change.
-
-StepBuilder = Callable[[Any, tuple[str, ...]], Step]
-
-
-def _build_trigger(_params: Any, outputs: tuple[str, ...]) -> Step:
-    def trigger(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        [[execution_input]] = inputs
-        return _with_empty(outputs, DEFAULT_OUTPUT, _input_items(execution_input))
-
-    return trigger
-
-
-def _input_items(execution_input: Any) -> list[Item]:
-    if isinstance(execution_input, dict):
-        return [execution_input]
-    if isinstance(execution_input, list):
-        for index, item in enumerate(execution_input):
-            if not isinstance(item, dict):
-                raise _NodeError(
-                    f"input item {index} is {_json_type(item)}, items must be JSON objects"
-                )
-        return list(execution_input)
-    raise _NodeError(
-        f"input is {_json_type(execution_input)}, expected an object or an array of objects"
-    )
-
-
-def _build_passthrough(_params: Any, outputs: tuple[str, ...]) -> Step:
-    def passthrough(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        return _with_empty(outputs, DEFAULT_OUTPUT, _concat(inputs))
-
-    return passthrough
-
-
-def _build_set(params: SetParameters, outputs: tuple[str, ...]) -> Step:
-    assignments = [(path.split("."), value) for path, value in params.fields.items()]
-    keep_others = params.keep_others
-
-    def set_fields(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        results = []
-        for item in _concat(inputs):
-            result: Item = item if keep_others else {}
-            for segments, value in assignments:
-                result = _assign(result, segments, value)
-            results.append(result)
-        return _with_empty(outputs, DEFAULT_OUTPUT, results)
-
-    return set_fields
-
-
-def _build_if(params: IfParameters, outputs: tuple[str, ...]) -> Step:
-    matches = _compile_conditions(params.conditions, params.combine)
-
-    def route(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        routed: Outputs = {name: [] for name in outputs}
-        for item in _concat(inputs):
-            routed["true" if matches(item) else "false"].append(item)
-        return routed
-
-    return route
-
-
-def _build_filter(params: FilterParameters, outputs: tuple[str, ...]) -> Step:
-    matches = _compile_conditions(params.conditions, params.combine)
-
-    def keep(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        return _with_empty(outputs, DEFAULT_OUTPUT, [i for i in _concat(inputs) if matches(i)])
-
-    return keep
-
-
-def _build_switch(params: SwitchParameters, outputs: tuple[str, ...]) -> Step:
-    cases = [
-        (case.name, _compile_conditions(case.conditions, case.combine)) for case in params.cases
-    ]
-
-    def route(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        routed: Outputs = {name: [] for name in outputs}
-        for item in _concat(inputs):
-            target = next((name for name, matches in cases if matches(item)), None)
-            routed[target or SWITCH_DEFAULT_OUTPUT].append(item)
-        return routed
-
-    return route
-
-
-def _build_merge(params: MergeParameters, outputs: tuple[str, ...]) -> Step:
-    if params.mode == "append":
-        return _build_passthrough(params, outputs)
-    assert params.key is not None  # the model requires a key for combine
-    key_path = params.key.split(".")
-
-    def combine(inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        # Inner join on the key: keep first-input items that every other input
-        # matches, merged with the first match of each (later inputs win on
-        # conflicting fields). Unmatched items are dropped, as in n8n.
-        first, *others = inputs
-        indexes = []
-        for items in others:
-            index: dict[Any, Item] = {}
-            for item in items:
-                key = _lookup(item, key_path)
-                if key is not _MISSING:
-                    index.setdefault(_hashable(key), item)
-            indexes.append(index)
-        merged = []
-        for item in first:
-            key = _lookup(item, key_path)
-            if key is _MISSING:
-                continue
-            matches = [index.get(_hashable(key)) for index in indexes]
-            if all(match is not None for match in matches):
-                result = dict(item)
-                for match in matches:
-                    result.update(match or {})
-                merged.append(result)
-        return _with_empty(outputs, DEFAULT_OUTPUT, merged)
-
-    return combine
-
-
-def _build_wait(params: WaitParameters, outputs: tuple[str, ...]) -> Step:
-    def wait(inputs: list[list[Item]], context: _RunContext) -> Outputs:
-        context.sleep(min(params.ms, context.limits.max_wait_ms) / 1000)
-        return _with_empty(outputs, DEFAULT_OUTPUT, _concat(inputs))
-
-    return wait
-
-
-def _build_stop_and_error(params: StopAndErrorParameters, _outputs: tuple[str, ...]) -> Step:
-    def stop(_inputs: list[list[Item]], _context: _RunContext) -> Outputs:
-        raise _NodeError(params.message)
-
-    return stop
-
-
-def _build_http_request(params: HttpRequestParameters, outputs: tuple[str, ...]) -> Step:
-    host = (urlsplit(params.url).hostname or "").lower()
-    headers = dict(params.headers)
-
-    def call(inputs: list[list[Item]], context: _RunContext) -> Outputs:
-        # Refused before any call: the port must never see a disallowed host.
-        if host not in context.allowed_hosts:
-            raise _NodeError(f"host '{host}' is not allowed: it is not in the HTTP allow-list")
-        results = []
-        for _item in _concat(inputs):  # one request per incoming item, as in n8n
-            left_ms = context.seconds_left() * 1000
-            if left_ms <= 0:
-                raise _Timeout
-            request = HttpRequest(
-                method=params.method,
-                url=params.url,
-                headers=headers,
-                body=params.body,
-                timeout_ms=max(1, min(params.timeout_ms, math.ceil(left_ms))),
-            )
-            try:
-                response = context.ports.http(request)
-            except HttpFailure as exc:
-                raise _NodeError(f"{params.method} {params.url} failed: {exc.message}") from None
-            if response.status >= 400:
-                raise _NodeError(
-                    f"{params.method} {params.url} returned HTTP status {response.status}"
-                )
-            results.append(
-                {
-                    "status": response.status,
-                    "headers": dict(response.headers),
-                    "body": response.body,
-                }
-            )
-        return _with_empty(outputs, DEFAULT_OUTPUT, results)
-
-    return call
-
-
-def _build_code(params: CodeParameters, outputs: tuple[str, ...]) -> Step:
-    into = params.into.split(".")
-    expression: CompiledExpression | None = None
-    compile_error: str | None = None
-    try:
-        expression = compile_expression(params.expression)
-    except ExpressionError as exc:
-        compile_error = f"invalid expression: {exc}"
-
-    def evaluate(inputs: list[list[Item]], context: _RunContext) -> Outputs:
-        if expression is None:
-            raise _NodeError(compile_error)
-        results = []
-        for index, item in enumerate(_concat(inputs)):
-            # An evaluation may take a fraction of a second (it is step-bounded),
-            # so a node over many items watches the deadline between items.
-            context.ensure_time_left()
-            try:
-                value = expression.evaluate(item)
-            except ExpressionError as exc:
-                raise _NodeError(f"expression failed on item {index}: {exc}") from None
-            results.append(_assign(item, into, value))
-        return _with_empty(outputs, DEFAULT_OUTPUT, results)
-
-    return evaluate
-
-
-_STEP_BUILDERS: Final[Mapping[str, StepBuilder]] = {
-    "manual_trigger": _build_trigger,
-    "set": _build_set,
-    "if": _build_if,
-    "filter": _build_filter,
-    "switch": _build_switch,
-    "merge": _build_merge,
-    "wait": _build_wait,
-    "noop": _build_passthrough,
-    "stop_and_error": _build_stop_and_error,
-    "http_request": _build_http_request,
-    "code": _build_code,
-}
-if set(_STEP_BUILDERS) != set(NODE_TYPES):  # pragma: no cover - a registry change
-    raise RuntimeError("every registered node type needs an engine step")
-
-
-def _with_empty(outputs: tuple[str, ...], name: str, items: list[Item]) -> Outputs:
-    """All declared outputs, empty except ``name``."""
-    return {output: items if output == name else [] for output in outputs}
-
-
-# -- items: dotted paths -------------------------------------------------------------
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING: Final = _Missing()
-
-
-def _lookup(item: Any, segments: list[str]) -> Any:
-    """The value at a dotted path, or ``_MISSING``. Digit segments index arrays."""
-    value = item
-    for segment in segments:
-        if isinstance(value, dict):
-            if segment not in value:
-                return _MISSING
-            value = value[segment]
-        elif isinstance(value, list) and segment.isdigit():
-            index = int(segment)
-            if index >= len(value):
-                return _MISSING
-            value = value[index]
-        else:
-            return _MISSING
-    return value
-
-
-def _assign(item: Item, segments: list[str], value: Any) -> Item:
-    """A copy of ``item`` with ``value`` at the path; only the dicts along it are copied.
-
-    A missing or non-object value along the path is replaced by a new object.
-    """
-    head, *rest = segments
-    result = dict(item)
-    if rest:
-        child = item.get(head)
-        result[head] = _assign(child if isinstance(child, dict) else {}, rest, value)
-    else:
-        result[head] = value
-    return result
-
-
-# -- conditions ----------------------------------------------------------------------
-# Precise semantics: numbers (not booleans) compare with numbers, strings with
-# strings, by value; any other pairing is simply false, never an error. A
-# missing field matches nothing except `ne` (which is `not eq`) and
-# `exists: false`. Equality is JSON equality: 1 == 1.0, but true != 1.
-
-Predicate = Callable[[Item], bool]
-
-
-def _compile_conditions(conditions: list[Condition], combine: str) -> Predicate:
-    predicates = [_compile_condition(condition) for condition in conditions]
-    if len(predicates) == 1:
-        return predicates[0]
-    if combine == "and":
-        return lambda item: all(predicate(item) for predicate in predicates)
-    return lambda item: any(predicate(item) for predicate in predicates)
-
-
-def _compile_condition(condition: Condition) -> Predicate:
-    path = condition.field.split(".")
-    expected = condition.value
-    op = condition.op
-
-    if op == "exists":
-        must_exist = expected is not False
-        return lambda item: (_lookup(item, path) is not _MISSING) == must_exist
-    if op == "regex":
-        pattern = compile_regex(expected)
-
-        def regex(item: Item) -> bool:
-            actual = _lookup(item, path)
-            return isinstance(actual, str) and pattern.search(actual) is not None
-
-        return regex
-    compare = _COMPARISONS[op]
-
-    def test(item: Item) -> bool:
-        actual = _lookup(item, path)
-        if actual is _MISSING:
-            return op == "ne"
-        return compare(actual, expected)
-
-    return test
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _ordered(test: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
-    """An ordering comparison, false unless both are numbers or both are strings."""
-
-    def compare(actual: Any, expected: Any) -> bool:
-        if _is_number(actual) and _is_number(expected):
-            return test(actual, expected)
-        if isinstance(actual, str) and isinstance(expected, str):
-            return test(actual, expected)
-        return False
-
-    return compare
-
-
-def _contains(actual: Any, expected: Any) -> bool:
-    if isinstance(actual, str):
-        return isinstance(expected, str) and expected in actual
-    if isinstance(actual, list):
-        return any(_json_equal(element, expected) for element in actual)
-    return False
-
-
-_COMPARISONS: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
-    "eq": lambda actual, expected: _json_equal(actual, expected),
-    "ne": lambda actual, expected: not _json_equal(actual, expected),
-    "gt": _ordered(lambda a, b: a > b),
-    "gte": _ordered(lambda a, b: a >= b),
-    "lt": _ordered(lambda a, b: a < b),
-    "lte": _ordered(lambda a, b: a <= b),
-    "contains": _contains,
-}
-
-
-def _json_equal(left: Any, right: Any) -> bool:
-    """JSON equality: like ``==`` but booleans never equal numbers, at any depth."""
-    if isinstance(left, bool) or isinstance(right, bool):
-        return isinstance(left, bool) and isinstance(right, bool) and left == right
-    if _is_number(left) and _is_number(right):
-        return bool(left == right)
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(_json_equal, left, right))
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
-    return type(left) is type(right) and bool(left == right)
-
-
-def _hashable(value: Any) -> Any:
-    """A hashable stand-in with the same equality as ``_json_equal`` (for merge keys)."""
-    if isinstance(value, bool):
-        return ("bool", value)
-    if _is_number(value):
-        return ("number", value)  # 1 and 1.0 hash and compare equal
-    if isinstance(value, list):
-        return ("array", tuple(_hashable(element) for element in value))
-    if isinstance(value, dict):
-        return ("object", frozenset((key, _hashable(v)) for key, v in value.items()))
-    return (type(value).__name__, value)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if _is_number(value):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
+            raise NodeError(f"output '{name}' has {len(items)} items, at most {max_items} allowed")

@@ -28,7 +28,14 @@ Design choices:
 Bounds. CEL has no loops or recursion, so cost is at most the expression size
 times the data size per macro nesting level. To keep even nested macros over
 large data in check, evaluation counts interpreter steps (syntax-tree visits,
-including inside macros) and stops after ``MAX_EVALUATION_STEPS``; ``+`` refuses
+including inside macros) and stops after ``MAX_EVALUATION_STEPS``. One step
+can still touch a whole collection (``x in item.list``, ``==``), so every
+value a step yields is also charged its size (8 bytes per list or map
+element, 1 per string character) against ``MAX_EVALUATION_BYTES``: a
+``map`` that looks through a big list for each element, or builds a big
+value per element, stops there, which also bounds the memory an evaluation
+builds. The caller's ``out_of_time`` is polled at every step, so a run's
+deadline holds inside an expression (``ExpressionTimeout``). ``+`` refuses
 to build strings or lists longer than ``MAX_CONCAT_LENGTH`` (repeated
 doubling inside ``map`` would otherwise exhaust memory in a few steps); and
 the result's JSON size is capped at ``MAX_RESULT_BYTES``, checked while
@@ -45,7 +52,7 @@ import operator
 import re
 import string
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import celpy
@@ -61,16 +68,19 @@ from celpy.evaluation import (
 
 __all__ = [
     "MAX_CONCAT_LENGTH",
+    "MAX_EVALUATION_BYTES",
     "MAX_EVALUATION_STEPS",
     "MAX_RESULT_BYTES",
     "MAX_SOURCE_CHARS",
     "CompiledExpression",
     "ExpressionError",
+    "ExpressionTimeout",
     "compile_expression",
 ]
 
 MAX_SOURCE_CHARS: Final = 10_000
 MAX_EVALUATION_STEPS: Final = 50_000
+MAX_EVALUATION_BYTES: Final = 8 * 1024 * 1024
 MAX_CONCAT_LENGTH: Final = 1_000_000
 MAX_RESULT_BYTES: Final = 1024 * 1024
 _MAX_MESSAGE_CHARS: Final = 500
@@ -81,6 +91,14 @@ class ExpressionError(Exception):
     """An expression that does not compile, fails while evaluating, or breaks a bound."""
 
 
+class ExpressionTimeout(ExpressionError):
+    """The caller's ``out_of_time`` said so during the evaluation."""
+
+
+def _never_out_of_time() -> bool:
+    return False
+
+
 class CompiledExpression:
     """A parsed CEL program, reusable across items and threads (it holds no per-run state)."""
 
@@ -88,17 +106,21 @@ class CompiledExpression:
         self.source = source
         self._ast = ast
 
-    def evaluate(self, item: Mapping[str, Any]) -> Any:
+    def evaluate(
+        self, item: Mapping[str, Any], *, out_of_time: Callable[[], bool] = _never_out_of_time
+    ) -> Any:
         """Evaluate with ``item`` bound; return the result as plain JSON.
 
         Raises ``ExpressionError`` for any evaluation problem (missing field,
-        division by zero, type mismatch, unknown function, exceeded bound).
+        division by zero, type mismatch, unknown function, exceeded bound),
+        ``ExpressionTimeout`` as soon as ``out_of_time()`` (polled at every
+        step) is true.
         """
         try:
-            variables = {"item": _to_cel(item)}
+            variables = {"item": _Conversion(out_of_time).to_cel(item)}
         except (ValueError, TypeError, RecursionError) as exc:
             raise ExpressionError(f"item cannot be passed to the expression: {exc}") from None
-        evaluator = _BudgetedEvaluator(self._ast, _BASE_ACTIVATION, _StepBudget())
+        evaluator = _BudgetedEvaluator(self._ast, _BASE_ACTIVATION, _StepBudget(out_of_time))
         try:
             value = evaluator.evaluate(variables)
         except CELEvalError as exc:
@@ -142,19 +164,47 @@ def compile_expression(source: str) -> CompiledExpression:
 
 
 class _StepBudget:
-    """Interpreter steps left for one evaluation, shared with macro sub-evaluators."""
+    """Steps and bytes left for one evaluation, shared with macro sub-evaluators.
 
-    __slots__ = ("left",)
+    Exceeding either is raised, not returned as a CEL error value: `||`, `&&`
+    and has() swallow error values, and a budget must not be swallowed.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("bytes_left", "last_charged", "left", "out_of_time")
+
+    def __init__(self, out_of_time: Callable[[], bool]) -> None:
         self.left = MAX_EVALUATION_STEPS
+        self.bytes_left = MAX_EVALUATION_BYTES
+        self.out_of_time = out_of_time
+        self.last_charged: Any = None
 
     def spend(self, steps: int) -> None:
         self.left -= steps
         if self.left < 0:
-            # Raised, not returned as a CEL error value: `||`, `&&` and has()
-            # swallow error values, and a budget must not be swallowed.
             raise ExpressionError(f"expression evaluation exceeded {MAX_EVALUATION_STEPS} steps")
+        if self.out_of_time():
+            raise ExpressionTimeout("the execution's deadline passed during the evaluation")
+
+    def spend_on(self, value: Any) -> None:
+        """Charge the size of a value a step yielded (shared or new: both cost work).
+
+        The grammar wraps every value in a chain of one-child rules (``expr``,
+        ``conditionalor``, ..., ``primary``) that pass it up unchanged: the
+        same object yielded again is charged once.
+        """
+        if value is self.last_charged:
+            return
+        self.last_charged = value
+        if isinstance(value, list | dict):
+            self.bytes_left -= 8 * len(value)
+        elif isinstance(value, str | bytes):
+            self.bytes_left -= len(value)
+        else:
+            return
+        if self.bytes_left < 0:
+            raise ExpressionError(
+                f"expression evaluation handled more than {MAX_EVALUATION_BYTES} bytes of values"
+            )
 
 
 class _BudgetedEvaluator(Evaluator):
@@ -181,6 +231,13 @@ class _BudgetedEvaluator(Evaluator):
     def visit_children(self, tree: lark.Tree) -> list[Any]:
         self._budget.spend(len(tree.children))
         return super().visit_children(tree)
+
+    def _visit_tree(self, tree: lark.Tree) -> Any:
+        # Every subtree's evaluation passes here (lark's visit and
+        # visit_children both do), so each value a step yields is charged.
+        value = super()._visit_tree(tree)
+        self._budget.spend_on(value)
+        return value
 
 
 def _bounded_add(left: Any, right: Any) -> Any:
@@ -244,25 +301,48 @@ _BASE_ACTIVATION: Final = Activation(
 # -- conversions ---------------------------------------------------------------
 
 
-def _to_cel(value: Any) -> Any:
-    """A JSON value as CEL values (bool before int: bool is an int subclass)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return celtypes.BoolType(value)
-    if isinstance(value, int):
-        return celtypes.IntType(value)  # ValueError beyond 64 bits
-    if isinstance(value, float):
-        return celtypes.DoubleType(value)
-    if isinstance(value, str):
-        return celtypes.StringType(value)
-    if isinstance(value, list | tuple):
-        return celtypes.ListType([_to_cel(element) for element in value])
-    if isinstance(value, Mapping):
-        return celtypes.MapType(
-            {celtypes.StringType(key): _to_cel(element) for key, element in value.items()}
-        )
-    raise TypeError(f"{type(value).__name__} is not a JSON value")
+# celpy's IntType() builds a range-checking wrapper per call (about 40 us, so
+# an item holding 40,000 numbers took 1.5 s to bind); int.__new__ after our own
+# range check makes the same value in a fraction of that.
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+# How many converted values between two looks at the clock.
+_VALUES_PER_CLOCK_READ: Final = 4096
+
+
+class _Conversion:
+    """Converts a JSON value to CEL values, watching the deadline as it goes."""
+
+    __slots__ = ("converted", "out_of_time")
+
+    def __init__(self, out_of_time: Callable[[], bool]) -> None:
+        self.out_of_time = out_of_time
+        self.converted = 0
+
+    def to_cel(self, value: Any) -> Any:
+        """A JSON value as CEL values (bool before int: bool is an int subclass)."""
+        self.converted += 1
+        if self.converted % _VALUES_PER_CLOCK_READ == 0 and self.out_of_time():
+            raise ExpressionTimeout("the execution's deadline passed while binding the item")
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            return celtypes.BoolType(value)
+        if isinstance(value, int):
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise ValueError(f"integer {value} is outside the 64-bit range")
+            return int.__new__(celtypes.IntType, value)
+        if isinstance(value, float):
+            return celtypes.DoubleType(value)
+        if isinstance(value, str):
+            return celtypes.StringType(value)
+        if isinstance(value, list | tuple):
+            return celtypes.ListType([self.to_cel(element) for element in value])
+        if isinstance(value, Mapping):
+            return celtypes.MapType(
+                {celtypes.StringType(key): self.to_cel(element) for key, element in value.items()}
+            )
+        raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
 class _SizeBudget:

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         default="", description="Comma-separated host names http_request nodes may call."
     )
     http_max_response_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Issue 11, items 4 and 5 (engine): what one execution may build in memory,
+    # and sync runs' own thread pool with a per-organisation share of it.
+    execution_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024 * 1024, le=4 * 1024 * 1024 * 1024
+    )
+    sync_run_threads: int = Field(default=16, ge=1, le=256)
+    sync_runs_per_org: int = Field(default=4, ge=1, le=256)
     # Audit chain (tamper evidence over the log)
     audit_key: str | None = Field(
         default=None,

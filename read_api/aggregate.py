@@ -22,12 +22,13 @@ from starlette.responses import Response
 
 from infrastructure.auth import Permission
 from infrastructure.cache import cached_json
+from infrastructure.org_slots import OrgSlots
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from projections.pipeline import PipelineLimits, compile_pipeline, unwind_cap_exceeded
 from projections.store import collection_table
 from projections.workflows import VERSIONS, WORKFLOWS
-from read_api.bounded import OrgSlots, until_disconnected
+from read_api.bounded import until_disconnected
 from read_api.routes import MinPosition, _views_position
 
 router = APIRouter(prefix="/v1", tags=["queries"])

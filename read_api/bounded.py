@@ -8,22 +8,20 @@ This module adds what a timeout cannot do:
 * ``until_disconnected`` runs a query in a task and cancels it when the
   client disconnects: asyncpg then cancels the statement in PostgreSQL, so
   a query never runs on for nobody.
-* ``OrgSlots`` caps the pipelines an organisation runs at once, in this
-  process: one organisation's dashboards cannot take every connection.
+* ``infrastructure.org_slots.OrgSlots`` caps the pipelines an organisation
+  runs at once, in this process: one organisation's dashboards cannot take
+  every connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import structlog
 from starlette.requests import Request
-
-from infrastructure.problems import Problem, problem_type
 
 log = structlog.get_logger("reporunner.read")
 
@@ -57,35 +55,3 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
             # CancelledError: whichever it is, nobody wants it any more.
             with contextlib.suppress(BaseException):
                 await task
-
-
-class OrgSlots:
-    """At most ``limit`` concurrent holders per organisation (in this process).
-
-    Beyond it ``hold`` answers 429 with ``Retry-After`` at once instead of
-    queueing: a queue would hold the client's connection and still overload
-    the database when it drains.
-    """
-
-    def __init__(self, limit: int, what: str) -> None:
-        self.limit = limit
-        self.what = what
-        self._held: Counter[str] = Counter()
-
-    @contextlib.contextmanager
-    def hold(self, org_id: str) -> Iterator[None]:
-        if self._held[org_id] >= self.limit:
-            raise Problem(
-                429,
-                f"your organisation already runs {self.limit} {self.what} at once "
-                "(REPORUNNER_PIPELINES_PER_ORG); retry when one has finished",
-                type_=problem_type("too-many-concurrent"),
-                headers={"Retry-After": "1"},
-            )
-        self._held[org_id] += 1
-        try:
-            yield
-        finally:
-            self._held[org_id] -= 1
-            if not self._held[org_id]:
-                del self._held[org_id]

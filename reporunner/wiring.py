@@ -28,6 +28,7 @@ from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
+from infrastructure.org_slots import OrgSlots
 from infrastructure.queue import ExecutionQueue
 from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
 from infrastructure.settings import ROLES, Settings
@@ -49,11 +50,11 @@ from read_api import QUERY_PROBLEMS
 from read_api import router as read_router
 from read_api.aggregate import router as aggregate_router
 from read_api.audit import router as audit_router
-from read_api.bounded import OrgSlots
 from read_api.executions import router as executions_router
 from read_api.history import router as history_router
 from reporunner.worker import Worker
 from write_api import COMMAND_PROBLEMS, include_write_api
+from write_api.bulkhead import SyncRunBulkhead
 
 log = structlog.get_logger("reporunner")
 
@@ -121,6 +122,7 @@ def create_execution_services(
                 max_wait_ms=settings.wait_max_ms,
                 allowed_http_hosts=settings.allowed_http_hosts(),
                 max_execution_ms=settings.execution_max_ms,
+                max_execution_bytes=settings.execution_max_bytes,
             ),
         ),
         http,
@@ -157,6 +159,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         # Commands run in the thread pool (eventsourcing is synchronous). A few
         # threads keep PostgreSQL busy; dozens only fight over the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.command_threads
+        app.state.sync_runs = SyncRunBulkhead(settings.sync_run_threads, settings.sync_runs_per_org)
         engine = create_engine(
             target,
             pool_size=settings.db_pool_size,
@@ -165,7 +168,9 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.state.engine = engine
         app.state.pg_target = target
         app.state.settings = settings
-        app.state.pipeline_slots = OrgSlots(settings.pipelines_per_org, "pipelines")
+        app.state.pipeline_slots = OrgSlots(
+            settings.pipelines_per_org, "pipelines", "REPORUNNER_PIPELINES_PER_ORG"
+        )
         app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
         redis_client = (
             connect_redis(

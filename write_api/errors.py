@@ -6,7 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from commands import IdempotencyKeyReused, VersionConflict, WorkflowNotFound
-from commands.errors import ExecutionNotFound, NoSuchVersion, WorkflowBusy
+from commands.errors import (
+    ExecutionAnswerUnavailable,
+    ExecutionInProgress,
+    ExecutionNotFound,
+    NoSuchVersion,
+    WorkflowBusy,
+)
 from domain.errors import ExecutionFinished, ExecutionInputInvalid
 from infrastructure.problems import Problem, problem_type
 
@@ -56,6 +62,27 @@ def _no_such_version(exc: NoSuchVersion) -> Problem:
     )
 
 
+def _in_progress(exc: ExecutionInProgress) -> Problem:
+    return Problem(
+        409,
+        str(exc),
+        type_=problem_type("execution-in-progress"),
+        headers={"Location": f"/v1/executions/{exc.execution_id}", "Retry-After": "1"},
+        execution_id=str(exc.execution_id),
+    )
+
+
+def _answer_unavailable(exc: ExecutionAnswerUnavailable) -> Problem:
+    # Recorded, so never a 500: the client gets the id and reads the rest.
+    return Problem(
+        503,
+        str(exc),
+        type_=problem_type("execution-answer-unavailable"),
+        headers={"Location": f"/v1/executions/{exc.execution_id}", "Retry-After": "1"},
+        execution_id=str(exc.execution_id),
+    )
+
+
 COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     NoSuchVersion: _no_such_version,
     WorkflowNotFound: _not_found,
@@ -65,4 +92,6 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     VersionConflict: _conflict,
     WorkflowBusy: _busy,
     IdempotencyKeyReused: _key_reused,
+    ExecutionInProgress: _in_progress,
+    ExecutionAnswerUnavailable: _answer_unavailable,
 }

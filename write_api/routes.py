@@ -28,6 +28,7 @@ from infrastructure.auth import Permission, Principal
 from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
+from write_api.bulkhead import SyncRunBulkhead
 
 router = APIRouter(prefix="/v1", tags=["workflows"])
 
@@ -278,17 +279,24 @@ def _execution_response(result: ExecutionResult) -> Response:
         200: _EXECUTION_RESPONSE,
         202: {"description": "Queued for a worker"},
         404: _PROBLEM,
+        409: _PROBLEM,
         410: _PROBLEM,
         422: _PROBLEM,
+        429: _PROBLEM,
     },
     openapi_extra=_documented(RunWorkflow, _IDEMPOTENCY_DOC),
 )
 async def run_workflow(workflow_id: UUID, request: Request) -> Response:
     principal = await authorize(request, Permission.EXECUTE_WORKFLOWS)
     command = await _parse(request, RunWorkflow)
-    result = await run_in_threadpool(
-        _executions(request).start, workflow_id, command, _context(request, principal)
-    )
+    start = _executions(request).start
+    context = _context(request, principal)
+    if command.mode == "sync":
+        # Its own pool, so long runs never hold the command threads.
+        bulkhead: SyncRunBulkhead = request.app.state.sync_runs
+        result = await bulkhead.run(principal.org_id, start, workflow_id, command, context)
+    else:
+        result = await run_in_threadpool(start, workflow_id, command, context)
     return _execution_response(result)
 
 

@@ -14,12 +14,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import uvicorn
 
 from commands import WorkflowApplication, WorkflowCommands
 from infrastructure.database import PgTarget
 from infrastructure.settings import Settings
-from reporunner.wiring import create_execution_services, start_workers
-from tests.helpers import trigger, workflow_body
+from reporunner.wiring import create_app, create_execution_services, start_workers
+from tests.helpers import free_port, trigger, workflow_body
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +357,210 @@ def test_http_request_reaches_a_listed_host_and_refuses_others_before_connecting
     body = client.post(f"/v1/workflows/{unlisted}/executions", json={}, headers=owner).json()
     assert body["status"] == "failed" and "localhost" in body["error"], body
     assert requests == ["/hook"]  # nothing reached the server
+
+
+# -- budgets, side effects and bulkheads (issue 11, items 4-6) -------------------------
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Answers 200 with a 100-byte body, one byte every half second."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", "100")
+        self.end_headers()
+        try:
+            for _ in range(100):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:  # the client cut the exchange: what we want
+            pass
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def trickle_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("node_timeout_ms", "settings", "error"),
+    [
+        (1000, {}, "took longer than"),
+        (10_000, {"timeout_ms": 1000}, "execution timed out after 1000 ms"),
+    ],
+    ids=["node timeout", "execution timeout"],
+)
+def test_a_trickling_server_cannot_keep_a_run_past_its_timeout(
+    client: httpx.Client,
+    owner: dict[str, str],
+    trickle_server: str,
+    node_timeout_ms: int,
+    settings: dict[str, Any],
+    error: str,
+) -> None:
+    workflow_id = _workflow(
+        client,
+        owner,
+        [
+            trigger(),
+            _node("call", "http_request", url=f"{trickle_server}/", timeout_ms=node_timeout_ms),
+        ],
+        settings=settings,
+    )
+    began = time.monotonic()
+    response = client.post(
+        f"/v1/workflows/{workflow_id}/executions", json={"mode": "sync"}, headers=owner
+    )
+    elapsed = time.monotonic() - began
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "failed", body
+    assert error in body["error"]
+    assert elapsed < 1.2, elapsed
+
+
+class _SlowCounter(http.server.BaseHTTPRequestHandler):
+    """Counts POSTs, answering each after a pause (so racing runs overlap)."""
+
+    posts: list[str]
+
+    def do_POST(self) -> None:
+        self.posts.append(self.path)
+        time.sleep(0.3)
+        payload = b'{"done": true}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def roomy_api_url(db_target: PgTarget, app_settings: Settings) -> Iterator[str]:
+    """The service with room for 8 sync runs per organisation (the default is 4)."""
+    settings = app_settings.model_copy(update={"sync_run_threads": 16, "sync_runs_per_org": 8})
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, db_target, roles=("write-api", "read-api")),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_racing_keyed_sync_runs_make_one_call_and_give_one_answer(
+    owner: dict[str, str], roomy_api_url: str
+) -> None:
+    api_url = roomy_api_url
+    posts: list[str] = []
+    handler = type("Counter", (_SlowCounter,), {"posts": posts})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/charge"
+        with httpx.Client(base_url=api_url, timeout=30) as client:
+            workflow_id = _workflow(
+                client, owner, [trigger(), _node("call", "http_request", method="POST", url=url)]
+            )
+        key = {"Idempotency-Key": f"charge-{uuid.uuid4()}"}
+        answers: list[httpx.Response] = []
+        barrier = threading.Barrier(8)
+
+        def post() -> None:
+            with httpx.Client(base_url=api_url, timeout=30) as own:
+                barrier.wait()
+                answers.append(
+                    own.post(
+                        f"/v1/workflows/{workflow_id}/executions",
+                        json={"input": {"amount": 5}, "mode": "sync"},
+                        headers={**owner, **key},
+                    )
+                )
+
+        threads = [threading.Thread(target=post) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        server.shutdown()
+    assert posts == ["/charge"]
+    finished = [answer.json() for answer in answers if answer.status_code == 200]
+    conflicts = [answer.json() for answer in answers if answer.status_code == 409]
+    assert len(finished) + len(conflicts) == 8, [a.text for a in answers]
+    assert finished, "at least the run that made the call answers with its result"
+    assert all(body == finished[0] for body in finished)
+    assert finished[0]["status"] == "succeeded"
+    ids = {body["execution_id"] for body in finished + conflicts}
+    assert len(ids) == 1
+
+
+def test_one_organisations_sync_runs_leave_the_others_commands_fast(
+    owner: dict[str, str], make_key: Any, roomy_api_url: str
+) -> None:
+    other = {"Authorization": f"Bearer {make_key(f'other-{uuid.uuid4().hex[:8]}', 'owner')}"}
+    with httpx.Client(base_url=roomy_api_url, timeout=30) as client:
+        workflow_id = _workflow(client, owner, [trigger(), _node("nap", "wait", ms=3000)])
+    answers: list[httpx.Response] = []
+
+    def run_sync() -> None:
+        with httpx.Client(base_url=roomy_api_url, timeout=30) as own:
+            answers.append(
+                own.post(
+                    f"/v1/workflows/{workflow_id}/executions", json={"mode": "sync"}, headers=owner
+                )
+            )
+
+    # Ten at once: eight fill this organisation's share (more than the eight
+    # command threads, which they once shared), two are refused.
+    runs = [threading.Thread(target=run_sync) for _ in range(10)]
+    for thread in runs:
+        thread.start()
+    time.sleep(0.5)  # they are all in their waits by now
+    latencies = []
+    with httpx.Client(base_url=roomy_api_url, timeout=30) as client:
+        for index in range(20):
+            began = time.monotonic()
+            created = client.post(
+                "/v1/workflows", json=workflow_body(name=f"meanwhile {index}"), headers=other
+            )
+            latencies.append(time.monotonic() - began)
+            assert created.status_code == 201, created.text
+    still_running = sum(thread.is_alive() for thread in runs)
+    for thread in runs:
+        thread.join()
+    assert still_running >= 8, "the creates were measured while the sync runs held their threads"
+    p95 = sorted(latencies)[int(len(latencies) * 0.95) - 1]
+    assert p95 < 0.1, latencies
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [200] * 8 + [429] * 2
+    refused = next(answer for answer in answers if answer.status_code == 429)
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "sync runs" in refused.json()["detail"]

@@ -201,3 +201,96 @@ def test_a_killed_worker_leaves_nothing_running(
     assert execution.status == "crashed" and "stopped responding" in (execution.error or "")
     assert execution.node_runs[-1]["status"] == "interrupted"
     assert _queue_rows(db_target, started.execution_id) == 0
+
+
+def test_a_sync_run_recorded_but_not_answerable_still_names_its_execution(
+    services: ExecutionServices,
+    commands: WorkflowCommands,
+    org: str,
+    db_target: PgTarget,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The database goes away between the commit and the answer: the run is in
+    # the log, so the client must learn its id (503 with it), never a bare 500.
+    from commands.errors import ExecutionAnswerUnavailable
+
+    workflow_id = _workflow(commands, org, trigger(), {"id": "n", "type": "noop", "parameters": {}})
+
+    def gone(*_args: Any) -> int:
+        raise psycopg.OperationalError("the database went away")
+
+    monkeypatch.setattr(services.commands.app.event_store, "position_of", gone)
+    with pytest.raises(ExecutionAnswerUnavailable) as raised:
+        services.commands.start(workflow_id, RunWorkflow(input={}, mode="sync"), _ctx(org))
+    execution_id = raised.value.execution_id
+    monkeypatch.undo()
+    recorded = services.runner.load(execution_id)
+    assert recorded is not None and recorded.status == "succeeded"
+
+
+def test_a_keyed_sync_request_waits_for_the_run_of_an_identical_one(
+    services: ExecutionServices, commands: WorkflowCommands, org: str
+) -> None:
+    # The second request finds the first one's run recorded but not finished:
+    # it answers with the end, never with "running".
+    workflow_id = _workflow(commands, org, trigger(), _wait(1000))
+    key = f"k-{uuid.uuid4()}"
+    answers: list[Any] = []
+
+    def start() -> None:
+        answers.append(
+            services.commands.start(workflow_id, RunWorkflow(input={}, mode="sync"), _ctx(org, key))
+        )
+
+    first = threading.Thread(target=start)
+    first.start()
+    time.sleep(0.5)  # the first run is in its wait, recorded as running
+    start()
+    first.join()
+    assert [answer.status for answer in answers] == ["succeeded", "succeeded"]
+    assert answers[0].execution_id == answers[1].execution_id
+
+
+def test_a_keyed_sync_request_whose_run_never_ends_gets_409_with_its_id(
+    services: ExecutionServices, commands: WorkflowCommands, org: str
+) -> None:
+    # A run recorded as running whose process died mid-run (no one will end
+    # it before its lease expires): past its timeout the identical request
+    # answers 409 naming it, never "running".
+    from commands.errors import ExecutionInProgress
+    from commands.handlers import request_fingerprint
+    from domain.meta import EventMeta
+    from infrastructure.eventstore import IdempotencyRecord
+
+    body = workflow_body(
+        nodes=[trigger(), _wait(100)],
+        connections=[{"from": "start", "to": "nap"}],
+        settings={"timeout_ms": 100},
+    )
+    workflow_id = commands.create(CreateWorkflow(**body), _ctx(org)).workflow_id
+    key = f"k-{uuid.uuid4()}"
+    ctx = _ctx(org, key)
+    command = RunWorkflow(input={}, mode="sync")
+    meta = EventMeta(org_id=org, actor=ctx.actor, correlation_id=ctx.correlation_id)
+    execution = Execution.create(
+        execution_id=uuid.uuid4(),
+        workflow_id=workflow_id,
+        workflow_version=1,
+        workflow_revision=1,
+        mode="sync",
+        input={},
+        meta=meta,
+    )
+    execution.start(worker_id="api:gone", meta=meta)
+    record = IdempotencyRecord(
+        org_id=org,
+        key=key,
+        request_hash=request_fingerprint(ctx, "execute", workflow_id, None, command.model_dump()),
+        aggregate_id=execution.id,
+        aggregate_version=1,
+        status_code=200,
+    )
+    services.commands.app.save(execution, idempotency=record)
+    with pytest.raises(ExecutionInProgress) as raised:
+        services.commands.start(workflow_id, command, ctx)
+    assert raised.value.execution_id == execution.id

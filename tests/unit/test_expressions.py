@@ -8,11 +8,13 @@ import pytest
 
 from domain.expressions import (
     MAX_CONCAT_LENGTH,
+    MAX_EVALUATION_BYTES,
     MAX_EVALUATION_STEPS,
     MAX_RESULT_BYTES,
     MAX_SOURCE_CHARS,
     CompiledExpression,
     ExpressionError,
+    ExpressionTimeout,
     compile_expression,
 )
 
@@ -219,3 +221,36 @@ def test_evaluation_does_not_mutate_the_item() -> None:
     item = {"tags": ["a"], "o": {"k": 1}}
     evaluate("item.tags + ['b']", item)
     assert item == {"tags": ["a"], "o": {"k": 1}}
+
+
+def test_out_of_time_is_polled_during_the_evaluation() -> None:
+    polls = 0
+
+    def out_of_time() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls > 100
+
+    expression = compile_expression("item.l.map(x, x * 2)")
+    with pytest.raises(ExpressionTimeout):
+        expression.evaluate({"l": list(range(1000))}, out_of_time=out_of_time)
+    assert polls == 101  # it stopped at the first poll that said so
+
+
+def test_out_of_time_is_polled_while_binding_a_big_item() -> None:
+    with pytest.raises(ExpressionTimeout, match="binding"):
+        compile_expression("1").evaluate({"l": list(range(10_000))}, out_of_time=lambda: True)
+
+
+def test_values_a_step_yields_are_charged_so_a_scan_per_element_stops() -> None:
+    # Each `x in item.l` touches the whole list: far under the step budget,
+    # but 40,000 x 40,000 comparisons; the bytes handled stop it at once.
+    expression = compile_expression("item.l.map(x, x in item.l)")
+    with pytest.raises(ExpressionError, match=f"more than {MAX_EVALUATION_BYTES} bytes"):
+        expression.evaluate({"l": list(range(40_000))})
+
+
+def test_a_value_passed_up_unchanged_is_charged_once() -> None:
+    # A 1 MiB string passes through a dozen grammar rules on its way up.
+    big = "x" * (1024 * 1024)
+    assert compile_expression("size(item.s)").evaluate({"s": big}) == len(big)
