@@ -32,9 +32,9 @@ from commands import WorkflowApplication
 from infrastructure.database import DatabaseUrlError, PgTarget, create_engine
 from infrastructure.eventstore import EventStoreFactory, eventsourcing_env
 from infrastructure.queue import ExecutionQueue
-from projections.relay import Relay
 from infrastructure.settings import Settings
 from projections.audit_chain import AuditChainFollower
+from projections.relay import Relay
 from projections.runner import Projector
 from projections.workflows import WorkflowsProjection
 from reporunner.wiring import create_workflow_application
