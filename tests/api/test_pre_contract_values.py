@@ -121,6 +121,7 @@ def test_an_execution_with_old_input_reads_back_and_the_audit_log_answers_everyo
         id=uuid.uuid4(),
         workflow_id=uuid.uuid4(),
         workflow_version=1,
+        workflow_revision=None,
         mode="async",
         input={"s": "a\x00b", "n": math.nan, "big": 1e20},
         meta=meta.as_dict(),

@@ -1,0 +1,97 @@
+"""The README's walk-through, pasted as one script against a live ``reporunner serve``.
+
+The first release's walk-through failed at its last DELETE when run this way;
+this keeps the README true.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from infrastructure.database import PgTarget
+from tests.helpers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="the walk-through uses curl")
+
+
+def walkthrough_script() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## A walk through with curl", 1)[1]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match, "the walk-through's shell block is missing"
+    return match.group(1)
+
+
+@pytest.fixture
+def own_database(server_target: PgTarget) -> Iterator[PgTarget]:
+    name = f"reporunner_walk_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server_target.with_dbname(name)
+    finally:
+        with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_walkthrough_runs_as_one_script(own_database: PgTarget, tmp_path: Path) -> None:
+    port = free_port()
+    server_log = (tmp_path / "serve.log").open("wb")
+    env = {**os.environ, "DATABASE_URL": own_database.url(), "REPORUNNER_LOG_FORMAT": "json"}
+    env.pop("REDIS_URL", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "reporunner", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_ready(server, f"http://127.0.0.1:{port}", tmp_path / "serve.log")
+        script = walkthrough_script().replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
+        if not (ROOT / ".venv/bin/reporunner").exists():
+            script = script.replace(".venv/bin/reporunner", f"{sys.executable} -m reporunner")
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=40)
+        server_log.close()
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert '"status":"succeeded"' in done.stdout
+    assert '"greeting":"hello"' in done.stdout
+    # The DELETE's answer, last: revision 3, although a run came between.
+    assert re.search(r'"version":3,"position":\d+\}\s*$', done.stdout), done.stdout
+
+
+def _wait_ready(server: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("serve did not become ready")
