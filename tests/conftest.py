@@ -12,17 +12,13 @@ import asyncio
 import os
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, settings
 
-import migrations
 from commands import WorkflowApplication, WorkflowCommands
 from infrastructure.auth import ApiKeyStore, Role
 from infrastructure.database import DatabaseUrlError, PgTarget, create_engine
@@ -33,7 +29,7 @@ from projections.executions import ExecutionsProjection
 from projections.runner import Projector, start_in_thread
 from projections.workflows import WorkflowsProjection
 from reporunner.wiring import create_app, create_workflow_application
-from tests.helpers import free_port
+from tests.helpers import scratch_database, serving
 
 settings.register_profile(
     "reporunner", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -70,16 +66,8 @@ def server_target() -> PgTarget:
 @pytest.fixture(scope="session")
 def db_target(server_target: PgTarget) -> Iterator[PgTarget]:
     """A database of our own for this run, migrated to head, dropped afterwards."""
-    name = f"reporunner_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    target = server_target.with_dbname(name)
-    migrations.upgrade(target)
-    try:
+    with scratch_database(server_target, "reporunner_test") as target:
         yield target
-    finally:
-        with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -184,25 +172,7 @@ def live_executions_projector(
 @pytest.fixture(scope="session")
 def api_url(db_target: PgTarget, app_settings: Settings) -> Iterator[str]:
     """A real uvicorn server running the service, for HTTP tests."""
-    port = free_port()
     # Projectors run where a test asks for them (see live_projector), so tests
     # that drive projection by hand are not raced by a background one.
-    config = uvicorn.Config(
-        create_app(app_settings, db_target, roles=("write-api", "read-api")),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(app_settings, db_target, roles=("write-api", "read-api"))) as url:
+        yield url

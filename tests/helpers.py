@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import psycopg
+import uvicorn
+
+import migrations
+from infrastructure.database import PgTarget
 
 
 def trigger(node_id: str = "start") -> dict[str, Any]:
@@ -48,3 +59,44 @@ def record_run(app: Any, workflow_id: Any) -> None:
     meta = EventMeta(org_id=workflow.org_id, actor="worker:test", correlation_id="run")
     workflow.record_execution(uuid.uuid4(), "succeeded", workflow.revision, meta)
     app.save(workflow)
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """A real uvicorn server for ``app`` on a free port, in a thread; yields its base URL.
+
+    Real sockets, so clients can time out and disconnect as they would in production.
+    """
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def scratch_database(server: PgTarget, prefix: str, *, migrate: bool = True) -> Iterator[PgTarget]:
+    """A database of its own on ``server`` (migrated to head unless told not to), dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        target = server.with_dbname(name)
+        if migrate:
+            migrations.upgrade(target)
+        yield target
+    finally:
+        with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

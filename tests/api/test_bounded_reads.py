@@ -17,14 +17,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from starlette.testclient import TestClient
 
 from infrastructure.database import PgTarget
 from infrastructure.settings import Settings
 from projections.reference import matches
 from reporunner.wiring import create_app
-from tests.helpers import free_port, workflow_body
+from tests.helpers import serving, workflow_body
 
 pytestmark = pytest.mark.usefixtures("live_projector")
 
@@ -44,28 +43,8 @@ FEW_CONNECTIONS = {"db_pool_size": 2, "db_max_overflow": 2}
 @contextmanager
 def serve(settings: Settings, target: PgTarget) -> Iterator[str]:
     """A real uvicorn server (clients can disconnect from it) with these settings."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, target, roles=("write-api", "read-api")),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(settings, target, roles=("write-api", "read-api"))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

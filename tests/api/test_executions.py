@@ -14,13 +14,12 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
 
 from commands import WorkflowApplication, WorkflowCommands
 from infrastructure.database import PgTarget
 from infrastructure.settings import Settings
 from reporunner.wiring import create_app, create_execution_services, start_workers
-from tests.helpers import free_port, trigger, workflow_body
+from tests.helpers import serving, trigger, workflow_body
 
 
 @pytest.fixture(scope="module")
@@ -453,25 +452,8 @@ class _SlowCounter(http.server.BaseHTTPRequestHandler):
 def roomy_api_url(db_target: PgTarget, app_settings: Settings) -> Iterator[str]:
     """The service with room for 8 sync runs per organisation (the default is 4)."""
     settings = app_settings.model_copy(update={"sync_run_threads": 16, "sync_runs_per_org": 8})
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, db_target, roles=("write-api", "read-api")),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(settings, db_target, roles=("write-api", "read-api"))) as url:
+        yield url
 
 
 def test_racing_keyed_sync_runs_make_one_call_and_give_one_answer(

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,9 +29,7 @@ import httpx
 import psycopg
 import pytest
 import redis
-import uvicorn
 
-import migrations
 from commands import WorkflowApplication
 from domain.execution import Execution
 from domain.meta import EventMeta
@@ -50,7 +47,7 @@ from projections.relay import RELAY_NAME
 from projections.runner import Projector
 from projections.workflows import WorkflowsProjection
 from reporunner.wiring import create_app, create_workflow_application
-from tests.helpers import free_port, workflow_body
+from tests.helpers import scratch_database, serving, workflow_body
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,16 +61,8 @@ PLANTED = "PLANTED-VALUE"
 @pytest.fixture(scope="module")
 def db_target(server_target: PgTarget) -> Iterator[PgTarget]:
     """A database of this module's own: its log holds events no view can apply."""
-    name = f"reporunner_test_dead_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    target = server_target.with_dbname(name)
-    migrations.upgrade(target)
-    try:
+    with scratch_database(server_target, "reporunner_test_dead") as target:
         yield target
-    finally:
-        with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -101,25 +90,8 @@ def service_settings(app_settings: Settings) -> Settings:
 @pytest.fixture(scope="module")
 def api(db_target: PgTarget, service_settings: Settings) -> Iterator[str]:
     """Every role of the service, live, as ``serve`` runs it."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(service_settings, db_target),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(service_settings, db_target)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

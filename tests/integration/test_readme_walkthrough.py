@@ -12,16 +12,14 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from infrastructure.database import PgTarget
-from tests.helpers import free_port
+from tests.helpers import free_port, scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,14 +36,9 @@ def walkthrough_script() -> str:
 
 @pytest.fixture
 def own_database(server_target: PgTarget) -> Iterator[PgTarget]:
-    name = f"reporunner_walk_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server_target.with_dbname(name)
-    finally:
-        with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """Empty: ``serve`` migrates it, as on a user's first start."""
+    with scratch_database(server_target, "reporunner_walk", migrate=False) as target:
+        yield target
 
 
 def test_the_walkthrough_runs_as_one_script(own_database: PgTarget, tmp_path: Path) -> None:

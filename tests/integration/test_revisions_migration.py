@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,22 +17,14 @@ from projections.rebuild import verify
 from projections.runner import Projector
 from projections.workflows import WorkflowsProjection
 from reporunner.wiring import create_workflow_application
-from tests.helpers import record_run, workflow_body
+from tests.helpers import record_run, scratch_database, workflow_body
 
 
 @pytest.fixture
 def own_database(server_target: PgTarget) -> Iterator[PgTarget]:
     """A database of this test's own: it migrates down and up."""
-    name = f"reporunner_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        target = server_target.with_dbname(name)
-        migrations.upgrade(target)
+    with scratch_database(server_target, "reporunner_test") as target:
         yield target
-    finally:
-        with psycopg.connect(server_target.conninfo(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _views(target: PgTarget) -> dict[str, list[Any]]:
