@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-read bench-executions bench-audit bench-bus clean
+.PHONY: run test lint format bench bench-read bench-executions bench-audit bench-bus bench-validate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -44,6 +44,9 @@ bench-audit: $(STAMP)
 
 bench-bus: $(STAMP)
 	$(BIN)/python bench/bus.py $(ARGS)
+
+bench-validate: $(STAMP)
+	$(BIN)/python bench/validation.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

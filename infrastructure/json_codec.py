@@ -53,12 +53,15 @@ def _int_or_float(numeral: str) -> int | float:
     return float(numeral)  # no int() first: Python refuses numerals past 4300 digits
 
 
-def dumps_answer(value: Any) -> bytes:
-    """``value`` as JSON for an answer; content that orjson refuses is carried, not fatal."""
+def dumps_answer(value: Any, default: Any = None) -> bytes:
+    """``value`` as JSON for an answer; content that orjson refuses is carried, not fatal.
+
+    ``default`` is orjson's hook for types it does not know (problems use ``str``).
+    """
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, default=default)
     except orjson.JSONEncodeError:
-        return orjson.dumps(_carryable(value))
+        return orjson.dumps(_carryable(value), default=default)
 
 
 def _carryable(value: Any) -> Any:

@@ -10,12 +10,14 @@ import logging
 import sys
 from typing import Any, TextIO
 
-import orjson
 import structlog
+
+from infrastructure.json_codec import dumps_answer
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
-    return orjson.dumps(obj, default=default).decode()
+    # A logged message may quote a client's input: never fail on its content.
+    return dumps_answer(obj, default=default).decode()
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from starlette.responses import Response
+
+from infrastructure.json_codec import dumps_answer
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -60,7 +61,8 @@ class Problem(Exception):
             body["instance"] = instance
         body.update(self.extra)
         return Response(
-            content=orjson.dumps(body, default=str),
+            # A detail may quote the client's input, lone surrogates and all.
+            content=dumps_answer(body, default=str),
             status_code=self.status,
             media_type=PROBLEM_CONTENT_TYPE,
             headers=self.headers,

@@ -320,6 +320,11 @@ def test_a_state_that_does_not_decode_is_dead_lettered_by_the_relay_which_goes_o
     _wait_for(lambda: _tracking(db_target, RELAY_NAME) >= created["position"], "the relay")
     [letter] = [x for x in _letters(db_target, RELAY_NAME) if x.position == broken]
     assert letter.org_id is None and letter.resolved_at is None
+    # The projection gives up on it in its own time (its retries back off).
+    _wait_for(
+        lambda: broken in [x.position for x in _letters(db_target, "workflows")],
+        "the workflows projection's dead letter",
+    )
     assert [x.position for x in _letters(db_target, "workflows")].count(broken) == 1
     got = _read(client, y_auth, f"/v1/workflows/{created['id']}", created["position"])
     assert got.status_code == 200

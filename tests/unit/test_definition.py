@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import pickle
-import time
 import uuid
 from typing import Any
 
@@ -892,7 +891,8 @@ def test_malformed_input_gives_problems_not_exceptions(overrides: dict[str, Any]
     assert all(isinstance(p, Problem) and p.loc and p.msg for p in found)
 
 
-def test_500_nodes_and_2000_connections_in_well_under_50ms() -> None:
+def largest_definition() -> dict[str, Any]:
+    """500 nodes of every kind and 2,000 connections: the limits at once."""
     kinds = [
         {"type": "noop", "parameters": {}},
         {"type": "set", "parameters": {"fields": {"a.b": 1, "c": [1, 2]}}},
@@ -906,17 +906,14 @@ def test_500_nodes_and_2000_connections_in_well_under_50ms() -> None:
         for step in (1, 7, 31, 97, 211):
             if i + step < 500 and len(connections) < 2000:
                 connections.append(edge(f"n{i}", f"n{i + step}"))
-    assert len(connections) == 2000
-    body = definition(nodes=nodes, connections=connections)
-    validate_definition(**body)
-    best = min(_timed(body) for _ in range(5))
-    assert best < 0.050, f"{best * 1000:.1f} ms"
+    return definition(nodes=nodes, connections=connections)
 
 
-def _timed(body: dict[str, Any]) -> float:
-    started = time.perf_counter()
+def test_500_nodes_and_2000_connections_are_a_valid_definition() -> None:
+    """How fast this validates is measured by ``bench/validation.py``, not asserted here."""
+    body = largest_definition()
+    assert len(body["connections"]) == 2000
     validate_definition(**body)
-    return time.perf_counter() - started
 
 
 def test_nul_characters_are_refused_wherever_they_are() -> None:
