@@ -7,6 +7,7 @@ counters always agree with the execution documents they count.
 was queued, ``updated`` = its last event)::
 
     {id, workflow_id, workflow_version, workflow_revision, mode, status, input, version,
+     trigger, retry_of, reused_nodes, retried_by,
      created_at, created_by, updated_at, started_at, finished_at, duration_ms,
      worker_id, error, output, output_truncated, canceled_by,
      node_runs: [{node_id, attempt, status, started_at, finished_at,
@@ -16,6 +17,13 @@ was queued, ``updated`` = its last event)::
 ``workflow_revision`` is the revision that ran (what clients call the
 workflow's version); absent for executions queued before Queued recorded
 it, so a rebuild gives the same documents as the live view.
+
+``trigger`` is ``manual`` for a plain run (and for executions queued before
+Queued recorded it) and ``retry`` for a retry, whose ``retry_of`` is the
+execution it retries (else null) and ``reused_nodes`` the nodes whose
+recorded outputs it took. The retried execution's ``retried_by`` lists its
+retries' ids in log order; adding one changes that document's data and
+position but not its ``version`` or ``updated`` (no event of its own).
 
 ``execution_stats`` documents count executions: each execution is counted
 once, in the bucket of its queued time, under its *current* status (a
@@ -169,7 +177,9 @@ class ExecutionsProjection:
         by_id = [(str(e.originator_id), e) for e in events]
         queued_here = {i: e for i, e in by_id if isinstance(e, ExecutionQueuedEvent)}
         earlier = {i for i, _ in by_id if i not in queued_here}
-        view.prefetch(EXECUTIONS, earlier)
+        # A retry also adds itself to the document of the execution it retries.
+        retried = {str(e.retry_of) for e in queued_here.values() if _retry_of(e) is not None}
+        view.prefetch(EXECUTIONS, earlier | (retried - queued_here.keys()))
         counters: set[str] = set()
         for event in queued_here.values():
             keys = _counter_keys(event.meta["org_id"], str(event.workflow_id), event.timestamp)
@@ -189,6 +199,8 @@ class ExecutionsProjection:
             execution = _queued_document(event, position)
             view.put(EXECUTIONS, execution)
             _count(view, execution, position, {"queued": 1})
+            if execution.data["retry_of"] is not None:
+                _add_retry(view, execution.data["retry_of"], execution.id, position)
             return
         execution_id = str(event.originator_id)
         existing = view.get(EXECUTIONS, execution_id)
@@ -223,6 +235,19 @@ class ExecutionsProjection:
             )
 
 
+def _retry_of(event: Any) -> Any:
+    # Queued events recorded before retries existed have no retry_of.
+    return getattr(event, "retry_of", None)
+
+
+def _add_retry(view: ViewBatch, retried_id: str, retry_id: str, position: int) -> None:
+    retried = view.get(EXECUTIONS, retried_id)
+    if retried is None:
+        raise LookupError(f"execution {retry_id} retries unknown execution {retried_id}")
+    data = {**retried.data, "retried_by": [*retried.data.get("retried_by", []), retry_id]}
+    view.put(EXECUTIONS, replace(retried, data=data, position=position))
+
+
 def _queued_document(event: Any, position: int) -> Document:
     at = event.timestamp.isoformat()
     data: dict[str, Any] = {
@@ -233,6 +258,10 @@ def _queued_document(event: Any, position: int) -> Document:
         "status": "queued",
         "input": event.input,
         "version": event.originator_version,
+        "trigger": getattr(event, "trigger", "manual"),
+        "retry_of": None if _retry_of(event) is None else str(event.retry_of),
+        "reused_nodes": list(getattr(event, "reused_nodes", None) or []),
+        "retried_by": [],
         "created_at": at,
         "created_by": event.meta["actor"],
         "updated_at": at,

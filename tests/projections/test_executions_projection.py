@@ -209,6 +209,10 @@ def test_an_execution_with_node_runs_is_projected_whole(
         "status": "succeeded",
         "input": [{"x": 1}, {"x": 2}],
         "version": 9,
+        "trigger": "manual",
+        "retry_of": None,
+        "reused_nodes": [],
+        "retried_by": [],
         "created_at": queued_at.isoformat(),
         "created_by": "apikey:t",
         "updated_at": clock.now.isoformat(),
@@ -451,3 +455,54 @@ def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
             == expected_figures(runs, period.previous, workflow_id)["totals"]
         )
         assert sum(point["executions"] for point in figures["series"]) == expected["totals"]["all"]
+
+
+def test_retries_are_linked_both_ways_and_a_rebuild_equals_the_live_view(
+    workflow_app: WorkflowApplication, db_target: PgTarget, org: str, clock: Clock
+) -> None:
+    workflow_id = uuid.uuid4()
+    # batch_size 1: each retry meets the document it links to in another batch.
+    projector = Projector(workflow_app, db_target, ExecutionsProjection(), batch_size=1)
+    first = queue(org, workflow_id)
+    drive(first, "failed", clock, org)
+    save(workflow_app, first)
+    retries = []
+    for _ in range(2):
+        retry = queue(org, workflow_id, retry_of=first)
+        drive(retry, "crashed", clock, org)
+        save(workflow_app, retry)
+        retries.append(retry)
+    again = queue(org, workflow_id, retry_of=retries[0])
+    save(workflow_app, again)
+    catch_up(projector)
+
+    data, _, version, _ = document(db_target, "doc_executions", str(first.id))
+    assert (data["trigger"], data["retry_of"]) == ("manual", None)
+    assert data["retried_by"] == [str(r.id) for r in retries]
+    assert version == first.version  # linking a retry is no event of its own
+    retry_data = document(db_target, "doc_executions", str(retries[0].id))[0]
+    assert (retry_data["trigger"], retry_data["retry_of"]) == ("retry", str(first.id))
+    assert retry_data["retried_by"] == [str(again.id)]
+    assert retry_data["status"] == "crashed"
+
+    rebuild(projector)  # one batch: retries meet their retried documents in it
+    assert verify(projector).ok
+    assert document(db_target, "doc_executions", str(first.id))[0] == data
+
+
+def test_queued_events_from_before_retries_project_as_manual_runs(
+    workflow_app: WorkflowApplication, projector: Projector, db_target: PgTarget, org: str
+) -> None:
+    execution = queue(org, uuid.uuid4())
+    [queued] = execution.pending_events
+    for name in ("trigger", "retry_of", "reused_nodes"):
+        del queued.__dict__[name]  # as an earlier release recorded it
+    save(workflow_app, execution)
+    catch_up(projector)
+    data = document(db_target, "doc_executions", str(execution.id))[0]
+    assert (data["trigger"], data["retry_of"], data["reused_nodes"], data["retried_by"]) == (
+        "manual",
+        None,
+        [],
+        [],
+    )
