@@ -70,6 +70,10 @@ def _workflow(client: httpx.Client, headers: dict[str, str], nodes: list[Any]) -
     return response.json()["id"]  # type: ignore[no-any-return]
 
 
+def _failing_workflow(client: httpx.Client, headers: dict[str, str]) -> str:
+    return _workflow(client, headers, [trigger(), _node("boom", "stop_and_error", message="x")])
+
+
 def _run(client: httpx.Client, headers: dict[str, str], workflow_id: str, **body: Any) -> Any:
     response = client.post(
         f"/v1/workflows/{workflow_id}/executions",
@@ -162,7 +166,7 @@ def test_retry_from_the_failed_node_reuses_what_succeeded_and_runs_the_rest(
 def test_retry_at_the_original_or_the_current_revision(
     client: httpx.Client, owner: dict[str, str]
 ) -> None:
-    workflow_id = _workflow(client, owner, [trigger(), _node("boom", "stop_and_error", message="x")])
+    workflow_id = _failing_workflow(client, owner)
     failed = _run(client, owner, workflow_id)
     fixed = client.patch(
         f"/v1/workflows/{workflow_id}",
@@ -175,9 +179,7 @@ def test_retry_at_the_original_or_the_current_revision(
     current = _retry(client, owner, failed["execution_id"], mode="sync", revision="current")
     assert current.status_code == 200, current.text
     assert current.json()["status"] == "succeeded"
-    document = _document(
-        client, owner, current.json()["execution_id"], current.json()["position"]
-    )
+    document = _document(client, owner, current.json()["execution_id"], current.json()["position"])
     assert document["workflow_revision"] == 2 and document["trigger"] == "retry"
     # A retry of a retry: the chain is visible in the list filters.
     chained = _retry(client, owner, original.json()["execution_id"], mode="sync")
@@ -221,7 +223,7 @@ def test_refused_retries_are_problems_naming_why(
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["status_now"] == "succeeded" and "succeeded" in response.json()["detail"]
 
-    workflow_id = _workflow(client, owner, [trigger(), _node("boom", "stop_and_error", message="x")])
+    workflow_id = _failing_workflow(client, owner)
     failed = _run(client, owner, workflow_id)["execution_id"]
     both = _retry(client, owner, failed, **{"from": "failed_node", "revision": "current"})
     assert both.status_code == 422 and "original" in both.text
@@ -252,7 +254,7 @@ def test_refused_retries_are_problems_naming_why(
 def test_from_the_failed_node_is_refused_when_a_needed_output_was_truncated(
     client: httpx.Client, owner: dict[str, str]
 ) -> None:
-    workflow_id = _workflow(client, owner, [trigger(), _node("boom", "stop_and_error", message="x")])
+    workflow_id = _failing_workflow(client, owner)
     # ~100 kB of items: more than the log keeps of one node's output (64 kB).
     failed = _run(client, owner, workflow_id, input=[{"s": "x" * 1000}] * 100)
     assert failed["status"] == "failed"
@@ -266,7 +268,7 @@ def test_from_the_failed_node_is_refused_when_a_needed_output_was_truncated(
 def test_a_keyed_retry_answers_once_and_a_different_one_is_422(
     client: httpx.Client, owner: dict[str, str], db_target: PgTarget
 ) -> None:
-    workflow_id = _workflow(client, owner, [trigger(), _node("boom", "stop_and_error", message="x")])
+    workflow_id = _failing_workflow(client, owner)
     failed = _run(client, owner, workflow_id)["execution_id"]
     keyed = {**owner, "Idempotency-Key": f"retry-{uuid.uuid4()}"}
     first = _retry(client, keyed, failed, mode="sync")
