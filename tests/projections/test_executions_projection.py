@@ -407,6 +407,7 @@ def expected_figures(
             st.integers(0, 59),  # minute
             st.sampled_from(OUTCOMES),
             st.integers(0, 200_000),  # duration ms
+            st.booleans(),  # a retry of the last execution that may be retried
         ),
         min_size=1,
         max_size=12,
@@ -417,7 +418,7 @@ def expected_figures(
 def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
     workflow_app: WorkflowApplication,
     db_target: PgTarget,
-    plan: list[tuple[int, int, int, str, int]],
+    plan: list[tuple[int, int, int, str, int, bool]],
     batch_size: int,
     window: tuple[int, int, int],
 ) -> None:
@@ -427,18 +428,29 @@ def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
     runs: list[tuple[str, datetime, str]] = []
     with projector.connect() as conn, stamped_by(Clock()) as clock:
         projector.ensure_tracking(conn)
-        for workflow, hour, minute, outcome, duration in plan:
+        retryable: Execution | None = None
+        retried_by: dict[str, list[str]] = {}
+        for workflow, hour, minute, outcome, duration, is_retry in plan:
             clock.now = BASE + timedelta(hours=hour, minutes=minute)
             queued_at = clock.now
-            execution = queue(org, uuid.UUID(workflows[workflow]))
+            if is_retry and retryable is not None:
+                execution = queue(org, retryable.workflow_id, retry_of=retryable)
+                retried_by.setdefault(str(retryable.id), []).append(str(execution.id))
+                workflow = workflows.index(str(retryable.workflow_id))
+            else:
+                execution = queue(org, uuid.UUID(workflows[workflow]))
             save(workflow_app, execution)
             projector.run_batch(conn)  # small batches, interleaved with writes
             drive(execution, outcome, clock, org, duration)
             workflow_app.save(execution)  # nothing new when it stays queued
             projector.run_batch(conn)
             runs.append((workflows[workflow], queued_at, execution.status))
+            if execution.status in ("failed", "canceled", "crashed"):
+                retryable = execution
     catch_up(projector)
     assert verify(projector).ok
+    for retried_id, retry_ids in retried_by.items():
+        assert document(db_target, "doc_executions", retried_id)[0]["retried_by"] == retry_ids
 
     start_hour, start_minute, minutes = window
     since = BASE + timedelta(hours=start_hour, minutes=start_minute)
