@@ -52,6 +52,7 @@ from domain.values import check_value
 __all__ = [
     "EXECUTION_MODES",
     "EXECUTION_STATUSES",
+    "EXECUTION_TRIGGERS",
     "FINISHED_STATUSES",
     "RETRYABLE_STATUSES",
     "Execution",
@@ -79,6 +80,7 @@ EXECUTION_STATUSES: Final[tuple[ExecutionStatus, ...]] = (
 FINISHED_STATUSES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "canceled", "crashed"})
 RETRYABLE_STATUSES: Final[frozenset[str]] = frozenset({"failed", "canceled", "crashed"})
 ExecutionTrigger = Literal["manual", "retry"]
+EXECUTION_TRIGGERS: Final[tuple[ExecutionTrigger, ...]] = ("manual", "retry")
 
 
 class Execution(Aggregate):

@@ -35,7 +35,11 @@ documents: its hour and its day (UTC), each for its organisation's totals
 
     {workflow_id, granularity: "hour" | "day", bucket,
      executions, queued, running, succeeded, failed, canceled, crashed,
+     by_trigger: {"<trigger>": n},
      duration_ms_sum, duration_count, duration_hist: {"<bucket index>": n}}
+
+(``by_trigger`` counts executions by their trigger, when they are queued: a
+trigger never changes, so the counts never move.)
 
 ``_id`` = ``org:granularity:workflow_id-or-*:bucket``; the document's
 ``created`` column is its bucket's start, so the summary selects counters by
@@ -147,6 +151,7 @@ def _empty_counters(granularity: str, workflow_id: str | None, bucket: datetime)
         "bucket": bucket.isoformat(),
         "executions": 0,
         **dict.fromkeys(EXECUTION_STATUSES, 0),
+        "by_trigger": {},
         "duration_ms_sum": 0,
         "duration_count": 0,
         "duration_hist": {},
@@ -198,7 +203,7 @@ class ExecutionsProjection:
         if isinstance(event, ExecutionQueuedEvent):
             execution = _queued_document(event, position)
             view.put(EXECUTIONS, execution)
-            _count(view, execution, position, {"queued": 1})
+            _count(view, execution, position, {"queued": 1}, trigger=execution.data["trigger"])
             if execution.data["retry_of"] is not None:
                 _add_retry(view, execution.data["retry_of"], execution.id, position)
             return
@@ -367,8 +372,10 @@ def _count(
     position: int,
     moves: dict[str, int],
     duration_ms: int | None = None,
+    trigger: str | None = None,
 ) -> None:
-    """Apply status moves (status -> +1/-1), and a finished run's duration, to its counters."""
+    """Apply status moves (status -> +1/-1), a finished run's duration, and a newly
+    queued one's trigger, to its counters."""
     at = execution.updated
     for counter, granularity, workflow_id, bucket in _counter_keys(
         execution.org_id, execution.data["workflow_id"], execution.created
@@ -382,6 +389,9 @@ def _count(
         for status, delta in moves.items():
             data[status] += delta
             data["executions"] += delta  # a move between statuses nets 0
+        if trigger is not None:
+            by_trigger = data.get("by_trigger", {})  # counters from before triggers: none
+            data["by_trigger"] = {**by_trigger, trigger: by_trigger.get(trigger, 0) + 1}
         if duration_ms is not None:
             index = str(duration_bucket(duration_ms))
             data["duration_ms_sum"] += duration_ms

@@ -30,9 +30,9 @@ def own_database(server_target: PgTarget) -> Iterator[PgTarget]:
         yield target
 
 
-def _documents(target: PgTarget) -> list[dict[str, object]]:
+def _documents(target: PgTarget, table: str = "doc_executions") -> list[dict[str, object]]:
     with psycopg.connect(target.conninfo()) as conn:
-        rows = conn.execute("SELECT data FROM doc_executions ORDER BY _id").fetchall()
+        rows = conn.execute(f"SELECT data FROM {table} ORDER BY _id").fetchall()
     return [row[0] for row in rows]
 
 
@@ -58,13 +58,17 @@ def test_documents_without_trigger_fields_get_the_manual_defaults_and_equal_a_re
             projector.ensure_tracking(conn)
             projector.catch_up(conn)
         projected = _documents(own_database)
-        assert len(projected) == 3
+        counted = _documents(own_database, "doc_execution_stats")
+        assert len(projected) == 3 and {"manual": 1} in [c["by_trigger"] for c in counted]
 
         # The documents as the projection wrote them before retries.
         command.downgrade(migrations.alembic_config(own_database), "0008")
         assert all(not set(_FIELDS) & set(data) for data in _documents(own_database))
+        stats = _documents(own_database, "doc_execution_stats")
+        assert all("by_trigger" not in data for data in stats)
         migrations.upgrade(own_database)
         assert _documents(own_database) == projected
+        assert _documents(own_database, "doc_execution_stats") == counted
         assert verify(projector).ok
     finally:
         app.close()

@@ -256,6 +256,7 @@ def test_an_execution_with_node_runs_is_projected_whole(
                 "failed": 0,
                 "canceled": 0,
                 "crashed": 0,
+                "by_trigger": {"manual": 1},
                 "duration_ms_sum": 1000,
                 "duration_count": 1,
                 "duration_hist": {"142": 1},  # 1.05^141 <= 1000 < 1.05^142
@@ -459,6 +460,7 @@ def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
         figures = summary(db_target, org, period, workflow_id)
         expected = expected_figures(runs, period, workflow_id)
         assert figures["totals"] == expected["totals"]
+        assert sum(figures["by_trigger"].values()) == expected["totals"]["all"]
         assert [
             (w["workflow_id"], w["failed"]) for w in figures["top_failing_workflows"]
         ] == expected["top"]
@@ -497,9 +499,15 @@ def test_retries_are_linked_both_ways_and_a_rebuild_equals_the_live_view(
     assert retry_data["retried_by"] == [str(again.id)]
     assert retry_data["status"] == "crashed"
 
+    period = Period(BASE, BASE + timedelta(days=1))
+    figures = summary(db_target, org, period)
+    assert figures["by_trigger"] == {"manual": 1, "retry": 3}
+    assert summary(db_target, org, period, str(workflow_id))["by_trigger"]["retry"] == 3
+
     rebuild(projector)  # one batch: retries meet their retried documents in it
     assert verify(projector).ok
     assert document(db_target, "doc_executions", str(first.id))[0] == data
+    assert summary(db_target, org, period) == figures
 
 
 def test_queued_events_from_before_retries_project_as_manual_runs(
