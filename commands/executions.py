@@ -37,7 +37,7 @@ from commands.errors import (
     IdempotencyKeyReused,
 )
 from commands.handlers import WorkflowCommands, request_fingerprint
-from commands.models import CommandContext, ExecutionResult, RunWorkflow
+from commands.models import CommandContext, ExecutionResult, RetryExecution, RunWorkflow
 from domain.engine import (
     EngineLimits,
     EnginePorts,
@@ -48,8 +48,10 @@ from domain.engine import (
     Outputs,
     RunStopped,
     compile_plan,
+    outputs_needed,
     run,
 )
+from domain.errors import RetryFromFailedNodeImpossible
 from domain.execution import Execution, truncate_items
 from domain.meta import EventMeta
 from domain.workflow import Workflow
@@ -308,7 +310,12 @@ class ExecutionRunner:
                 http=http, sleep=sleep, clock=time.monotonic, should_cancel=should_stop
             )
             outcome = run(
-                plan, execution.input, ports=ports, listener=recorder, limits=self.settings.limits
+                plan,
+                execution.input,
+                ports=ports,
+                listener=recorder,
+                limits=self.settings.limits,
+                known_outputs=self._reused_outputs(execution),
             )
             if outcome.status == "canceled" or recorder.stopped.is_set():
                 return self._reloaded(execution)
@@ -326,6 +333,21 @@ class ExecutionRunner:
             return current
         finally:
             self.leases.drop(execution.id)
+
+    def _reused_outputs(self, execution: Execution) -> dict[str, Outputs] | None:
+        """For a retry from the failed node: the outputs it takes from the run it retries.
+
+        That run is finished, so its recorded outputs never change; the retry
+        was refused when one it needs was recorded truncated.
+        """
+        if not execution.reused_nodes:
+            return None
+        assert execution.retry_of is not None
+        retried = self.load(execution.retry_of)
+        if retried is None:
+            raise LookupError(f"execution {execution.retry_of} that {execution.id} retries")
+        recorded = retried.retry_outputs()
+        return {node_id: recorded[node_id][0] for node_id in execution.reused_nodes}
 
     def _conclude(self, execution: Execution, outcome: ExecutionOutcome, meta: EventMeta) -> None:
         if outcome.status == "succeeded":
@@ -428,26 +450,13 @@ class ExecutionCommands:
     def start(
         self, workflow_id: UUID, command: RunWorkflow, ctx: CommandContext
     ) -> ExecutionResult:
-        payload = command.model_dump()
-        fingerprint = request_fingerprint(ctx, "execute", workflow_id, None, payload)
-        if ctx.idempotency_key is not None:
-            prior = self._prior_answer(ctx, fingerprint)
-            if prior is not None:
-                return prior
-            execution_id = uuid.uuid5(
-                uuid.uuid5(_IDEMPOTENT_EXECUTION_NAMESPACE, ctx.org_id), ctx.idempotency_key
-            )
-        else:
-            execution_id = uuid.uuid4()
+        fingerprint = request_fingerprint(ctx, "execute", workflow_id, None, command.model_dump())
+        prior, execution_id = self._claim_key(ctx, fingerprint)
+        if prior is not None:
+            return prior
         workflow = self.workflows.get(workflow_id, ctx.org_id)
         workflow.ensure_not_deleted()
         self.runner.plan(workflow.id, workflow.version, workflow)
-        meta = EventMeta(
-            org_id=ctx.org_id,
-            actor=ctx.actor,
-            correlation_id=ctx.correlation_id,
-            idempotency_key=ctx.idempotency_key,
-        )
         execution = Execution.create(
             execution_id=execution_id,
             workflow_id=workflow.id,
@@ -455,9 +464,86 @@ class ExecutionCommands:
             workflow_revision=workflow.revision,
             mode=command.mode,
             input=command.input,
-            meta=meta,
+            meta=self._queued_meta(ctx),
         )
-        sync = command.mode == "sync"
+        return self._submit(execution, ctx, fingerprint)
+
+    def retry(
+        self, execution_id: UUID, command: RetryExecution, ctx: CommandContext
+    ) -> ExecutionResult:
+        """Run a failed, crashed or canceled execution again, as a new execution.
+
+        ``revision="original"`` runs the workflow version the old one ran;
+        ``from_="failed_node"`` also takes the outputs its succeeded nodes
+        recorded instead of running them again (their side effects happened).
+        """
+        payload = command.model_dump(by_alias=True)
+        fingerprint = request_fingerprint(ctx, "retry", execution_id, None, payload)
+        prior, new_id = self._claim_key(ctx, fingerprint)
+        if prior is not None:
+            return prior
+        old = self.get(execution_id, ctx.org_id)
+        old.ensure_retryable()
+        workflow = self.workflows.get(old.workflow_id, ctx.org_id)
+        # A deleted workflow runs nothing, at whichever revision.
+        workflow.ensure_not_deleted()
+        if command.revision == "original":
+            version = old.workflow_version
+            loaded: object = self.app.repository.get(workflow.id, version=version)
+            assert isinstance(loaded, Workflow)
+            workflow = loaded
+        plan = self.runner.plan(workflow.id, workflow.version, workflow)
+        reused: tuple[str, ...] = ()
+        if command.from_ == "failed_node":
+            recorded = old.retry_outputs()
+            truncated = sorted(n for n in outputs_needed(plan, recorded) if recorded[n][1])
+            if truncated:
+                raise RetryFromFailedNodeImpossible(old.id, truncated)
+            reused = tuple(node.id for node in plan.nodes if node.id in recorded)
+        execution = Execution.create(
+            execution_id=new_id,
+            workflow_id=workflow.id,
+            workflow_version=workflow.version,
+            workflow_revision=workflow.revision,
+            mode=command.mode,
+            input=old.input,
+            meta=self._queued_meta(ctx),
+            retry_of=old,
+            reused_nodes=reused,
+        )
+        return self._submit(execution, ctx, fingerprint)
+
+    def _claim_key(
+        self, ctx: CommandContext, fingerprint: str
+    ) -> tuple[ExecutionResult | None, UUID]:
+        """The answer already given to this keyed request, or the id its execution gets.
+
+        A keyed request's execution id follows from the key, so that racing
+        identical requests collide on one aggregate and only one is recorded.
+        """
+        if ctx.idempotency_key is None:
+            return None, uuid.uuid4()
+        prior = self._prior_answer(ctx, fingerprint)
+        execution_id = uuid.uuid5(
+            uuid.uuid5(_IDEMPOTENT_EXECUTION_NAMESPACE, ctx.org_id), ctx.idempotency_key
+        )
+        return prior, execution_id
+
+    @staticmethod
+    def _queued_meta(ctx: CommandContext) -> EventMeta:
+        return EventMeta(
+            org_id=ctx.org_id,
+            actor=ctx.actor,
+            correlation_id=ctx.correlation_id,
+            idempotency_key=ctx.idempotency_key,
+        )
+
+    def _submit(
+        self, execution: Execution, ctx: CommandContext, fingerprint: str
+    ) -> ExecutionResult:
+        """Record a new (not yet saved) execution: run it here if sync, else queue it."""
+        execution_id = execution.id
+        sync = execution.mode == "sync"
         record = None
         if ctx.idempotency_key is not None:
             record = IdempotencyRecord(
@@ -482,7 +568,7 @@ class ExecutionCommands:
                 enqueue=enqueue(
                     execution_id,
                     ctx.org_id,
-                    workflow.id,
+                    execution.workflow_id,
                     claimed_by=self.worker_id,
                     lease_s=max(timeout_s, self.runner.settings.lease_s) + _LEASE_GRACE_S,
                 ),
@@ -506,7 +592,7 @@ class ExecutionCommands:
             recordings = self.app.save(
                 execution,
                 idempotency=record,
-                side_statements=enqueue(execution_id, ctx.org_id, workflow.id),
+                side_statements=enqueue(execution_id, ctx.org_id, execution.workflow_id),
             )
         except IntegrityError:
             # An identical keyed request won the race: answer as it did.

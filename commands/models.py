@@ -122,6 +122,38 @@ class RunWorkflow(BaseModel):
     mode: Literal["sync", "async"] = "sync"
 
 
+class RetryExecution(BaseModel):
+    """Retry a finished execution that did not succeed, as a new execution over its input."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        populate_by_name=True,
+        json_schema_extra={"examples": [{"from": "failed_node", "revision": "original"}]},
+    )
+
+    from_: Literal["start", "failed_node"] = Field(
+        "start",
+        alias="from",
+        description="``start`` runs every node again; ``failed_node`` reuses the recorded "
+        "outputs of the nodes that succeeded and runs the rest.",
+    )
+    revision: Literal["original", "current"] = Field(
+        "original",
+        description="Run the workflow as the retried execution ran it, or as it is now.",
+    )
+    mode: Literal["sync", "async"] = "async"
+
+    @model_validator(mode="after")
+    def _same_graph_for_failed_node(self) -> RetryExecution:
+        if self.from_ == "failed_node" and self.revision == "current":
+            raise ValueError(
+                'from "failed_node" reuses outputs of the original revision\'s nodes: '
+                'it needs revision "original" (or retry from "start")'
+            )
+        return self
+
+
 @dataclass(frozen=True)
 class ExecutionResult:
     """An execution as a command answers it."""

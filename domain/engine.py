@@ -40,6 +40,10 @@ Semantics (n8n-like):
   (plus its input and, transiently, one expression's working set). Going past
   it fails the node (``on_error`` applies); a failed attempt's charge is
   given back. Items passed on unchanged cost one list slot each.
+- Resuming (a retry from the failed node): ``run(..., known_outputs=...)``
+  takes the given nodes' outputs as they are, without running or reporting
+  them; the rest runs as usual. ``outputs_needed`` says which known outputs
+  the run reads, so a caller can refuse when one of them is incomplete.
 - Cancellation is checked before each node and after each retry back-off; a
   port that raises ``RunStopped`` cancels the run there and then.
 
@@ -61,7 +65,7 @@ from __future__ import annotations
 
 import heapq
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -105,6 +109,7 @@ __all__ = [
     "PlannedNode",
     "RunStopped",
     "compile_plan",
+    "outputs_needed",
     "run",
 ]
 
@@ -291,8 +296,13 @@ def run(
     ports: EnginePorts,
     listener: ExecutionListener | None = None,
     limits: EngineLimits | None = None,
+    known_outputs: Mapping[str, Outputs] | None = None,
 ) -> ExecutionOutcome:
-    """Run ``plan`` over ``execution_input`` (a JSON object or a list of objects)."""
+    """Run ``plan`` over ``execution_input`` (a JSON object or a list of objects).
+
+    ``known_outputs``: outputs of nodes already computed (by the run this one
+    retries); those nodes do not run, and later nodes read these outputs.
+    """
     limits = limits or EngineLimits()
     listener = listener or NullListener()
     timeout_ms = plan.timeout_ms if plan.timeout_ms is not None else limits.max_execution_ms
@@ -303,6 +313,7 @@ def run(
         deadline=ports.clock() + timeout_ms / 1000,
     )
     trigger_input = [[execution_input]]  # the trigger step's single "incoming connection"
+    known = known_outputs or {}
     results: dict[str, Outputs] = {}
     runs: list[NodeRun] = []
     current: PlannedNode | None = None
@@ -324,6 +335,10 @@ def run(
             current = node
             if ports.should_cancel():
                 raise _Canceled
+            if node.id in known:
+                # Loaded from the log, not built by this run: nothing to charge.
+                results[node.id] = known[node.id]
+                continue
             if node.is_trigger:
                 inputs = trigger_input
             else:
@@ -349,6 +364,17 @@ def run(
     except (_Canceled, RunStopped):
         return outcome("canceled")
     return outcome("succeeded")
+
+
+def outputs_needed(plan: ExecutionPlan, known: Iterable[str]) -> set[str]:
+    """Which of the ``known`` nodes' outputs a run with them reads: those feeding
+    a node that runs, and those of terminal nodes (they make the output)."""
+    known_ids = set(known)
+    needed = {node.id for node in plan.nodes if node.id in known_ids and node.is_terminal}
+    for node in plan.nodes:
+        if node.id not in known_ids:
+            needed.update(edge.source_id for edge in node.incoming if edge.source_id in known_ids)
+    return needed
 
 
 def _run_node(

@@ -120,3 +120,34 @@ class NodeRunStillRunning(DomainError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.execution_id, self.node_id, self.attempt))
+
+
+class ExecutionNotRetryable(DomainError):
+    """Only a finished execution that did not succeed can be retried."""
+
+    def __init__(self, execution_id: UUID | str, status: str) -> None:
+        self.execution_id = execution_id
+        self.status = status
+        super().__init__(
+            f"execution {execution_id} is {status}: only a failed, crashed or canceled "
+            "execution can be retried"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.execution_id, self.status))
+
+
+class RetryFromFailedNodeImpossible(DomainError):
+    """A retry from the failed node needs outputs the log kept only truncated."""
+
+    def __init__(self, execution_id: UUID | str, node_ids: list[str]) -> None:
+        self.execution_id = execution_id
+        self.node_ids = node_ids
+        names = ", ".join(f"'{node_id}'" for node_id in node_ids)
+        super().__init__(
+            f"execution {execution_id} cannot be retried from the failed node: the outputs "
+            f'of {names} were recorded truncated; retry it with "from": "start"'
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.execution_id, self.node_ids))

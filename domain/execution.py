@@ -11,7 +11,10 @@ A finished execution (succeeded, failed, canceled, crashed) accepts nothing
 more; ``cancel`` then raises ``ExecutionFinished`` (a 409 for the API). An
 execution starts only once: if its worker is lost (lease expired) it is marked
 ``crashed`` rather than re-run, because node side effects such as HTTP calls
-must not silently happen twice; re-running is a new execution. Cancelling is
+must not silently happen twice; re-running is a new execution: a retry
+(``trigger="retry"``, ``retry_of`` the execution it retries) of a finished
+execution that did not succeed, which may reuse the recorded outputs of the
+nodes that succeeded there (``reused_nodes``). Cancelling is
 immediate: the worker notices through its ``should_cancel`` port or when its
 next report is refused with ``ExecutionFinished``.
 
@@ -37,6 +40,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.errors import (
     ExecutionFinished,
     ExecutionInputInvalid,
+    ExecutionNotRetryable,
     InvalidExecutionTransition,
     NodeRunNotStarted,
     NodeRunStillRunning,
@@ -48,10 +52,13 @@ from domain.values import check_value
 __all__ = [
     "EXECUTION_MODES",
     "EXECUTION_STATUSES",
+    "EXECUTION_TRIGGERS",
     "FINISHED_STATUSES",
+    "RETRYABLE_STATUSES",
     "Execution",
     "ExecutionMode",
     "ExecutionStatus",
+    "ExecutionTrigger",
     "NodeRunStatus",
     "truncate_items",
 ]
@@ -71,6 +78,9 @@ EXECUTION_STATUSES: Final[tuple[ExecutionStatus, ...]] = (
     "crashed",
 )
 FINISHED_STATUSES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "canceled", "crashed"})
+RETRYABLE_STATUSES: Final[frozenset[str]] = frozenset({"failed", "canceled", "crashed"})
+ExecutionTrigger = Literal["manual", "retry"]
+EXECUTION_TRIGGERS: Final[tuple[ExecutionTrigger, ...]] = ("manual", "retry")
 
 
 class Execution(Aggregate):
@@ -87,12 +97,17 @@ class Execution(Aggregate):
         mode: ExecutionMode,
         input: Any,
         meta: EventMeta,
+        retry_of: Execution | None = None,
+        reused_nodes: tuple[str, ...] = (),
     ) -> Execution:
         """Queue a run of ``workflow_version`` over ``input`` (an object or array of objects).
 
         ``workflow_version`` is the workflow's stream version (what a worker
         loads the definition at); ``workflow_revision`` the definition's
         revision there, what clients call the workflow's version.
+        ``retry_of``: the execution this one retries (see ``retry_outputs``);
+        ``reused_nodes``: its nodes whose recorded outputs this run takes
+        instead of running them (same workflow version only).
         """
         if mode not in EXECUTION_MODES:
             raise ValueError(f"mode must be one of {EXECUTION_MODES}, got {mode!r}")
@@ -103,6 +118,18 @@ class Execution(Aggregate):
                 f"workflow_revision must be 1 to workflow_version, got {workflow_revision}"
             )
         _check_input(input)
+        if retry_of is not None:
+            retry_of.ensure_retryable()
+            if retry_of.workflow_id != workflow_id:
+                raise ValueError("a retry runs the workflow of the execution it retries")
+        if reused_nodes and (retry_of is None or retry_of.workflow_version != workflow_version):
+            raise ValueError("reused_nodes needs a retry of the same workflow version")
+        if reused_nodes and retry_of is not None:
+            unknown = set(reused_nodes) - retry_of.retry_outputs().keys()
+            if unknown:
+                raise ValueError(f"reused_nodes not succeeded in {retry_of.id}: {sorted(unknown)}")
+        # Every argument explicit: eventsourcing records only what is passed,
+        # and the defaults below are for Queued events recorded before them.
         return cls(
             id=execution_id,
             workflow_id=workflow_id,
@@ -111,6 +138,9 @@ class Execution(Aggregate):
             mode=mode,
             input=input,
             meta=meta.as_dict(),
+            trigger="manual" if retry_of is None else "retry",
+            retry_of=None if retry_of is None else retry_of.id,
+            reused_nodes=list(reused_nodes),
         )
 
     @event("Queued")
@@ -124,6 +154,9 @@ class Execution(Aggregate):
         input: Any,
         meta: dict[str, Any],
         workflow_revision: int | None = None,
+        trigger: ExecutionTrigger = "manual",
+        retry_of: UUID | None = None,
+        reused_nodes: list[str] | None = None,
     ) -> None:
         self.org_id: str = meta["org_id"]
         self.workflow_id = workflow_id
@@ -132,6 +165,10 @@ class Execution(Aggregate):
         self.workflow_revision = workflow_revision
         self.mode: ExecutionMode = mode
         self.input = input
+        # Queued events recorded before retries existed have none of these.
+        self.trigger: ExecutionTrigger = trigger
+        self.retry_of = retry_of
+        self.reused_nodes: list[str] = list(reused_nodes or [])
         self.created_by: str = meta["actor"]
         # Events recorded while running it carry the request's id too.
         self.correlation_id: str = meta["correlation_id"]
@@ -153,6 +190,25 @@ class Execution(Aggregate):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+    # -- retrying --------------------------------------------------------
+
+    def ensure_retryable(self) -> None:
+        """Refuse (``ExecutionNotRetryable``) unless it finished without succeeding."""
+        if self.status not in RETRYABLE_STATUSES:
+            raise ExecutionNotRetryable(self.id, self.status)
+
+    def retry_outputs(self) -> dict[str, tuple[dict[str, list[Any]], bool]]:
+        """The recorded outputs of each node that succeeded: ``{node_id: (outputs, truncated)}``.
+
+        A node runs once per execution and its attempts stop at the first
+        success, so each node has at most one.
+        """
+        return {
+            run["node_id"]: (run["outputs"], run["outputs_truncated"])
+            for run in self.node_runs
+            if run["status"] == "succeeded"
+        }
 
     # -- start -----------------------------------------------------------
 

@@ -7,6 +7,7 @@ counters always agree with the execution documents they count.
 was queued, ``updated`` = its last event)::
 
     {id, workflow_id, workflow_version, workflow_revision, mode, status, input, version,
+     trigger, retry_of, reused_nodes, retried_by,
      created_at, created_by, updated_at, started_at, finished_at, duration_ms,
      worker_id, error, output, output_truncated, canceled_by,
      node_runs: [{node_id, attempt, status, started_at, finished_at,
@@ -16,6 +17,13 @@ was queued, ``updated`` = its last event)::
 ``workflow_revision`` is the revision that ran (what clients call the
 workflow's version); absent for executions queued before Queued recorded
 it, so a rebuild gives the same documents as the live view.
+
+``trigger`` is ``manual`` for a plain run (and for executions queued before
+Queued recorded it) and ``retry`` for a retry, whose ``retry_of`` is the
+execution it retries (else null) and ``reused_nodes`` the nodes whose
+recorded outputs it took. The retried execution's ``retried_by`` lists its
+retries' ids in log order; adding one changes that document's data and
+position but not its ``version`` or ``updated`` (no event of its own).
 
 ``execution_stats`` documents count executions: each execution is counted
 once, in the bucket of its queued time, under its *current* status (a
@@ -27,7 +35,11 @@ documents: its hour and its day (UTC), each for its organisation's totals
 
     {workflow_id, granularity: "hour" | "day", bucket,
      executions, queued, running, succeeded, failed, canceled, crashed,
+     by_trigger: {"<trigger>": n},
      duration_ms_sum, duration_count, duration_hist: {"<bucket index>": n}}
+
+(``by_trigger`` counts executions by their trigger, when they are queued: a
+trigger never changes, so the counts never move.)
 
 ``_id`` = ``org:granularity:workflow_id-or-*:bucket``; the document's
 ``created`` column is its bucket's start, so the summary selects counters by
@@ -139,6 +151,7 @@ def _empty_counters(granularity: str, workflow_id: str | None, bucket: datetime)
         "bucket": bucket.isoformat(),
         "executions": 0,
         **dict.fromkeys(EXECUTION_STATUSES, 0),
+        "by_trigger": {},
         "duration_ms_sum": 0,
         "duration_count": 0,
         "duration_hist": {},
@@ -169,7 +182,9 @@ class ExecutionsProjection:
         by_id = [(str(e.originator_id), e) for e in events]
         queued_here = {i: e for i, e in by_id if isinstance(e, ExecutionQueuedEvent)}
         earlier = {i for i, _ in by_id if i not in queued_here}
-        view.prefetch(EXECUTIONS, earlier)
+        # A retry also adds itself to the document of the execution it retries.
+        retried = {str(e.retry_of) for e in queued_here.values() if _retry_of(e) is not None}
+        view.prefetch(EXECUTIONS, earlier | (retried - queued_here.keys()))
         counters: set[str] = set()
         for event in queued_here.values():
             keys = _counter_keys(event.meta["org_id"], str(event.workflow_id), event.timestamp)
@@ -188,7 +203,9 @@ class ExecutionsProjection:
         if isinstance(event, ExecutionQueuedEvent):
             execution = _queued_document(event, position)
             view.put(EXECUTIONS, execution)
-            _count(view, execution, position, {"queued": 1})
+            _count(view, execution, position, {"queued": 1}, trigger=execution.data["trigger"])
+            if execution.data["retry_of"] is not None:
+                _add_retry(view, execution.data["retry_of"], execution.id, position)
             return
         execution_id = str(event.originator_id)
         existing = view.get(EXECUTIONS, execution_id)
@@ -223,6 +240,19 @@ class ExecutionsProjection:
             )
 
 
+def _retry_of(event: Any) -> Any:
+    # Queued events recorded before retries existed have no retry_of.
+    return getattr(event, "retry_of", None)
+
+
+def _add_retry(view: ViewBatch, retried_id: str, retry_id: str, position: int) -> None:
+    retried = view.get(EXECUTIONS, retried_id)
+    if retried is None:
+        raise LookupError(f"execution {retry_id} retries unknown execution {retried_id}")
+    data = {**retried.data, "retried_by": [*retried.data.get("retried_by", []), retry_id]}
+    view.put(EXECUTIONS, replace(retried, data=data, position=position))
+
+
 def _queued_document(event: Any, position: int) -> Document:
     at = event.timestamp.isoformat()
     data: dict[str, Any] = {
@@ -233,6 +263,10 @@ def _queued_document(event: Any, position: int) -> Document:
         "status": "queued",
         "input": event.input,
         "version": event.originator_version,
+        "trigger": getattr(event, "trigger", "manual"),
+        "retry_of": None if _retry_of(event) is None else str(event.retry_of),
+        "reused_nodes": list(getattr(event, "reused_nodes", None) or []),
+        "retried_by": [],
         "created_at": at,
         "created_by": event.meta["actor"],
         "updated_at": at,
@@ -338,8 +372,10 @@ def _count(
     position: int,
     moves: dict[str, int],
     duration_ms: int | None = None,
+    trigger: str | None = None,
 ) -> None:
-    """Apply status moves (status -> +1/-1), and a finished run's duration, to its counters."""
+    """Apply status moves (status -> +1/-1), a finished run's duration, and a newly
+    queued one's trigger, to its counters."""
     at = execution.updated
     for counter, granularity, workflow_id, bucket in _counter_keys(
         execution.org_id, execution.data["workflow_id"], execution.created
@@ -353,6 +389,9 @@ def _count(
         for status, delta in moves.items():
             data[status] += delta
             data["executions"] += delta  # a move between statuses nets 0
+        if trigger is not None:
+            by_trigger = data.get("by_trigger", {})  # counters from before triggers: none
+            data["by_trigger"] = {**by_trigger, trigger: by_trigger.get(trigger, 0) + 1}
         if duration_ms is not None:
             index = str(duration_bucket(duration_ms))
             data["duration_ms_sum"] += duration_ms

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
-from domain.execution import EXECUTION_STATUSES
+from domain.execution import EXECUTION_STATUSES, EXECUTION_TRIGGERS
 from infrastructure.auth import Permission, Principal
 from infrastructure.cache import cached_json
 from infrastructure.problems import Problem, problem_type
@@ -382,6 +382,11 @@ SELECT
         FROM counters c CROSS JOIN LATERAL jsonb_each_text(c.data->'duration_hist') b
         GROUP BY 1, 2
     ) h) AS histograms,
+    (SELECT coalesce(jsonb_agg(b), '[]') FROM (
+        SELECT c.period, t.key AS trigger, sum(t.value::bigint) AS count
+        FROM counters c CROSS JOIN LATERAL jsonb_each_text(c.data->'by_trigger') t
+        GROUP BY 1, 2
+    ) b) AS by_trigger,
     (SELECT coalesce(jsonb_agg(s), '[]') FROM (
         SELECT date_trunc(:unit, created, 'UTC') AS bucket,
                {_sum("executions")} AS executions, {_FAILURES} AS failed
@@ -400,8 +405,10 @@ def _failure_rate(failed: int, finished: int) -> float | None:
     return failed / finished if finished else None
 
 
-def _figures(totals_row: dict[str, Any] | None, histogram: dict[int, int]) -> dict[str, Any]:
-    """totals, failure_rate and duration_ms of one period."""
+def _figures(
+    totals_row: dict[str, Any] | None, histogram: dict[int, int], by_trigger: dict[str, int]
+) -> dict[str, Any]:
+    """totals, by_trigger, failure_rate and duration_ms of one period."""
     totals: dict[str, int] = {
         status: int((totals_row or {}).get(status) or 0) for status in EXECUTION_STATUSES
     }
@@ -416,6 +423,7 @@ def _figures(totals_row: dict[str, Any] | None, histogram: dict[int, int]) -> di
     durations["mean"] = round(total_ms / timed, 1) if timed else None
     return {
         "totals": totals,
+        "by_trigger": dict.fromkeys(EXECUTION_TRIGGERS, 0) | by_trigger,
         "failure_rate": _failure_rate(totals["failed"] + totals["crashed"], finished),
         "duration_ms": durations,
     }
@@ -471,8 +479,11 @@ async def load_summary(
     histograms: dict[str, dict[int, int]] = {"current": {}, "previous": {}}
     for h in row.histograms:
         histograms[h["period"]][int(h["bucket"])] = int(h["count"])
-    current = _figures(totals.get("current"), histograms["current"])
-    previous = _figures(totals.get("previous"), histograms["previous"])
+    by_trigger: dict[str, dict[str, int]] = {"current": {}, "previous": {}}
+    for b in row.by_trigger:
+        by_trigger[b["period"]][b["trigger"]] = int(b["count"])
+    current = _figures(totals.get("current"), histograms["current"], by_trigger["current"])
+    previous = _figures(totals.get("previous"), histograms["previous"], by_trigger["previous"])
     top_failing = [
         {
             "workflow_id": w["workflow_id"],

@@ -13,7 +13,12 @@ from commands.errors import (
     NoSuchVersion,
     WorkflowBusy,
 )
-from domain.errors import ExecutionFinished, ExecutionInputInvalid
+from domain.errors import (
+    ExecutionFinished,
+    ExecutionInputInvalid,
+    ExecutionNotRetryable,
+    RetryFromFailedNodeImpossible,
+)
 from infrastructure.problems import Problem, problem_type
 
 
@@ -42,6 +47,21 @@ def _key_reused(exc: IdempotencyKeyReused) -> Problem:
 
 def _finished(exc: ExecutionFinished) -> Problem:
     return Problem(409, str(exc), type_=problem_type("execution-finished"), status_now=exc.status)
+
+
+def _not_retryable(exc: ExecutionNotRetryable) -> Problem:
+    return Problem(
+        409, str(exc), type_=problem_type("execution-not-retryable"), status_now=exc.status
+    )
+
+
+def _not_from_failed_node(exc: RetryFromFailedNodeImpossible) -> Problem:
+    return Problem(
+        409,
+        str(exc),
+        type_=problem_type("retry-from-failed-node-impossible"),
+        truncated_nodes=exc.node_ids,
+    )
 
 
 def _bad_input(exc: ExecutionInputInvalid) -> Problem:
@@ -89,6 +109,8 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     ExecutionNotFound: _not_found,
     ExecutionFinished: _finished,
     ExecutionInputInvalid: _bad_input,
+    ExecutionNotRetryable: _not_retryable,
+    RetryFromFailedNodeImpossible: _not_from_failed_node,
     VersionConflict: _conflict,
     WorkflowBusy: _busy,
     IdempotencyKeyReused: _key_reused,

@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow, WorkflowCommands
 from commands.executions import ExecutionCommands
-from commands.models import ExecutionResult, RevertWorkflow, RunWorkflow
+from commands.models import ExecutionResult, RetryExecution, RevertWorkflow, RunWorkflow
 from infrastructure.auth import Permission, Principal
 from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
@@ -311,4 +311,36 @@ async def cancel_execution(execution_id: UUID, request: Request) -> Response:
     result = await run_in_threadpool(
         _executions(request).cancel, execution_id, _context(request, principal)
     )
+    return _execution_response(result)
+
+
+@router.post(
+    "/executions/{execution_id}/retry",
+    tags=["executions"],
+    summary="Retry a failed, crashed or canceled execution as a new one (async by default)",
+    responses={
+        200: _EXECUTION_RESPONSE,
+        202: {"description": "The retry is queued for a worker"},
+        404: _PROBLEM,
+        409: _PROBLEM,
+        410: _PROBLEM,
+        422: _PROBLEM,
+        429: _PROBLEM,
+    },
+    openapi_extra=_documented(RetryExecution, _IDEMPOTENCY_DOC),
+)
+async def retry_execution(execution_id: UUID, request: Request) -> Response:
+    principal = await authorize(request, Permission.EXECUTE_WORKFLOWS)
+    body = await request.body()
+    # An empty body means every default: retry from the start, as it ran.
+    command = (
+        await _parse(request, RetryExecution) if body.strip() else RetryExecution.model_validate({})
+    )
+    retry = _executions(request).retry
+    context = _context(request, principal)
+    if command.mode == "sync":
+        bulkhead: SyncRunBulkhead = request.app.state.sync_runs
+        result = await bulkhead.run(principal.org_id, retry, execution_id, command, context)
+    else:
+        result = await run_in_threadpool(retry, execution_id, command, context)
     return _execution_response(result)

@@ -209,6 +209,10 @@ def test_an_execution_with_node_runs_is_projected_whole(
         "status": "succeeded",
         "input": [{"x": 1}, {"x": 2}],
         "version": 9,
+        "trigger": "manual",
+        "retry_of": None,
+        "reused_nodes": [],
+        "retried_by": [],
         "created_at": queued_at.isoformat(),
         "created_by": "apikey:t",
         "updated_at": clock.now.isoformat(),
@@ -252,6 +256,7 @@ def test_an_execution_with_node_runs_is_projected_whole(
                 "failed": 0,
                 "canceled": 0,
                 "crashed": 0,
+                "by_trigger": {"manual": 1},
                 "duration_ms_sum": 1000,
                 "duration_count": 1,
                 "duration_hist": {"142": 1},  # 1.05^141 <= 1000 < 1.05^142
@@ -403,6 +408,7 @@ def expected_figures(
             st.integers(0, 59),  # minute
             st.sampled_from(OUTCOMES),
             st.integers(0, 200_000),  # duration ms
+            st.booleans(),  # a retry of the last execution that may be retried
         ),
         min_size=1,
         max_size=12,
@@ -413,7 +419,7 @@ def expected_figures(
 def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
     workflow_app: WorkflowApplication,
     db_target: PgTarget,
-    plan: list[tuple[int, int, int, str, int]],
+    plan: list[tuple[int, int, int, str, int, bool]],
     batch_size: int,
     window: tuple[int, int, int],
 ) -> None:
@@ -423,18 +429,29 @@ def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
     runs: list[tuple[str, datetime, str]] = []
     with projector.connect() as conn, stamped_by(Clock()) as clock:
         projector.ensure_tracking(conn)
-        for workflow, hour, minute, outcome, duration in plan:
+        retryable: Execution | None = None
+        retried_by: dict[str, list[str]] = {}
+        for workflow, hour, minute, outcome, duration, is_retry in plan:
             clock.now = BASE + timedelta(hours=hour, minutes=minute)
             queued_at = clock.now
-            execution = queue(org, uuid.UUID(workflows[workflow]))
+            if is_retry and retryable is not None:
+                execution = queue(org, retryable.workflow_id, retry_of=retryable)
+                retried_by.setdefault(str(retryable.id), []).append(str(execution.id))
+                workflow = workflows.index(str(retryable.workflow_id))
+            else:
+                execution = queue(org, uuid.UUID(workflows[workflow]))
             save(workflow_app, execution)
             projector.run_batch(conn)  # small batches, interleaved with writes
             drive(execution, outcome, clock, org, duration)
             workflow_app.save(execution)  # nothing new when it stays queued
             projector.run_batch(conn)
             runs.append((workflows[workflow], queued_at, execution.status))
+            if execution.status in ("failed", "canceled", "crashed"):
+                retryable = execution
     catch_up(projector)
     assert verify(projector).ok
+    for retried_id, retry_ids in retried_by.items():
+        assert document(db_target, "doc_executions", retried_id)[0]["retried_by"] == retry_ids
 
     start_hour, start_minute, minutes = window
     since = BASE + timedelta(hours=start_hour, minutes=start_minute)
@@ -443,6 +460,7 @@ def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
         figures = summary(db_target, org, period, workflow_id)
         expected = expected_figures(runs, period, workflow_id)
         assert figures["totals"] == expected["totals"]
+        assert sum(figures["by_trigger"].values()) == expected["totals"]["all"]
         assert [
             (w["workflow_id"], w["failed"]) for w in figures["top_failing_workflows"]
         ] == expected["top"]
@@ -451,3 +469,60 @@ def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
             == expected_figures(runs, period.previous, workflow_id)["totals"]
         )
         assert sum(point["executions"] for point in figures["series"]) == expected["totals"]["all"]
+
+
+def test_retries_are_linked_both_ways_and_a_rebuild_equals_the_live_view(
+    workflow_app: WorkflowApplication, db_target: PgTarget, org: str, clock: Clock
+) -> None:
+    workflow_id = uuid.uuid4()
+    # batch_size 1: each retry meets the document it links to in another batch.
+    projector = Projector(workflow_app, db_target, ExecutionsProjection(), batch_size=1)
+    first = queue(org, workflow_id)
+    drive(first, "failed", clock, org)
+    save(workflow_app, first)
+    retries = []
+    for _ in range(2):
+        retry = queue(org, workflow_id, retry_of=first)
+        drive(retry, "crashed", clock, org)
+        save(workflow_app, retry)
+        retries.append(retry)
+    again = queue(org, workflow_id, retry_of=retries[0])
+    save(workflow_app, again)
+    catch_up(projector)
+
+    data, _, version, _ = document(db_target, "doc_executions", str(first.id))
+    assert (data["trigger"], data["retry_of"]) == ("manual", None)
+    assert data["retried_by"] == [str(r.id) for r in retries]
+    assert version == first.version  # linking a retry is no event of its own
+    retry_data = document(db_target, "doc_executions", str(retries[0].id))[0]
+    assert (retry_data["trigger"], retry_data["retry_of"]) == ("retry", str(first.id))
+    assert retry_data["retried_by"] == [str(again.id)]
+    assert retry_data["status"] == "crashed"
+
+    period = Period(BASE, BASE + timedelta(days=1))
+    figures = summary(db_target, org, period)
+    assert figures["by_trigger"] == {"manual": 1, "retry": 3}
+    assert summary(db_target, org, period, str(workflow_id))["by_trigger"]["retry"] == 3
+
+    rebuild(projector)  # one batch: retries meet their retried documents in it
+    assert verify(projector).ok
+    assert document(db_target, "doc_executions", str(first.id))[0] == data
+    assert summary(db_target, org, period) == figures
+
+
+def test_queued_events_from_before_retries_project_as_manual_runs(
+    workflow_app: WorkflowApplication, projector: Projector, db_target: PgTarget, org: str
+) -> None:
+    execution = queue(org, uuid.uuid4())
+    [queued] = execution.pending_events
+    for name in ("trigger", "retry_of", "reused_nodes"):
+        del queued.__dict__[name]  # as an earlier release recorded it
+    save(workflow_app, execution)
+    catch_up(projector)
+    data = document(db_target, "doc_executions", str(execution.id))[0]
+    assert (data["trigger"], data["retry_of"], data["reused_nodes"], data["retried_by"]) == (
+        "manual",
+        None,
+        [],
+        [],
+    )

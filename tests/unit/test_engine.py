@@ -24,6 +24,7 @@ from domain.engine import (
     HttpResponse,
     NodeRun,
     compile_plan,
+    outputs_needed,
     run,
 )
 
@@ -1192,3 +1193,61 @@ def test_a_failure_message_quoting_a_nul_is_stored_escaped() -> None:
     assert outcome.status == "failed"
     assert "a\\u0000b \\ud800" in (outcome.error or "")
     assert "\x00" not in (outcome.error or "")
+
+
+# -- resuming from known outputs (a retry from the failed node) --------------------
+
+
+def test_known_outputs_are_taken_as_they_are_and_only_the_rest_runs() -> None:
+    plan = plan_of(
+        [trigger(), node("a", "set", fields={"y": 2}), node("b", "set", fields={"z": 3})],
+        chain("start", "a", "b"),
+    )
+    recorder = Recorder()
+    known = {"start": {"main": [{"x": 1}]}, "a": {"main": [{"x": 1, "y": "recorded"}]}}
+    outcome = run(plan, {"x": 1}, ports=FakeWorld().ports(), listener=recorder, known_outputs=known)
+    assert outcome.status == "succeeded"
+    # a's recorded output, not a re-run of it, reached b.
+    assert outcome.output == {"b": [{"x": 1, "y": "recorded", "z": 3}]}
+    assert recorder.started_nodes() == ["b"]
+    assert [node_run.node_id for node_run in outcome.node_runs] == ["b"]
+
+
+def test_known_outputs_keep_the_branch_that_was_taken() -> None:
+    plan = _if_plan()
+    known = {"start": {"main": [{"n": 1}]}, "check": {"true": [], "false": [{"n": 1}]}}
+    recorder = Recorder()
+    outcome = run(plan, {"n": 1}, ports=FakeWorld().ports(), listener=recorder, known_outputs=known)
+    assert outcome.status == "succeeded"
+    assert recorder.started_nodes() == ["small"]
+
+
+def test_a_known_terminal_output_is_part_of_the_output() -> None:
+    plan = plan_of([trigger(), node("a", "noop")], chain("start", "a"))
+    known = {"start": {"main": [{"x": 1}]}, "a": {"main": [{"x": 1}]}}
+    outcome = run(plan, {"x": 1}, ports=FakeWorld().ports(), known_outputs=known)
+    assert outcome.output == {"a": [{"x": 1}]} and outcome.node_runs == ()
+
+
+def test_outputs_needed_are_those_a_running_node_or_the_output_reads() -> None:
+    plan = plan_of(
+        [trigger(), node("a", "noop"), node("b", "noop"), node("c", "noop")],
+        chain("start", "a", "b", "c"),
+    )
+    assert outputs_needed(plan, {"start", "a"}) == {"a"}
+    assert outputs_needed(plan, {"start"}) == {"start"}
+    assert outputs_needed(plan, {"start", "a", "b", "c"}) == {"c"}
+    assert outputs_needed(plan, set()) == set()
+
+
+@given(st.integers(min_value=0, max_value=4))
+def test_resuming_after_any_prefix_gives_the_same_output(prefix: int) -> None:
+    ids = ["start", "a", "b", "c", "d"]
+    plan = plan_of(
+        [trigger(), *(node(i, "set", fields={i: ids.index(i)}) for i in ids[1:])], chain(*ids)
+    )
+    full = execute(plan, {"x": 1})
+    known = {node_run.node_id: node_run.outputs for node_run in full.node_runs[:prefix]}
+    resumed = run(plan, {"x": 1}, ports=FakeWorld().ports(), known_outputs=known)  # type: ignore[arg-type]
+    assert resumed.output == full.output
+    assert [node_run.node_id for node_run in resumed.node_runs] == ids[prefix:]

@@ -13,6 +13,7 @@ import pytest
 from domain.errors import (
     ExecutionFinished,
     ExecutionInputInvalid,
+    ExecutionNotRetryable,
     InvalidExecutionTransition,
     NodeRunNotStarted,
     NodeRunStillRunning,
@@ -388,3 +389,84 @@ def test_truncate_returns_a_new_list() -> None:
     items = [{"a": 1}]
     kept, _ = truncate_items(items, 100)
     assert kept == items and kept is not items
+
+
+# -- retries ----------------------------------------------------------------------
+
+
+def _failed_after_one_node(truncated: bool = False) -> Execution:
+    execution = _running()
+    execution.record_node_started(node_id="start", attempt=1, meta=WORKER)
+    execution.record_node_succeeded(
+        node_id="start",
+        attempt=1,
+        outputs={"main": [{"x": 1}]},
+        outputs_truncated=truncated,
+        meta=WORKER,
+    )
+    execution.record_node_started(node_id="call", attempt=1, meta=WORKER)
+    execution.record_node_failed(
+        node_id="call", attempt=1, error="HTTP 503", will_retry=False, meta=WORKER
+    )
+    execution.fail(error="node 'call' failed", meta=WORKER)
+    return execution
+
+
+def test_a_plain_run_is_manual_and_retries_nothing() -> None:
+    execution = _new()
+    assert (execution.trigger, execution.retry_of, execution.reused_nodes) == ("manual", None, [])
+
+
+def test_a_retry_records_what_it_retries_and_replays() -> None:
+    old = _failed_after_one_node()
+    retry = _new(
+        workflow_id=old.workflow_id,
+        workflow_version=old.workflow_version,
+        retry_of=old,
+        reused_nodes=("start",),
+    )
+    assert (retry.trigger, retry.retry_of, retry.reused_nodes) == ("retry", old.id, ["start"])
+    replayed = _replay(retry.collect_events())
+    assert vars(replayed) == vars(retry)
+    assert old.retry_outputs() == {"start": ({"main": [{"x": 1}]}, False)}
+
+
+def test_queued_events_from_before_retries_replay_as_manual() -> None:
+    [queued] = _new().collect_events()
+    for name in ("trigger", "retry_of", "reused_nodes"):
+        del queued.__dict__[name]  # as recorded by an earlier release
+    replayed = _replay([queued])
+    assert (replayed.trigger, replayed.retry_of, replayed.reused_nodes) == ("manual", None, [])
+
+
+@pytest.mark.parametrize("status", ["queued", "running", "succeeded"])
+def test_only_an_execution_that_ended_without_success_can_be_retried(status: str) -> None:
+    old = _new()
+    if status != "queued":
+        old.start(worker_id="w1", meta=WORKER)
+    if status == "succeeded":
+        old.succeed(output={}, output_truncated=False, meta=WORKER)
+    with pytest.raises(ExecutionNotRetryable, match=status):
+        _new(workflow_id=old.workflow_id, retry_of=old)
+
+
+@pytest.mark.parametrize("status", ["failed", "canceled", "crashed"])
+def test_failed_canceled_and_crashed_executions_can_be_retried(status: str) -> None:
+    old = _running()
+    {
+        "failed": lambda: old.fail(error="no", meta=WORKER),
+        "canceled": lambda: old.cancel(meta=META),
+        "crashed": lambda: old.crash(reason="lost", meta=WORKER),
+    }[status]()
+    assert _new(workflow_id=old.workflow_id, retry_of=old).retry_of == old.id
+
+
+def test_reused_nodes_must_have_succeeded_in_the_same_version() -> None:
+    old = _failed_after_one_node()
+    same = {"workflow_id": old.workflow_id, "retry_of": old}
+    with pytest.raises(ValueError, match="call"):
+        _new(**same, reused_nodes=("start", "call"))
+    with pytest.raises(ValueError, match="same workflow version"):
+        _new(**same, workflow_version=4, workflow_revision=3, reused_nodes=("start",))
+    with pytest.raises(ValueError, match="same workflow version"):
+        _new(reused_nodes=("start",))
