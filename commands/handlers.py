@@ -15,6 +15,14 @@ meanwhile; the command then reads the log again and decides anew
 delete), a run did not (``Executed``), and the same decision is saved on the
 fresh state. So two editors conflict, and runs never block an edit.
 
+Webhook routes: an active workflow's (method, path) pairs live in
+``webhook_routes``, rewritten in the same transaction as every event that
+changes them (``_route_statements``). A decision that leaves the workflow
+active first checks that no other workflow holds its routes (409 naming it);
+two racing activations of one route both pass that check, and the table's
+primary key refuses the second save, which then decides again and sees the
+first's route.
+
 Loading: when this process itself committed exactly the revision the client
 expects, the command decides on that copy without reading the log (see
 ``LastCommitted``).
@@ -28,7 +36,7 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +45,7 @@ from eventsourcing.persistence import IntegrityError
 
 from commands.application import WorkflowApplication
 from commands.errors import (
+    HookRouteTaken,
     IdempotencyKeyReused,
     NoSuchVersion,
     VersionConflict,
@@ -52,8 +61,9 @@ from commands.models import (
     UpdateWorkflow,
 )
 from domain.meta import EventMeta
+from domain.triggers import webhook_routes
 from domain.workflow import Workflow
-from infrastructure.eventstore import IdempotencyRecord
+from infrastructure.eventstore import IdempotencyRecord, SideStatement
 
 _IDEMPOTENT_ID_NAMESPACE = uuid.UUID("6f1c8e52-3a7d-4c1e-9b8a-52d0c6a1e7f3")
 
@@ -199,6 +209,33 @@ class WorkflowCommands:
 
         return self._decide_and_save(workflow_id, expected_revision, ctx, fingerprint, decide)
 
+    def activate(
+        self, workflow_id: UUID, expected_revision: int, ctx: CommandContext
+    ) -> CommandResult:
+        """Switch the triggers of the revision the client saw on (no new revision)."""
+        fingerprint = request_fingerprint(ctx, "activate", workflow_id, expected_revision, None)
+        meta = _meta(ctx)
+        return self._decide_and_save(
+            workflow_id,
+            expected_revision,
+            ctx,
+            fingerprint,
+            lambda workflow: workflow.activate(meta),
+        )
+
+    def deactivate(
+        self, workflow_id: UUID, expected_revision: int, ctx: CommandContext
+    ) -> CommandResult:
+        fingerprint = request_fingerprint(ctx, "deactivate", workflow_id, expected_revision, None)
+        meta = _meta(ctx)
+        return self._decide_and_save(
+            workflow_id,
+            expected_revision,
+            ctx,
+            fingerprint,
+            lambda workflow: workflow.deactivate(meta),
+        )
+
     def get(self, workflow_id: UUID, org_id: str, revision: int | None = None) -> Workflow:
         """The workflow as the write side sees it: latest, or as revision ``revision`` made it."""
         version = None
@@ -239,6 +276,7 @@ class WorkflowCommands:
         else:
             workflow.ensure_not_deleted()
         for _ in range(SAVE_ATTEMPTS):
+            was_active = workflow.active
             if not decide(workflow):
                 if fresh:
                     return self._unchanged(workflow, ctx, fingerprint)
@@ -246,11 +284,16 @@ class WorkflowCommands:
                 # read it before answering "unchanged" (an edit is a 409).
                 workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
                 continue
+            routes: Sequence[SideStatement] = ()
+            if was_active or workflow.active:
+                self._ensure_routes_free(workflow)
+                routes = _route_statements(workflow)
             try:
-                return self._save(workflow, ctx, fingerprint, status_code=200)
+                return self._save(workflow, ctx, fingerprint, status_code=200, side=routes)
             except IntegrityError:
                 # Someone saved first: the same keyed request, another edit,
-                # or runs recorded by the follower. Read even after the last
+                # runs recorded by the follower, or another workflow's
+                # activation of one of our routes (seen by the next check). Read even after the last
                 # attempt: an edit is still a 409 (or 410), not "busy".
                 if ctx.idempotency_key is not None:
                     prior = self._prior_answer(ctx, fingerprint)
@@ -267,8 +310,31 @@ class WorkflowCommands:
             raise VersionConflict(workflow_id, expected_revision, workflow.revision)
         return workflow
 
+    def _ensure_routes_free(self, workflow: Workflow) -> None:
+        """Raise ``HookRouteTaken`` if another workflow holds a route this one would hold."""
+        if not workflow.active:
+            return
+        wanted = {(route.method, route.path) for route in webhook_routes(workflow.nodes)}
+        if not wanted:
+            return
+        with self.app.event_store.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "SELECT method, path, workflow_id FROM webhook_routes "
+                "WHERE org_id = %s AND workflow_id <> %s",
+                (workflow.org_id, workflow.id),
+            )
+            for row in curs.fetchall():
+                if (row["method"], row["path"]) in wanted:
+                    method, path = row["method"], row["path"]
+                    raise HookRouteTaken(workflow.id, method, path, row["workflow_id"])
+
     def _save(
-        self, workflow: Workflow, ctx: CommandContext, fingerprint: str, status_code: int
+        self,
+        workflow: Workflow,
+        ctx: CommandContext,
+        fingerprint: str,
+        status_code: int,
+        side: Sequence[SideStatement] = (),
     ) -> CommandResult:
         """Record the workflow's new events; ``IntegrityError`` if anyone saved first."""
         record = None
@@ -281,7 +347,7 @@ class WorkflowCommands:
                 aggregate_version=workflow.version,
                 status_code=status_code,
             )
-        recordings = self.app.save(workflow, idempotency=record)
+        recordings = self.app.save(workflow, idempotency=record, side_statements=side)
         self.last_committed.remember(workflow)
         return CommandResult(
             workflow_id=workflow.id,
@@ -338,6 +404,27 @@ class WorkflowCommands:
             ),
             status_code=record.status_code,
         )
+
+
+def _route_statements(workflow: Workflow) -> list[SideStatement]:
+    """Make ``webhook_routes`` hold exactly the routes of ``workflow`` as saved.
+
+    None if it is inactive (or deleted); a route another workflow holds
+    fails the save on the primary key.
+    """
+    statements = [
+        SideStatement("DELETE FROM webhook_routes WHERE workflow_id = %s", (workflow.id,))
+    ]
+    if workflow.active:
+        statements += [
+            SideStatement(
+                "INSERT INTO webhook_routes (org_id, method, path, workflow_id, node_id) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (workflow.org_id, route.method, route.path, workflow.id, route.node_id),
+            )
+            for route in webhook_routes(workflow.nodes)
+        ]
+    return statements
 
 
 def _meta(ctx: CommandContext) -> EventMeta:

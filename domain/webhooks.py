@@ -37,6 +37,11 @@ DEFAULT_TIMESTAMP_HEADER: Final = "x-webhook-timestamp"
 DEFAULT_TOLERANCE_S: Final = 300
 MAX_DEDUPE_KEY_CHARS: Final = 255
 
+# Headers a run never sees: credentials of the caller or of the hook itself.
+SECRET_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", DEFAULT_TOKEN_HEADER}
+)
+
 _PATH = re.compile(r"[A-Za-z0-9_-]{1,64}(?:/[A-Za-z0-9_-]{1,64}){0,7}")
 _JSON_PATH = re.compile(r"\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d{1,6}\])+)")
 _JSON_PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d{1,6})\]")
@@ -62,6 +67,27 @@ def check_header_name(name: object) -> str | None:
     if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
         return "must be a header name of letters, digits and '-'"
     return None
+
+
+def webhook_item(
+    body: Any,
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    *,
+    secret_headers: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """The trigger's item for one delivery: its body, headers minus secrets, and query.
+
+    ``secret_headers`` adds the hook's own auth headers (lower-case) to ``SECRET_HEADERS``.
+    """
+    hidden = SECRET_HEADERS | secret_headers
+    return {
+        "body": body,
+        "headers": {
+            name.lower(): value for name, value in headers.items() if name.lower() not in hidden
+        },
+        "query": dict(query),
+    }
 
 
 def hash_token(token: str) -> str:

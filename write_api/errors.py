@@ -10,6 +10,7 @@ from commands.errors import (
     ExecutionAnswerUnavailable,
     ExecutionInProgress,
     ExecutionNotFound,
+    HookRouteTaken,
     NoSuchVersion,
     WorkflowBusy,
 )
@@ -29,6 +30,17 @@ def _conflict(exc: VersionConflict) -> Problem:
         headers={"ETag": f'"{exc.current}"'},
         current_version=exc.current,
         expected_version=exc.expected,
+    )
+
+
+def _route_taken(exc: HookRouteTaken) -> Problem:
+    return Problem(
+        409,
+        str(exc),
+        type_=problem_type("webhook-route-taken"),
+        conflicting_workflow_id=str(exc.holder),
+        method=exc.method,
+        path=exc.path,
     )
 
 
@@ -90,6 +102,7 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     ExecutionFinished: _finished,
     ExecutionInputInvalid: _bad_input,
     VersionConflict: _conflict,
+    HookRouteTaken: _route_taken,
     WorkflowBusy: _busy,
     IdempotencyKeyReused: _key_reused,
     ExecutionInProgress: _in_progress,

@@ -312,3 +312,45 @@ async def cancel_execution(execution_id: UUID, request: Request) -> Response:
         _executions(request).cancel, execution_id, _context(request, principal)
     )
     return _execution_response(result)
+
+
+# -- activation ---------------------------------------------------------------------
+
+_ACTIVATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _COMMAND_RESPONSE,
+    404: _PROBLEM,
+    409: _PROBLEM,
+    410: _PROBLEM,
+    422: _PROBLEM,
+    428: _PROBLEM,
+}
+
+
+@router.post(
+    "/workflows/{workflow_id}/activate",
+    summary="Switch a workflow's triggers on (If-Match required; the version stays)",
+    responses=_ACTIVATION_RESPONSES,
+    openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
+)
+async def activate_workflow(workflow_id: UUID, request: Request) -> Response:
+    principal = await _writer(request)
+    version = expected_version(request)
+    result = await run_in_threadpool(
+        _commands(request).activate, workflow_id, version, _context(request, principal)
+    )
+    return _respond(result)
+
+
+@router.post(
+    "/workflows/{workflow_id}/deactivate",
+    summary="Switch a workflow's triggers off (If-Match required; the version stays)",
+    responses=_ACTIVATION_RESPONSES,
+    openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
+)
+async def deactivate_workflow(workflow_id: UUID, request: Request) -> Response:
+    principal = await _writer(request)
+    version = expected_version(request)
+    result = await run_in_threadpool(
+        _commands(request).deactivate, workflow_id, version, _context(request, principal)
+    )
+    return _respond(result)

@@ -1,0 +1,39 @@
+"""Webhook routes: which active workflow holds each (organisation, method, path).
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-01
+
+Written in the same transaction as the events that change it (``Activated``,
+``Deactivated``, ``Deleted``, an edit of an active workflow; see
+``commands/handlers.py``), like ``idempotency_keys``: it is the log's
+consequence, never a second opinion. The primary key makes two active
+workflows holding one route impossible, however activations race.
+"""
+
+from alembic import op
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute(
+        """
+        CREATE TABLE webhook_routes (
+            org_id text NOT NULL,
+            method text NOT NULL,
+            path text NOT NULL,
+            workflow_id uuid NOT NULL,
+            node_id text NOT NULL,
+            PRIMARY KEY (org_id, method, path)
+        )
+        """
+    )
+    op.execute("CREATE INDEX webhook_routes_workflow ON webhook_routes (workflow_id)")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE webhook_routes")
