@@ -33,10 +33,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import secrets
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -45,6 +47,7 @@ from eventsourcing.persistence import IntegrityError
 
 from commands.application import WorkflowApplication
 from commands.errors import (
+    HookNotServed,
     HookRouteTaken,
     IdempotencyKeyReused,
     NoSuchVersion,
@@ -61,7 +64,8 @@ from commands.models import (
     UpdateWorkflow,
 )
 from domain.meta import EventMeta
-from domain.triggers import webhook_routes
+from domain.triggers import HookRoute, webhook_routes
+from domain.webhooks import hash_token
 from domain.workflow import Workflow
 from infrastructure.eventstore import IdempotencyRecord, SideStatement
 
@@ -212,15 +216,25 @@ class WorkflowCommands:
     def activate(
         self, workflow_id: UUID, expected_revision: int, ctx: CommandContext
     ) -> CommandResult:
-        """Switch the triggers of the revision the client saw on (no new revision)."""
+        """Switch the triggers of the revision the client saw on (no new revision).
+
+        Each ``header_token`` hook gets a new token, in this answer only.
+        """
         fingerprint = request_fingerprint(ctx, "activate", workflow_id, expected_revision, None)
         meta = _meta(ctx)
+        tokens: dict[str, str] = {}
+
+        def decide(workflow: Workflow) -> bool:
+            if not workflow.activate(meta):
+                return False
+            tokens.clear()
+            for route in webhook_routes(workflow.nodes):
+                if route.parameters.auth.type == "header_token":
+                    tokens[route.node_id] = secrets.token_urlsafe(32)
+            return True
+
         return self._decide_and_save(
-            workflow_id,
-            expected_revision,
-            ctx,
-            fingerprint,
-            lambda workflow: workflow.activate(meta),
+            workflow_id, expected_revision, ctx, fingerprint, decide, tokens=tokens
         )
 
     def deactivate(
@@ -258,8 +272,12 @@ class WorkflowCommands:
         ctx: CommandContext,
         fingerprint: str,
         decide: Decision,
+        tokens: dict[str, str] | None = None,
     ) -> CommandResult:
         """Decide on the workflow at ``expected_revision`` and save at the version loaded.
+
+        ``tokens``: hook tokens ``decide`` generated, by node id; their
+        hashes are saved with the events, the tokens answered once.
 
         A lost save is decided again on the log's head (see the module's
         docstring): the decision depends only on the definition, which is
@@ -286,10 +304,12 @@ class WorkflowCommands:
                 continue
             routes: Sequence[SideStatement] = ()
             if was_active or workflow.active:
+                _ensure_served(workflow)
                 self._ensure_routes_free(workflow)
-                routes = _route_statements(workflow)
+                routes = _route_statements(workflow) + _secret_statements(workflow, tokens or {})
             try:
-                return self._save(workflow, ctx, fingerprint, status_code=200, side=routes)
+                result = self._save(workflow, ctx, fingerprint, status_code=200, side=routes)
+                return replace(result, webhook_tokens=dict(tokens or {}))
             except IntegrityError:
                 # Someone saved first: the same keyed request, another edit,
                 # runs recorded by the follower, or another workflow's
@@ -409,13 +429,18 @@ class WorkflowCommands:
 def _route_statements(workflow: Workflow) -> list[SideStatement]:
     """Make ``webhook_routes`` hold exactly the routes of ``workflow`` as saved.
 
-    None if it is inactive (or deleted); a route another workflow holds
-    fails the save on the primary key.
+    None (and no tokens) if it is inactive or deleted; a route another
+    workflow holds fails the save on the primary key.
     """
     statements = [
         SideStatement("DELETE FROM webhook_routes WHERE workflow_id = %s", (workflow.id,))
     ]
-    if workflow.active:
+    if not workflow.active:
+        # Its tokens go too: the next activation generates new ones.
+        statements.append(
+            SideStatement("DELETE FROM webhook_secrets WHERE workflow_id = %s", (workflow.id,))
+        )
+    else:
         statements += [
             SideStatement(
                 "INSERT INTO webhook_routes (org_id, method, path, workflow_id, node_id) "
@@ -425,6 +450,46 @@ def _route_statements(workflow: Workflow) -> list[SideStatement]:
             for route in webhook_routes(workflow.nodes)
         ]
     return statements
+
+
+def _secret_statements(workflow: Workflow, tokens: dict[str, str]) -> list[SideStatement]:
+    """Keep the SHA-256 of each new hook token, replacing the node's old one."""
+    return [
+        SideStatement(
+            "INSERT INTO webhook_secrets (workflow_id, node_id, token_sha256) VALUES (%s, %s, %s) "
+            "ON CONFLICT (workflow_id, node_id) DO UPDATE "
+            "SET token_sha256 = excluded.token_sha256, created_at = now()",
+            (workflow.id, node_id, hash_token(token)),
+        )
+        for node_id, token in tokens.items()
+    ]
+
+
+# What the hook route serves so far (issue 12 is landing in parts); an active
+# workflow may hold only hooks it can answer, so nothing is active and deaf.
+SERVED_AUTH = frozenset({"none", "header_token"})
+SERVED_RESPONSES = frozenset({"immediately", "no_content"})
+
+
+def _ensure_served(workflow: Workflow) -> None:
+    """Raise ``HookNotServed`` if an active workflow would hold a hook not yet served."""
+    if not workflow.active:
+        return
+    for route in webhook_routes(workflow.nodes):
+        unserved = _unserved(route)
+        if unserved:
+            raise HookNotServed(workflow.id, route.node_id, unserved)
+
+
+def _unserved(route: HookRoute) -> str | None:
+    parameters = route.parameters
+    if parameters.auth.type not in SERVED_AUTH:
+        return f"auth {parameters.auth.type!r} (served: {', '.join(sorted(SERVED_AUTH))})"
+    if parameters.response not in SERVED_RESPONSES:
+        return f"response {parameters.response!r} (served: {', '.join(sorted(SERVED_RESPONSES))})"
+    if parameters.dedupe is not None:
+        return "dedupe"
+    return None
 
 
 def _meta(ctx: CommandContext) -> EventMeta:

@@ -6,7 +6,7 @@ They check types and shape only; the rules of a valid workflow live in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
@@ -104,6 +104,9 @@ class CommandResult:
     version: int  # the definition's revision: what the ETag and the next If-Match carry
     position: int
     status_code: int
+    # Tokens of the header_token hooks this activation generated, by node id:
+    # shown in this answer only (the service keeps their SHA-256).
+    webhook_tokens: dict[str, str] = field(default_factory=dict)
 
 
 class RunWorkflow(BaseModel):

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
+from urllib.parse import parse_qsl
 
 AuthKind = Literal["none", "header_token", "hmac_sha256"]
 ResponseMode = Literal["immediately", "when_finished", "no_content"]
@@ -67,6 +69,39 @@ def check_header_name(name: object) -> str | None:
     if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
         return "must be a header name of letters, digits and '-'"
     return None
+
+
+class WebhookBodyInvalid(Exception):
+    """A delivery's body cannot be read as what its content type says."""
+
+
+def parse_body(raw: bytes, content_type: str | None) -> Any:
+    """A delivery's body as the run sees it: JSON, a form (an object), or text; None if empty.
+
+    The value contract is the caller's to check: the run's input checks it.
+    """
+    if not raw:
+        return None
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebhookBodyInvalid("the body is not UTF-8 text") from None
+    if media_type == "application/json" or media_type.endswith("+json"):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise WebhookBodyInvalid(f"the body is not valid JSON: {exc}") from None
+    if media_type == "application/x-www-form-urlencoded":
+        form: dict[str, Any] = {}
+        for name, value in parse_qsl(text, keep_blank_values=True):
+            if name in form:  # a repeated field becomes a list, in order
+                first = form[name]
+                form[name] = [*first, value] if isinstance(first, list) else [first, value]
+            else:
+                form[name] = value
+        return form
+    return text
 
 
 def webhook_item(

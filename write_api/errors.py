@@ -10,11 +10,14 @@ from commands.errors import (
     ExecutionAnswerUnavailable,
     ExecutionInProgress,
     ExecutionNotFound,
+    HookNotFound,
+    HookNotServed,
     HookRouteTaken,
     NoSuchVersion,
     WorkflowBusy,
 )
 from domain.errors import ExecutionFinished, ExecutionInputInvalid
+from domain.webhooks import WebhookBodyInvalid, WebhookRefused
 from infrastructure.problems import Problem, problem_type
 
 
@@ -42,6 +45,22 @@ def _route_taken(exc: HookRouteTaken) -> Problem:
         method=exc.method,
         path=exc.path,
     )
+
+
+def _hook_not_served(exc: HookNotServed) -> Problem:
+    return Problem(422, str(exc), type_=problem_type("webhook-not-served"), node_id=exc.node_id)
+
+
+def _hook_not_found(exc: HookNotFound) -> Problem:
+    return Problem(404, str(exc), type_=problem_type("not-found"))
+
+
+def _hook_refused(exc: WebhookRefused) -> Problem:
+    return Problem(401, exc.reason, type_=problem_type("webhook-unauthorized"))
+
+
+def _hook_body(exc: WebhookBodyInvalid) -> Problem:
+    return Problem(422, str(exc), type_=problem_type("invalid-webhook-body"))
 
 
 def _busy(exc: WorkflowBusy) -> Problem:
@@ -103,6 +122,10 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     ExecutionInputInvalid: _bad_input,
     VersionConflict: _conflict,
     HookRouteTaken: _route_taken,
+    HookNotServed: _hook_not_served,
+    HookNotFound: _hook_not_found,
+    WebhookRefused: _hook_refused,
+    WebhookBodyInvalid: _hook_body,
     WorkflowBusy: _busy,
     IdempotencyKeyReused: _key_reused,
     ExecutionInProgress: _in_progress,

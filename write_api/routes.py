@@ -144,7 +144,13 @@ def _respond(result: CommandResult, *, location: bool = False) -> Response:
     headers = {"ETag": f'"{result.version}"', "X-Log-Position": str(result.position)}
     if location:
         headers["Location"] = f"/v1/workflows/{result.workflow_id}"
-    body = {"id": str(result.workflow_id), "version": result.version, "position": result.position}
+    body: dict[str, Any] = {
+        "id": str(result.workflow_id),
+        "version": result.version,
+        "position": result.position,
+    }
+    if result.webhook_tokens:
+        body["webhook_tokens"] = result.webhook_tokens  # shown this once, never stored
     return Response(
         orjson.dumps(body),
         status_code=result.status_code,

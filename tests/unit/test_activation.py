@@ -11,7 +11,7 @@ from domain.engine import compile_plan, run
 from domain.errors import WorkflowDeleted, WorkflowInvalid
 from domain.meta import EventMeta
 from domain.triggers import activation_problems, webhook_routes
-from domain.webhooks import webhook_item
+from domain.webhooks import WebhookBodyInvalid, parse_body, webhook_item
 from domain.workflow import Workflow
 from tests.helpers import noop, trigger, webhook, webhook_body, workflow_body
 from tests.unit.test_engine import FakeWorld
@@ -153,3 +153,29 @@ def test_the_webhook_trigger_starts_the_run_with_the_request_item() -> None:
     outcome = run(compile_plan(definition), item, ports=FakeWorld().ports())
     assert outcome.status == "succeeded"
     assert outcome.output == {"a": [item]}
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "expected"),
+    [
+        (b"", "application/json", None),
+        (b'{"a": [1, 2]}', "application/json; charset=utf-8", {"a": [1, 2]}),
+        (b'{"a": 1}', "application/cloudevents+json", {"a": 1}),
+        (b"a=1&b=&a=2&a=3", "application/x-www-form-urlencoded", {"a": ["1", "2", "3"], "b": ""}),
+        (b"hello", "text/plain", "hello"),
+        (b"<xml/>", None, "<xml/>"),
+    ],
+)
+def test_bodies_are_read_by_their_content_type(
+    raw: bytes, content_type: str | None, expected: Any
+) -> None:
+    assert parse_body(raw, content_type) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "fragment"),
+    [(b"{", "application/json", "not valid JSON"), (b"\xff", "text/plain", "UTF-8")],
+)
+def test_unreadable_bodies_are_refused(raw: bytes, content_type: str, fragment: str) -> None:
+    with pytest.raises(WebhookBodyInvalid, match=fragment):
+        parse_body(raw, content_type)

@@ -1,4 +1,4 @@
-"""Webhook routes: which active workflow holds each (organisation, method, path).
+"""Webhooks: which active workflow holds each route, and the hooks' token hashes.
 
 Revision ID: 0009
 Revises: 0008
@@ -9,6 +9,10 @@ Written in the same transaction as the events that change it (``Activated``,
 ``commands/handlers.py``), like ``idempotency_keys``: it is the log's
 consequence, never a second opinion. The primary key makes two active
 workflows holding one route impossible, however activations race.
+
+``webhook_secrets`` keeps a ``header_token`` hook's token as its SHA-256
+only: the service generates the token at activation and shows it once; it
+never enters the log.
 """
 
 from alembic import op
@@ -33,7 +37,19 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX webhook_routes_workflow ON webhook_routes (workflow_id)")
+    op.execute(
+        """
+        CREATE TABLE webhook_secrets (
+            workflow_id uuid NOT NULL,
+            node_id text NOT NULL,
+            token_sha256 text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (workflow_id, node_id)
+        )
+        """
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP TABLE webhook_secrets")
     op.execute("DROP TABLE webhook_routes")

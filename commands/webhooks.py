@@ -1,0 +1,111 @@
+"""Webhook deliveries: find the active hook, check its auth, start a run of the current revision.
+
+The route table (``webhook_routes``) names the workflow and node that hold
+``METHOD /hooks/{org}/{path}``; it changes in the same transaction as the
+events that activate, edit or deactivate them, so an inactive workflow's
+hook is not found. The run is of the revision current when it is recorded,
+like any other execution, and records that revision.
+
+Between the look-up and the run's save a deactivation can commit; the
+delivery then still starts one run (the run was asked for while the hook
+was active). Nothing else can slip through: a wrong token starts nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from commands.errors import HookNotFound
+from commands.executions import ExecutionCommands
+from commands.handlers import WorkflowCommands
+from commands.models import CommandContext, ExecutionResult, RunWorkflow
+from domain.triggers import HookRoute, webhook_routes
+from domain.webhooks import (
+    ResponseMode,
+    WebhookRefused,
+    check_hook_path,
+    check_token,
+    parse_body,
+    webhook_item,
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One call of a hook, as the HTTP adapter read it."""
+
+    org_id: str
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names
+    query: Mapping[str, str]
+    body: bytes
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class Delivered:
+    execution: ExecutionResult
+    response: ResponseMode
+
+
+class HookDeliveries:
+    def __init__(self, workflows: WorkflowCommands, executions: ExecutionCommands) -> None:
+        self.workflows = workflows
+        self.executions = executions
+        self._store = workflows.app.event_store
+
+    def deliver(self, delivery: Delivery) -> Delivered:
+        """Start the run a delivery asks for; ``HookNotFound`` or ``WebhookRefused`` otherwise."""
+        workflow_id, route = self._route(delivery)
+        secret_headers: frozenset[str] = frozenset()
+        auth = route.parameters.auth
+        if auth.type == "header_token":
+            stored = self._token_hash(workflow_id, route.node_id)
+            if stored is None:
+                raise WebhookRefused("this hook has no token: activate the workflow again")
+            check_token(delivery.headers.get(auth.header), stored)
+            secret_headers = frozenset({auth.header})
+        elif auth.type != "none":  # activation refuses what is not served
+            raise WebhookRefused(f"webhook auth {auth.type!r} is not served")
+        body = parse_body(delivery.body, delivery.headers.get("content-type"))
+        item = webhook_item(body, delivery.headers, delivery.query, secret_headers=secret_headers)
+        ctx = CommandContext(
+            org_id=delivery.org_id,
+            actor=f"webhook:{route.node_id}",
+            correlation_id=delivery.correlation_id,
+            idempotency_key=None,
+        )
+        started = self.executions.start(workflow_id, RunWorkflow(input=item, mode="async"), ctx)
+        return Delivered(started, route.parameters.response)
+
+    def _route(self, delivery: Delivery) -> tuple[UUID, HookRoute]:
+        not_found = HookNotFound(delivery.org_id, delivery.method, delivery.path)
+        if check_hook_path(delivery.path) is not None:
+            raise not_found
+        with self._store.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "SELECT workflow_id, node_id FROM webhook_routes "
+                "WHERE org_id = %s AND method = %s AND path = %s",
+                (delivery.org_id, delivery.method, delivery.path),
+            )
+            row: Any = curs.fetchone()
+        if row is None:
+            raise not_found
+        workflow = self.workflows.get(row["workflow_id"], delivery.org_id)
+        for route in webhook_routes(workflow.nodes):
+            if route.node_id == row["node_id"]:
+                return workflow.id, route
+        raise not_found  # the table and the log always agree; this is belt and braces
+
+    def _token_hash(self, workflow_id: UUID, node_id: str) -> str | None:
+        with self._store.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "SELECT token_sha256 FROM webhook_secrets WHERE workflow_id = %s AND node_id = %s",
+                (workflow_id, node_id),
+            )
+            row: Any = curs.fetchone()
+        return None if row is None else str(row["token_sha256"])

@@ -1,0 +1,205 @@
+"""``/hooks/{org}/{path}`` over real HTTP: lookup, auth, the trigger item, body rules."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import httpx
+import psycopg
+
+from commands import WorkflowApplication
+from domain.execution import Execution
+from infrastructure.database import PgTarget
+from infrastructure.settings import Settings
+from tests.helpers import noop, webhook_body, workflow_body
+
+
+def _hooked(
+    client: httpx.Client,
+    headers: dict[str, str],
+    path: str,
+    *,
+    auth: dict[str, Any] | None = None,
+    response: str = "immediately",
+    method: str = "POST",
+    activate: bool = True,
+) -> tuple[str, dict[str, Any]]:
+    body = webhook_body(path=path, method=method)
+    body["nodes"][0]["parameters"] |= {"auth": auth or {"type": "none"}, "response": response}
+    created = client.post("/v1/workflows", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    workflow_id = str(created.json()["id"])
+    answer: dict[str, Any] = {}
+    if activate:
+        activated = client.post(
+            f"/v1/workflows/{workflow_id}/activate", headers={**headers, "If-Match": '"1"'}
+        )
+        assert activated.status_code == 200, activated.text
+        answer = activated.json()
+    return workflow_id, answer
+
+
+def _execution(app: WorkflowApplication, response: httpx.Response) -> Execution:
+    execution = app.repository.get(uuid.UUID(response.json()["execution_id"]))
+    assert isinstance(execution, Execution)
+    return execution
+
+
+def _head(app: WorkflowApplication) -> int:
+    return app.recorder.max_notification_id() or 0
+
+
+def _problem(response: httpx.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    for word in words:
+        assert word in response.json()["detail"], (word, response.json()["detail"])
+
+
+def test_a_call_starts_a_run_of_the_current_revision_with_the_request_as_its_item(
+    client: httpx.Client, owner: dict[str, str], org: str, workflow_app: WorkflowApplication
+) -> None:
+    workflow_id, _ = _hooked(client, owner, "orders/created")
+    edited = webhook_body(path="orders/created")["nodes"] + [noop("b")]
+    patched = client.patch(
+        f"/v1/workflows/{workflow_id}",
+        json={
+            "nodes": edited,
+            "connections": [{"from": "hook", "to": "a"}, {"from": "a", "to": "b"}],
+        },
+        headers={**owner, "If-Match": '"1"'},
+    )
+    assert patched.status_code == 200, patched.text
+
+    called = client.post(
+        f"/hooks/{org}/orders/created?source=shop&page=2",
+        json={"order": {"id": 7}},
+        headers={"Authorization": "Bearer not-for-the-run", "Cookie": "s=1", "X-Shop": "acme"},
+    )
+    assert called.status_code == 202, called.text
+    assert called.json()["status"] == "queued"
+    assert called.headers["location"] == f"/v1/executions/{called.json()['execution_id']}"
+    execution = _execution(workflow_app, called)
+    assert str(execution.workflow_id) == workflow_id and execution.workflow_revision == 2
+    assert execution.created_by == "webhook:hook" and execution.mode == "async"
+    item = execution.input
+    assert item["body"] == {"order": {"id": 7}}
+    assert item["query"] == {"source": "shop", "page": "2"}
+    assert item["headers"]["x-shop"] == "acme"
+    assert "authorization" not in item["headers"] and "cookie" not in item["headers"]
+
+
+def test_unknown_inactive_and_deactivated_hooks_are_404_and_start_nothing(
+    client: httpx.Client, owner: dict[str, str], org: str, workflow_app: WorkflowApplication
+) -> None:
+    workflow_id, _ = _hooked(client, owner, "hooks/sleepy", activate=False)
+    before = _head(workflow_app)
+    _problem(client.post(f"/hooks/{org}/hooks/sleepy", json={}), 404, "no active webhook")
+    _problem(client.post(f"/hooks/{org}/no/such/hook", json={}), 404)
+    _problem(client.post(f"/hooks/{org}/bad..path", json={}), 404)
+    _problem(client.post("/hooks/another-org/hooks/sleepy", json={}), 404)
+    url = f"/v1/workflows/{workflow_id}"
+    assert client.post(f"{url}/activate", headers={**owner, "If-Match": '"1"'}).status_code == 200
+    _problem(client.put(f"/hooks/{org}/hooks/sleepy", json={}), 404)  # POST only
+    assert client.post(f"/hooks/{org}/hooks/sleepy", json={}).status_code == 202
+    assert client.post(f"{url}/deactivate", headers={**owner, "If-Match": '"1"'}).status_code == 200
+    head = _head(workflow_app)
+    _problem(client.post(f"/hooks/{org}/hooks/sleepy", json={}), 404)
+    assert _head(workflow_app) == head
+    assert head == before + 3  # Activated, one run's Created, Deactivated
+
+
+def test_a_header_token_is_shown_once_kept_hashed_and_checked(
+    client: httpx.Client,
+    owner: dict[str, str],
+    org: str,
+    workflow_app: WorkflowApplication,
+    db_target: PgTarget,
+) -> None:
+    workflow_id, answer = _hooked(client, owner, "secure/in", auth={"type": "header_token"})
+    token = answer["webhook_tokens"]["hook"]
+    assert len(token) >= 40
+    url = f"/hooks/{org}/secure/in"
+
+    before = _head(workflow_app)
+    _problem(client.post(url, json={"a": 1}), 401, "missing")
+    _problem(
+        client.post(url, json={"a": 1}, headers={"X-Webhook-Token": token + "x"}), 401, "wrong"
+    )
+    assert _head(workflow_app) == before  # a refused call starts nothing
+
+    called = client.post(url, json={"a": 1}, headers={"X-Webhook-Token": token})
+    assert called.status_code == 202, called.text
+    assert "x-webhook-token" not in _execution(workflow_app, called).input["headers"]
+
+    # The log never holds the token; the service keeps only its SHA-256.
+    for event in workflow_app.events.get(uuid.UUID(workflow_id)):
+        assert token not in repr(event.__dict__)
+    with psycopg.connect(db_target.conninfo()) as conn:
+        [(stored,)] = conn.execute(
+            "SELECT token_sha256 FROM webhook_secrets WHERE workflow_id = %s", (workflow_id,)
+        ).fetchall()
+    assert stored == hashlib.sha256(token.encode()).hexdigest()
+
+    # Activating again shows nothing: the token was shown once.
+    again = client.post(
+        f"/v1/workflows/{workflow_id}/activate", headers={**owner, "If-Match": '"1"'}
+    )
+    assert again.status_code == 200 and "webhook_tokens" not in again.json()
+    # Deactivating drops the token; the next activation makes a new one.
+    url_wf = f"/v1/workflows/{workflow_id}"
+    client.post(f"{url_wf}/deactivate", headers={**owner, "If-Match": '"1"'})
+    renewed = client.post(f"{url_wf}/activate", headers={**owner, "If-Match": '"1"'}).json()
+    assert renewed["webhook_tokens"]["hook"] != token
+    _problem(client.post(url, json={}, headers={"X-Webhook-Token": token}), 401, "wrong")
+
+
+def test_bodies_json_form_text_and_their_limits(
+    client: httpx.Client,
+    owner: dict[str, str],
+    org: str,
+    workflow_app: WorkflowApplication,
+    app_settings: Settings,
+) -> None:
+    _hooked(client, owner, "bodies")
+    url = f"/hooks/{org}/bodies"
+    form = client.post(
+        url, content=b"a=1&b=x&a=2", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert _execution(workflow_app, form).input["body"] == {"a": ["1", "2"], "b": "x"}
+    text = client.post(url, content="plain words", headers={"Content-Type": "text/plain"})
+    assert _execution(workflow_app, text).input["body"] == "plain words"
+    empty = client.post(url)
+    assert _execution(workflow_app, empty).input["body"] is None
+
+    before = _head(workflow_app)
+    json_type = {"Content-Type": "application/json"}
+    _problem(client.post(url, content=b'{"a": "\\u0000"}', headers=json_type), 422)
+    _problem(client.post(url, content=b'{"big": 18446744073709551616}', headers=json_type), 422)
+    _problem(client.post(url, content=b"{not json", headers=json_type), 422, "not valid JSON")
+    _problem(client.post(url, content=b"\xff\xfe", headers=json_type), 422, "UTF-8")
+    too_big = b'{"a": "' + b"x" * app_settings.max_body_bytes + b'"}'
+    _problem(client.post(url, content=too_big, headers=json_type), 413)
+    assert _head(workflow_app) == before
+
+
+def test_no_content_answers_204_and_unserved_options_cannot_be_activated(
+    client: httpx.Client, owner: dict[str, str], org: str, workflow_app: WorkflowApplication
+) -> None:
+    _hooked(client, owner, "quiet", response="no_content", method="PUT")
+    quiet = client.put(f"/hooks/{org}/quiet", json={"x": 1})
+    assert quiet.status_code == 204 and quiet.content == b""
+    assert quiet.headers["location"].startswith("/v1/executions/")
+
+    for auth, response in (({"type": "hmac_sha256"}, "immediately"), (None, "when_finished")):
+        workflow_id, _ = _hooked(
+            client, owner, "unserved", auth=auth, response=response, activate=False
+        )
+        refused = client.post(
+            f"/v1/workflows/{workflow_id}/activate", headers={**owner, "If-Match": '"1"'}
+        )
+        _problem(refused, 422, "not serve")
+    manual = client.post("/v1/workflows", json=workflow_body(), headers=owner)
+    assert manual.status_code == 201

@@ -1,0 +1,68 @@
+"""``METHOD /hooks/{org}/{path}``: a webhook call starts a run of the workflow holding it.
+
+No API key: the hook's own auth (``none`` or ``header_token``) decides. The
+body is read under the service's body limit (413) and must keep the value
+contract (422); an unknown or inactive hook is 404, a bad token 401, and
+neither starts anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from commands.webhooks import Delivery, HookDeliveries
+from domain.webhooks import METHODS
+from infrastructure.json_codec import dumps_answer
+
+router = APIRouter(tags=["webhooks"])
+
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "The run is queued"},
+    204: {"description": "The run is queued (response: no_content)"},
+    401: _PROBLEM,
+    404: _PROBLEM,
+    413: _PROBLEM,
+    422: _PROBLEM,
+}
+
+
+async def call_hook(org_id: str, path: str, request: Request) -> Response:
+    delivery = Delivery(
+        org_id=org_id,
+        method=request.method,
+        path=path,
+        headers={name.lower(): value for name, value in request.headers.items()},
+        query=dict(request.query_params),
+        body=await request.body(),
+        correlation_id=request.state.request_id,
+    )
+    hooks: HookDeliveries = request.app.state.hook_deliveries
+    delivered = await run_in_threadpool(hooks.deliver, delivery)
+    execution_id = str(delivered.execution.execution_id)
+    headers = {
+        "Location": f"/v1/executions/{execution_id}",
+        "X-Log-Position": str(delivered.execution.position),
+    }
+    if delivered.response == "no_content":
+        return Response(status_code=204, headers=headers)
+    body = {"execution_id": execution_id, "status": delivered.execution.status}
+    return Response(
+        dumps_answer(body), status_code=202, headers=headers, media_type="application/json"
+    )
+
+
+# One route per method, each its own OpenAPI operation.
+for _method in METHODS:
+    router.add_api_route(
+        "/hooks/{org_id}/{path:path}",
+        call_hook,
+        methods=[_method],
+        operation_id=f"call_hook_{_method.lower()}",
+        summary=f"Call an active workflow's {_method} webhook (202 with the execution id, or 204)",
+        responses=_RESPONSES,
+    )
