@@ -218,23 +218,24 @@ class WorkflowCommands:
     ) -> CommandResult:
         """Switch the triggers of the revision the client saw on (no new revision).
 
-        Each ``header_token`` hook gets a new token, in this answer only.
+        Each ``header_token`` and ``hmac_sha256`` hook gets a new secret,
+        shown in this answer only.
         """
         fingerprint = request_fingerprint(ctx, "activate", workflow_id, expected_revision, None)
         meta = _meta(ctx)
-        tokens: dict[str, str] = {}
+        generated: dict[str, str] = {}
 
         def decide(workflow: Workflow) -> bool:
             if not workflow.activate(meta):
                 return False
-            tokens.clear()
+            generated.clear()
             for route in webhook_routes(workflow.nodes):
-                if route.parameters.auth.type == "header_token":
-                    tokens[route.node_id] = secrets.token_urlsafe(32)
+                if route.parameters.auth.type in SECRET_AUTH:
+                    generated[route.node_id] = secrets.token_urlsafe(32)
             return True
 
         return self._decide_and_save(
-            workflow_id, expected_revision, ctx, fingerprint, decide, tokens=tokens
+            workflow_id, expected_revision, ctx, fingerprint, decide, hook_secrets=generated
         )
 
     def deactivate(
@@ -272,12 +273,12 @@ class WorkflowCommands:
         ctx: CommandContext,
         fingerprint: str,
         decide: Decision,
-        tokens: dict[str, str] | None = None,
+        hook_secrets: dict[str, str] | None = None,
     ) -> CommandResult:
         """Decide on the workflow at ``expected_revision`` and save at the version loaded.
 
-        ``tokens``: hook tokens ``decide`` generated, by node id; their
-        hashes are saved with the events, the tokens answered once.
+        ``hook_secrets``: what ``decide`` generated for hooks, by node id;
+        saved (a token as its hash) with the events, answered once.
 
         A lost save is decided again on the log's head (see the module's
         docstring): the decision depends only on the definition, which is
@@ -306,10 +307,12 @@ class WorkflowCommands:
             if was_active or workflow.active:
                 _ensure_served(workflow)
                 self._ensure_routes_free(workflow)
-                routes = _route_statements(workflow) + _secret_statements(workflow, tokens or {})
+                routes = _route_statements(workflow) + _secret_statements(
+                    workflow, hook_secrets or {}
+                )
             try:
                 result = self._save(workflow, ctx, fingerprint, status_code=200, side=routes)
-                return replace(result, webhook_tokens=dict(tokens or {}))
+                return replace(result, webhook_secrets=dict(hook_secrets or {}))
             except IntegrityError:
                 # Someone saved first: the same keyed request, another edit,
                 # runs recorded by the follower, or another workflow's
@@ -429,14 +432,14 @@ class WorkflowCommands:
 def _route_statements(workflow: Workflow) -> list[SideStatement]:
     """Make ``webhook_routes`` hold exactly the routes of ``workflow`` as saved.
 
-    None (and no tokens) if it is inactive or deleted; a route another
+    None (and no hook secrets) if it is inactive or deleted; a route another
     workflow holds fails the save on the primary key.
     """
     statements = [
         SideStatement("DELETE FROM webhook_routes WHERE workflow_id = %s", (workflow.id,))
     ]
     if not workflow.active:
-        # Its tokens go too: the next activation generates new ones.
+        # Its secrets go too: the next activation generates new ones.
         statements.append(
             SideStatement("DELETE FROM webhook_secrets WHERE workflow_id = %s", (workflow.id,))
         )
@@ -452,22 +455,30 @@ def _route_statements(workflow: Workflow) -> list[SideStatement]:
     return statements
 
 
-def _secret_statements(workflow: Workflow, tokens: dict[str, str]) -> list[SideStatement]:
-    """Keep the SHA-256 of each new hook token, replacing the node's old one."""
-    return [
-        SideStatement(
-            "INSERT INTO webhook_secrets (workflow_id, node_id, token_sha256) VALUES (%s, %s, %s) "
-            "ON CONFLICT (workflow_id, node_id) DO UPDATE "
-            "SET token_sha256 = excluded.token_sha256, created_at = now()",
-            (workflow.id, node_id, hash_token(token)),
+def _secret_statements(workflow: Workflow, generated: dict[str, str]) -> list[SideStatement]:
+    """Keep each new hook secret (a token as its SHA-256), replacing the node's old one."""
+    auth = {route.node_id: route.parameters.auth.type for route in webhook_routes(workflow.nodes)}
+    statements = []
+    for node_id, secret in generated.items():
+        token_sha256, hmac_secret = (
+            (hash_token(secret), None) if auth[node_id] == "header_token" else (None, secret)
         )
-        for node_id, token in tokens.items()
-    ]
+        statements.append(
+            SideStatement(
+                "INSERT INTO webhook_secrets (workflow_id, node_id, token_sha256, hmac_secret) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (workflow_id, node_id) DO UPDATE "
+                "SET token_sha256 = excluded.token_sha256, hmac_secret = excluded.hmac_secret, "
+                "created_at = now()",
+                (workflow.id, node_id, token_sha256, hmac_secret),
+            )
+        )
+    return statements
 
 
 # What the hook route serves so far (issue 12 is landing in parts); an active
 # workflow may hold only hooks it can answer, so nothing is active and deaf.
-SERVED_AUTH = frozenset({"none", "header_token"})
+SERVED_AUTH = frozenset({"none", "header_token", "hmac_sha256"})
+SECRET_AUTH = frozenset({"header_token", "hmac_sha256"})
 SERVED_RESPONSES = frozenset({"immediately", "no_content"})
 
 

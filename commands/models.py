@@ -104,9 +104,9 @@ class CommandResult:
     version: int  # the definition's revision: what the ETag and the next If-Match carry
     position: int
     status_code: int
-    # Tokens of the header_token hooks this activation generated, by node id:
-    # shown in this answer only (the service keeps their SHA-256).
-    webhook_tokens: dict[str, str] = field(default_factory=dict)
+    # The secrets this activation generated for its hooks, by node id (a
+    # header_token's token, an hmac_sha256's key): in this answer only.
+    webhook_secrets: dict[str, str] = field(default_factory=dict)
 
 
 class RunWorkflow(BaseModel):

@@ -13,7 +13,8 @@ was active). Nothing else can slip through: a wrong token starts nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -27,6 +28,7 @@ from domain.webhooks import (
     ResponseMode,
     WebhookRefused,
     check_hook_path,
+    check_signature,
     check_token,
     parse_body,
     webhook_item,
@@ -53,9 +55,15 @@ class Delivered:
 
 
 class HookDeliveries:
-    def __init__(self, workflows: WorkflowCommands, executions: ExecutionCommands) -> None:
+    def __init__(
+        self,
+        workflows: WorkflowCommands,
+        executions: ExecutionCommands,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.workflows = workflows
         self.executions = executions
+        self.clock = clock
         self._store = workflows.app.event_store
 
     def deliver(self, delivery: Delivery) -> Delivered:
@@ -64,13 +72,24 @@ class HookDeliveries:
         secret_headers: frozenset[str] = frozenset()
         auth = route.parameters.auth
         if auth.type == "header_token":
-            stored = self._token_hash(workflow_id, route.node_id)
-            if stored is None:
+            token_sha256, _ = self._secret(workflow_id, route.node_id)
+            if token_sha256 is None:
                 raise WebhookRefused("this hook has no token: activate the workflow again")
-            check_token(delivery.headers.get(auth.header), stored)
+            check_token(delivery.headers.get(auth.header), token_sha256)
             secret_headers = frozenset({auth.header})
-        elif auth.type != "none":  # activation refuses what is not served
-            raise WebhookRefused(f"webhook auth {auth.type!r} is not served")
+        elif auth.type == "hmac_sha256":
+            _, hmac_secret = self._secret(workflow_id, route.node_id)
+            if hmac_secret is None:
+                raise WebhookRefused("this hook has no secret: activate the workflow again")
+            check_signature(
+                hmac_secret.encode(),
+                delivery.body,  # the raw bytes, as signed
+                signature=delivery.headers.get(auth.signature_header),
+                timestamp=delivery.headers.get(auth.timestamp_header),
+                now=self.clock(),
+                tolerance_s=auth.tolerance_s,
+            )
+            secret_headers = frozenset({auth.signature_header})
         body = parse_body(delivery.body, delivery.headers.get("content-type"))
         item = webhook_item(body, delivery.headers, delivery.query, secret_headers=secret_headers)
         ctx = CommandContext(
@@ -101,11 +120,13 @@ class HookDeliveries:
                 return workflow.id, route
         raise not_found  # the table and the log always agree; this is belt and braces
 
-    def _token_hash(self, workflow_id: UUID, node_id: str) -> str | None:
+    def _secret(self, workflow_id: UUID, node_id: str) -> tuple[str | None, str | None]:
+        """The hook's (token SHA-256, HMAC secret); (None, None) if it has none."""
         with self._store.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(
-                "SELECT token_sha256 FROM webhook_secrets WHERE workflow_id = %s AND node_id = %s",
+                "SELECT token_sha256, hmac_secret FROM webhook_secrets "
+                "WHERE workflow_id = %s AND node_id = %s",
                 (workflow_id, node_id),
             )
             row: Any = curs.fetchone()
-        return None if row is None else str(row["token_sha256"])
+        return (None, None) if row is None else (row["token_sha256"], row["hmac_secret"])

@@ -1,6 +1,6 @@
 """``METHOD /hooks/{org}/{path}``: a webhook call starts a run of the workflow holding it.
 
-No API key: the hook's own auth (``none`` or ``header_token``) decides. The
+No API key: the hook's own auth (none, a header token, an HMAC signature) decides. The
 body is read under the service's body limit (413) and must keep the value
 contract (422); an unknown or inactive hook is 404, a bad token 401, and
 neither starts anything.

@@ -149,8 +149,8 @@ def _respond(result: CommandResult, *, location: bool = False) -> Response:
         "version": result.version,
         "position": result.position,
     }
-    if result.webhook_tokens:
-        body["webhook_tokens"] = result.webhook_tokens  # shown this once, never stored
+    if result.webhook_secrets:
+        body["webhook_secrets"] = result.webhook_secrets  # shown this once, never logged
     return Response(
         orjson.dumps(body),
         status_code=result.status_code,

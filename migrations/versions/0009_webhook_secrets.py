@@ -10,9 +10,10 @@ Written in the same transaction as the events that change it (``Activated``,
 consequence, never a second opinion. The primary key makes two active
 workflows holding one route impossible, however activations race.
 
-``webhook_secrets`` keeps a ``header_token`` hook's token as its SHA-256
-only: the service generates the token at activation and shows it once; it
-never enters the log.
+``webhook_secrets`` keeps what a hook's auth needs, generated at activation
+and shown once, never in the log: a ``header_token`` hook's token as its
+SHA-256 only, an ``hmac_sha256`` hook's secret itself (checking a signature
+needs it).
 """
 
 from alembic import op
@@ -42,9 +43,11 @@ def upgrade() -> None:
         CREATE TABLE webhook_secrets (
             workflow_id uuid NOT NULL,
             node_id text NOT NULL,
-            token_sha256 text NOT NULL,
+            token_sha256 text,
+            hmac_secret text,
             created_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (workflow_id, node_id)
+            PRIMARY KEY (workflow_id, node_id),
+            CHECK ((token_sha256 IS NULL) <> (hmac_secret IS NULL))
         )
         """
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ import psycopg
 
 from commands import WorkflowApplication
 from domain.execution import Execution
+from domain.webhooks import sign
 from infrastructure.database import PgTarget
 from infrastructure.settings import Settings
 from tests.helpers import noop, webhook_body, workflow_body
@@ -119,7 +121,7 @@ def test_a_header_token_is_shown_once_kept_hashed_and_checked(
     db_target: PgTarget,
 ) -> None:
     workflow_id, answer = _hooked(client, owner, "secure/in", auth={"type": "header_token"})
-    token = answer["webhook_tokens"]["hook"]
+    token = answer["webhook_secrets"]["hook"]
     assert len(token) >= 40
     url = f"/hooks/{org}/secure/in"
 
@@ -147,12 +149,12 @@ def test_a_header_token_is_shown_once_kept_hashed_and_checked(
     again = client.post(
         f"/v1/workflows/{workflow_id}/activate", headers={**owner, "If-Match": '"1"'}
     )
-    assert again.status_code == 200 and "webhook_tokens" not in again.json()
+    assert again.status_code == 200 and "webhook_secrets" not in again.json()
     # Deactivating drops the token; the next activation makes a new one.
     url_wf = f"/v1/workflows/{workflow_id}"
     client.post(f"{url_wf}/deactivate", headers={**owner, "If-Match": '"1"'})
     renewed = client.post(f"{url_wf}/activate", headers={**owner, "If-Match": '"1"'}).json()
-    assert renewed["webhook_tokens"]["hook"] != token
+    assert renewed["webhook_secrets"]["hook"] != token
     _problem(client.post(url, json={}, headers={"X-Webhook-Token": token}), 401, "wrong")
 
 
@@ -193,7 +195,7 @@ def test_no_content_answers_204_and_unserved_options_cannot_be_activated(
     assert quiet.status_code == 204 and quiet.content == b""
     assert quiet.headers["location"].startswith("/v1/executions/")
 
-    for auth, response in (({"type": "hmac_sha256"}, "immediately"), (None, "when_finished")):
+    for auth, response in ((None, "when_finished"),):
         workflow_id, _ = _hooked(
             client, owner, "unserved", auth=auth, response=response, activate=False
         )
@@ -203,3 +205,40 @@ def test_no_content_answers_204_and_unserved_options_cannot_be_activated(
         _problem(refused, 422, "not serve")
     manual = client.post("/v1/workflows", json=workflow_body(), headers=owner)
     assert manual.status_code == 201
+
+
+def test_an_hmac_signature_of_the_raw_body_is_checked_with_its_timestamp(
+    client: httpx.Client, owner: dict[str, str], org: str, workflow_app: WorkflowApplication
+) -> None:
+    _, answer = _hooked(client, owner, "signed/in", auth={"type": "hmac_sha256", "tolerance_s": 60})
+    secret = answer["webhook_secrets"]["hook"].encode()
+    url = f"/hooks/{org}/signed/in"
+    body = b'{"event": {"id": "evt_1"}}'
+
+    def headers(signature: str, timestamp: int) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "X-Webhook-Signature": signature,
+            "X-Webhook-Timestamp": str(timestamp),
+        }
+
+    now = int(time.time())
+    before = _head(workflow_app)
+    _problem(client.post(url, content=body), 401, "signature header is missing")
+    wrong_key = sign(b"not the secret", now, body)
+    _problem(client.post(url, content=body, headers=headers(wrong_key, now)), 401, "does not match")
+    other_body = sign(secret, now, b'{"event": {"id": "evt_2"}}')
+    _problem(
+        client.post(url, content=body, headers=headers(other_body, now)), 401, "does not match"
+    )
+    stale = sign(secret, now - 600, body)
+    _problem(client.post(url, content=body, headers=headers(stale, now - 600)), 401, "60 s")
+    assert _head(workflow_app) == before  # nothing refused started anything
+
+    called = client.post(url, content=body, headers=headers(sign(secret, now, body), now))
+    assert called.status_code == 202, called.text
+    item = _execution(workflow_app, called).input
+    assert item["body"] == {"event": {"id": "evt_1"}}
+    assert "x-webhook-signature" not in item["headers"]
+    for event in workflow_app.events.get(_execution(workflow_app, called).workflow_id):
+        assert secret.decode() not in repr(event.__dict__)
