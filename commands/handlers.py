@@ -219,23 +219,16 @@ class WorkflowCommands:
         """Switch the triggers of the revision the client saw on (no new revision).
 
         Each ``header_token`` and ``hmac_sha256`` hook gets a new secret,
-        shown in this answer only.
+        shown in this answer only (see ``_hook_secrets``).
         """
         fingerprint = request_fingerprint(ctx, "activate", workflow_id, expected_revision, None)
         meta = _meta(ctx)
-        generated: dict[str, str] = {}
-
-        def decide(workflow: Workflow) -> bool:
-            if not workflow.activate(meta):
-                return False
-            generated.clear()
-            for route in webhook_routes(workflow.nodes):
-                if route.parameters.auth.type in SECRET_AUTH:
-                    generated[route.node_id] = secrets.token_urlsafe(32)
-            return True
-
         return self._decide_and_save(
-            workflow_id, expected_revision, ctx, fingerprint, decide, hook_secrets=generated
+            workflow_id,
+            expected_revision,
+            ctx,
+            fingerprint,
+            lambda workflow: workflow.activate(meta),
         )
 
     def deactivate(
@@ -273,12 +266,13 @@ class WorkflowCommands:
         ctx: CommandContext,
         fingerprint: str,
         decide: Decision,
-        hook_secrets: dict[str, str] | None = None,
     ) -> CommandResult:
         """Decide on the workflow at ``expected_revision`` and save at the version loaded.
 
-        ``hook_secrets``: what ``decide`` generated for hooks, by node id;
-        saved (a token as its hash) with the events, answered once.
+        A decision that leaves the workflow active saves its routes, and a
+        new secret for each hook that needs one and has none (activation:
+        all of them, as deactivation dropped them; an edit: the hooks it
+        added or whose auth it changed), answered once.
 
         A lost save is decided again on the log's head (see the module's
         docstring): the decision depends only on the definition, which is
@@ -304,20 +298,20 @@ class WorkflowCommands:
                 workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
                 continue
             routes: Sequence[SideStatement] = ()
+            generated: dict[str, str] = {}
             if was_active or workflow.active:
                 _ensure_served(workflow)
                 self._ensure_routes_free(workflow)
-                routes = _route_statements(workflow) + _secret_statements(
-                    workflow, hook_secrets or {}
-                )
+                generated = self._hook_secrets(workflow)
+                routes = _route_statements(workflow) + _secret_statements(workflow, generated)
             try:
                 result = self._save(workflow, ctx, fingerprint, status_code=200, side=routes)
-                return replace(result, webhook_secrets=dict(hook_secrets or {}))
+                return replace(result, webhook_secrets=generated)
             except IntegrityError:
                 # Someone saved first: the same keyed request, another edit,
                 # runs recorded by the follower, or another workflow's
-                # activation of one of our routes (seen by the next check). Read even after the last
-                # attempt: an edit is still a 409 (or 410), not "busy".
+                # activation of one of our routes (seen by the next check).
+                # Read even after the last attempt: an edit is still a 409 (or 410), not "busy".
                 if ctx.idempotency_key is not None:
                     prior = self._prior_answer(ctx, fingerprint)
                     if prior is not None:
@@ -350,6 +344,33 @@ class WorkflowCommands:
                 if (row["method"], row["path"]) in wanted:
                     method, path = row["method"], row["path"]
                     raise HookRouteTaken(workflow.id, method, path, row["workflow_id"])
+
+    def _hook_secrets(self, workflow: Workflow) -> dict[str, str]:
+        """New secrets for the active workflow's hooks that need one of a kind they lack."""
+        if not workflow.active:
+            return {}
+        needed = {
+            route.node_id: route.parameters.auth.type
+            for route in webhook_routes(workflow.nodes)
+            if route.parameters.auth.type in SECRET_AUTH
+        }
+        if not needed:
+            return {}
+        with self.app.event_store.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "SELECT node_id, token_sha256 IS NOT NULL AS is_token FROM webhook_secrets "
+                "WHERE workflow_id = %s",
+                (workflow.id,),
+            )
+            held = {
+                row["node_id"]: "header_token" if row["is_token"] else "hmac_sha256"
+                for row in curs.fetchall()
+            }
+        return {
+            node_id: secrets.token_urlsafe(32)
+            for node_id, kind in needed.items()
+            if held.get(node_id) != kind
+        }
 
     def _save(
         self,

@@ -15,7 +15,7 @@ from domain.execution import Execution
 from domain.webhooks import sign
 from infrastructure.database import PgTarget
 from infrastructure.settings import Settings
-from tests.helpers import noop, webhook_body, workflow_body
+from tests.helpers import noop, webhook, webhook_body, workflow_body
 
 
 def _hooked(
@@ -242,3 +242,31 @@ def test_an_hmac_signature_of_the_raw_body_is_checked_with_its_timestamp(
     assert "x-webhook-signature" not in item["headers"]
     for event in workflow_app.events.get(_execution(workflow_app, called).workflow_id):
         assert secret.decode() not in repr(event.__dict__)
+
+
+def test_an_edit_of_an_active_workflow_answers_the_secret_of_a_hook_it_adds(
+    client: httpx.Client, owner: dict[str, str], org: str
+) -> None:
+    workflow_id, answer = _hooked(client, owner, "edited/open")
+    assert "webhook_secrets" not in answer  # auth none needs no secret
+    guarded = webhook(node_id="guarded", path="edited/guarded")
+    guarded["parameters"]["auth"] = {"type": "header_token"}
+    nodes = [*webhook_body(path="edited/open")["nodes"], guarded]
+    connections = [{"from": "hook", "to": "a"}, {"from": "guarded", "to": "a"}]
+    patched = client.patch(
+        f"/v1/workflows/{workflow_id}",
+        json={"nodes": nodes, "connections": connections},
+        headers={**owner, "If-Match": '"1"'},
+    )
+    assert patched.status_code == 200, patched.text
+    [(node_id, token)] = patched.json()["webhook_secrets"].items()
+    assert node_id == "guarded"
+    url = f"/hooks/{org}/edited/guarded"
+    assert client.post(url, json={}, headers={"X-Webhook-Token": token}).status_code == 202
+    _problem(client.post(url, json={}), 401)
+    # An edit that leaves the hooks as they are makes no new secret.
+    renamed = client.patch(
+        f"/v1/workflows/{workflow_id}", json={"name": "n"}, headers={**owner, "If-Match": '"2"'}
+    )
+    assert renamed.status_code == 200 and "webhook_secrets" not in renamed.json()
+    assert client.post(url, json={}, headers={"X-Webhook-Token": token}).status_code == 202
