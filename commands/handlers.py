@@ -500,7 +500,7 @@ def _secret_statements(workflow: Workflow, generated: dict[str, str]) -> list[Si
 # workflow may hold only hooks it can answer, so nothing is active and deaf.
 SERVED_AUTH = frozenset({"none", "header_token", "hmac_sha256"})
 SECRET_AUTH = frozenset({"header_token", "hmac_sha256"})
-SERVED_RESPONSES = frozenset({"immediately", "no_content"})
+SERVED_RESPONSES = frozenset({"immediately", "no_content", "when_finished"})
 
 
 def _ensure_served(workflow: Workflow) -> None:

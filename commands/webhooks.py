@@ -49,8 +49,12 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class Delivered:
-    execution: ExecutionResult
+class Accepted:
+    """A delivery that passed: the run to start, and how the hook answers."""
+
+    workflow_id: UUID
+    run: RunWorkflow  # sync for ``when_finished``, else async
+    ctx: CommandContext
     response: ResponseMode
 
 
@@ -66,8 +70,12 @@ class HookDeliveries:
         self.clock = clock
         self._store = workflows.app.event_store
 
-    def deliver(self, delivery: Delivery) -> Delivered:
-        """Start the run a delivery asks for; ``HookNotFound`` or ``WebhookRefused`` otherwise."""
+    def accept(self, delivery: Delivery) -> Accepted:
+        """The run a delivery asks for; ``HookNotFound`` or ``WebhookRefused`` otherwise.
+
+        Starts nothing: the caller passes it to ``start`` (sync runs go
+        through the sync-run bulkhead, like the API's).
+        """
         workflow_id, route = self._route(delivery)
         secret_headers: frozenset[str] = frozenset()
         auth = route.parameters.auth
@@ -98,8 +106,12 @@ class HookDeliveries:
             correlation_id=delivery.correlation_id,
             idempotency_key=None,
         )
-        started = self.executions.start(workflow_id, RunWorkflow(input=item, mode="async"), ctx)
-        return Delivered(started, route.parameters.response)
+        response = route.parameters.response
+        run = RunWorkflow(input=item, mode="sync" if response == "when_finished" else "async")
+        return Accepted(workflow_id, run, ctx, response)
+
+    def start(self, accepted: Accepted) -> ExecutionResult:
+        return self.executions.start(accepted.workflow_id, accepted.run, accepted.ctx)
 
     def _route(self, delivery: Delivery) -> tuple[UUID, HookRoute]:
         not_found = HookNotFound(delivery.org_id, delivery.method, delivery.path)

@@ -256,7 +256,7 @@ def _executions(request: Request) -> ExecutionCommands:
     return request.app.state.execution_commands  # type: ignore[no-any-return]
 
 
-def _execution_response(result: ExecutionResult) -> Response:
+def execution_response(result: ExecutionResult) -> Response:
     body: dict[str, Any] = {
         "execution_id": str(result.execution_id),
         "status": result.status,
@@ -303,7 +303,7 @@ async def run_workflow(workflow_id: UUID, request: Request) -> Response:
         result = await bulkhead.run(principal.org_id, start, workflow_id, command, context)
     else:
         result = await run_in_threadpool(start, workflow_id, command, context)
-    return _execution_response(result)
+    return execution_response(result)
 
 
 @router.post(
@@ -317,7 +317,7 @@ async def cancel_execution(execution_id: UUID, request: Request) -> Response:
     result = await run_in_threadpool(
         _executions(request).cancel, execution_id, _context(request, principal)
     )
-    return _execution_response(result)
+    return execution_response(result)
 
 
 # -- activation ---------------------------------------------------------------------

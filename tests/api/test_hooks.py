@@ -15,7 +15,7 @@ from domain.execution import Execution
 from domain.webhooks import sign
 from infrastructure.database import PgTarget
 from infrastructure.settings import Settings
-from tests.helpers import noop, webhook, webhook_body, workflow_body
+from tests.helpers import noop, webhook, webhook_body
 
 
 def _hooked(
@@ -187,7 +187,7 @@ def test_bodies_json_form_text_and_their_limits(
     assert _head(workflow_app) == before
 
 
-def test_no_content_answers_204_and_unserved_options_cannot_be_activated(
+def test_no_content_answers_204_and_dedupe_cannot_be_activated_yet(
     client: httpx.Client, owner: dict[str, str], org: str, workflow_app: WorkflowApplication
 ) -> None:
     _hooked(client, owner, "quiet", response="no_content", method="PUT")
@@ -195,16 +195,33 @@ def test_no_content_answers_204_and_unserved_options_cannot_be_activated(
     assert quiet.status_code == 204 and quiet.content == b""
     assert quiet.headers["location"].startswith("/v1/executions/")
 
-    for auth, response in ((None, "when_finished"),):
-        workflow_id, _ = _hooked(
-            client, owner, "unserved", auth=auth, response=response, activate=False
-        )
-        refused = client.post(
-            f"/v1/workflows/{workflow_id}/activate", headers={**owner, "If-Match": '"1"'}
-        )
-        _problem(refused, 422, "not serve")
-    manual = client.post("/v1/workflows", json=workflow_body(), headers=owner)
-    assert manual.status_code == 201
+    body = webhook_body(path="unserved")
+    body["nodes"][0]["parameters"]["dedupe"] = {"source": "header"}
+    created = client.post("/v1/workflows", json=body, headers=owner)
+    assert created.status_code == 201, created.text
+    refused = client.post(
+        f"/v1/workflows/{created.json()['id']}/activate", headers={**owner, "If-Match": '"1"'}
+    )
+    _problem(refused, 422, "dedupe", "not serve")
+
+
+def test_when_finished_answers_with_the_run_output(
+    client: httpx.Client, owner: dict[str, str], org: str
+) -> None:
+    body = webhook_body(path="answer/me")
+    body["nodes"][0]["parameters"]["response"] = "when_finished"
+    body["nodes"][1] = {"id": "a", "type": "set", "parameters": {"fields": {"seen": True}}}
+    workflow_id = client.post("/v1/workflows", json=body, headers=owner).json()["id"]
+    activated = client.post(
+        f"/v1/workflows/{workflow_id}/activate", headers={**owner, "If-Match": '"1"'}
+    )
+    assert activated.status_code == 200, activated.text
+    called = client.post(f"/hooks/{org}/answer/me?q=1", json={"n": 1})
+    assert called.status_code == 200, called.text
+    answer = called.json()
+    assert answer["status"] == "succeeded" and answer["error"] is None
+    [item] = answer["output"]["a"]
+    assert item["seen"] is True and item["body"] == {"n": 1} and item["query"] == {"q": "1"}
 
 
 def test_an_hmac_signature_of_the_raw_body_is_checked_with_its_timestamp(
