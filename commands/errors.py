@@ -106,19 +106,6 @@ class HookRouteTaken(CommandError):
         self.holder = holder
 
 
-class HookNotServed(CommandError):
-    """A webhook trigger uses an option the hook route does not serve yet."""
-
-    def __init__(self, workflow_id: UUID, node_id: str, option: str) -> None:
-        super().__init__(
-            f"node '{node_id}' of workflow {workflow_id} uses webhook {option}, which this "
-            "service does not serve yet; an active workflow may hold only hooks it can answer"
-        )
-        self.workflow_id = workflow_id
-        self.node_id = node_id
-        self.option = option
-
-
 class HookNotFound(CommandError):
     """No active workflow of the organisation holds this webhook route."""
 

@@ -47,7 +47,6 @@ from eventsourcing.persistence import IntegrityError
 
 from commands.application import WorkflowApplication
 from commands.errors import (
-    HookNotServed,
     HookRouteTaken,
     IdempotencyKeyReused,
     NoSuchVersion,
@@ -64,7 +63,7 @@ from commands.models import (
     UpdateWorkflow,
 )
 from domain.meta import EventMeta
-from domain.triggers import HookRoute, webhook_routes
+from domain.triggers import webhook_routes
 from domain.webhooks import hash_token
 from domain.workflow import Workflow
 from infrastructure.eventstore import IdempotencyRecord, SideStatement
@@ -300,7 +299,6 @@ class WorkflowCommands:
             routes: Sequence[SideStatement] = ()
             generated: dict[str, str] = {}
             if was_active or workflow.active:
-                _ensure_served(workflow)
                 self._ensure_routes_free(workflow)
                 generated = self._hook_secrets(workflow)
                 routes = _route_statements(workflow) + _secret_statements(workflow, generated)
@@ -496,32 +494,8 @@ def _secret_statements(workflow: Workflow, generated: dict[str, str]) -> list[Si
     return statements
 
 
-# What the hook route serves so far (issue 12 is landing in parts); an active
-# workflow may hold only hooks it can answer, so nothing is active and deaf.
-SERVED_AUTH = frozenset({"none", "header_token", "hmac_sha256"})
+# The hook auth kinds that need a secret the service generates.
 SECRET_AUTH = frozenset({"header_token", "hmac_sha256"})
-SERVED_RESPONSES = frozenset({"immediately", "no_content", "when_finished"})
-
-
-def _ensure_served(workflow: Workflow) -> None:
-    """Raise ``HookNotServed`` if an active workflow would hold a hook not yet served."""
-    if not workflow.active:
-        return
-    for route in webhook_routes(workflow.nodes):
-        unserved = _unserved(route)
-        if unserved:
-            raise HookNotServed(workflow.id, route.node_id, unserved)
-
-
-def _unserved(route: HookRoute) -> str | None:
-    parameters = route.parameters
-    if parameters.auth.type not in SERVED_AUTH:
-        return f"auth {parameters.auth.type!r} (served: {', '.join(sorted(SERVED_AUTH))})"
-    if parameters.response not in SERVED_RESPONSES:
-        return f"response {parameters.response!r} (served: {', '.join(sorted(SERVED_RESPONSES))})"
-    if parameters.dedupe is not None:
-        return "dedupe"
-    return None
 
 
 def _meta(ctx: CommandContext) -> EventMeta:
@@ -546,6 +520,8 @@ def request_fingerprint(
     """
     if ctx.idempotency_key is None:
         return ""
+    if ctx.request_fingerprint is not None:
+        return ctx.request_fingerprint
     canonical = json.dumps(
         [command, str(workflow_id) if workflow_id else None, expected_revision, payload],
         sort_keys=True,

@@ -1,5 +1,10 @@
 """Webhook deliveries: find the active hook, check its auth, start a run of the current revision.
 
+A delivery with a ``dedupe`` key is a keyed execution request whose key
+and fingerprint are derived from (workflow, node, dedupe key): the first
+records the run, every redelivery (also racing ones) gets its answer and
+starts nothing, the same machinery as ``Idempotency-Key`` on the API.
+
 The route table (``webhook_routes``) names the workflow and node that hold
 ``METHOD /hooks/{org}/{path}``; it changes in the same transaction as the
 events that activate, edit or deactivate them, so an inactive workflow's
@@ -13,6 +18,7 @@ was active). Nothing else can slip through: a wrong token starts nothing.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +32,7 @@ from commands.models import CommandContext, ExecutionResult, RunWorkflow
 from domain.triggers import HookRoute, webhook_routes
 from domain.webhooks import (
     ResponseMode,
+    WebhookBodyInvalid,
     WebhookRefused,
     check_hook_path,
     check_signature,
@@ -100,11 +107,21 @@ class HookDeliveries:
             secret_headers = frozenset({auth.signature_header})
         body = parse_body(delivery.body, delivery.headers.get("content-type"))
         item = webhook_item(body, delivery.headers, delivery.query, secret_headers=secret_headers)
+        dedupe_key = None
+        if route.parameters.dedupe is not None:
+            try:
+                found = route.parameters.dedupe.rule().key(delivery.headers, body)
+            except WebhookRefused as exc:  # a key the caller sent, but unusable
+                raise WebhookBodyInvalid(exc.reason) from None
+            if found is not None:
+                identity = f"{workflow_id}\n{route.node_id}\n{found}".encode()
+                dedupe_key = "webhook:" + hashlib.sha256(identity).hexdigest()
         ctx = CommandContext(
             org_id=delivery.org_id,
             actor=f"webhook:{route.node_id}",
             correlation_id=delivery.correlation_id,
-            idempotency_key=None,
+            idempotency_key=dedupe_key,
+            request_fingerprint=dedupe_key,
         )
         response = route.parameters.response
         run = RunWorkflow(input=item, mode="sync" if response == "when_finished" else "async")

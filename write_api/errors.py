@@ -11,7 +11,6 @@ from commands.errors import (
     ExecutionInProgress,
     ExecutionNotFound,
     HookNotFound,
-    HookNotServed,
     HookRouteTaken,
     NoSuchVersion,
     WorkflowBusy,
@@ -45,10 +44,6 @@ def _route_taken(exc: HookRouteTaken) -> Problem:
         method=exc.method,
         path=exc.path,
     )
-
-
-def _hook_not_served(exc: HookNotServed) -> Problem:
-    return Problem(422, str(exc), type_=problem_type("webhook-not-served"), node_id=exc.node_id)
 
 
 def _hook_not_found(exc: HookNotFound) -> Problem:
@@ -122,7 +117,6 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     ExecutionInputInvalid: _bad_input,
     VersionConflict: _conflict,
     HookRouteTaken: _route_taken,
-    HookNotServed: _hook_not_served,
     HookNotFound: _hook_not_found,
     WebhookRefused: _hook_refused,
     WebhookBodyInvalid: _hook_body,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -187,7 +188,7 @@ def test_bodies_json_form_text_and_their_limits(
     assert _head(workflow_app) == before
 
 
-def test_no_content_answers_204_and_dedupe_cannot_be_activated_yet(
+def test_no_content_answers_204(
     client: httpx.Client, owner: dict[str, str], org: str, workflow_app: WorkflowApplication
 ) -> None:
     _hooked(client, owner, "quiet", response="no_content", method="PUT")
@@ -195,14 +196,56 @@ def test_no_content_answers_204_and_dedupe_cannot_be_activated_yet(
     assert quiet.status_code == 204 and quiet.content == b""
     assert quiet.headers["location"].startswith("/v1/executions/")
 
-    body = webhook_body(path="unserved")
-    body["nodes"][0]["parameters"]["dedupe"] = {"source": "header"}
+
+def _deduped(
+    client: httpx.Client, owner: dict[str, str], path: str, dedupe: dict[str, Any]
+) -> None:
+    body = webhook_body(path=path)
+    body["nodes"][0]["parameters"]["dedupe"] = dedupe
     created = client.post("/v1/workflows", json=body, headers=owner)
     assert created.status_code == 201, created.text
-    refused = client.post(
+    activated = client.post(
         f"/v1/workflows/{created.json()['id']}/activate", headers={**owner, "If-Match": '"1"'}
     )
-    _problem(refused, 422, "dedupe", "not serve")
+    assert activated.status_code == 200, activated.text
+
+
+def test_a_redelivery_with_the_same_dedupe_header_starts_nothing(
+    client: httpx.Client, owner: dict[str, str], org: str, workflow_app: WorkflowApplication
+) -> None:
+    _deduped(client, owner, "dedupe/header", {"source": "header"})
+    url = f"/hooks/{org}/dedupe/header"
+    first = client.post(url, json={"try": 1}, headers={"Idempotency-Key": "delivery-1"})
+    assert first.status_code == 202, first.text
+    head = _head(workflow_app)
+    again = client.post(url, json={"try": 2}, headers={"Idempotency-Key": "delivery-1"})
+    assert again.status_code == 202 and again.json() == first.json()
+    assert _head(workflow_app) == head  # nothing recorded
+    assert _execution(workflow_app, again).input["body"] == {"try": 1}
+    other = client.post(url, json={"try": 3}, headers={"Idempotency-Key": "delivery-2"})
+    assert other.json()["execution_id"] != first.json()["execution_id"]
+    # Without a key every delivery runs.
+    unkeyed = {client.post(url, json={}).json()["execution_id"] for _ in range(2)}
+    assert len(unkeyed) == 2
+    _problem(client.post(url, json={}, headers={"Idempotency-Key": "k" * 256}), 422, "dedupe key")
+
+
+def test_racing_redeliveries_make_one_execution_and_identical_answers(
+    client: httpx.Client, owner: dict[str, str], org: str, workflow_app: WorkflowApplication
+) -> None:
+    _deduped(client, owner, "dedupe/race", {"source": "body", "path": "$.event.id"})
+    url = f"/hooks/{org}/dedupe/race"
+    head = _head(workflow_app)
+
+    def deliver(attempt: int) -> httpx.Response:
+        payload = {"event": {"id": "evt_42"}, "attempt": attempt}
+        return client.post(url, json=payload)
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        answers = list(pool.map(deliver, range(100)))
+    assert {a.status_code for a in answers} == {202}, {a.text for a in answers}
+    assert len({a.content for a in answers}) == 1  # 100 identical answers
+    assert _head(workflow_app) == head + 1  # one execution's Created
 
 
 def test_when_finished_answers_with_the_run_output(
