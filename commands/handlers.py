@@ -60,10 +60,11 @@ from commands.models import (
     CommandResult,
     CreateWorkflow,
     RevertWorkflow,
+    RotateWebhookSecret,
     UpdateWorkflow,
 )
 from domain.meta import EventMeta
-from domain.triggers import webhook_routes
+from domain.triggers import SECRET_AUTH, webhook_routes
 from domain.webhooks import hash_token
 from domain.workflow import Workflow
 from infrastructure.eventstore import IdempotencyRecord, SideStatement
@@ -243,6 +244,26 @@ class WorkflowCommands:
             lambda workflow: workflow.deactivate(meta),
         )
 
+    def rotate_webhook_secret(
+        self,
+        workflow_id: UUID,
+        command: RotateWebhookSecret,
+        expected_revision: int,
+        ctx: CommandContext,
+    ) -> CommandResult:
+        """A new secret for one active hook, answered once; the old one stops working."""
+        payload = command.model_dump()
+        fingerprint = request_fingerprint(ctx, "rotate", workflow_id, expected_revision, payload)
+        meta = _meta(ctx)
+
+        def decide(workflow: Workflow) -> bool:
+            workflow.rotate_webhook_secret(command.node_id, meta)
+            return True
+
+        return self._decide_and_save(
+            workflow_id, expected_revision, ctx, fingerprint, decide, renew=command.node_id
+        )
+
     def get(self, workflow_id: UUID, org_id: str, revision: int | None = None) -> Workflow:
         """The workflow as the write side sees it: latest, or as revision ``revision`` made it."""
         version = None
@@ -265,13 +286,15 @@ class WorkflowCommands:
         ctx: CommandContext,
         fingerprint: str,
         decide: Decision,
+        renew: str | None = None,
     ) -> CommandResult:
         """Decide on the workflow at ``expected_revision`` and save at the version loaded.
 
         A decision that leaves the workflow active saves its routes, and a
         new secret for each hook that needs one and has none (activation:
         all of them, as deactivation dropped them; an edit: the hooks it
-        added or whose auth it changed), answered once.
+        added or whose auth it changed; a rotation: the node ``renew``),
+        answered once.
 
         A lost save is decided again on the log's head (see the module's
         docstring): the decision depends only on the definition, which is
@@ -300,7 +323,7 @@ class WorkflowCommands:
             generated: dict[str, str] = {}
             if was_active or workflow.active:
                 self._ensure_routes_free(workflow)
-                generated = self._hook_secrets(workflow)
+                generated = self._hook_secrets(workflow, renew)
                 routes = _route_statements(workflow) + _secret_statements(workflow, generated)
             try:
                 result = self._save(workflow, ctx, fingerprint, status_code=200, side=routes)
@@ -343,8 +366,9 @@ class WorkflowCommands:
                     method, path = row["method"], row["path"]
                     raise HookRouteTaken(workflow.id, method, path, row["workflow_id"])
 
-    def _hook_secrets(self, workflow: Workflow) -> dict[str, str]:
-        """New secrets for the active workflow's hooks that need one of a kind they lack."""
+    def _hook_secrets(self, workflow: Workflow, renew: str | None = None) -> dict[str, str]:
+        """New secrets for the active workflow's hooks that need one of a kind they lack,
+        and for the hook ``renew``."""
         if not workflow.active:
             return {}
         needed = {
@@ -367,7 +391,7 @@ class WorkflowCommands:
         return {
             node_id: secrets.token_urlsafe(32)
             for node_id, kind in needed.items()
-            if held.get(node_id) != kind
+            if held.get(node_id) != kind or node_id == renew
         }
 
     def _save(
@@ -492,10 +516,6 @@ def _secret_statements(workflow: Workflow, generated: dict[str, str]) -> list[Si
             )
         )
     return statements
-
-
-# The hook auth kinds that need a secret the service generates.
-SECRET_AUTH = frozenset({"header_token", "hmac_sha256"})
 
 
 def _meta(ctx: CommandContext) -> EventMeta:

@@ -88,6 +88,16 @@ class RevertWorkflow(BaseModel):
     to_version: int = Field(ge=1)
 
 
+class RotateWebhookSecret(BaseModel):
+    """Replace the token or HMAC secret of one webhook_trigger node of an active workflow."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"node_id": "hook"}]}
+    )
+
+    node_id: str = Field(min_length=1, max_length=200)
+
+
 @dataclass(frozen=True)
 class CommandContext:
     """Who sends a command, and the request it came in."""

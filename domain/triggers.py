@@ -148,6 +148,9 @@ class ScheduleTriggerParameters(BaseModel):
 
 WEBHOOK_TRIGGER: Final = "webhook_trigger"
 
+# The hook auth kinds that need a secret the service generates at activation.
+SECRET_AUTH: Final = frozenset({"header_token", "hmac_sha256"})
+
 # The trigger types that fire on their own once their workflow is active
 # (``manual_trigger`` only ever runs when a client asks).
 ACTIVATABLE_TRIGGERS: Final = frozenset({WEBHOOK_TRIGGER})

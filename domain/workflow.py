@@ -28,9 +28,9 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from domain.definition import validate_definition
-from domain.errors import WorkflowDeleted, WorkflowInvalid
+from domain.errors import Problem, WorkflowDeleted, WorkflowInactive, WorkflowInvalid
 from domain.meta import EventMeta
-from domain.triggers import activation_problems
+from domain.triggers import SECRET_AUTH, activation_problems, webhook_routes
 
 DEFINITION_FIELDS = ("name", "description", "nodes", "connections", "tags", "settings")
 
@@ -150,6 +150,22 @@ class Workflow(Aggregate):
     def _deactivated(self, meta: dict[str, Any]) -> None:
         self.active = False
 
+    def rotate_webhook_secret(self, node_id: str, meta: EventMeta) -> None:
+        """Note that the secret of an active hook is replaced (the secret stays out of the log)."""
+        self.ensure_not_deleted()
+        if not self.active:
+            raise WorkflowInactive(self.id)
+        auth = {route.node_id: route.parameters.auth.type for route in webhook_routes(self.nodes)}
+        if auth.get(node_id) not in SECRET_AUTH:
+            raise WorkflowInvalid(
+                [Problem("node_id", f"'{node_id}' is not a webhook_trigger with a token or secret")]
+            )
+        self._webhook_secret_rotated(node_id=node_id, meta=meta.as_dict())
+
+    @event("WebhookSecretRotated")
+    def _webhook_secret_rotated(self, node_id: str, meta: dict[str, Any]) -> None:
+        pass  # who rotated which hook's secret, and when: the secret itself is elsewhere
+
     def record_execution(
         self, execution_id: UUID, status: str, revision: int | None, meta: EventMeta
     ) -> None:
@@ -208,6 +224,7 @@ WorkflowDeletedEvent: Any = Workflow.Deleted  # type: ignore[attr-defined]
 WorkflowExecutedEvent: Any = Workflow.Executed  # type: ignore[attr-defined]
 WorkflowActivatedEvent: Any = Workflow.Activated  # type: ignore[attr-defined]
 WorkflowDeactivatedEvent: Any = Workflow.Deactivated  # type: ignore[attr-defined]
+WorkflowWebhookSecretRotatedEvent: Any = Workflow.WebhookSecretRotated  # type: ignore[attr-defined]
 
 # The events that move the revision: every definition change, not a run and
 # not (de)activation.

@@ -15,7 +15,7 @@ from commands.errors import (
     NoSuchVersion,
     WorkflowBusy,
 )
-from domain.errors import ExecutionFinished, ExecutionInputInvalid
+from domain.errors import ExecutionFinished, ExecutionInputInvalid, WorkflowInactive
 from domain.webhooks import WebhookBodyInvalid, WebhookRefused
 from infrastructure.problems import Problem, problem_type
 
@@ -44,6 +44,10 @@ def _route_taken(exc: HookRouteTaken) -> Problem:
         method=exc.method,
         path=exc.path,
     )
+
+
+def _inactive(exc: WorkflowInactive) -> Problem:
+    return Problem(409, str(exc), type_=problem_type("workflow-inactive"))
 
 
 def _hook_not_found(exc: HookNotFound) -> Problem:
@@ -118,6 +122,7 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     VersionConflict: _conflict,
     HookRouteTaken: _route_taken,
     HookNotFound: _hook_not_found,
+    WorkflowInactive: _inactive,
     WebhookRefused: _hook_refused,
     WebhookBodyInvalid: _hook_body,
     WorkflowBusy: _busy,

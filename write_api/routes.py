@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow, WorkflowCommands
 from commands.executions import ExecutionCommands
-from commands.models import ExecutionResult, RevertWorkflow, RunWorkflow
+from commands.models import ExecutionResult, RevertWorkflow, RotateWebhookSecret, RunWorkflow
 from infrastructure.auth import Permission, Principal
 from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
@@ -358,5 +358,25 @@ async def deactivate_workflow(workflow_id: UUID, request: Request) -> Response:
     version = expected_version(request)
     result = await run_in_threadpool(
         _commands(request).deactivate, workflow_id, version, _context(request, principal)
+    )
+    return _respond(result)
+
+
+@router.post(
+    "/workflows/{workflow_id}/webhook-secret/rotate",
+    summary="Replace one active hook's token or HMAC secret, shown once (If-Match required)",
+    responses=_ACTIVATION_RESPONSES,
+    openapi_extra=_documented(RotateWebhookSecret, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
+)
+async def rotate_webhook_secret(workflow_id: UUID, request: Request) -> Response:
+    principal = await _writer(request)
+    version = expected_version(request)
+    command = await _parse(request, RotateWebhookSecret)
+    result = await run_in_threadpool(
+        _commands(request).rotate_webhook_secret,
+        workflow_id,
+        command,
+        version,
+        _context(request, principal),
     )
     return _respond(result)

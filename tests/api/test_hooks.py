@@ -330,3 +330,35 @@ def test_an_edit_of_an_active_workflow_answers_the_secret_of_a_hook_it_adds(
     )
     assert renamed.status_code == 200 and "webhook_secrets" not in renamed.json()
     assert client.post(url, json={}, headers={"X-Webhook-Token": token}).status_code == 202
+
+
+def test_rotating_a_secret_replaces_it_and_is_in_the_history(
+    client: httpx.Client, owner: dict[str, str], org: str, workflow_app: WorkflowApplication
+) -> None:
+    workflow_id, answer = _hooked(client, owner, "rotate/me", auth={"type": "header_token"})
+    old = answer["webhook_secrets"]["hook"]
+    rotate = f"/v1/workflows/{workflow_id}/webhook-secret/rotate"
+    _problem(client.post(rotate, json={"node_id": "hook"}, headers=owner), 428)
+    match = {**owner, "If-Match": '"1"'}
+    _problem(client.post(rotate, json={"node_id": "a"}, headers=match), 422, "'a'")
+    _problem(client.post(rotate, json={"node_id": "hook", "x": 1}, headers=match), 422)
+
+    rotated = client.post(rotate, json={"node_id": "hook"}, headers=match)
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.json()["version"] == 1
+    new = rotated.json()["webhook_secrets"]["hook"]
+    assert new != old
+    url = f"/hooks/{org}/rotate/me"
+    _problem(client.post(url, json={}, headers={"X-Webhook-Token": old}), 401, "wrong")
+    assert client.post(url, json={}, headers={"X-Webhook-Token": new}).status_code == 202
+
+    history = client.get(f"/v1/workflows/{workflow_id}/history", headers=owner).json()["items"]
+    assert [(i["type"], i["changes"]) for i in history][-1] == (
+        "Workflow.WebhookSecretRotated",
+        [],
+    )
+    for event in workflow_app.events.get(uuid.UUID(workflow_id)):
+        assert new not in repr(event.__dict__) and old not in repr(event.__dict__)
+
+    client.post(f"/v1/workflows/{workflow_id}/deactivate", headers=match)
+    _problem(client.post(rotate, json={"node_id": "hook"}, headers=match), 409, "not active")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from domain.engine import compile_plan, run
-from domain.errors import WorkflowDeleted, WorkflowInvalid
+from domain.errors import WorkflowDeleted, WorkflowInactive, WorkflowInvalid
 from domain.meta import EventMeta
 from domain.triggers import activation_problems, webhook_routes
 from domain.webhooks import WebhookBodyInvalid, parse_body, webhook_item
@@ -179,3 +179,21 @@ def test_bodies_are_read_by_their_content_type(
 def test_unreadable_bodies_are_refused(raw: bytes, content_type: str, fragment: str) -> None:
     with pytest.raises(WebhookBodyInvalid, match=fragment):
         parse_body(raw, content_type)
+
+
+def test_rotating_a_secret_needs_an_active_hook_that_has_one() -> None:
+    guarded = webhook("hook", "g")
+    guarded["parameters"]["auth"] = {"type": "header_token"}
+    workflow = _new(
+        workflow_body(nodes=[guarded, noop("a")], connections=[{"from": "hook", "to": "a"}])
+    )
+    with pytest.raises(WorkflowInactive):
+        workflow.rotate_webhook_secret("hook", META)
+    workflow.activate(META)
+    with pytest.raises(WorkflowInvalid, match="'a'"):
+        workflow.rotate_webhook_secret("a", META)
+    workflow.collect_events()
+    workflow.rotate_webhook_secret("hook", META)
+    [rotated] = workflow.collect_events()
+    assert type(rotated).__qualname__ == "Workflow.WebhookSecretRotated"
+    assert rotated.node_id == "hook" and workflow.revision == 1
