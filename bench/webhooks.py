@@ -1,6 +1,7 @@
 """Webhook throughput and latency: a webhook -> ``set`` workflow, n8n's benchmark shape.
 
-In a scratch database, against ``reporunner serve --only write-api``:
+In a scratch database, against ``reporunner serve --only write-api`` (with
+``REPORUNNER_SYNC_RUNS_PER_ORG=32``, as the load is one organisation's):
 
 - ``when_finished``: each call answers with the run's output; executions/s
   and p50/p95/p99 of the call, at 1, 8 and 32 clients;
@@ -115,7 +116,10 @@ def main() -> None:
         app = WorkflowApplication(
             env=eventsourcing_env(target, Settings(database_url="postgresql://x"))
         )
-        with running_server(target, extra_env={"REPORUNNER_ROLES": "write-api"}) as base:
+        # One organisation's 32 clients: its sync-run cap (4 by default) would
+        # answer most when_finished calls 429.
+        server_env = {"REPORUNNER_ROLES": "write-api", "REPORUNNER_SYNC_RUNS_PER_ORG": "32"}
+        with running_server(target, extra_env=server_env) as base:
             asyncio.run(hooked_workflow(base, key, "bench/finished", "when_finished"))
             asyncio.run(hooked_workflow(base, key, "bench/accepted", "immediately"))
             asyncio.run(call_many(base, "bench/finished", 2, 100, 200))  # warm-up
