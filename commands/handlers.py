@@ -489,9 +489,17 @@ def _route_statements(workflow: Workflow) -> list[SideStatement]:
     else:
         statements += [
             SideStatement(
-                "INSERT INTO webhook_routes (org_id, method, path, workflow_id, node_id) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (workflow.org_id, route.method, route.path, workflow.id, route.node_id),
+                "INSERT INTO webhook_routes "
+                "(org_id, method, path, workflow_id, node_id, parameters) "
+                "VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
+                (
+                    workflow.org_id,
+                    route.method,
+                    route.path,
+                    workflow.id,
+                    route.node_id,
+                    route.parameters.model_dump_json(),
+                ),
             )
             for route in webhook_routes(workflow.nodes)
         ]

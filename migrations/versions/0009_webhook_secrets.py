@@ -33,6 +33,8 @@ def upgrade() -> None:
             path text NOT NULL,
             workflow_id uuid NOT NULL,
             node_id text NOT NULL,
+            -- the node's parameters as saved, so a call needs no read of the log
+            parameters jsonb NOT NULL,
             PRIMARY KEY (org_id, method, path)
         )
         """
