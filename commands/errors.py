@@ -90,3 +90,24 @@ class ExecutionAnswerUnavailable(CommandError):
             f"now; read it at /v1/executions/{execution_id}"
         )
         self.execution_id = execution_id
+
+
+class HookRouteTaken(CommandError):
+    """Another active workflow of the organisation already holds a webhook route."""
+
+    def __init__(self, workflow_id: UUID, method: str, path: str, holder: UUID) -> None:
+        super().__init__(
+            f"workflow {holder} is active and already holds the webhook {method} {path}; "
+            f"deactivate it or change this workflow's path before activating {workflow_id}"
+        )
+        self.workflow_id = workflow_id
+        self.method = method
+        self.path = path
+        self.holder = holder
+
+
+class HookNotFound(CommandError):
+    """No active workflow of the organisation holds this webhook route."""
+
+    def __init__(self, org_id: str, method: str, path: str) -> None:
+        super().__init__(f"no active webhook {method} /hooks/{org_id}/{path}")

@@ -52,7 +52,7 @@ from domain.engine import (
     run,
 )
 from domain.errors import RetryFromFailedNodeImpossible
-from domain.execution import Execution, truncate_items
+from domain.execution import Execution, ExecutionTrigger, truncate_items
 from domain.meta import EventMeta
 from domain.workflow import Workflow
 from infrastructure.eventstore import IdempotencyRecord, SideStatement
@@ -448,7 +448,11 @@ class ExecutionCommands:
         self.worker_id = worker_id
 
     def start(
-        self, workflow_id: UUID, command: RunWorkflow, ctx: CommandContext
+        self,
+        workflow_id: UUID,
+        command: RunWorkflow,
+        ctx: CommandContext,
+        trigger: ExecutionTrigger = "manual",
     ) -> ExecutionResult:
         fingerprint = request_fingerprint(ctx, "execute", workflow_id, None, command.model_dump())
         prior, execution_id = self._claim_key(ctx, fingerprint)
@@ -465,6 +469,7 @@ class ExecutionCommands:
             mode=command.mode,
             input=command.input,
             meta=self._queued_meta(ctx),
+            trigger=trigger,
         )
         return self._submit(execution, ctx, fingerprint)
 
@@ -510,6 +515,7 @@ class ExecutionCommands:
             meta=self._queued_meta(ctx),
             retry_of=old,
             reused_nodes=reused,
+            trigger="retry",
         )
         return self._submit(execution, ctx, fingerprint)
 

@@ -15,6 +15,14 @@ meanwhile; the command then reads the log again and decides anew
 delete), a run did not (``Executed``), and the same decision is saved on the
 fresh state. So two editors conflict, and runs never block an edit.
 
+Webhook routes: an active workflow's (method, path) pairs live in
+``webhook_routes``, rewritten in the same transaction as every event that
+changes them (``_route_statements``). A decision that leaves the workflow
+active first checks that no other workflow holds its routes (409 naming it);
+two racing activations of one route both pass that check, and the table's
+primary key refuses the second save, which then decides again and sees the
+first's route.
+
 Loading: when this process itself committed exactly the revision the client
 expects, the command decides on that copy without reading the log (see
 ``LastCommitted``).
@@ -25,10 +33,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import secrets
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +47,7 @@ from eventsourcing.persistence import IntegrityError
 
 from commands.application import WorkflowApplication
 from commands.errors import (
+    HookRouteTaken,
     IdempotencyKeyReused,
     NoSuchVersion,
     VersionConflict,
@@ -49,11 +60,14 @@ from commands.models import (
     CommandResult,
     CreateWorkflow,
     RevertWorkflow,
+    RotateWebhookSecret,
     UpdateWorkflow,
 )
 from domain.meta import EventMeta
+from domain.triggers import SECRET_AUTH, webhook_routes
+from domain.webhooks import hash_token
 from domain.workflow import Workflow
-from infrastructure.eventstore import IdempotencyRecord
+from infrastructure.eventstore import IdempotencyRecord, SideStatement
 
 _IDEMPOTENT_ID_NAMESPACE = uuid.UUID("6f1c8e52-3a7d-4c1e-9b8a-52d0c6a1e7f3")
 
@@ -199,6 +213,57 @@ class WorkflowCommands:
 
         return self._decide_and_save(workflow_id, expected_revision, ctx, fingerprint, decide)
 
+    def activate(
+        self, workflow_id: UUID, expected_revision: int, ctx: CommandContext
+    ) -> CommandResult:
+        """Switch the triggers of the revision the client saw on (no new revision).
+
+        Each ``header_token`` and ``hmac_sha256`` hook gets a new secret,
+        shown in this answer only (see ``_hook_secrets``).
+        """
+        fingerprint = request_fingerprint(ctx, "activate", workflow_id, expected_revision, None)
+        meta = _meta(ctx)
+        return self._decide_and_save(
+            workflow_id,
+            expected_revision,
+            ctx,
+            fingerprint,
+            lambda workflow: workflow.activate(meta),
+        )
+
+    def deactivate(
+        self, workflow_id: UUID, expected_revision: int, ctx: CommandContext
+    ) -> CommandResult:
+        fingerprint = request_fingerprint(ctx, "deactivate", workflow_id, expected_revision, None)
+        meta = _meta(ctx)
+        return self._decide_and_save(
+            workflow_id,
+            expected_revision,
+            ctx,
+            fingerprint,
+            lambda workflow: workflow.deactivate(meta),
+        )
+
+    def rotate_webhook_secret(
+        self,
+        workflow_id: UUID,
+        command: RotateWebhookSecret,
+        expected_revision: int,
+        ctx: CommandContext,
+    ) -> CommandResult:
+        """A new secret for one active hook, answered once; the old one stops working."""
+        payload = command.model_dump()
+        fingerprint = request_fingerprint(ctx, "rotate", workflow_id, expected_revision, payload)
+        meta = _meta(ctx)
+
+        def decide(workflow: Workflow) -> bool:
+            workflow.rotate_webhook_secret(command.node_id, meta)
+            return True
+
+        return self._decide_and_save(
+            workflow_id, expected_revision, ctx, fingerprint, decide, renew=command.node_id
+        )
+
     def get(self, workflow_id: UUID, org_id: str, revision: int | None = None) -> Workflow:
         """The workflow as the write side sees it: latest, or as revision ``revision`` made it."""
         version = None
@@ -221,8 +286,15 @@ class WorkflowCommands:
         ctx: CommandContext,
         fingerprint: str,
         decide: Decision,
+        renew: str | None = None,
     ) -> CommandResult:
         """Decide on the workflow at ``expected_revision`` and save at the version loaded.
+
+        A decision that leaves the workflow active saves its routes, and a
+        new secret for each hook that needs one and has none (activation:
+        all of them, as deactivation dropped them; an edit: the hooks it
+        added or whose auth it changed; a rotation: the node ``renew``),
+        answered once.
 
         A lost save is decided again on the log's head (see the module's
         docstring): the decision depends only on the definition, which is
@@ -239,6 +311,7 @@ class WorkflowCommands:
         else:
             workflow.ensure_not_deleted()
         for _ in range(SAVE_ATTEMPTS):
+            was_active = workflow.active
             if not decide(workflow):
                 if fresh:
                     return self._unchanged(workflow, ctx, fingerprint)
@@ -246,12 +319,20 @@ class WorkflowCommands:
                 # read it before answering "unchanged" (an edit is a 409).
                 workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
                 continue
+            routes: Sequence[SideStatement] = ()
+            generated: dict[str, str] = {}
+            if was_active or workflow.active:
+                self._ensure_routes_free(workflow)
+                generated = self._hook_secrets(workflow, renew)
+                routes = _route_statements(workflow) + _secret_statements(workflow, generated)
             try:
-                return self._save(workflow, ctx, fingerprint, status_code=200)
+                result = self._save(workflow, ctx, fingerprint, status_code=200, side=routes)
+                return replace(result, webhook_secrets=generated)
             except IntegrityError:
                 # Someone saved first: the same keyed request, another edit,
-                # or runs recorded by the follower. Read even after the last
-                # attempt: an edit is still a 409 (or 410), not "busy".
+                # runs recorded by the follower, or another workflow's
+                # activation of one of our routes (seen by the next check).
+                # Read even after the last attempt: an edit is still a 409 (or 410), not "busy".
                 if ctx.idempotency_key is not None:
                     prior = self._prior_answer(ctx, fingerprint)
                     if prior is not None:
@@ -267,8 +348,59 @@ class WorkflowCommands:
             raise VersionConflict(workflow_id, expected_revision, workflow.revision)
         return workflow
 
+    def _ensure_routes_free(self, workflow: Workflow) -> None:
+        """Raise ``HookRouteTaken`` if another workflow holds a route this one would hold."""
+        if not workflow.active:
+            return
+        wanted = {(route.method, route.path) for route in webhook_routes(workflow.nodes)}
+        if not wanted:
+            return
+        with self.app.event_store.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "SELECT method, path, workflow_id FROM webhook_routes "
+                "WHERE org_id = %s AND workflow_id <> %s",
+                (workflow.org_id, workflow.id),
+            )
+            for row in curs.fetchall():
+                if (row["method"], row["path"]) in wanted:
+                    method, path = row["method"], row["path"]
+                    raise HookRouteTaken(workflow.id, method, path, row["workflow_id"])
+
+    def _hook_secrets(self, workflow: Workflow, renew: str | None = None) -> dict[str, str]:
+        """New secrets for the active workflow's hooks that need one of a kind they lack,
+        and for the hook ``renew``."""
+        if not workflow.active:
+            return {}
+        needed = {
+            route.node_id: route.parameters.auth.type
+            for route in webhook_routes(workflow.nodes)
+            if route.parameters.auth.type in SECRET_AUTH
+        }
+        if not needed:
+            return {}
+        with self.app.event_store.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "SELECT node_id, token_sha256 IS NOT NULL AS is_token FROM webhook_secrets "
+                "WHERE workflow_id = %s",
+                (workflow.id,),
+            )
+            held = {
+                row["node_id"]: "header_token" if row["is_token"] else "hmac_sha256"
+                for row in curs.fetchall()
+            }
+        return {
+            node_id: secrets.token_urlsafe(32)
+            for node_id, kind in needed.items()
+            if held.get(node_id) != kind or node_id == renew
+        }
+
     def _save(
-        self, workflow: Workflow, ctx: CommandContext, fingerprint: str, status_code: int
+        self,
+        workflow: Workflow,
+        ctx: CommandContext,
+        fingerprint: str,
+        status_code: int,
+        side: Sequence[SideStatement] = (),
     ) -> CommandResult:
         """Record the workflow's new events; ``IntegrityError`` if anyone saved first."""
         record = None
@@ -281,7 +413,7 @@ class WorkflowCommands:
                 aggregate_version=workflow.version,
                 status_code=status_code,
             )
-        recordings = self.app.save(workflow, idempotency=record)
+        recordings = self.app.save(workflow, idempotency=record, side_statements=side)
         self.last_committed.remember(workflow)
         return CommandResult(
             workflow_id=workflow.id,
@@ -340,6 +472,60 @@ class WorkflowCommands:
         )
 
 
+def _route_statements(workflow: Workflow) -> list[SideStatement]:
+    """Make ``webhook_routes`` hold exactly the routes of ``workflow`` as saved.
+
+    None (and no hook secrets) if it is inactive or deleted; a route another
+    workflow holds fails the save on the primary key.
+    """
+    statements = [
+        SideStatement("DELETE FROM webhook_routes WHERE workflow_id = %s", (workflow.id,))
+    ]
+    if not workflow.active:
+        # Its secrets go too: the next activation generates new ones.
+        statements.append(
+            SideStatement("DELETE FROM webhook_secrets WHERE workflow_id = %s", (workflow.id,))
+        )
+    else:
+        statements += [
+            SideStatement(
+                "INSERT INTO webhook_routes "
+                "(org_id, method, path, workflow_id, node_id, parameters) "
+                "VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
+                (
+                    workflow.org_id,
+                    route.method,
+                    route.path,
+                    workflow.id,
+                    route.node_id,
+                    route.parameters.model_dump_json(),
+                ),
+            )
+            for route in webhook_routes(workflow.nodes)
+        ]
+    return statements
+
+
+def _secret_statements(workflow: Workflow, generated: dict[str, str]) -> list[SideStatement]:
+    """Keep each new hook secret (a token as its SHA-256), replacing the node's old one."""
+    auth = {route.node_id: route.parameters.auth.type for route in webhook_routes(workflow.nodes)}
+    statements = []
+    for node_id, secret in generated.items():
+        token_sha256, hmac_secret = (
+            (hash_token(secret), None) if auth[node_id] == "header_token" else (None, secret)
+        )
+        statements.append(
+            SideStatement(
+                "INSERT INTO webhook_secrets (workflow_id, node_id, token_sha256, hmac_secret) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (workflow_id, node_id) DO UPDATE "
+                "SET token_sha256 = excluded.token_sha256, hmac_secret = excluded.hmac_secret, "
+                "created_at = now()",
+                (workflow.id, node_id, token_sha256, hmac_secret),
+            )
+        )
+    return statements
+
+
 def _meta(ctx: CommandContext) -> EventMeta:
     return EventMeta(
         org_id=ctx.org_id,
@@ -362,6 +548,8 @@ def request_fingerprint(
     """
     if ctx.idempotency_key is None:
         return ""
+    if ctx.request_fingerprint is not None:
+        return ctx.request_fingerprint
     canonical = json.dumps(
         [command, str(workflow_id) if workflow_id else None, expected_revision, payload],
         sort_keys=True,

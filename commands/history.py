@@ -5,8 +5,9 @@
 - ``workflow_as_of``: a workflow exactly as it was at a revision or instant.
 - ``org_events``: an organisation's events in log order, filtered.
 
-The state a patch compares is the workflow's definition plus ``deleted``:
-what a reader of the workflow sees. ``Executed`` changes none of it, so its
+The state a patch compares is the workflow's definition plus ``deleted`` and
+``active``: what a reader of the workflow sees (``Activated`` is a replace
+of ``/active``, and leaves the revision). ``Executed`` changes none of it, so its
 patch is empty and its ``revision`` is the one before it; the run is in the
 entry's ``execution`` field, with the revision that ran.
 
@@ -275,6 +276,7 @@ def _visible_state(workflow: Any) -> dict[str, Any]:
     return {
         **{name: getattr(workflow, name) for name in DEFINITION_FIELDS},
         "deleted": workflow.deleted,
+        "active": workflow.active,
     }
 
 

@@ -6,7 +6,7 @@ They check types and shape only; the rules of a valid workflow live in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
@@ -88,6 +88,16 @@ class RevertWorkflow(BaseModel):
     to_version: int = Field(ge=1)
 
 
+class RotateWebhookSecret(BaseModel):
+    """Replace the token or HMAC secret of one webhook_trigger node of an active workflow."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"node_id": "hook"}]}
+    )
+
+    node_id: str = Field(min_length=1, max_length=200)
+
+
 @dataclass(frozen=True)
 class CommandContext:
     """Who sends a command, and the request it came in."""
@@ -96,6 +106,9 @@ class CommandContext:
     actor: str
     correlation_id: str
     idempotency_key: str | None = None
+    # What a keyed request is told apart by, when not by its whole content
+    # (a webhook delivery is the same one by its dedupe key, whatever its bytes).
+    request_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,9 @@ class CommandResult:
     version: int  # the definition's revision: what the ETag and the next If-Match carry
     position: int
     status_code: int
+    # The secrets this activation generated for its hooks, by node id (a
+    # header_token's token, an hmac_sha256's key): in this answer only.
+    webhook_secrets: dict[str, str] = field(default_factory=dict)
 
 
 class RunWorkflow(BaseModel):

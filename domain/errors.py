@@ -53,6 +53,17 @@ class WorkflowDeleted(DomainError):
         return (type(self), (self.workflow_id,))
 
 
+class WorkflowInactive(DomainError):
+    """A command that needs the workflow's triggers on came while they are off."""
+
+    def __init__(self, workflow_id: UUID | str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"workflow {workflow_id} is not active; activate it first")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.workflow_id,))
+
+
 class ExecutionInputInvalid(DomainError):
     """An execution's input is not a JSON object or an array of JSON objects, or
     holds a value the log cannot carry; ``problems`` say where (``input.a[0]``)."""

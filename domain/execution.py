@@ -79,8 +79,8 @@ EXECUTION_STATUSES: Final[tuple[ExecutionStatus, ...]] = (
 )
 FINISHED_STATUSES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "canceled", "crashed"})
 RETRYABLE_STATUSES: Final[frozenset[str]] = frozenset({"failed", "canceled", "crashed"})
-ExecutionTrigger = Literal["manual", "retry"]
-EXECUTION_TRIGGERS: Final[tuple[ExecutionTrigger, ...]] = ("manual", "retry")
+ExecutionTrigger = Literal["manual", "webhook", "retry"]
+EXECUTION_TRIGGERS: Final[tuple[ExecutionTrigger, ...]] = ("manual", "webhook", "retry")
 
 
 class Execution(Aggregate):
@@ -99,6 +99,7 @@ class Execution(Aggregate):
         meta: EventMeta,
         retry_of: Execution | None = None,
         reused_nodes: tuple[str, ...] = (),
+        trigger: ExecutionTrigger = "manual",
     ) -> Execution:
         """Queue a run of ``workflow_version`` over ``input`` (an object or array of objects).
 
@@ -118,6 +119,8 @@ class Execution(Aggregate):
                 f"workflow_revision must be 1 to workflow_version, got {workflow_revision}"
             )
         _check_input(input)
+        if trigger not in EXECUTION_TRIGGERS or (trigger == "retry") != (retry_of is not None):
+            raise ValueError(f"trigger {trigger!r} does not fit retry_of {retry_of!r}")
         if retry_of is not None:
             retry_of.ensure_retryable()
             if retry_of.workflow_id != workflow_id:
@@ -138,7 +141,7 @@ class Execution(Aggregate):
             mode=mode,
             input=input,
             meta=meta.as_dict(),
-            trigger="manual" if retry_of is None else "retry",
+            trigger=trigger,
             retry_of=None if retry_of is None else retry_of.id,
             reused_nodes=list(reused_nodes),
         )

@@ -34,6 +34,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from domain.triggers import WEBHOOK_TRIGGER, WebhookTriggerParameters
+
 __all__ = [
     "DEFAULT_OUTPUT",
     "ERROR_OUTPUT",
@@ -448,6 +450,7 @@ def _registry(*node_types: NodeType) -> Mapping[str, NodeType]:
 
 NODE_TYPES: Final[Mapping[str, NodeType]] = _registry(
     NodeType("manual_trigger", ManualTriggerParameters, is_trigger=True),
+    NodeType(WEBHOOK_TRIGGER, WebhookTriggerParameters, is_trigger=True),
     NodeType("set", SetParameters),
     NodeType("if", IfParameters, output_names=_if_outputs),
     NodeType("filter", FilterParameters),

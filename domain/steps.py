@@ -339,6 +339,9 @@ def _build_code(params: CodeParameters, outputs: tuple[str, ...]) -> Step:
 
 STEP_BUILDERS: Final[Mapping[str, StepBuilder]] = {
     "manual_trigger": _build_trigger,
+    # The hook route builds the request's item (``domain.webhooks.webhook_item``)
+    # and passes it as the run's input, so the step is the same.
+    "webhook_trigger": _build_trigger,
     "set": _build_set,
     "if": _build_if,
     "filter": _build_filter,

@@ -8,11 +8,14 @@ activation and keeps it outside the log.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from domain.errors import Problem
 from domain.schedule import (
     MAX_CATCH_UP_WINDOW_S,
     MAX_INTERVAL_S,
@@ -141,3 +144,60 @@ class ScheduleTriggerParameters(BaseModel):
             catch_up=self.catch_up,
             catch_up_window_s=self.catch_up_window_s,
         )
+
+
+WEBHOOK_TRIGGER: Final = "webhook_trigger"
+
+# The hook auth kinds that need a secret the service generates at activation.
+SECRET_AUTH: Final = frozenset({"header_token", "hmac_sha256"})
+
+# The trigger types that fire on their own once their workflow is active
+# (``manual_trigger`` only ever runs when a client asks).
+ACTIVATABLE_TRIGGERS: Final = frozenset({WEBHOOK_TRIGGER})
+
+
+@dataclass(frozen=True)
+class HookRoute:
+    """One webhook trigger of a workflow: ``method /hooks/{org}/{path}`` starts it."""
+
+    node_id: str
+    method: str
+    path: str
+    parameters: WebhookTriggerParameters
+
+
+def webhook_routes(nodes: Iterable[Mapping[str, Any]]) -> list[HookRoute]:
+    """The webhook triggers among a stored definition's nodes (already validated)."""
+    routes = []
+    for node in nodes:
+        if node.get("type") == WEBHOOK_TRIGGER:
+            parameters = WebhookTriggerParameters.model_validate(node.get("parameters", {}))
+            routes.append(HookRoute(node["id"], parameters.method, parameters.path, parameters))
+    return routes
+
+
+def activation_problems(nodes: Sequence[Mapping[str, Any]]) -> list[Problem]:
+    """Why a definition cannot be activated: nothing would fire it, or it holds a route twice."""
+    if not any(node.get("type") in ACTIVATABLE_TRIGGERS for node in nodes):
+        return [
+            Problem(
+                "nodes",
+                f"has no trigger that fires on its own ({', '.join(sorted(ACTIVATABLE_TRIGGERS))});"
+                " a manual_trigger workflow runs only when asked and needs no activation",
+            )
+        ]
+    problems = []
+    seen: dict[tuple[str, str], str] = {}
+    for index, node in enumerate(nodes):
+        if node.get("type") != WEBHOOK_TRIGGER:
+            continue
+        [route] = webhook_routes([node])
+        first = seen.setdefault((route.method, route.path), route.node_id)
+        if first != route.node_id:
+            problems.append(
+                Problem(
+                    f"nodes[{index}].parameters.path",
+                    f"{route.method} {route.path} is already the route of node '{first}'",
+                )
+            )
+    return problems

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
+from urllib.parse import parse_qsl
 
 AuthKind = Literal["none", "header_token", "hmac_sha256"]
 ResponseMode = Literal["immediately", "when_finished", "no_content"]
@@ -36,6 +38,11 @@ DEFAULT_SIGNATURE_HEADER: Final = "x-webhook-signature"
 DEFAULT_TIMESTAMP_HEADER: Final = "x-webhook-timestamp"
 DEFAULT_TOLERANCE_S: Final = 300
 MAX_DEDUPE_KEY_CHARS: Final = 255
+
+# Headers a run never sees: credentials of the caller or of the hook itself.
+SECRET_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", DEFAULT_TOKEN_HEADER}
+)
 
 _PATH = re.compile(r"[A-Za-z0-9_-]{1,64}(?:/[A-Za-z0-9_-]{1,64}){0,7}")
 _JSON_PATH = re.compile(r"\$((?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d{1,6}\])+)")
@@ -62,6 +69,60 @@ def check_header_name(name: object) -> str | None:
     if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
         return "must be a header name of letters, digits and '-'"
     return None
+
+
+class WebhookBodyInvalid(Exception):
+    """A delivery's body cannot be read as what its content type says."""
+
+
+def parse_body(raw: bytes, content_type: str | None) -> Any:
+    """A delivery's body as the run sees it: JSON, a form (an object), or text; None if empty.
+
+    The value contract is the caller's to check: the run's input checks it.
+    """
+    if not raw:
+        return None
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebhookBodyInvalid("the body is not UTF-8 text") from None
+    if media_type == "application/json" or media_type.endswith("+json"):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise WebhookBodyInvalid(f"the body is not valid JSON: {exc}") from None
+    if media_type == "application/x-www-form-urlencoded":
+        form: dict[str, Any] = {}
+        for name, value in parse_qsl(text, keep_blank_values=True):
+            if name in form:  # a repeated field becomes a list, in order
+                first = form[name]
+                form[name] = [*first, value] if isinstance(first, list) else [first, value]
+            else:
+                form[name] = value
+        return form
+    return text
+
+
+def webhook_item(
+    body: Any,
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    *,
+    secret_headers: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """The trigger's item for one delivery: its body, headers minus secrets, and query.
+
+    ``secret_headers`` adds the hook's own auth headers (lower-case) to ``SECRET_HEADERS``.
+    """
+    hidden = SECRET_HEADERS | secret_headers
+    return {
+        "body": body,
+        "headers": {
+            name.lower(): value for name, value in headers.items() if name.lower() not in hidden
+        },
+        "query": dict(query),
+    }
 
 
 def hash_token(token: str) -> str:

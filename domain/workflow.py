@@ -10,8 +10,10 @@ Two numbers, two meanings:
 - ``revision``: the definition's revision, what clients see as the workflow's
   ``version`` (``ETag``, ``If-Match``). 1 at ``Created``, +1 on every
   definition change (``Updated``, which a revert is too, and ``Deleted``); a
-  run (``Executed``) leaves it. Counted by the apply methods, so it needs no
-  field in the events and replays the same from logs older than it.
+  run (``Executed``) leaves it, and so does (de)activation (``Activated``,
+  ``Deactivated``): it switches the triggers on or off, it edits nothing.
+  Counted by the apply methods, so it needs no field in the events and
+  replays the same from logs older than it.
 - ``version``: eventsourcing's stream version, +1 on every event, runs
   included. The log's unique (id, version) key makes concurrent saves of
   one workflow exclusive; clients see it only as an event's number (history,
@@ -26,8 +28,9 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from domain.definition import validate_definition
-from domain.errors import WorkflowDeleted
+from domain.errors import Problem, WorkflowDeleted, WorkflowInactive, WorkflowInvalid
 from domain.meta import EventMeta
+from domain.triggers import SECRET_AUTH, activation_problems, webhook_routes
 
 DEFINITION_FIELDS = ("name", "description", "nodes", "connections", "tags", "settings")
 
@@ -72,6 +75,7 @@ class Workflow(Aggregate):
         self.deleted: bool = False
         self.runs: int = 0
         self.revision: int = 1
+        self.active: bool = False
 
     def definition(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in DEFINITION_FIELDS}
@@ -86,6 +90,11 @@ class Workflow(Aggregate):
         if not changed:
             return False
         validate_definition(**(self.definition() | changed))
+        if self.active:
+            # Its triggers stay on: the new definition must be activatable too.
+            problems = activation_problems(changed.get("nodes", self.nodes))
+            if problems:
+                raise WorkflowInvalid(problems)
         self._updated(changes=changed, meta=meta.as_dict())
         return True
 
@@ -104,8 +113,58 @@ class Workflow(Aggregate):
     @event("Deleted")
     def _deleted(self, meta: dict[str, Any]) -> None:
         self.deleted = True
+        self.active = False  # a deleted workflow's triggers are gone with it
         self.updated_by = meta["actor"]
         self.revision += 1
+
+    def activate(self, meta: EventMeta) -> bool:
+        """Switch the triggers on; return False (and record nothing) if already on.
+
+        Refused (``WorkflowInvalid``) unless the definition has a trigger
+        that fires from outside, each with a distinct webhook route. Whether
+        another workflow holds a route is the command's to check: it needs
+        the organisation's other workflows, which no aggregate sees.
+        """
+        self.ensure_not_deleted()
+        if self.active:
+            return False
+        problems = activation_problems(self.nodes)
+        if problems:
+            raise WorkflowInvalid(problems)
+        self._activated(meta=meta.as_dict())
+        return True
+
+    @event("Activated")
+    def _activated(self, meta: dict[str, Any]) -> None:
+        self.active = True
+
+    def deactivate(self, meta: EventMeta) -> bool:
+        """Switch the triggers off; return False (and record nothing) if already off."""
+        self.ensure_not_deleted()
+        if not self.active:
+            return False
+        self._deactivated(meta=meta.as_dict())
+        return True
+
+    @event("Deactivated")
+    def _deactivated(self, meta: dict[str, Any]) -> None:
+        self.active = False
+
+    def rotate_webhook_secret(self, node_id: str, meta: EventMeta) -> None:
+        """Note that the secret of an active hook is replaced (the secret stays out of the log)."""
+        self.ensure_not_deleted()
+        if not self.active:
+            raise WorkflowInactive(self.id)
+        auth = {route.node_id: route.parameters.auth.type for route in webhook_routes(self.nodes)}
+        if auth.get(node_id) not in SECRET_AUTH:
+            raise WorkflowInvalid(
+                [Problem("node_id", f"'{node_id}' is not a webhook_trigger with a token or secret")]
+            )
+        self._webhook_secret_rotated(node_id=node_id, meta=meta.as_dict())
+
+    @event("WebhookSecretRotated")
+    def _webhook_secret_rotated(self, node_id: str, meta: dict[str, Any]) -> None:
+        pass  # who rotated which hook's secret, and when: the secret itself is elsewhere
 
     def record_execution(
         self, execution_id: UUID, status: str, revision: int | None, meta: EventMeta
@@ -163,8 +222,12 @@ WorkflowCreatedEvent: Any = Workflow.Created  # type: ignore[attr-defined]
 WorkflowUpdatedEvent: Any = Workflow.Updated  # type: ignore[attr-defined]
 WorkflowDeletedEvent: Any = Workflow.Deleted  # type: ignore[attr-defined]
 WorkflowExecutedEvent: Any = Workflow.Executed  # type: ignore[attr-defined]
+WorkflowActivatedEvent: Any = Workflow.Activated  # type: ignore[attr-defined]
+WorkflowDeactivatedEvent: Any = Workflow.Deactivated  # type: ignore[attr-defined]
+WorkflowWebhookSecretRotatedEvent: Any = Workflow.WebhookSecretRotated  # type: ignore[attr-defined]
 
-# The events that move the revision: every definition change, not a run.
+# The events that move the revision: every definition change, not a run and
+# not (de)activation.
 REVISION_EVENTS: tuple[Any, ...] = (
     WorkflowCreatedEvent,
     WorkflowUpdatedEvent,

@@ -7,7 +7,9 @@ that event.
 A document's ``version`` is the definition's revision (``domain/workflow.py``):
 1 at ``Created``, +1 at each ``Updated`` and ``Deleted``. ``Executed`` (a run)
 leaves it, so it is what the write side compares ``If-Match`` with, and
-``workflow_versions`` holds exactly one document per revision.
+``workflow_versions`` holds exactly one document per revision. ``Activated``
+and ``Deactivated`` leave it too: they set ``active`` (false at ``Created``
+and again at ``Deleted``) and make no version document.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any
 
 from domain.workflow import (
     DEFINITION_FIELDS,
+    WorkflowActivatedEvent,
     WorkflowCreatedEvent,
+    WorkflowDeactivatedEvent,
     WorkflowDeletedEvent,
     WorkflowExecutedEvent,
     WorkflowUpdatedEvent,
@@ -38,6 +42,8 @@ class WorkflowsProjection:
         WorkflowUpdatedEvent,
         WorkflowDeletedEvent,
         WorkflowExecutedEvent,
+        WorkflowActivatedEvent,
+        WorkflowDeactivatedEvent,
     )
 
     def prefetch(self, events: Sequence[Any], view: ViewBatch) -> None:
@@ -53,6 +59,8 @@ class WorkflowsProjection:
                 **{name: getattr(event, name) for name in DEFINITION_FIELDS},
                 "version": 1,
                 "deleted": False,
+                "active": False,
+                "active_since": None,
                 "runs": 0,
                 "last_execution": None,
                 "created_at": at.isoformat(),
@@ -83,6 +91,14 @@ class WorkflowsProjection:
                 )
                 view.put(WORKFLOWS, replace(existing, data=data, position=position))
                 return
+            if isinstance(event, WorkflowActivatedEvent | WorkflowDeactivatedEvent):
+                # Triggers on or off: no definition change, so no new revision.
+                # ``updated_*`` stay the definition's; who switched is in history.
+                active = isinstance(event, WorkflowActivatedEvent)
+                switch = {"active": active, "active_since": at.isoformat() if active else None}
+                data = apply_update(existing.data, {"$set": switch})
+                view.put(WORKFLOWS, replace(existing, data=data, position=position))
+                return
             changes = dict(event.changes) if isinstance(event, WorkflowUpdatedEvent) else {}
             if isinstance(event, WorkflowDeletedEvent):
                 changes["deleted"] = True
@@ -93,6 +109,8 @@ class WorkflowsProjection:
                 "updated_at": at.isoformat(),
                 "updated_by": actor,
             }
+            if isinstance(event, WorkflowDeletedEvent):
+                update |= {"active": False, "active_since": None}  # triggers gone with it
             current = Document(
                 id=workflow_id,
                 org_id=existing.org_id,

@@ -20,6 +20,7 @@ from commands.executions import (
     RunnerSettings,
     default_worker_id,
 )
+from commands.webhooks import HookDeliveries
 from commands.workflow_runs import WorkflowRunsRecorder
 from domain.engine import EngineLimits
 from infrastructure.auth import ApiKeyStore
@@ -197,6 +198,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             workflow_app, app.state.workflow_commands, target, settings
         )
         app.state.execution_commands = executions.commands
+        app.state.hook_deliveries = HookDeliveries(app.state.workflow_commands, executions.commands)
         stop = threading.Event()
         projector_threads = []
         if "worker" in roles:

@@ -100,3 +100,24 @@ def scratch_database(server: PgTarget, prefix: str, *, migrate: bool = True) -> 
     finally:
         with psycopg.connect(server.conninfo(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def webhook(
+    node_id: str = "hook", path: str = "orders/new", method: str = "POST"
+) -> dict[str, Any]:
+    return {
+        "id": node_id,
+        "type": "webhook_trigger",
+        "parameters": {"path": path, "method": method, "auth": {"type": "none"}},
+    }
+
+
+def webhook_body(
+    name: str = "hooked", path: str = "orders/new", method: str = "POST"
+) -> dict[str, Any]:
+    """A workflow started by one webhook, ``hook`` -> ``a``."""
+    return workflow_body(
+        name,
+        nodes=[webhook(path=path, method=method), noop("a")],
+        connections=[{"from": "hook", "to": "a"}],
+    )

@@ -10,6 +10,8 @@ from commands.errors import (
     ExecutionAnswerUnavailable,
     ExecutionInProgress,
     ExecutionNotFound,
+    HookNotFound,
+    HookRouteTaken,
     NoSuchVersion,
     WorkflowBusy,
 )
@@ -18,7 +20,9 @@ from domain.errors import (
     ExecutionInputInvalid,
     ExecutionNotRetryable,
     RetryFromFailedNodeImpossible,
+    WorkflowInactive,
 )
+from domain.webhooks import WebhookBodyInvalid, WebhookRefused
 from infrastructure.problems import Problem, problem_type
 
 
@@ -35,6 +39,33 @@ def _conflict(exc: VersionConflict) -> Problem:
         current_version=exc.current,
         expected_version=exc.expected,
     )
+
+
+def _route_taken(exc: HookRouteTaken) -> Problem:
+    return Problem(
+        409,
+        str(exc),
+        type_=problem_type("webhook-route-taken"),
+        conflicting_workflow_id=str(exc.holder),
+        method=exc.method,
+        path=exc.path,
+    )
+
+
+def _inactive(exc: WorkflowInactive) -> Problem:
+    return Problem(409, str(exc), type_=problem_type("workflow-inactive"))
+
+
+def _hook_not_found(exc: HookNotFound) -> Problem:
+    return Problem(404, str(exc), type_=problem_type("not-found"))
+
+
+def _hook_refused(exc: WebhookRefused) -> Problem:
+    return Problem(401, exc.reason, type_=problem_type("webhook-unauthorized"))
+
+
+def _hook_body(exc: WebhookBodyInvalid) -> Problem:
+    return Problem(422, str(exc), type_=problem_type("invalid-webhook-body"))
 
 
 def _busy(exc: WorkflowBusy) -> Problem:
@@ -112,6 +143,11 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     ExecutionNotRetryable: _not_retryable,
     RetryFromFailedNodeImpossible: _not_from_failed_node,
     VersionConflict: _conflict,
+    HookRouteTaken: _route_taken,
+    HookNotFound: _hook_not_found,
+    WorkflowInactive: _inactive,
+    WebhookRefused: _hook_refused,
+    WebhookBodyInvalid: _hook_body,
     WorkflowBusy: _busy,
     IdempotencyKeyReused: _key_reused,
     ExecutionInProgress: _in_progress,

@@ -23,7 +23,13 @@ from starlette.responses import Response
 
 from commands import CommandContext, CommandResult, CreateWorkflow, UpdateWorkflow, WorkflowCommands
 from commands.executions import ExecutionCommands
-from commands.models import ExecutionResult, RetryExecution, RevertWorkflow, RunWorkflow
+from commands.models import (
+    ExecutionResult,
+    RetryExecution,
+    RevertWorkflow,
+    RotateWebhookSecret,
+    RunWorkflow,
+)
 from infrastructure.auth import Permission, Principal
 from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
@@ -144,7 +150,13 @@ def _respond(result: CommandResult, *, location: bool = False) -> Response:
     headers = {"ETag": f'"{result.version}"', "X-Log-Position": str(result.position)}
     if location:
         headers["Location"] = f"/v1/workflows/{result.workflow_id}"
-    body = {"id": str(result.workflow_id), "version": result.version, "position": result.position}
+    body: dict[str, Any] = {
+        "id": str(result.workflow_id),
+        "version": result.version,
+        "position": result.position,
+    }
+    if result.webhook_secrets:
+        body["webhook_secrets"] = result.webhook_secrets  # shown this once, never logged
     return Response(
         orjson.dumps(body),
         status_code=result.status_code,
@@ -250,7 +262,7 @@ def _executions(request: Request) -> ExecutionCommands:
     return request.app.state.execution_commands  # type: ignore[no-any-return]
 
 
-def _execution_response(result: ExecutionResult) -> Response:
+def execution_response(result: ExecutionResult) -> Response:
     body: dict[str, Any] = {
         "execution_id": str(result.execution_id),
         "status": result.status,
@@ -297,7 +309,7 @@ async def run_workflow(workflow_id: UUID, request: Request) -> Response:
         result = await bulkhead.run(principal.org_id, start, workflow_id, command, context)
     else:
         result = await run_in_threadpool(start, workflow_id, command, context)
-    return _execution_response(result)
+    return execution_response(result)
 
 
 @router.post(
@@ -311,7 +323,7 @@ async def cancel_execution(execution_id: UUID, request: Request) -> Response:
     result = await run_in_threadpool(
         _executions(request).cancel, execution_id, _context(request, principal)
     )
-    return _execution_response(result)
+    return execution_response(result)
 
 
 @router.post(
@@ -343,4 +355,66 @@ async def retry_execution(execution_id: UUID, request: Request) -> Response:
         result = await bulkhead.run(principal.org_id, retry, execution_id, command, context)
     else:
         result = await run_in_threadpool(retry, execution_id, command, context)
-    return _execution_response(result)
+    return execution_response(result)
+
+
+# -- activation ---------------------------------------------------------------------
+
+_ACTIVATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _COMMAND_RESPONSE,
+    404: _PROBLEM,
+    409: _PROBLEM,
+    410: _PROBLEM,
+    422: _PROBLEM,
+    428: _PROBLEM,
+}
+
+
+@router.post(
+    "/workflows/{workflow_id}/activate",
+    summary="Switch a workflow's triggers on (If-Match required; the version stays)",
+    responses=_ACTIVATION_RESPONSES,
+    openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
+)
+async def activate_workflow(workflow_id: UUID, request: Request) -> Response:
+    principal = await _writer(request)
+    version = expected_version(request)
+    result = await run_in_threadpool(
+        _commands(request).activate, workflow_id, version, _context(request, principal)
+    )
+    return _respond(result)
+
+
+@router.post(
+    "/workflows/{workflow_id}/deactivate",
+    summary="Switch a workflow's triggers off (If-Match required; the version stays)",
+    responses=_ACTIVATION_RESPONSES,
+    openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
+)
+async def deactivate_workflow(workflow_id: UUID, request: Request) -> Response:
+    principal = await _writer(request)
+    version = expected_version(request)
+    result = await run_in_threadpool(
+        _commands(request).deactivate, workflow_id, version, _context(request, principal)
+    )
+    return _respond(result)
+
+
+@router.post(
+    "/workflows/{workflow_id}/webhook-secret/rotate",
+    summary="Replace one active hook's token or HMAC secret, shown once (If-Match required)",
+    responses=_ACTIVATION_RESPONSES,
+    openapi_extra=_documented(RotateWebhookSecret, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
+)
+async def rotate_webhook_secret(workflow_id: UUID, request: Request) -> Response:
+    principal = await _writer(request)
+    version = expected_version(request)
+    command = await _parse(request, RotateWebhookSecret)
+    result = await run_in_threadpool(
+        _commands(request).rotate_webhook_secret,
+        workflow_id,
+        command,
+        version,
+        _context(request, principal),
+    )
+    return _respond(result)

@@ -40,6 +40,7 @@ def _cond(**overrides: Any) -> dict[str, Any]:
 def test_registry_has_exactly_the_contract_types() -> None:
     assert set(NODE_TYPES) == {
         "manual_trigger",
+        "webhook_trigger",
         "set",
         "if",
         "filter",
@@ -59,9 +60,10 @@ def test_registry_is_read_only() -> None:
         NODE_TYPES["evil"] = NODE_TYPES["noop"]  # type: ignore[index]
 
 
-def test_manual_trigger_is_the_only_trigger() -> None:
-    assert {name for name, t in NODE_TYPES.items() if t.is_trigger} == {"manual_trigger"}
-    assert {"manual_trigger"} == TRIGGER_TYPES
+def test_the_triggers_are_manual_and_webhook() -> None:
+    expected = {"manual_trigger", "webhook_trigger"}
+    assert {name for name, t in NODE_TYPES.items() if t.is_trigger} == expected
+    assert expected == TRIGGER_TYPES
 
 
 @pytest.mark.parametrize("name", sorted(NODE_TYPES))
@@ -111,6 +113,7 @@ def test_outputs_never_include_error() -> None:
 # -- valid samples ----------------------------------------------------------
 
 VALID: dict[str, dict[str, Any]] = {
+    "webhook_trigger": {"path": "orders/new", "auth": {"type": "none"}},
     "manual_trigger": {},
     "noop": {},
     "set": {"fields": {"customer.name": "Ada", "a-b_c.d1": [1, {"x": None}]}, "keep_others": False},

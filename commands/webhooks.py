@@ -1,0 +1,173 @@
+"""Webhook deliveries: find the active hook, check its auth, start a run of the current revision.
+
+A delivery with a ``dedupe`` key is a keyed execution request whose key
+and fingerprint are derived from (workflow, node, dedupe key): the first
+records the run, every redelivery (also racing ones) gets its answer and
+starts nothing, the same machinery as ``Idempotency-Key`` on the API.
+
+The route table (``webhook_routes``) names the workflow and node that hold
+``METHOD /hooks/{org}/{path}``; it changes in the same transaction as the
+events that activate, edit or deactivate them, so an inactive workflow's
+hook is not found. The run is of the revision current when it is recorded,
+like any other execution, and records that revision.
+
+Between the look-up and the run's save a deactivation can commit; the
+delivery then still starts one run (the run was asked for while the hook
+was active). Nothing else can slip through: a wrong token starts nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from commands.errors import HookNotFound
+from commands.executions import ExecutionCommands
+from commands.handlers import WorkflowCommands
+from commands.models import CommandContext, ExecutionResult, RunWorkflow
+from domain.triggers import WebhookTriggerParameters
+from domain.webhooks import (
+    ResponseMode,
+    WebhookBodyInvalid,
+    WebhookRefused,
+    check_hook_path,
+    check_signature,
+    check_token,
+    parse_body,
+    webhook_item,
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One call of a hook, as the HTTP adapter read it."""
+
+    org_id: str
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names
+    query: Mapping[str, str]
+    body: bytes
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A delivery that passed: the run to start, and how the hook answers."""
+
+    workflow_id: UUID
+    run: RunWorkflow  # sync for ``when_finished``, else async
+    ctx: CommandContext
+    response: ResponseMode
+
+
+class HookDeliveries:
+    def __init__(
+        self,
+        workflows: WorkflowCommands,
+        executions: ExecutionCommands,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.workflows = workflows
+        self.executions = executions
+        self.clock = clock
+        self._store = workflows.app.event_store
+
+    def accept(self, delivery: Delivery) -> Accepted:
+        """The run a delivery asks for; ``HookNotFound`` or ``WebhookRefused`` otherwise.
+
+        Starts nothing: the caller passes it to ``start`` (sync runs go
+        through the sync-run bulkhead, like the API's).
+        """
+        route = self._route(delivery)
+        workflow_id = route.workflow_id
+        secret_headers: frozenset[str] = frozenset()
+        auth = route.parameters.auth
+        if auth.type == "header_token":
+            token_sha256 = route.token_sha256
+            if token_sha256 is None:
+                raise WebhookRefused("this hook has no token: activate the workflow again")
+            check_token(delivery.headers.get(auth.header), token_sha256)
+            secret_headers = frozenset({auth.header})
+        elif auth.type == "hmac_sha256":
+            hmac_secret = route.hmac_secret
+            if hmac_secret is None:
+                raise WebhookRefused("this hook has no secret: activate the workflow again")
+            check_signature(
+                hmac_secret.encode(),
+                delivery.body,  # the raw bytes, as signed
+                signature=delivery.headers.get(auth.signature_header),
+                timestamp=delivery.headers.get(auth.timestamp_header),
+                now=self.clock(),
+                tolerance_s=auth.tolerance_s,
+            )
+            secret_headers = frozenset({auth.signature_header})
+        body = parse_body(delivery.body, delivery.headers.get("content-type"))
+        item = webhook_item(body, delivery.headers, delivery.query, secret_headers=secret_headers)
+        dedupe_key = None
+        if route.parameters.dedupe is not None:
+            try:
+                found = route.parameters.dedupe.rule().key(delivery.headers, body)
+            except WebhookRefused as exc:  # a key the caller sent, but unusable
+                raise WebhookBodyInvalid(exc.reason) from None
+            if found is not None:
+                identity = f"{workflow_id}\n{route.node_id}\n{found}".encode()
+                dedupe_key = "webhook:" + hashlib.sha256(identity).hexdigest()
+        ctx = CommandContext(
+            org_id=delivery.org_id,
+            actor=f"webhook:{route.node_id}",
+            correlation_id=delivery.correlation_id,
+            idempotency_key=dedupe_key,
+            request_fingerprint=dedupe_key,
+        )
+        response = route.parameters.response
+        run = RunWorkflow(input=item, mode="sync" if response == "when_finished" else "async")
+        return Accepted(workflow_id, run, ctx, response)
+
+    def start(self, accepted: Accepted) -> ExecutionResult:
+        return self.executions.start(
+            accepted.workflow_id, accepted.run, accepted.ctx, trigger="webhook"
+        )
+
+    def _route(self, delivery: Delivery) -> _Route:
+        """The active hook holding the delivery's route, with its secret; one query, no log read.
+
+        The table holds the node's parameters as saved with the events that
+        made the route, so it is the current revision's.
+        """
+        if check_hook_path(delivery.path) is not None:
+            raise HookNotFound(delivery.org_id, delivery.method, delivery.path)
+        with self._store.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "SELECT r.workflow_id, r.node_id, r.parameters, s.token_sha256, s.hmac_secret "
+                "FROM webhook_routes r LEFT JOIN webhook_secrets s "
+                "ON s.workflow_id = r.workflow_id AND s.node_id = r.node_id "
+                "WHERE r.org_id = %s AND r.method = %s AND r.path = %s",
+                (delivery.org_id, delivery.method, delivery.path),
+                prepare=True,
+            )
+            row: Any = curs.fetchone()
+        if row is None:
+            raise HookNotFound(delivery.org_id, delivery.method, delivery.path)
+        parameters = WebhookTriggerParameters.model_validate_json(json.dumps(row["parameters"]))
+        return _Route(
+            workflow_id=row["workflow_id"],
+            node_id=row["node_id"],
+            parameters=parameters,
+            token_sha256=row["token_sha256"],
+            hmac_secret=row["hmac_secret"],
+        )
+
+
+@dataclass(frozen=True)
+class _Route:
+    workflow_id: UUID
+    node_id: str
+    parameters: WebhookTriggerParameters
+    token_sha256: str | None
+    hmac_secret: str | None
