@@ -99,7 +99,7 @@ class Execution(Aggregate):
         meta: EventMeta,
         retry_of: Execution | None = None,
         reused_nodes: tuple[str, ...] = (),
-        trigger: ExecutionTrigger = "manual",
+        trigger: ExecutionTrigger | None = None,
     ) -> Execution:
         """Queue a run of ``workflow_version`` over ``input`` (an object or array of objects).
 
@@ -119,6 +119,8 @@ class Execution(Aggregate):
                 f"workflow_revision must be 1 to workflow_version, got {workflow_revision}"
             )
         _check_input(input)
+        if trigger is None:
+            trigger = "manual" if retry_of is None else "retry"
         if trigger not in EXECUTION_TRIGGERS or (trigger == "retry") != (retry_of is not None):
             raise ValueError(f"trigger {trigger!r} does not fit retry_of {retry_of!r}")
         if retry_of is not None:
