@@ -47,6 +47,23 @@ from projections.dead_letters import describe
 
 log = structlog.get_logger("reporunner.followers")
 
+# SQLSTATE classes that say "the connection or the server", never "this event":
+# connection exceptions, transaction rollbacks (deadlocks, serialisation),
+# insufficient resources and operator intervention (shutdowns, cancels).
+# Others psycopg also raises as OperationalError, such as 54 (program limits:
+# a stack depth or an index row size that one event's content exceeds), go
+# through the retry and dead-letter policy like any failing batch.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+
+
+def is_transient(follower: Follower, exc: BaseException) -> bool:
+    """Whether ``exc`` means a lost connection (reconnect), not an event that fails."""
+    if not isinstance(exc, follower.transient):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    # No SQLSTATE: the client lost the connection (or never had one).
+    return sqlstate is None or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -154,9 +171,9 @@ class FollowerLoop:
         while stop is None or not stop.is_set():
             try:
                 count = self.follower.run_batch(conn, self.batch_size)
-            except self.follower.transient:
-                raise
             except Exception as exc:
+                if is_transient(self.follower, exc):
+                    raise
                 try:
                     count = self._recover(conn, exc, pause)
                 except _Stopped:
@@ -188,9 +205,9 @@ class FollowerLoop:
             _pause(wait, backoff.next())
             try:
                 return self.follower.run_batch(conn, limit)
-            except self.follower.transient:
-                raise
             except Exception as exc:
+                if is_transient(self.follower, exc):
+                    raise
                 error = exc
         return error
 
@@ -202,9 +219,9 @@ class FollowerLoop:
             limit = min(limit, size - done)
             try:
                 count = self.follower.run_batch(conn, limit)
-            except self.follower.transient:
-                raise
             except Exception as exc:
+                if is_transient(self.follower, exc):
+                    raise
                 if limit > 1:
                     limit = (limit + 1) // 2
                     continue
@@ -243,9 +260,9 @@ class FollowerLoop:
             _pause(wait, backoff.next())
             try:
                 return self.follower.run_batch(conn, 1)
-            except self.follower.transient:
-                raise
             except Exception as exc:
+                if is_transient(self.follower, exc):
+                    raise
                 retried = exc
 
     # -- running ----------------------------------------------------------------------

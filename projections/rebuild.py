@@ -28,6 +28,7 @@ import structlog
 from psycopg import sql
 
 from projections.dead_letters import adopt_rebuild, describe, forget
+from projections.follower import is_transient
 from projections.runner import EventBatch, Projector
 from projections.store import DocumentCache, ViewBatch, collection_table
 
@@ -118,9 +119,9 @@ def _load(
     try:
         _bulk_load(projector, conn, tables, tracking, upto, progress)
         return tables
-    except projector.transient:
-        raise
     except Exception as exc:
+        if is_transient(projector, exc):
+            raise
         log.warning(
             "bulk load failed on an event; loading again batch by batch",
             projection=projector.projection.name,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections.follower import Backoff, Follower, FollowerLoop, RetryPolicy
+from projections.follower import Backoff, Follower, FollowerLoop, RetryPolicy, is_transient
 
 
 class Lost(Exception):
@@ -180,3 +181,37 @@ def test_every_good_event_applies_once_in_order_and_every_bad_one_is_dead_letter
     assert [position for position, _, _ in follower.dead] == sorted(bad)
     assert all(count == attempts for _, count, _ in follower.dead)
     assert follower.position == size
+
+
+class _Program(ListFollower):
+    """Its events fail as PostgreSQL fails on content past a program limit (SQLSTATE 54001)."""
+
+    transient = (psycopg.OperationalError,)
+
+    def run_batch(self, conn: Any, limit: int) -> int:
+        try:
+            return super().run_batch(conn, limit)
+        except ValueError as exc:
+            raise psycopg.errors.StatementTooComplex(str(exc)) from None
+
+
+def test_an_operational_error_about_content_is_dead_lettered_not_a_reconnect() -> None:
+    follower = _Program(5, bad={3})
+    _run(follower, batch_size=5, attempts=2)
+    assert follower.applied == [1, 2, 4, 5]
+    assert [position for position, _, _ in follower.dead] == [3]
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (psycopg.errors.AdminShutdown("terminating connection"), True),
+        (psycopg.errors.DeadlockDetected("deadlock detected"), True),
+        (psycopg.errors.StatementTooComplex("stack depth limit exceeded"), False),
+        (psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum"), False),
+        (ValueError("not a database error"), False),
+    ],
+)
+def test_which_errors_mean_a_lost_connection(error: Exception, transient: bool) -> None:
+    assert is_transient(_Program(1), error) is transient
