@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,14 @@ def test_serve_runs_write_read_and_projections_in_one_process(
     import httpx
 
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": _url(db_target), "REPORUNNER_LOG_FORMAT": "json"}
+    # With REDIS_URL the relay runs too: on streams of this test's own, removed after.
+    bus_prefix = f"reporunner-test-cli-{uuid.uuid4().hex[:12]}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": _url(db_target),
+        "REPORUNNER_LOG_FORMAT": "json",
+        "REPORUNNER_BUS_PREFIX": bus_prefix,
+    }
     server = subprocess.Popen(
         [sys.executable, "-m", "reporunner", "serve", "--port", str(port)],
         env=env,
@@ -231,4 +239,11 @@ def test_serve_runs_write_read_and_projections_in_one_process(
     finally:
         server.terminate()
         output = server.communicate(timeout=20)[0].decode()
+        if os.environ.get("REDIS_URL"):
+            import redis
+
+            with redis.Redis.from_url(os.environ["REDIS_URL"]) as client:
+                keys = list(client.scan_iter(match=f"{bus_prefix}:*", count=1000))
+                if keys:
+                    client.delete(*keys)
     assert "projector active" in output or "service roles" in output
