@@ -7,6 +7,7 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 
+from domain.timetable import Timetable
 from domain.workflow import Workflow
 from infrastructure.eventstore import APPLICATION_NAME, EventStoreRecorder
 
@@ -14,7 +15,7 @@ from infrastructure.eventstore import APPLICATION_NAME, EventStoreRecorder
 class WorkflowApplication(Application[UUID]):
     name = APPLICATION_NAME
     # Loading stays fast however long a workflow's history grows.
-    snapshotting_intervals: ClassVar = {Workflow: 50}
+    snapshotting_intervals: ClassVar = {Workflow: 50, Timetable: 100}
 
     @property
     def event_store(self) -> EventStoreRecorder:

@@ -29,6 +29,7 @@ from eventsourcing.utils import get_topic
 
 from commands.application import WorkflowApplication
 from commands.errors import WorkflowNotFound
+from domain.timetable import Timetable
 from domain.workflow import DEFINITION_FIELDS, REVISION_EVENTS, Workflow
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
 
@@ -209,7 +210,7 @@ class History:
                     continue
                 if until is not None and event.timestamp >= until:
                     continue
-                entries.append(_entry(row_position, event, None, {}))
+                entries.append(_entry(row_position, event, None, _decision(event)))
                 if len(entries) == limit:
                     break
             if len(rows) < MAX_PAGE:
@@ -268,6 +269,28 @@ def _meta_is(field: str) -> str:
     """
     value = f"{_STATE}::jsonb #>> '{{meta,{field}}}'"
     return f"(CASE WHEN {_MAYBE_NOT_JSONB} THEN true ELSE {value} = %s END)"
+
+
+# What a timetable's decision says (``domain/timetable.py``): the instant and why.
+_DECISION_FIELDS = (
+    "workflow_id",
+    "node_id",
+    "instant",
+    "execution_id",
+    "revision",
+    "buffered",
+    "after",
+    "through",
+    "reason",
+)
+
+
+def _decision(event: Any) -> dict[str, Any]:
+    """A schedule's decision in the organisation's log carries its instant and reason."""
+    if not isinstance(event, Timetable.Event):
+        return {}
+    fields = {name: getattr(event, name) for name in _DECISION_FIELDS if hasattr(event, name)}
+    return {"schedule": fields} if fields else {}
 
 
 def _visible_state(workflow: Any) -> dict[str, Any]:

@@ -79,8 +79,8 @@ EXECUTION_STATUSES: Final[tuple[ExecutionStatus, ...]] = (
 )
 FINISHED_STATUSES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "canceled", "crashed"})
 RETRYABLE_STATUSES: Final[frozenset[str]] = frozenset({"failed", "canceled", "crashed"})
-ExecutionTrigger = Literal["manual", "webhook", "retry"]
-EXECUTION_TRIGGERS: Final[tuple[ExecutionTrigger, ...]] = ("manual", "webhook", "retry")
+ExecutionTrigger = Literal["manual", "webhook", "schedule", "retry"]
+EXECUTION_TRIGGERS: Final[tuple[ExecutionTrigger, ...]] = ("manual", "webhook", "schedule", "retry")
 
 
 class Execution(Aggregate):

@@ -34,7 +34,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from domain.triggers import WEBHOOK_TRIGGER, WebhookTriggerParameters
+from domain.triggers import (
+    SCHEDULE_TRIGGER,
+    WEBHOOK_TRIGGER,
+    ScheduleTriggerParameters,
+    WebhookTriggerParameters,
+)
 
 __all__ = [
     "DEFAULT_OUTPUT",
@@ -451,6 +456,7 @@ def _registry(*node_types: NodeType) -> Mapping[str, NodeType]:
 NODE_TYPES: Final[Mapping[str, NodeType]] = _registry(
     NodeType("manual_trigger", ManualTriggerParameters, is_trigger=True),
     NodeType(WEBHOOK_TRIGGER, WebhookTriggerParameters, is_trigger=True),
+    NodeType(SCHEDULE_TRIGGER, ScheduleTriggerParameters, is_trigger=True),
     NodeType("set", SetParameters),
     NodeType("if", IfParameters, output_names=_if_outputs),
     NodeType("filter", FilterParameters),

@@ -342,6 +342,8 @@ STEP_BUILDERS: Final[Mapping[str, StepBuilder]] = {
     # The hook route builds the request's item (``domain.webhooks.webhook_item``)
     # and passes it as the run's input, so the step is the same.
     "webhook_trigger": _build_trigger,
+    # The scheduler passes the instant it fires ({"scheduled_at", "node_id"}) as the input.
+    "schedule_trigger": _build_trigger,
     "set": _build_set,
     "if": _build_if,
     "filter": _build_filter,

@@ -147,13 +147,14 @@ class ScheduleTriggerParameters(BaseModel):
 
 
 WEBHOOK_TRIGGER: Final = "webhook_trigger"
+SCHEDULE_TRIGGER: Final = "schedule_trigger"
 
 # The hook auth kinds that need a secret the service generates at activation.
 SECRET_AUTH: Final = frozenset({"header_token", "hmac_sha256"})
 
 # The trigger types that fire on their own once their workflow is active
 # (``manual_trigger`` only ever runs when a client asks).
-ACTIVATABLE_TRIGGERS: Final = frozenset({WEBHOOK_TRIGGER})
+ACTIVATABLE_TRIGGERS: Final = frozenset({WEBHOOK_TRIGGER, SCHEDULE_TRIGGER})
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,26 @@ def webhook_routes(nodes: Iterable[Mapping[str, Any]]) -> list[HookRoute]:
             parameters = WebhookTriggerParameters.model_validate(node.get("parameters", {}))
             routes.append(HookRoute(node["id"], parameters.method, parameters.path, parameters))
     return routes
+
+
+@dataclass(frozen=True)
+class ScheduleTrigger:
+    """One schedule trigger of a workflow: the scheduler fires it at each of its instants."""
+
+    node_id: str
+    schedule: Schedule
+
+
+def schedule_triggers(nodes: Iterable[Mapping[str, Any]]) -> list[ScheduleTrigger]:
+    """The schedule triggers among a stored definition's nodes (already validated)."""
+    return [
+        ScheduleTrigger(
+            node["id"],
+            ScheduleTriggerParameters.model_validate(node.get("parameters", {})).schedule(),
+        )
+        for node in nodes
+        if node.get("type") == SCHEDULE_TRIGGER
+    ]
 
 
 def activation_problems(nodes: Sequence[Mapping[str, Any]]) -> list[Problem]:

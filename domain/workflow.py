@@ -22,6 +22,7 @@ Two numbers, two meanings:
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -76,6 +77,9 @@ class Workflow(Aggregate):
         self.runs: int = 0
         self.revision: int = 1
         self.active: bool = False
+        # When the triggers were last switched on: a schedule fires no
+        # instant before it (none from before a pause, either).
+        self.activated_at: datetime | None = None
 
     def definition(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in DEFINITION_FIELDS}
@@ -135,8 +139,10 @@ class Workflow(Aggregate):
         return True
 
     @event("Activated")
-    def _activated(self, meta: dict[str, Any]) -> None:
+    def _activated(self, meta: dict[str, Any], timestamp: datetime | None = None) -> None:
+        # ``timestamp``: the event's own (see ``domain/execution.py``).
         self.active = True
+        self.activated_at = timestamp
 
     def deactivate(self, meta: EventMeta) -> bool:
         """Switch the triggers off; return False (and record nothing) if already off."""

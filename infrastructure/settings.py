@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from infrastructure.database import PgTarget
 
 # What ``serve`` can run in one process (``--only`` picks one).
-ROLES = ("write-api", "read-api", "projections", "worker", "relay")
+ROLES = ("write-api", "read-api", "projections", "worker", "relay", "scheduler")
 
 
 class Settings(BaseSettings):
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     projection_batch_size: int = Field(default=1000, ge=1, le=100_000)
     projection_poll_s: float = Field(default=1.0, gt=0, le=60)
     roles: str = Field(
-        default="write-api,read-api,projections,worker,relay",
+        default="write-api,read-api,projections,worker,relay,scheduler",
         description="Comma-separated roles this process runs (serve --only sets one).",
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     )
     sync_run_threads: int = Field(default=16, ge=1, le=256)
     sync_runs_per_org: int = Field(default=4, ge=1, le=256)
+    # The scheduler (issue 12): one active process fires the schedule triggers.
+    scheduler_tick_s: float = Field(
+        default=0.5, gt=0, le=60, description="How often the scheduler looks for due instants."
+    )
+    scheduler_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="How late an instant may fire and still count as on time (catch-up).",
+    )
+    scheduler_max_fires_per_tick: int = Field(default=100, ge=1, le=10_000)
     # Audit chain (tamper evidence over the log)
     audit_key: str | None = Field(
         default=None,

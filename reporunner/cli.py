@@ -33,6 +33,7 @@ class ServeRole(StrEnum):
     PROJECTIONS = "projections"
     WORKER = "worker"
     RELAY = "relay"
+    SCHEDULER = "scheduler"
 
 
 app = typer.Typer(

@@ -6,6 +6,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -53,6 +54,7 @@ from read_api.aggregate import router as aggregate_router
 from read_api.audit import router as audit_router
 from read_api.executions import router as executions_router
 from read_api.history import router as history_router
+from reporunner.scheduler import Scheduler, start_scheduler
 from reporunner.worker import Worker
 from write_api import COMMAND_PROBLEMS, include_write_api
 from write_api.bulkhead import SyncRunBulkhead
@@ -239,6 +241,10 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             projector_threads.append(relay_thread)
         elif "relay" in roles:
             log.info("event relay off: REDIS_URL is not set")
+        app.state.scheduler = None
+        if "scheduler" in roles:
+            app.state.scheduler = create_scheduler(workflow_app, target, settings)
+            projector_threads.append(start_scheduler(app.state.scheduler, stop))
         log.info("service roles", roles=list(roles))
         try:
             yield
@@ -298,6 +304,10 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         listed = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
         return f"{DEGRADED}: {sum(counts.values())} unresolved ({listed})"
 
+    async def scheduler_check() -> str:
+        scheduler = getattr(app.state, "scheduler", None)
+        return "disabled" if scheduler is None else str(scheduler.status())
+
     checks: dict[str, ReadyCheck] = {
         "postgres": postgres_check,
         "redis": redis_check,
@@ -305,6 +315,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
     }
     if "relay" in roles:
         checks["relay"] = relay_check
+    if "scheduler" in roles:
+        checks["scheduler"] = scheduler_check
     add_health_routes(app, checks, fail_when_degraded=settings.dead_letters_fail_readyz)
     if "write-api" in roles:
         include_write_api(app)
@@ -315,6 +327,18 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(audit_router)
         app.include_router(executions_router)
     return app
+
+
+def create_scheduler(
+    workflow_app: WorkflowApplication, target: PgTarget, settings: Settings
+) -> Scheduler:
+    return Scheduler(
+        workflow_app,
+        target,
+        tick_s=settings.scheduler_tick_s,
+        grace=timedelta(seconds=settings.scheduler_grace_s),
+        max_fires=settings.scheduler_max_fires_per_tick,
+    )
 
 
 def bus_config(settings: Settings) -> BusConfig:

@@ -501,7 +501,7 @@ def test_retries_are_linked_both_ways_and_a_rebuild_equals_the_live_view(
 
     period = Period(BASE, BASE + timedelta(days=1))
     figures = summary(db_target, org, period)
-    assert figures["by_trigger"] == {"manual": 1, "webhook": 0, "retry": 3}
+    assert figures["by_trigger"] == {"manual": 1, "webhook": 0, "schedule": 0, "retry": 3}
     assert summary(db_target, org, period, str(workflow_id))["by_trigger"]["retry"] == 3
 
     rebuild(projector)  # one batch: retries meet their retried documents in it
