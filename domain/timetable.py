@@ -93,6 +93,7 @@ class Timetable(Aggregate):
         ``fire`` the caller queues ``scheduled_execution_id(...)`` in the
         same save.
         """
+        _iso(instant)  # aware, or ValueError
         if self.last is not None and instant <= self.last:
             raise ValueError(f"{_iso(instant)} is not after the last decided {_iso(self.last)}")
         decision = decide_overlap(

@@ -93,15 +93,24 @@ class ScheduleIndex:
                     (self.position, upto, _TOPICS),
                 )
                 for found in curs.fetchall():
-                    event = decode_event(
-                        self.app.mapper,
-                        found["originator_id"],
-                        found["originator_version"],
-                        found["topic"],
-                        found["state"],
-                    )
-                    self._apply(event)
-                    changed.add(event.originator_id)
+                    try:
+                        event = decode_event(
+                            self.app.mapper,
+                            found["originator_id"],
+                            found["originator_version"],
+                            found["topic"],
+                            found["state"],
+                        )
+                        self._apply(event)
+                    except Exception as exc:
+                        # One event nobody can read (the followers dead-letter it)
+                        # must not stop every schedule: the index goes on without it.
+                        log.error(
+                            "scheduler index cannot apply an event; going on",
+                            position=found["notification_id"],
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
+                    changed.add(found["originator_id"])
                 self.position = upto
         self.caught_up = self.position >= head
         return changed

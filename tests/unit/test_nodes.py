@@ -41,6 +41,7 @@ def test_registry_has_exactly_the_contract_types() -> None:
     assert set(NODE_TYPES) == {
         "manual_trigger",
         "webhook_trigger",
+        "schedule_trigger",
         "set",
         "if",
         "filter",
@@ -60,8 +61,8 @@ def test_registry_is_read_only() -> None:
         NODE_TYPES["evil"] = NODE_TYPES["noop"]  # type: ignore[index]
 
 
-def test_the_triggers_are_manual_and_webhook() -> None:
-    expected = {"manual_trigger", "webhook_trigger"}
+def test_the_triggers_are_manual_webhook_and_schedule() -> None:
+    expected = {"manual_trigger", "webhook_trigger", "schedule_trigger"}
     assert {name for name, t in NODE_TYPES.items() if t.is_trigger} == expected
     assert expected == TRIGGER_TYPES
 
@@ -115,6 +116,7 @@ def test_outputs_never_include_error() -> None:
 VALID: dict[str, dict[str, Any]] = {
     "webhook_trigger": {"path": "orders/new", "auth": {"type": "none"}},
     "manual_trigger": {},
+    "schedule_trigger": {"cron": "*/5 * * * *", "timezone": "Europe/Berlin"},
     "noop": {},
     "set": {"fields": {"customer.name": "Ada", "a-b_c.d1": [1, {"x": None}]}, "keep_others": False},
     "if": {"conditions": [_cond()], "combine": "or"},
