@@ -122,19 +122,39 @@ _UNMATCHED = "<unmatched>"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+_RequestSeries = tuple[Any, Any]
+_series: dict[tuple[str, str, int, str], _RequestSeries] = {}
+
+
 def record_request(scope: Scope, status: int, elapsed_s: float) -> None:
     """Count a request under its route template (never the raw path: ids would
     make a series per workflow), and as a command or a webhook call if it is one."""
     route = scope.get("route")
     template = getattr(route, "path", None) or _UNMATCHED
+    name = getattr(route, "name", None) or "unknown"
+    # Every part bounded (a client may send any method name): so is the cache.
     method = scope["method"] if scope["method"] in _METHODS else "other"
-    metrics.HTTP_REQUEST_DURATION.labels(template, method, str(status)).observe(elapsed_s)
+    key = (template, method, status, name)
+    series = _series.get(key)
+    if series is None:
+        series = _series.setdefault(key, _request_series(*key))
+    duration, counted = series
+    duration.observe(elapsed_s)
+    if counted is not None:
+        counted.inc()
+
+
+def _request_series(template: str, method: str, status: int, name: str) -> _RequestSeries:
+    """The children a request counts into. Looked up once per route, method and status
+    (``labels()`` on every request cost more than the rest of the counting)."""
+    duration = metrics.HTTP_REQUEST_DURATION.labels(template, method, str(status))
+    counted = None
     if template.startswith("/hooks/"):
-        metrics.WEBHOOK_DELIVERIES.labels(metrics.webhook_outcome(status)).inc()
+        counted = metrics.WEBHOOK_DELIVERIES.labels(metrics.webhook_outcome(status))
     elif template.startswith("/v1/") and method not in _READ_METHODS:
         # The write API's routes: one command each, named by its endpoint.
-        command = getattr(route, "name", None) or "unknown"
-        metrics.COMMANDS.labels(command, metrics.command_outcome(status)).inc()
+        counted = metrics.COMMANDS.labels(name, metrics.command_outcome(status))
+    return duration, counted
 
 
 def _new_request_id() -> str:
