@@ -256,6 +256,8 @@ class DatabaseSnapshot:
 
 QUEUE_STATES = ("queued", "running", "lease_expired")
 
+# The log's table by name, not from infrastructure.eventstore (which counts into this
+# module). max(notification_id) reads one entry of its unique index.
 _SNAPSHOT_SQL = text(
     """
     SELECT 'head' AS kind, '' AS name,

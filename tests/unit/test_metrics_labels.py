@@ -52,3 +52,10 @@ def test_outcome_labels_stay_few_whatever_the_status(status: int) -> None:
         "rate_limited",
         "error",
     }
+
+
+def test_the_snapshot_reads_the_log_table_the_event_store_writes() -> None:
+    from infrastructure.eventstore import EVENTS_TABLE
+    from infrastructure.metrics import _SNAPSHOT_SQL
+
+    assert f"FROM {EVENTS_TABLE})" in str(_SNAPSHOT_SQL)
