@@ -226,3 +226,30 @@ def test_readyz_fails_when_this_process_projection_stalls(
             assert body["checks"]["projections"].startswith("failing: workflows has not moved")
             # Liveness stays liveness.
             assert httpx.get(f"{projections}/healthz").status_code == 200
+
+
+def test_readyz_fails_when_this_process_relay_cannot_reach_redis(
+    target: PgTarget, app_settings: Settings
+) -> None:
+    """A relay process whose Redis is away: 503 ``failing``; beside an API only ``degraded``."""
+    settings = _settings(app_settings, redis_url="redis://127.0.0.1:1/0")
+    with serving(create_app(settings, target, roles=("relay",))) as relay:
+        body = wait_for_readyz(relay, lambda b: b["checks"]["relay"].startswith("failing"))
+        assert body["status"] == "failing"
+    with serving(create_app(settings, target, roles=("read-api", "relay"))) as both:
+        body = wait_for_readyz(both, lambda b: b["checks"]["relay"].startswith("degraded"))
+        assert body["status"] == "degraded"
+
+
+def wait_for_readyz(base: str, condition: Any, timeout: float = 30) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{base}/readyz", timeout=10)
+        body: dict[str, Any] = response.json()
+        if condition(body):
+            assert response.status_code == (200 if body["status"] == "degraded" else 503)
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.1)
