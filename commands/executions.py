@@ -56,6 +56,7 @@ from domain.execution import Execution, ExecutionTrigger, truncate_items
 from domain.meta import EventMeta
 from domain.workflow import Workflow
 from infrastructure.eventstore import IdempotencyRecord, SideStatement
+from infrastructure.metrics import observe_execution_end
 from infrastructure.queue import ExecutionQueue, dequeue, enqueue
 
 log = structlog.get_logger("reporunner.executions")
@@ -378,6 +379,8 @@ class ExecutionRunner:
             if current is None:
                 raise
             return current, False
+        if execution.is_finished:
+            observe_execution_end(execution)
         return execution, True
 
     # -- loading -----------------------------------------------------------------------

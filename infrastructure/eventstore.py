@@ -31,6 +31,7 @@ from psycopg.pq import ExecStatus
 from psycopg.sql import SQL, Composable, Identifier, Literal
 
 from infrastructure.database import PgTarget
+from infrastructure.metrics import EVENTS_APPENDED
 from infrastructure.settings import Settings
 
 APPLICATION_NAME = "Reporunner"
@@ -160,6 +161,7 @@ class EventStoreRecorder(PostgresApplicationRecorder):
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
                 raise
+            EVENTS_APPENDED.inc(len(stored_events))
             return sorted(_returned_positions(curs))
 
     def find_idempotency(self, org_id: str, key: str) -> IdempotencyRecord | None:

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infrastructure.auth import Permission, Principal
 from infrastructure.cache import REDIS_ERRORS, RedisBreaker
+from infrastructure.metrics import RATE_LIMITED
 from infrastructure.problems import Problem, problem_type
 
 Api = Literal["read", "write"]
@@ -199,6 +200,7 @@ async def enforce_rate_limit(
         return
     state[STATE_KEY] = decision
     if not decision.allowed:
+        RATE_LIMITED.labels(api).inc()
         per_s, burst = limiter.config.bucket(api) or (0, 0)
         raise Problem(
             429,

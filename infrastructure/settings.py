@@ -136,6 +136,22 @@ class Settings(BaseSettings):
         "status 'degraded' (false).",
     )
 
+    # Operability (issue 13): readiness past a stalled projection, and /metrics
+    # on a port of its own (roles without an API; `serve`/`worker --metrics-port`).
+    ready_max_projection_lag_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="A projection behind the log that has not moved for this long makes "
+        "/readyz fail (0: never).",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Also serve /metrics, /healthz and /readyz on this port.",
+    )
+
     @field_validator("roles")
     @classmethod
     def _known_roles(cls, roles: str) -> str:

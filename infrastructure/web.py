@@ -21,6 +21,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.errors import WorkflowDeleted, WorkflowInvalid
+from infrastructure import metrics
 from infrastructure.auth import ApiKeyStore, Permission, Principal
 from infrastructure.problems import Problem, problem_type
 from infrastructure.ratelimit import enforce_rate_limit
@@ -104,15 +105,56 @@ class RequestContextMiddleware:
                     )
                 )
             principal = scope["state"].get("principal")
+            elapsed = time.perf_counter() - started
+            record_request(scope, status, elapsed)
             log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
                 org_id=principal.org_id if principal else None,
                 actor=principal.actor if principal else None,
             )
+
+
+_UNMATCHED = "<unmatched>"
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+_RequestSeries = tuple[Any, Any]
+_series: dict[tuple[str, str, int, str], _RequestSeries] = {}
+
+
+def record_request(scope: Scope, status: int, elapsed_s: float) -> None:
+    """Count a request under its route template (never the raw path: ids would
+    make a series per workflow), and as a command or a webhook call if it is one."""
+    route = scope.get("route")
+    template = getattr(route, "path", None) or _UNMATCHED
+    name = getattr(route, "name", None) or "unknown"
+    # Every part bounded (a client may send any method name): so is the cache.
+    method = scope["method"] if scope["method"] in _METHODS else "other"
+    key = (template, method, status, name)
+    series = _series.get(key)
+    if series is None:
+        series = _series.setdefault(key, _request_series(*key))
+    duration, counted = series
+    duration.observe(elapsed_s)
+    if counted is not None:
+        counted.inc()
+
+
+def _request_series(template: str, method: str, status: int, name: str) -> _RequestSeries:
+    """The children a request counts into. Looked up once per route, method and status
+    (``labels()`` on every request cost more than the rest of the counting)."""
+    duration = metrics.HTTP_REQUEST_DURATION.labels(template, method, str(status))
+    counted = None
+    if template.startswith("/hooks/"):
+        counted = metrics.WEBHOOK_DELIVERIES.labels(metrics.webhook_outcome(status))
+    elif template.startswith("/v1/") and method not in _READ_METHODS:
+        # The write API's routes: one command each, named by its endpoint.
+        counted = metrics.COMMANDS.labels(name, metrics.command_outcome(status))
+    return duration, counted
 
 
 def _new_request_id() -> str:
@@ -321,34 +363,59 @@ def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]
 
 DEGRADED = "degraded"
 """A check's answer starts with it when the service works, but not for everything."""
+FAILING = "failing"
+"""A check's answer starts with it when this process's own work is not being done
+(a projection stalled, a worker that cannot claim, the relay down): 503."""
 
 
 def add_health_routes(
     app: FastAPI, checks: dict[str, ReadyCheck], *, fail_when_degraded: bool = False
 ) -> None:
-    """``/healthz``: the process is up. ``/readyz``: its dependencies answer.
+    """``/healthz``: the process is up (liveness). ``/readyz``: it can do its work.
 
     ``status`` is ``ready``, ``degraded`` (a check says so, e.g. dead letters:
-    200, or 503 with ``fail_when_degraded``) or ``unavailable`` (503).
+    200, or 503 with ``fail_when_degraded``), ``failing`` (a check of this
+    process's own work fails: 503) or ``unavailable`` (PostgreSQL: 503).
     """
 
     @app.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: PostgreSQL reachable")
+    @app.get("/readyz", tags=["health"], summary="Readiness: this process can do its work")
     async def readyz() -> Response:
-        results = {name: await check() for name, check in checks.items()}
-        degraded = any(result.startswith(DEGRADED) for result in results.values())
-        ready = results.get("postgres") == "ok" and not (degraded and fail_when_degraded)
         import orjson
 
-        status = "unavailable" if results.get("postgres") != "ok" else "ready"
-        if status == "ready" and degraded:
-            status = DEGRADED
+        results = {name: await check() for name, check in checks.items()}
+        degraded = any(result.startswith(DEGRADED) for result in results.values())
+        failing = any(result.startswith(FAILING) for result in results.values())
+        if results.get("postgres") != "ok":
+            status = "unavailable"
+        elif failing:
+            status = FAILING
+        else:
+            status = DEGRADED if degraded else "ready"
+        ready = status == "ready" or (status == DEGRADED and not fail_when_degraded)
         return Response(
             orjson.dumps({"status": status, "checks": results}),
             status_code=200 if ready else 503,
             media_type="application/json",
             headers={} if ready else {"Retry-After": "2"},
         )
+
+
+def add_metrics_route(app: FastAPI) -> None:
+    """``/metrics`` in Prometheus' text format (kept out of the OpenAPI document).
+
+    With ``app.state.db_gauges`` (a ``metrics.DatabaseGauges``) it adds the
+    gauges that live in the database, read at most every couple of seconds.
+    """
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        gauges: metrics.DatabaseGauges | None = getattr(request.app.state, "db_gauges", None)
+        extra = []
+        if gauges is not None:
+            await gauges.refresh()
+            extra.append(gauges)
+        return Response(metrics.exposition(*extra), media_type=metrics.CONTENT_TYPE)

@@ -33,6 +33,7 @@ every organisation's views forever. See ``projections/dead_letters.py``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ from psycopg import sql
 
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE
+from infrastructure.metrics import FOLLOWER_BATCH_DURATION, FOLLOWER_EVENTS
 from projections.dead_letters import describe
 
 log = structlog.get_logger("reporunner.followers")
@@ -169,8 +171,11 @@ class FollowerLoop:
         pause = wait or _no_wait
         total = 0
         while stop is None or not stop.is_set():
+            started = time.perf_counter()
             try:
                 count = self.follower.run_batch(conn, self.batch_size)
+                if count:
+                    self._observe(count, started)
             except Exception as exc:
                 if is_transient(self.follower, exc):
                     raise
@@ -182,6 +187,11 @@ class FollowerLoop:
                 break
             total += count
         return total
+
+    def _observe(self, count: int, started: float) -> None:
+        name = self.follower.name
+        FOLLOWER_BATCH_DURATION.labels(name).observe(time.perf_counter() - started)
+        FOLLOWER_EVENTS.labels(name).inc(count)
 
     def _recover(self, conn: psycopg.Connection[Any], first: Exception, wait: Wait) -> int:
         """A batch failed: retry it, then isolate the event at fault; return rows done."""

@@ -72,13 +72,21 @@ def serve(
         ServeRole | None,
         typer.Option(help="Run one role alone, to scale it on its own."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="Also serve /metrics, /healthz and /readyz on this port."
+        ),
+    ] = None,
 ) -> None:
     """Run the service: write API, read API, projectors and a worker in one process."""
     from reporunner.server import run_server
 
+    # Through the environment, so --workers processes inherit them too.
     if only is not None:
-        # Through the environment, so --workers processes inherit it too.
         os.environ["REPORUNNER_ROLES"] = only.value
+    if metrics_port is not None:
+        os.environ["REPORUNNER_METRICS_PORT"] = str(metrics_port)
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     run_server(settings, host=host, port=port, migrate=migrate, workers=workers)
@@ -91,8 +99,13 @@ def worker(
         typer.Option(min=1, max=256, help="Executions run at once (default: settings)."),
     ] = None,
     migrate: Annotated[bool, typer.Option(help="Apply migrations at start.")] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Serve /metrics, /healthz and /readyz on this port."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface the metrics port binds.")] = "127.0.0.1",
 ) -> None:
-    """Run execution workers (no HTTP) until interrupted."""
+    """Run execution workers (no HTTP but the metrics port's) until interrupted."""
     import signal
     import threading
 
@@ -106,9 +119,16 @@ def worker(
 
     _setup()
     settings = get_settings()
+    if concurrency is not None:
+        settings = settings.model_copy(update={"worker_concurrency": concurrency})
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": metrics_port})
     database = resolve_database(settings)
     if migrate:
         migrations.upgrade(database.target)
+    if settings.metrics_port is not None:
+        _serve_worker_with_metrics(settings, database.target, host)
+        return
     workflow_app = create_workflow_application(database.target, settings)
     services = create_execution_services(
         workflow_app, WorkflowCommands(workflow_app), database.target, settings
@@ -122,6 +142,23 @@ def worker(
         thread.join(timeout=30)
     services.close()
     workflow_app.close()
+
+
+def _serve_worker_with_metrics(settings: Any, target: Any, host: str) -> None:
+    """The worker role alone, its ops routes (no API) on the metrics port."""
+    from reporunner.server import exit_cleanly_on_sigterm, ops_only, serve_app
+    from reporunner.wiring import create_app
+
+    exit_cleanly_on_sigterm()
+    app = create_app(settings, target, ["worker"])
+    options: dict[str, Any] = {
+        "host": host,
+        "port": settings.metrics_port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+    }
+    serve_app(ops_only(app), options, None)
 
 
 @app.command()

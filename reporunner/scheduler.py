@@ -31,8 +31,9 @@ import structlog
 from eventsourcing.persistence import IntegrityError
 
 from commands.application import WorkflowApplication
-from commands.schedules import ScheduleFiring
+from commands.schedules import ScheduleFiring, TickResult
 from infrastructure.database import PgTarget
+from infrastructure.metrics import SCHEDULER_LAST_TICK, SCHEDULER_TICKS
 from projections.follower import Backoff, connect
 from projections.schedule_index import ScheduleIndex
 
@@ -69,6 +70,8 @@ class Scheduler:
         self.firing = ScheduleFiring(app, grace=grace)
         self.index = ScheduleIndex(app)
         self.leading = False
+        self.started_at = time.monotonic()
+        self.last_round = 0.0  # monotonic time of the last completed round, 0 before the first
         # When each trigger is next looked at; one not here is looked at now.
         self._checks: dict[tuple[UUID, str], datetime] = {}
 
@@ -112,6 +115,7 @@ class Scheduler:
                 self._checks[key] = now + _FAILED_RETRY
                 continue
             fired += len(result.fired)
+            self._count(result, now)
             if result.fired or result.skipped or result.missed:
                 bound.info(
                     "schedule ticked",
@@ -124,6 +128,28 @@ class Scheduler:
             else:
                 self._checks[key] = trigger.schedule.next_after(now)
         return fired
+
+    def _count(self, result: TickResult, now: datetime) -> None:
+        # Fired more than a couple of ticks after its instant: a catch-up after downtime.
+        late = timedelta(seconds=2 * self.tick_s + 1)
+        caught_up = sum(1 for instant in result.fired if now - instant > late)
+        if caught_up:
+            SCHEDULER_TICKS.labels("caught_up").inc(caught_up)
+        if len(result.fired) > caught_up:
+            SCHEDULER_TICKS.labels("fired").inc(len(result.fired) - caught_up)
+        # Overlap skips, and a range the catch-up policy gave up counted once.
+        skipped = result.skipped + (1 if result.missed else 0)
+        if skipped:
+            SCHEDULER_TICKS.labels("skipped").inc(skipped)
+
+    def problem(self) -> str | None:
+        """Why this process's scheduler is not doing its work, if it is not."""
+        if self.last_round == 0.0:
+            return None if self.started_at > time.monotonic() - 30 else "never connected"
+        silent = time.monotonic() - self.last_round
+        if silent > max(30.0, 10 * self.tick_s):
+            return f"no round for {silent:.0f} s (cannot reach the database?)"
+        return None
 
     # -- running --------------------------------------------------------------------
 
@@ -164,6 +190,8 @@ class Scheduler:
                     log.info("scheduler active")
             if self.leading:
                 self.tick(self.clock())
+                SCHEDULER_LAST_TICK.set(time.time())
+            self.last_round = time.monotonic()
             backoff.reset()
             stop.wait(self.tick_s)
 

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import migrations
+from infrastructure import metrics
 from infrastructure.auth import ApiKeyStore
 from infrastructure.database import PgTarget, create_engine
 from infrastructure.logs import configure_logging
+from infrastructure.problems import Problem
 from infrastructure.settings import Settings, get_settings
 from reporunner.wiring import create_app, ping_redis, resolve_database
 
@@ -28,7 +36,7 @@ log = structlog.get_logger("reporunner")
 
 
 def run_server(settings: Settings, *, host: str, port: int, migrate: bool, workers: int) -> None:
-    _exit_cleanly_on_sigterm()
+    exit_cleanly_on_sigterm()
     database = resolve_database(settings)
     log.info("database", url=database.target.display(), embedded=database.embedded)
     if migrate:
@@ -61,15 +69,94 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
         "http": "httptools",
         "server_header": False,
     }
+    if settings.metrics_port is not None:
+        log.info("metrics", url=f"http://{host}:{settings.metrics_port}/metrics")
     if workers == 1:
         app = create_app(settings, database.target, settings.role_list())
-        uvicorn.Server(uvicorn.Config(app, **options)).run()
-    elif _HAS_BALANCED_PORTS:
-        _supervise_workers(options, workers)
-    else:
-        # Each worker process builds its own app; on the embedded database
-        # they join the same server (pgserver counts its users).
-        uvicorn.run("reporunner.server:create_worker_app", factory=True, workers=workers, **options)
+        serve_app(app, options, settings.metrics_port)
+        return
+    with _metrics_shared_by_workers():
+        if _HAS_BALANCED_PORTS:
+            _supervise_workers(options, workers, settings.metrics_port)
+        else:
+            if settings.metrics_port is not None:
+                log.warning("--metrics-port needs SO_REUSEPORT with --workers; not served")
+            # Each worker process builds its own app; on the embedded database
+            # they join the same server (pgserver counts its users).
+            uvicorn.run(
+                "reporunner.server:create_worker_app", factory=True, workers=workers, **options
+            )
+
+
+@contextmanager
+def _metrics_shared_by_workers() -> Iterator[None]:
+    """A fresh directory where every worker process writes its metrics, removed after.
+
+    Set before the workers start (they read it when they import
+    prometheus_client), so ``/metrics`` on any worker answers all of them.
+    """
+    given = os.environ.get(metrics.MULTIPROC_ENV)
+    directory = tempfile.mkdtemp(prefix="reporunner-metrics-")
+    os.environ[metrics.MULTIPROC_ENV] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        if given is None:
+            os.environ.pop(metrics.MULTIPROC_ENV, None)
+        else:
+            os.environ[metrics.MULTIPROC_ENV] = given
+
+
+OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+
+
+def ops_only(app: ASGIApp) -> ASGIApp:
+    """``app``, answering only its metrics and health routes (for the metrics port)."""
+
+    async def ops(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPS_PATHS:
+            problem = Problem(404, "the metrics port serves only /metrics, /healthz and /readyz")
+            await problem.to_response(scope["path"])(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return ops
+
+
+class _SideServer(uvicorn.Server):
+    """The metrics port's server: the main server handles signals and the lifespan."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def serve_app(
+    app: Any,
+    options: dict[str, Any],
+    metrics_port: int | None,
+    sockets: list[socket.socket] | None = None,
+    metrics_sockets: list[socket.socket] | None = None,
+) -> None:
+    """Run ``app`` with uvicorn until a signal; with ``metrics_port``, its ops routes there too."""
+    main = uvicorn.Server(uvicorn.Config(app, **options))
+    if metrics_port is None:
+        main.run(sockets=sockets)
+        return
+    side_options = {**options, "port": metrics_port, "lifespan": "off"}
+    side = _SideServer(uvicorn.Config(ops_only(app), **side_options))
+
+    async def both() -> None:
+        side_task = asyncio.create_task(side.serve(metrics_sockets))
+        try:
+            await main.serve(sockets)
+        finally:
+            side.should_exit = True
+            await side_task
+
+    with asyncio.Runner(loop_factory=main.config.get_loop_factory()) as runner:
+        runner.run(both())
 
 
 # Linux spreads new connections over sockets sharing a port (SO_REUSEPORT).
@@ -78,7 +165,7 @@ _STARTUP_FAILURE = 3  # uvicorn's exit code when a worker cannot start
 _DEATHS_ALLOWED = 5  # a minute, before the supervisor gives up
 
 
-def _supervise_workers(options: dict[str, Any], workers: int) -> None:
+def _supervise_workers(options: dict[str, Any], workers: int, metrics_port: int | None) -> None:
     """Run ``workers`` uvicorn processes, each listening on its own socket.
 
     Why not uvicorn's own ``--workers``: its processes share one listening
@@ -94,13 +181,18 @@ def _supervise_workers(options: dict[str, Any], workers: int) -> None:
     # Bound, never listening: it gets no connections, but a port taken by
     # another program fails here, once, with a clear message.
     reservation = _reuse_port_socket(options["host"], options["port"])
+    reservations = [reservation]
+    if metrics_port is not None:
+        reservations.append(_reuse_port_socket(options["host"], metrics_port))
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
     def start() -> BaseProcess:
-        process = context.Process(target=_run_worker, args=(options,), name="reporunner-http")
+        process = context.Process(
+            target=_run_worker, args=(options, metrics_port), name="reporunner-http"
+        )
         process.start()
         return process
 
@@ -112,6 +204,8 @@ def _supervise_workers(options: dict[str, Any], workers: int) -> None:
             for index, process in enumerate(processes):
                 if process.is_alive():
                     continue
+                if process.pid is not None:
+                    metrics.mark_process_dead(process.pid)
                 now = time.monotonic()
                 deaths.append(now)
                 while deaths[0] < now - 60:
@@ -134,7 +228,8 @@ def _supervise_workers(options: dict[str, Any], workers: int) -> None:
             process.join(timeout=30)
             if process.is_alive():
                 process.kill()
-        reservation.close()
+        for sock in reservations:
+            sock.close()
     if exit_code:
         raise SystemExit(exit_code)
 
@@ -153,15 +248,17 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_worker(options: dict[str, Any]) -> None:
-    """One HTTP worker process: its own socket, its own app."""
-    _exit_cleanly_on_sigterm()
+def _run_worker(options: dict[str, Any], metrics_port: int | None) -> None:
+    """One HTTP worker process: its own socket (and metrics socket), its own app."""
+    exit_cleanly_on_sigterm()
     sock = _reuse_port_socket(options["host"], options["port"])
-    config = uvicorn.Config(create_worker_app, factory=True, **options)
-    uvicorn.Server(config).run(sockets=[sock])
+    metrics_sockets = None
+    if metrics_port is not None:
+        metrics_sockets = [_reuse_port_socket(options["host"], metrics_port)]
+    serve_app(create_worker_app(), options, metrics_port, [sock], metrics_sockets)
 
 
-def _exit_cleanly_on_sigterm() -> None:
+def exit_cleanly_on_sigterm() -> None:
     """Let SIGTERM end the process through ``atexit``, as Ctrl-C does.
 
     uvicorn handles the signal, shuts down, then raises it again; by default

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -22,6 +24,7 @@ from commands.executions import (
     default_worker_id,
 )
 from commands.webhooks import HookDeliveries
+from commands.workflow_runs import NAME as RUNS_FOLLOWER
 from commands.workflow_runs import WorkflowRunsRecorder
 from domain.engine import EngineLimits
 from infrastructure.auth import ApiKeyStore
@@ -30,22 +33,26 @@ from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
+from infrastructure.metrics import DatabaseGauges, DatabaseSnapshot, ProcessSampler
 from infrastructure.org_slots import OrgSlots
 from infrastructure.queue import ExecutionQueue
 from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
 from infrastructure.settings import ROLES, Settings
 from infrastructure.web import (
     DEGRADED,
+    FAILING,
     ReadyCheck,
     RequestContextMiddleware,
     add_health_routes,
+    add_metrics_route,
     install_error_handlers,
 )
+from projections.audit_chain import NAME as AUDIT_FOLLOWER
 from projections.audit_chain import start_audit_follower
 from projections.executions import ExecutionsProjection
 from projections.follower import RetryPolicy
 from projections.follower import start_in_thread as start_follower
-from projections.relay import BusConfig, start_relay_in_thread
+from projections.relay import RELAY_NAME, BusConfig, start_relay_in_thread
 from projections.runner import Projection, Projector, start_in_thread
 from projections.workflows import WorkflowsProjection
 from read_api import QUERY_PROBLEMS
@@ -134,19 +141,66 @@ def create_execution_services(
     return ExecutionServices(queue=queue, runner=runner, commands=commands, http=http)
 
 
+def create_worker(
+    services: ExecutionServices, settings: Settings, concurrency: int | None = None
+) -> Worker:
+    return Worker(
+        runner=services.runner,
+        queue=services.queue,
+        concurrency=concurrency or settings.worker_concurrency,
+        lease_s=settings.execution_lease_s,
+    )
+
+
 def start_workers(
     services: ExecutionServices,
     settings: Settings,
     stop: threading.Event,
     concurrency: int | None = None,
 ) -> list[threading.Thread]:
-    worker = Worker(
-        runner=services.runner,
-        queue=services.queue,
-        concurrency=concurrency or settings.worker_concurrency,
-        lease_s=settings.execution_lease_s,
-    )
-    return worker.start(stop)
+    return create_worker(services, settings, concurrency).start(stop)
+
+
+# Every follower of the log with a tracking row, as the metrics name them.
+FOLLOWERS = ("workflows", "executions", RUNS_FOLLOWER, AUDIT_FOLLOWER)
+
+
+def database_gauges(engine: Any) -> DatabaseGauges:
+    return DatabaseGauges(engine, FOLLOWERS, RELAY_NAME)
+
+
+async def sample_process_metrics(sampler: ProcessSampler, stop: asyncio.Event) -> None:
+    """Refresh this process's pool and breaker gauges every second until ``stop``."""
+    while not stop.is_set():
+        try:
+            sampler.sample()
+        except Exception as exc:  # a gauge never takes the service down
+            log.warning("metrics sampling failed", error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+def background_problem(roles: Sequence[str], problem: str) -> str:
+    """How a background role's trouble shows in ``/readyz``: ``failing`` (503) in a
+    process of background roles only, ``degraded`` in one that also serves an API.
+
+    A readiness probe takes a failing pod out of the load balancer; an API pod must
+    not stop answering because a thread beside it (a projector, the relay) is stuck.
+    """
+    serves_api = bool({"write-api", "read-api"} & set(roles))
+    return f"{DEGRADED if serves_api else FAILING}: {problem}"
+
+
+def projection_lag_problem(snapshot: DatabaseSnapshot, max_lag_s: float) -> str | None:
+    """Why the projections are not keeping up, if one stalls past ``max_lag_s``."""
+    if max_lag_s <= 0:
+        return None
+    stalled = [
+        f"{row.name} has not moved for {row.lag_seconds:.0f} s ({row.lag_events} events behind)"
+        for name in FOLLOWERS
+        if (row := snapshot.followers.get(name)) is not None and row.lag_seconds > max_lag_s
+    ]
+    return "; ".join(stalled) or None
 
 
 def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLES) -> FastAPI:
@@ -169,6 +223,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             statement_timeout_ms=settings.query_timeout_ms,
         )
         app.state.engine = engine
+        app.state.db_gauges = database_gauges(engine)
         app.state.pg_target = target
         app.state.settings = settings
         app.state.pipeline_slots = OrgSlots(
@@ -203,8 +258,10 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.state.hook_deliveries = HookDeliveries(app.state.workflow_commands, executions.commands)
         stop = threading.Event()
         projector_threads = []
+        app.state.worker = None
         if "worker" in roles:
-            projector_threads += start_workers(executions, settings, stop)
+            app.state.worker = create_worker(executions, settings)
+            projector_threads += app.state.worker.start(stop)
         if "projections" in roles:
             # Not a view, but the same kind of log follower: one per deployment suffices.
             projector_threads.append(
@@ -245,10 +302,23 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         if "scheduler" in roles:
             app.state.scheduler = create_scheduler(workflow_app, target, settings)
             projector_threads.append(start_scheduler(app.state.scheduler, stop))
+        breakers = {
+            use: holder.breaker
+            for use, holder in (
+                ("cache", app.state.read_cache),
+                ("rate_limit", app.state.rate_limiter),
+            )
+            if holder is not None
+        }
+        sampler = ProcessSampler(engine, workflow_app.event_store.datastore, breakers)
+        sampling_stop = asyncio.Event()
+        sampling = asyncio.create_task(sample_process_metrics(sampler, sampling_stop))
         log.info("service roles", roles=list(roles))
         try:
             yield
         finally:
+            sampling_stop.set()
+            await sampling
             stop.set()
             for thread in projector_threads:
                 thread.join(timeout=10)
@@ -291,7 +361,23 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
 
     async def relay_check() -> str:
         relay = getattr(app.state, "relay", None)
-        return "disabled" if relay is None else str(relay.status().summary())
+        if relay is None:
+            return "disabled"
+        summary = str(relay.status().summary())
+        healthy = summary == "standby" or summary.startswith("ok")
+        return summary if healthy else background_problem(roles, summary)
+
+    async def projections_check() -> str:
+        snapshot = await app.state.db_gauges.refresh()
+        if snapshot is None:
+            return "unknown: the database did not answer"
+        problem = projection_lag_problem(snapshot, settings.ready_max_projection_lag_s)
+        return "ok" if problem is None else background_problem(roles, problem)
+
+    async def worker_check() -> str:
+        worker: Worker | None = getattr(app.state, "worker", None)
+        problem = worker.claim_problem() if worker is not None else None
+        return "ok" if problem is None else background_problem(roles, problem)
 
     async def dead_letters_check() -> str:
         try:
@@ -306,18 +392,26 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
 
     async def scheduler_check() -> str:
         scheduler = getattr(app.state, "scheduler", None)
-        return "disabled" if scheduler is None else str(scheduler.status())
+        if scheduler is None:
+            return "disabled"
+        problem = scheduler.problem()
+        return scheduler.status() if problem is None else background_problem(roles, problem)
 
     checks: dict[str, ReadyCheck] = {
         "postgres": postgres_check,
         "redis": redis_check,
         "dead_letters": dead_letters_check,
     }
+    if "projections" in roles:
+        checks["projections"] = projections_check
+    if "worker" in roles:
+        checks["worker"] = worker_check
     if "relay" in roles:
         checks["relay"] = relay_check
     if "scheduler" in roles:
         checks["scheduler"] = scheduler_check
     add_health_routes(app, checks, fail_when_degraded=settings.dead_letters_fail_readyz)
+    add_metrics_route(app)
     if "write-api" in roles:
         include_write_api(app)
     if "read-api" in roles:

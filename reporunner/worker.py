@@ -32,6 +32,15 @@ class Worker:
     def __post_init__(self) -> None:
         self.worker_id = default_worker_id("worker")
         self._wake = threading.Condition()
+        # The latest claim's failure per worker thread (None: it claimed), for /readyz.
+        self._claim_errors: dict[str, str | None] = {}
+
+    def claim_problem(self) -> str | None:
+        """Why this worker cannot claim executions, while its latest claims fail."""
+        errors = [error for error in list(self._claim_errors.values()) if error]
+        if not errors:
+            return None
+        return f"{len(errors)} of {self.concurrency} workers cannot claim: {errors[0]}"
 
     def start(self, stop: threading.Event) -> list[threading.Thread]:
         threads = [
@@ -73,7 +82,9 @@ class Worker:
             try:
                 claims = self.queue.claim(worker_id, self.lease_s)
                 backoff = 0.1
+                self._claim_errors[worker_id] = None
             except Exception as exc:  # the database is away: back off, retry
+                self._claim_errors[worker_id] = f"{type(exc).__name__}: {str(exc).strip()}"
                 log.warning("claim failed", worker_id=worker_id, error=str(exc))
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
