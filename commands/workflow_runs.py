@@ -160,6 +160,7 @@ class WorkflowRunsRecorder(Follower):
                     actor=meta["actor"],
                     correlation_id=meta["correlation_id"],
                     causation_id=str(event.originator_id),
+                    traceparent=meta.get("traceparent"),
                 ),
             )
         try:

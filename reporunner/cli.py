@@ -20,6 +20,7 @@ from infrastructure.auth import ApiKeyStore, InvalidOrgId, Role
 from infrastructure.database import create_engine
 from infrastructure.logs import configure_logging
 from infrastructure.settings import get_settings
+from infrastructure.tracing import TracingConfigError, configure_tracing
 from reporunner.audit_cli import audit_app
 from reporunner.bus_cli import bus_app
 from reporunner.wiring import resolve_database
@@ -80,6 +81,7 @@ def serve(
         os.environ["REPORUNNER_ROLES"] = only.value
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing()  # here too with --workers: a bad OTEL_* setting stops the start
     run_server(settings, host=host, port=port, migrate=migrate, workers=workers)
 
 
@@ -104,6 +106,7 @@ def worker(
     )
 
     _setup()
+    configure_tracing()
     settings = get_settings()
     database = resolve_database(settings)
     if migrate:
@@ -217,6 +220,9 @@ def main() -> None:
     except ValidationError as exc:
         # Only settings are validated outside a command's own handling.
         console.print(f"[red]error:[/red] invalid configuration:\n{_configuration_errors(exc)}")
+        raise SystemExit(2) from None
+    except TracingConfigError as exc:
+        console.print(f"[red]error:[/red] invalid configuration: {exc}")
         raise SystemExit(2) from None
     except (psycopg.OperationalError, sqlalchemy.exc.OperationalError, ConnectionError) as exc:
         # The server is unreachable or refused us (e.g. sslmode=require and no SSL):

@@ -22,6 +22,7 @@ from infrastructure.auth import ApiKeyStore
 from infrastructure.database import PgTarget, create_engine
 from infrastructure.logs import configure_logging
 from infrastructure.settings import Settings, get_settings
+from infrastructure.tracing import configure_tracing
 from reporunner.wiring import create_app, ping_redis, resolve_database
 
 log = structlog.get_logger("reporunner")
@@ -175,6 +176,7 @@ def create_worker_app() -> FastAPI:
     """The app of one ``--workers`` process, built from the environment."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing()
     return create_app(settings, resolve_database(settings).target, settings.role_list())
 
 
