@@ -177,12 +177,29 @@ def keys_create(
     print(plaintext, flush=True)
 
 
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON object a line, on stdout.")]
+
+
+def print_json_lines(rows: list[dict[str, Any]]) -> None:
+    import orjson
+
+    for row in rows:
+        # default=str: asyncpg's own UUID type, and anything else stringly.
+        print(orjson.dumps(row, default=str).decode(), flush=True)
+
+
 @keys_app.command("list")
 def keys_list(
     org: Annotated[str | None, typer.Option(help="Only this organisation.")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """List API keys (never the secrets)."""
+    import dataclasses
+
     infos = _key_store_call(lambda store: store.list(org))
+    if as_json:
+        print_json_lines([dataclasses.asdict(info) for info in infos])
+        return
     table = Table("id", "org", "role", "name", "prefix", "created", "revoked")
     for info in infos:
         table.add_row(
@@ -286,7 +303,7 @@ def _progress_bar(projector: Any) -> Any:
 
 
 @projections_app.command("status")
-def projections_status() -> None:
+def projections_status(as_json: AsJson = False) -> None:
     """Per projection: position, the log head, lag in events and seconds."""
     from projections.dead_letters import open_counts
     from projections.relay import RELAY_NAME
@@ -304,6 +321,34 @@ def projections_status() -> None:
             from projections.relay import relay_status
 
             relay = relay_status(conn, settings.redis_url)
+    if as_json:
+        lines: list[dict[str, Any]] = [
+            {
+                "name": row.name,
+                "position": row.position,
+                "head": row.head,
+                "lag_events": row.lag_events,
+                "lag_seconds": row.lag_seconds,
+                "dead_letters": dead[row.name],
+            }
+            for row in rows
+        ]
+        if relay is not None:
+            lines.append(
+                {
+                    "name": RELAY_NAME,
+                    "position": relay.position,
+                    "head": relay.head,
+                    "lag_events": relay.lag,
+                    "lag_seconds": None,
+                    "dead_letters": dead[RELAY_NAME],
+                    "running": bool(relay.active),
+                    "redis_ok": relay.redis_ok,
+                    "last_error": relay.last_error,
+                }
+            )
+        print_json_lines(lines)
+        return
     table = Table("projection", "position", "head", "lag (events)", "lag (s)", "dead letters")
     for row in rows:
         table.add_row(
@@ -391,19 +436,16 @@ def _verify_views() -> None:
 def dead_letters_list(
     follower: Annotated[str | None, typer.Option(help="Only this follower's.")] = None,
     resolved: Annotated[bool, typer.Option("--all", help="Resolved ones too.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Dead letters (unresolved unless --all): which event, why, how often, since when."""
-    import orjson
-
     from projections.dead_letters import list_letters
 
     projectors = _projectors()
     with projectors[0].connect() as conn:
         letters = list_letters(conn, follower=follower, include_resolved=resolved)
     if as_json:
-        for letter in letters:
-            print(orjson.dumps(letter.as_json()).decode(), flush=True)
+        print_json_lines([letter.as_json() for letter in letters])
         return
     table = Table(
         "id", "follower", "position", "event", "event id", "org", "attempts", "last seen", "error"
