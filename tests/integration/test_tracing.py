@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from commands import WorkflowApplication
+from commands import WorkflowApplication, WorkflowCommands
 from domain.meta import EventMeta
 from infrastructure import tracing
 from infrastructure.database import PgTarget
@@ -317,3 +317,17 @@ def _drop_streams(settings: Settings, prefix: str) -> None:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         if keys:
             client.delete(*keys)
+
+
+def test_a_dead_letter_log_line_names_the_events_correlation_id(
+    commands: WorkflowCommands, db_target: PgTarget, org: str
+) -> None:
+    from commands import CommandContext, CreateWorkflow
+    from projections.dead_letters import correlation_at
+
+    ctx = CommandContext(org_id=org, actor="apikey:t", correlation_id=f"req-{uuid.uuid4().hex}")
+    position = commands.create(CreateWorkflow(**workflow_body()), ctx).position
+    with psycopg.connect(db_target.conninfo()) as conn:
+        assert correlation_at(conn, position) == ctx.correlation_id
+        assert correlation_at(conn, 10**15) is None
+    assert correlation_at(None, position) is None  # type: ignore[arg-type]  # never fails the loop
