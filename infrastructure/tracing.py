@@ -25,6 +25,7 @@ sampler drops those orphans (``tracing_setup.NoOrphanClients``).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 
 class TracingConfigError(ValueError):
@@ -112,8 +114,13 @@ def instrument_app(app: FastAPI) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+    # Probes every few seconds would each be a trace; the variables can say otherwise.
+    named = {"OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS"} & set(os.environ)
     FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=_state.provider, exclude_spans=["receive", "send"]
+        app,
+        tracer_provider=_state.provider,
+        excluded_urls=None if named else "/healthz,/readyz",
+        exclude_spans=["receive", "send"],
     )
 
 
@@ -129,14 +136,20 @@ def current_traceparent() -> str | None:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
+@functools.cache
+def _w3c() -> TraceContextTextMapPropagator:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
+
+
 def _parent(traceparent: Any) -> Context | None:
     """The context a stored ``traceparent`` names; None if it names none (or is no string)."""
     if not isinstance(traceparent, str):
         return None
     from opentelemetry import trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    context = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    context = _w3c().extract({"traceparent": traceparent})
     if not trace.get_current_span(context).get_span_context().is_valid:
         return None
     return context
