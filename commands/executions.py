@@ -55,6 +55,7 @@ from domain.errors import RetryFromFailedNodeImpossible
 from domain.execution import Execution, ExecutionTrigger, truncate_items
 from domain.meta import EventMeta
 from domain.workflow import Workflow
+from infrastructure import tracing
 from infrastructure.eventstore import IdempotencyRecord, SideStatement
 from infrastructure.metrics import observe_execution_end
 from infrastructure.queue import ExecutionQueue, dequeue, enqueue
@@ -241,12 +242,33 @@ class ExecutionRunner:
     # -- the queue side ---------------------------------------------------------------
 
     def run_claimed(self, execution_id: UUID, claims: int, worker_id: str) -> Execution | None:
-        """Run (or settle) an execution a worker just claimed."""
+        """Run (or settle) an execution a worker just claimed.
+
+        In a span continuing the trace of the request that queued it, and
+        with its correlation id on every log line.
+        """
         execution = self.load(execution_id)
         if execution is None or execution.is_finished:
             # Its terminal event committed, or it never existed: drop the row.
             self.queue.remove(execution_id)
             return execution
+        with (
+            structlog.contextvars.bound_contextvars(correlation_id=execution.correlation_id),
+            tracing.span(
+                "execution run",
+                parent=execution.traceparent,
+                attributes={
+                    "reporunner.execution_id": str(execution.id),
+                    "reporunner.workflow_id": str(execution.workflow_id),
+                    "reporunner.correlation_id": execution.correlation_id,
+                    "reporunner.claims": claims,
+                },
+            ),
+        ):
+            return self._run_claimed(execution, claims, worker_id)
+
+    def _run_claimed(self, execution: Execution, claims: int, worker_id: str) -> Execution | None:
+        execution_id = execution.id
         meta = self._meta(execution, worker_id)
         if execution.status == "running":
             # Started before, by a worker whose lease expired: it died mid-run.
@@ -432,6 +454,7 @@ class ExecutionRunner:
             actor=f"worker:{worker_id}",
             correlation_id=execution.correlation_id,
             causation_id=str(execution.id),
+            traceparent=tracing.current_traceparent(),  # the run's span
         )
 
 
@@ -545,6 +568,7 @@ class ExecutionCommands:
             actor=ctx.actor,
             correlation_id=ctx.correlation_id,
             idempotency_key=ctx.idempotency_key,
+            traceparent=ctx.traceparent,
         )
 
     def _submit(
@@ -569,6 +593,7 @@ class ExecutionCommands:
                 actor=ctx.actor,
                 correlation_id=ctx.correlation_id,
                 causation_id=str(execution_id),
+                traceparent=ctx.traceparent,
             )
             execution.start(worker_id=self.worker_id, meta=run_meta)
             timeout_s = self.runner.settings.limits.max_execution_ms / 1000
@@ -618,7 +643,12 @@ class ExecutionCommands:
         )
 
     def cancel(self, execution_id: UUID, ctx: CommandContext) -> ExecutionResult:
-        meta = EventMeta(org_id=ctx.org_id, actor=ctx.actor, correlation_id=ctx.correlation_id)
+        meta = EventMeta(
+            org_id=ctx.org_id,
+            actor=ctx.actor,
+            correlation_id=ctx.correlation_id,
+            traceparent=ctx.traceparent,
+        )
         for _ in range(_CANCEL_ATTEMPTS):
             execution = self.get(execution_id, ctx.org_id)
             execution.cancel(meta=meta)  # ExecutionFinished (409) once it has ended

@@ -532,6 +532,7 @@ def _meta(ctx: CommandContext) -> EventMeta:
         actor=ctx.actor,
         correlation_id=ctx.correlation_id,
         idempotency_key=ctx.idempotency_key,
+        traceparent=ctx.traceparent,
     )
 
 

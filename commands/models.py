@@ -106,6 +106,8 @@ class CommandContext:
     actor: str
     correlation_id: str
     idempotency_key: str | None = None
+    # The W3C trace context of the request (None when tracing is off), for the events' metadata.
+    traceparent: str | None = None
     # What a keyed request is told apart by, when not by its whole content
     # (a webhook delivery is the same one by its dedupe key, whatever its bytes).
     request_fingerprint: str | None = None

@@ -54,6 +54,7 @@ class Delivery:
     query: Mapping[str, str]
     body: bytes
     correlation_id: str
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class HookDeliveries:
             org_id=delivery.org_id,
             actor=f"webhook:{route.node_id}",
             correlation_id=delivery.correlation_id,
+            traceparent=delivery.traceparent,
             idempotency_key=dedupe_key,
             request_fingerprint=dedupe_key,
         )

@@ -147,6 +147,7 @@ class WorkflowRunsRecorder(Follower):
                         "execution of an unknown workflow",
                         execution_id=str(row["originator_id"]),
                         workflow_id=str(workflow_id),
+                        correlation_id=event.meta.get("correlation_id"),
                     )
                     continue
                 workflows[workflow_id] = loaded
@@ -160,6 +161,7 @@ class WorkflowRunsRecorder(Follower):
                     actor=meta["actor"],
                     correlation_id=meta["correlation_id"],
                     causation_id=str(event.originator_id),
+                    traceparent=meta.get("traceparent"),
                 ),
             )
         try:

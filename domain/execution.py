@@ -177,6 +177,8 @@ class Execution(Aggregate):
         self.created_by: str = meta["actor"]
         # Events recorded while running it carry the request's id too.
         self.correlation_id: str = meta["correlation_id"]
+        # The trace context of the request that queued it: a worker's run continues it.
+        self.traceparent: str | None = meta.get("traceparent")
         self.status: ExecutionStatus = "queued"
         self.started_at: datetime | None = None
         self.finished_at: datetime | None = None

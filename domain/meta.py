@@ -12,7 +12,14 @@ class EventMeta:
     correlation_id: str
     causation_id: str | None = None
     idempotency_key: str | None = None
+    # The W3C trace context of what caused the event, when tracing was on:
+    # whoever applies the event later continues that trace. Events without
+    # it (untraced, or older) read the same.
+    traceparent: str | None = None
 
     def as_dict(self) -> dict[str, str | None]:
-        """The JSON-native form stored inside each event."""
-        return asdict(self)
+        """The JSON-native form stored inside each event (no ``traceparent`` key when none)."""
+        stored = asdict(self)
+        if self.traceparent is None:
+            del stored["traceparent"]
+        return stored

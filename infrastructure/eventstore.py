@@ -30,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import ExecStatus
 from psycopg.sql import SQL, Composable, Identifier, Literal
 
+from infrastructure import tracing
 from infrastructure.database import PgTarget
 from infrastructure.metrics import EVENTS_APPENDED
 from infrastructure.settings import Settings
@@ -149,7 +150,19 @@ class EventStoreRecorder(PostgresApplicationRecorder):
             )
             script += [self._lock_and_notify, self._insert_prefix + rows + _RETURNING]
         script.append(SQL("COMMIT"))
-        with self.datastore.get_connection() as conn, ClientCursor(conn) as curs:
+        # A cursor of its own (ClientCursor, for the one-round-trip script) is
+        # not the connection's, which the psycopg instrumentation traces.
+        traced = tracing.span(
+            "append events",
+            client=True,
+            attributes={
+                "db.system.name": "postgresql",
+                "db.operation.name": "INSERT",
+                "db.collection.name": self.events_table_name,
+                "reporunner.events": len(stored_events),
+            },
+        )
+        with traced, self.datastore.get_connection() as conn, ClientCursor(conn) as curs:
             try:
                 curs.execute(SQL("; ").join(script))
             except psycopg.errors.DivisionByZero:

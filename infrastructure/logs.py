@@ -1,7 +1,9 @@
 """structlog configuration: JSON lines off a terminal, readable lines on one.
 
 Request-scoped fields (``request_id``, ``org_id``, ``actor``) are bound with
-``structlog.contextvars`` and merged into every line logged while serving.
+``structlog.contextvars`` and merged into every line logged while serving;
+with tracing on, a line logged inside a span carries its ``trace_id`` and
+``span_id`` too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, TextIO
 import structlog
 
 from infrastructure.json_codec import dumps_answer
+from infrastructure.tracing import add_trace_ids
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -30,6 +33,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -234,6 +234,20 @@ def skip_next(
         return row[0]
 
 
+def correlation_at(conn: psycopg.Connection[Any], position: int) -> str | None:
+    """The correlation id of the event at ``position``, for a log line; None if none (or unread)."""
+    try:
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(f"SELECT state FROM {EVENTS_TABLE} WHERE notification_id = %s", (position,))
+            row = cur.fetchone()
+    except Exception:  # a log line's detail never fails the loop; it sees the connection next
+        return None
+    state = decode_state(bytes(row[0])) if row else None
+    meta = state.get("meta") if isinstance(state, dict) else None
+    found = meta.get("correlation_id") if isinstance(meta, dict) else None
+    return found if isinstance(found, str) else None
+
+
 def mark_stale(
     cur: psycopg.Cursor[Any],
     tables: Sequence[sql.Composable],

@@ -45,7 +45,7 @@ from psycopg import sql
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE
 from infrastructure.metrics import FOLLOWER_BATCH_DURATION, FOLLOWER_EVENTS
-from projections.dead_letters import describe
+from projections.dead_letters import correlation_at, describe
 
 log = structlog.get_logger("reporunner.followers")
 
@@ -254,6 +254,7 @@ class FollowerLoop:
                 "follower dead-lettered an event it cannot apply, and goes on",
                 follower=self.follower.name,
                 position=skipped,
+                correlation_id=correlation_at(conn, skipped),
                 attempts=self.policy.attempts,
                 error=describe(retried),
             )

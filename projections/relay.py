@@ -45,6 +45,7 @@ from redis.exceptions import ResponseError
 
 from commands.application import WorkflowApplication
 from commands.history import event_type
+from infrastructure import tracing
 from infrastructure.bus import DEFAULT_PREFIX, connect, entry_id, events_stream
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
@@ -201,9 +202,12 @@ class Relay(Follower):
             (after, limit or self.config.relay_batch),
         ).fetchall()
         if rows:
-            self.publish([self.message_fields(row) for row in rows])
-            last = int(rows[-1][0])
-            self.commit_position(conn, after, last)
+            messages = [self._message(row) for row in rows]
+            traced = ((int(f["position"]), f["type"], meta) for f, meta in messages)
+            with tracing.event_spans("publish events", self.name, traced):
+                self.publish([fields for fields, _ in messages])
+                last = int(rows[-1][0])
+                self.commit_position(conn, after, last)
             after = last
         self._set(position=after, head=max(head, after), failing_since=None)
         return len(rows)
@@ -219,6 +223,10 @@ class Relay(Follower):
 
     def message_fields(self, row: Sequence[Any]) -> dict[str, str]:
         """A log row as the message fields the bus documents."""
+        return self._message(row)[0]
+
+    def _message(self, row: Sequence[Any]) -> tuple[dict[str, str], dict[str, Any]]:
+        """A log row's message fields, and its event's metadata."""
         position, originator_id, version, topic, state = row
         event: Any = decode_event(self.app.mapper, originator_id, version, topic, state)
         meta = getattr(event, "meta", None) or {}
@@ -233,7 +241,7 @@ class Relay(Follower):
             "actor": str(meta.get("actor") or ""),
             "correlation_id": str(meta.get("correlation_id") or ""),
             "data": _data_json(attributes),
-        }
+        }, meta
 
     def publish(self, messages: Sequence[dict[str, str]]) -> None:
         """``XADD`` each message to its organisation's stream and the all-events stream.

@@ -30,6 +30,8 @@ from psycopg import sql
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from commands.application import WorkflowApplication
+from commands.history import event_type
+from infrastructure import tracing
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
 from projections.dead_letters import (
@@ -273,14 +275,20 @@ class Projector(Follower):
                 0,
                 blocked_by=blocker,
             )
-        self.projection.prefetch([event for _, event in events], view)
-        for notification_id, event in events:
-            self.projection.apply(event, notification_id, view)
-        view.flush()
-        cur.execute(
-            "UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
-            (batch.last, name),
+        # A rebuild replays history: it adds no spans to old traces.
+        traced = (
+            (position, event_type(event), getattr(event, "meta", None))
+            for position, event in (events if tables is None else ())
         )
+        with tracing.event_spans(f"apply {name}", name, traced):
+            self.projection.prefetch([event for _, event in events], view)
+            for notification_id, event in events:
+                self.projection.apply(event, notification_id, view)
+            view.flush()
+            cur.execute(
+                "UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
+                (batch.last, name),
+            )
 
     def catch_up(
         self,

@@ -6,9 +6,11 @@ messages to stderr.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Annotated
 
+import orjson
 import redis
 import typer
 from rich.console import Console
@@ -62,7 +64,14 @@ def _unreachable(exc: redis.RedisError) -> typer.Exit:
 
 
 @bus_app.command("status")
-def status(redis_url: RedisUrl = None, prefix: Prefix = DEFAULT_PREFIX) -> None:
+def status(
+    redis_url: RedisUrl = None,
+    prefix: Prefix = DEFAULT_PREFIX,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object a line (a stream, with its groups)."),
+    ] = False,
+) -> None:
     """Per stream and consumer group: length, pending, lag; and dead letters per group."""
     client = _client(redis_url)
     try:
@@ -71,6 +80,13 @@ def status(redis_url: RedisUrl = None, prefix: Prefix = DEFAULT_PREFIX) -> None:
         raise _unreachable(exc) from None
     finally:
         client.close()
+    if as_json:
+        for stream in found.streams:
+            line = dataclasses.asdict(stream)
+            for group in line["groups"]:
+                group["dead_letters"] = found.dead_letters.get(group["name"], 0)
+            print(orjson.dumps(line).decode(), flush=True)
+        return
     streams = Table("stream", "length", "last id", "group", "consumers", "pending", "lag")
     for stream in found.streams:
         if not stream.groups:

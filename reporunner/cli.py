@@ -20,6 +20,7 @@ from infrastructure.auth import ApiKeyStore, InvalidOrgId, Role
 from infrastructure.database import create_engine
 from infrastructure.logs import configure_logging
 from infrastructure.settings import get_settings
+from infrastructure.tracing import TracingConfigError, configure_tracing
 from reporunner.audit_cli import audit_app
 from reporunner.bus_cli import bus_app
 from reporunner.wiring import resolve_database
@@ -89,6 +90,7 @@ def serve(
         os.environ["REPORUNNER_METRICS_PORT"] = str(metrics_port)
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing()  # here too with --workers: a bad OTEL_* setting stops the start
     run_server(settings, host=host, port=port, migrate=migrate, workers=workers)
 
 
@@ -118,6 +120,7 @@ def worker(
     )
 
     _setup()
+    configure_tracing()
     settings = get_settings()
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
@@ -212,12 +215,29 @@ def keys_create(
     print(plaintext, flush=True)
 
 
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON object a line, on stdout.")]
+
+
+def print_json_lines(rows: list[dict[str, Any]]) -> None:
+    import orjson
+
+    for row in rows:
+        # default=str: asyncpg's own UUID type, and anything else stringly.
+        print(orjson.dumps(row, default=str).decode(), flush=True)
+
+
 @keys_app.command("list")
 def keys_list(
     org: Annotated[str | None, typer.Option(help="Only this organisation.")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """List API keys (never the secrets)."""
+    import dataclasses
+
     infos = _key_store_call(lambda store: store.list(org))
+    if as_json:
+        print_json_lines([dataclasses.asdict(info) for info in infos])
+        return
     table = Table("id", "org", "role", "name", "prefix", "created", "revoked")
     for info in infos:
         table.add_row(
@@ -255,6 +275,9 @@ def main() -> None:
     except ValidationError as exc:
         # Only settings are validated outside a command's own handling.
         console.print(f"[red]error:[/red] invalid configuration:\n{_configuration_errors(exc)}")
+        raise SystemExit(2) from None
+    except TracingConfigError as exc:
+        console.print(f"[red]error:[/red] invalid configuration: {exc}")
         raise SystemExit(2) from None
     except (psycopg.OperationalError, sqlalchemy.exc.OperationalError, ConnectionError) as exc:
         # The server is unreachable or refused us (e.g. sslmode=require and no SSL):
@@ -318,7 +341,7 @@ def _progress_bar(projector: Any) -> Any:
 
 
 @projections_app.command("status")
-def projections_status() -> None:
+def projections_status(as_json: AsJson = False) -> None:
     """Per projection: position, the log head, lag in events and seconds."""
     from projections.dead_letters import open_counts
     from projections.relay import RELAY_NAME
@@ -336,6 +359,34 @@ def projections_status() -> None:
             from projections.relay import relay_status
 
             relay = relay_status(conn, settings.redis_url)
+    if as_json:
+        lines: list[dict[str, Any]] = [
+            {
+                "name": row.name,
+                "position": row.position,
+                "head": row.head,
+                "lag_events": row.lag_events,
+                "lag_seconds": row.lag_seconds,
+                "dead_letters": dead[row.name],
+            }
+            for row in rows
+        ]
+        if relay is not None:
+            lines.append(
+                {
+                    "name": RELAY_NAME,
+                    "position": relay.position,
+                    "head": relay.head,
+                    "lag_events": relay.lag,
+                    "lag_seconds": None,
+                    "dead_letters": dead[RELAY_NAME],
+                    "running": bool(relay.active),
+                    "redis_ok": relay.redis_ok,
+                    "last_error": relay.last_error,
+                }
+            )
+        print_json_lines(lines)
+        return
     table = Table("projection", "position", "head", "lag (events)", "lag (s)", "dead letters")
     for row in rows:
         table.add_row(
@@ -423,19 +474,16 @@ def _verify_views() -> None:
 def dead_letters_list(
     follower: Annotated[str | None, typer.Option(help="Only this follower's.")] = None,
     resolved: Annotated[bool, typer.Option("--all", help="Resolved ones too.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Dead letters (unresolved unless --all): which event, why, how often, since when."""
-    import orjson
-
     from projections.dead_letters import list_letters
 
     projectors = _projectors()
     with projectors[0].connect() as conn:
         letters = list_letters(conn, follower=follower, include_resolved=resolved)
     if as_json:
-        for letter in letters:
-            print(orjson.dumps(letter.as_json()).decode(), flush=True)
+        print_json_lines([letter.as_json() for letter in letters])
         return
     table = Table(
         "id", "follower", "position", "event", "event id", "org", "attempts", "last seen", "error"

@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import structlog
 import uvicorn
@@ -30,6 +31,7 @@ from infrastructure.database import PgTarget, create_engine
 from infrastructure.logs import configure_logging
 from infrastructure.problems import Problem
 from infrastructure.settings import Settings, get_settings
+from infrastructure.tracing import configure_tracing
 from reporunner.wiring import create_app, ping_redis, resolve_database
 
 log = structlog.get_logger("reporunner")
@@ -272,6 +274,7 @@ def create_worker_app() -> FastAPI:
     """The app of one ``--workers`` process, built from the environment."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing()
     return create_app(settings, resolve_database(settings).target, settings.role_list())
 
 
@@ -292,19 +295,50 @@ async def _announce(settings: Settings, target: PgTarget, host: str, port: int) 
         created = await ApiKeyStore(engine).create_first_owner_key()
     finally:
         await engine.dispose()
-    if created is None:
+    if created is not None:
+        info, plaintext = created
+        hand_over_first_key(info.org_id, plaintext, f"http://{host}:{port}", settings.data_dir)
+
+
+FIRST_KEY_FILE = "first-owner-key"
+
+
+def hand_over_first_key(
+    org_id: str, plaintext: str, base: str, data_dir: Path, terminal: TextIO | None = None
+) -> None:
+    """Give the first owner key to a person, never to the log.
+
+    On a terminal (stderr, so that stdout can stay JSON log lines for a
+    pipe): a banner with a ``curl`` to try. Off one (a service manager, a
+    container without a TTY), where nobody reads a banner and whatever is
+    printed ends up in a log store: the key goes into a file only its owner
+    can read, under the data directory, and the log names the file.
+    """
+    terminal = terminal or sys.stderr
+    if terminal.isatty():
+        print(
+            "\n"
+            f"  First start: created an owner API key for organisation '{org_id}'.\n"
+            "  It is shown only this once; keep it:\n\n"
+            f"    {plaintext}\n\n"
+            "  Try it:\n\n"
+            f"    curl -s -X POST {base}/v1/workflows \\\n"
+            f"      -H 'Authorization: Bearer {plaintext}' -H 'Content-Type: application/json' \\\n"
+            '      -d \'{"name": "hello", "nodes": '
+            '[{"id": "start", "type": "manual_trigger", "parameters": {}}]}\'\n',
+            file=terminal,
+            flush=True,
+        )
         return
-    info, plaintext = created
-    base = f"http://{host}:{port}"
-    print(
-        "\n"
-        f"  First start: created an owner API key for organisation '{info.org_id}'.\n"
-        "  It is shown only this once; keep it:\n\n"
-        f"    {plaintext}\n\n"
-        "  Try it:\n\n"
-        f"    curl -s -X POST {base}/v1/workflows \\\n"
-        f"      -H 'Authorization: Bearer {plaintext}' -H 'Content-Type: application/json' \\\n"
-        '      -d \'{"name": "hello", "nodes": '
-        '[{"id": "start", "type": "manual_trigger", "parameters": {}}]}\'\n',
-        flush=True,
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / FIRST_KEY_FILE
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        os.fchmod(file.fileno(), 0o600)  # an older file keeps its mode through O_CREAT
+        file.write(plaintext + "\n")
+    log.warning(
+        "first start: created an owner API key; it is in the file named here (read it, "
+        "then delete the file)",
+        org_id=org_id,
+        key_file=str(path.resolve()),
     )

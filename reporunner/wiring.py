@@ -27,6 +27,7 @@ from commands.webhooks import HookDeliveries
 from commands.workflow_runs import NAME as RUNS_FOLLOWER
 from commands.workflow_runs import WorkflowRunsRecorder
 from domain.engine import EngineLimits
+from infrastructure import tracing
 from infrastructure.auth import ApiKeyStore
 from infrastructure.cache import CacheConfig, ReadCache, connect_redis
 from infrastructure.database import PgTarget, create_engine
@@ -345,6 +346,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app, {**COMMAND_PROBLEMS, **QUERY_PROBLEMS})
+    tracing.instrument_app(app)  # outermost: the access log line has the request's span
 
     async def postgres_check() -> str:
         try:

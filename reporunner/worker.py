@@ -101,6 +101,7 @@ class Worker:
                         "execution done",
                         status=execution.status if execution else "missing",
                         claims=claim.claims,
+                        correlation_id=execution.correlation_id if execution else None,
                     )
                 except Exception:
                     # The row stays leased; when the lease expires the next

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from commands.webhooks import Delivery, HookDeliveries
 from domain.webhooks import METHODS
 from infrastructure.json_codec import dumps_answer
+from infrastructure.tracing import current_traceparent
 from write_api.bulkhead import SyncRunBulkhead
 from write_api.routes import execution_response
 
@@ -46,6 +47,7 @@ async def call_hook(org_id: str, path: str, request: Request) -> Response:
         query=dict(request.query_params),
         body=await request.body(),
         correlation_id=request.state.request_id,
+        traceparent=current_traceparent(),
     )
     hooks: HookDeliveries = request.app.state.hook_deliveries
     accepted = await run_in_threadpool(hooks.accept, delivery)

@@ -33,6 +33,7 @@ from commands.models import (
 from infrastructure.auth import Permission, Principal
 from infrastructure.json_codec import dumps_answer
 from infrastructure.problems import Problem, problem_type
+from infrastructure.tracing import current_traceparent
 from infrastructure.web import authorize
 from write_api.bulkhead import SyncRunBulkhead
 
@@ -143,6 +144,7 @@ def _context(request: Request, principal: Principal) -> CommandContext:
         actor=principal.actor,
         correlation_id=request.state.request_id,
         idempotency_key=idempotency_key(request),
+        traceparent=current_traceparent(),
     )
 
 

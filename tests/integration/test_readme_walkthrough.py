@@ -44,7 +44,12 @@ def own_database(server_target: PgTarget) -> Iterator[PgTarget]:
 def test_the_walkthrough_runs_as_one_script(own_database: PgTarget, tmp_path: Path) -> None:
     port = free_port()
     server_log = (tmp_path / "serve.log").open("wb")
-    env = {**os.environ, "DATABASE_URL": own_database.url(), "REPORUNNER_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": own_database.url(),
+        "REPORUNNER_LOG_FORMAT": "json",
+        "REPORUNNER_DATA_DIR": str(tmp_path / "data"),
+    }
     env.pop("REDIS_URL", None)
     server = subprocess.Popen(
         [sys.executable, "-m", "reporunner", "serve", "--port", str(port)],
@@ -71,6 +76,11 @@ def test_the_walkthrough_runs_as_one_script(own_database: PgTarget, tmp_path: Pa
         server.wait(timeout=40)
         server_log.close()
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    # No terminal: the first start's key went to a private file, and the log names only it.
+    key_file = tmp_path / "data" / "first-owner-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    logged = (tmp_path / "serve.log").read_text()
+    assert str(key_file) in logged and key_file.read_text().strip() not in logged
     assert '"status":"succeeded"' in done.stdout
     assert '"greeting":"hello"' in done.stdout
     # The DELETE's answer, last: revision 3, although a run came between.
