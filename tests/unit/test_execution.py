@@ -6,6 +6,7 @@ import functools
 import pickle
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -426,6 +427,7 @@ def test_a_retry_records_what_it_retries_and_replays() -> None:
         reused_nodes=("start",),
     )
     assert (retry.trigger, retry.retry_of, retry.reused_nodes) == ("retry", old.id, ["start"])
+    assert (old.attempt, retry.attempt, retry.not_before) == (1, 2, None)
     replayed = _replay(retry.collect_events())
     assert vars(replayed) == vars(retry)
     assert old.retry_outputs() == {"start": ({"main": [{"x": 1}]}, False)}
@@ -433,10 +435,26 @@ def test_a_retry_records_what_it_retries_and_replays() -> None:
 
 def test_queued_events_from_before_retries_replay_as_manual() -> None:
     [queued] = _new().collect_events()
-    for name in ("trigger", "retry_of", "reused_nodes"):
+    for name in ("trigger", "retry_of", "reused_nodes", "attempt", "not_before"):
         del queued.__dict__[name]  # as recorded by an earlier release
     replayed = _replay([queued])
     assert (replayed.trigger, replayed.retry_of, replayed.reused_nodes) == ("manual", None, [])
+    assert (replayed.attempt, replayed.not_before) == (1, None)
+
+
+def test_each_retry_is_the_next_attempt_and_may_wait() -> None:
+    first = _failed_after_one_node()
+    due = datetime(2026, 12, 1, 12, 0, 5, tzinfo=UTC)
+    second = _new(workflow_id=first.workflow_id, retry_of=first, not_before=due)
+    assert (second.attempt, second.not_before) == (2, due)
+    second.start(worker_id="w1", meta=WORKER)
+    second.fail(error="again", meta=WORKER)
+    third = _new(workflow_id=first.workflow_id, retry_of=second)
+    assert third.attempt == 3
+    replayed = _replay(second.collect_events())
+    assert (replayed.attempt, replayed.not_before) == (2, due)
+    with pytest.raises(ValueError, match="aware"):
+        _new(workflow_id=first.workflow_id, retry_of=first, not_before=due.replace(tzinfo=None))
 
 
 @pytest.mark.parametrize("status", ["queued", "running", "succeeded"])
