@@ -345,17 +345,39 @@ class ExecutionRunner:
     def _reused_outputs(self, execution: Execution) -> dict[str, Outputs] | None:
         """For a retry from the failed node: the outputs it takes from the run it retries.
 
-        That run is finished, so its recorded outputs never change; the retry
-        was refused when one it needs was recorded truncated.
+        Those runs are finished, so their recorded outputs never change; the
+        retry was refused when one it needs was recorded truncated.
         """
         if not execution.reused_nodes:
             return None
         assert execution.retry_of is not None
-        retried = self.load(execution.retry_of)
+        recorded = self.chain_outputs(self._retried(execution))
+        return {node_id: recorded[node_id][0] for node_id in execution.reused_nodes}
+
+    def chain_outputs(self, execution: Execution) -> dict[str, tuple[dict[str, list[Any]], bool]]:
+        """What a retry of ``execution`` from its failed node may reuse: ``{node: (outputs,
+        truncated)}`` of the nodes that succeeded in it, or that it reused in turn.
+
+        A reused node ran in an execution further up the retry chain: each
+        step up is the run it retried, until the one where it ran (bounded by
+        the chain's length; ``Execution.create`` keeps every step honest).
+        """
+        outputs = execution.retry_outputs()
+        missing = [node_id for node_id in execution.reused_nodes if node_id not in outputs]
+        current = execution
+        while missing:
+            current = self._retried(current)
+            recorded = current.retry_outputs()
+            outputs |= {node_id: recorded[node_id] for node_id in missing if node_id in recorded}
+            missing = [node_id for node_id in missing if node_id not in outputs]
+        return outputs
+
+    def _retried(self, execution: Execution) -> Execution:
+        """The execution ``execution`` retries."""
+        retried = None if execution.retry_of is None else self.load(execution.retry_of)
         if retried is None:
             raise LookupError(f"execution {execution.retry_of} that {execution.id} retries")
-        recorded = retried.retry_outputs()
-        return {node_id: recorded[node_id][0] for node_id in execution.reused_nodes}
+        return retried
 
     def _conclude(self, execution: Execution, outcome: ExecutionOutcome, meta: EventMeta) -> None:
         if outcome.status == "succeeded":
@@ -533,7 +555,7 @@ class ExecutionCommands:
         plan = self.runner.plan(workflow.id, workflow.version, workflow)
         reused: tuple[str, ...] = ()
         if from_ == "failed_node":
-            recorded = old.retry_outputs()
+            recorded = self.runner.chain_outputs(old)
             truncated = sorted(n for n in outputs_needed(plan, recorded) if recorded[n][1])
             if truncated:
                 raise RetryFromFailedNodeImpossible(old.id, truncated)

@@ -137,7 +137,9 @@ class Execution(Aggregate):
         if reused_nodes and (retry_of is None or retry_of.workflow_version != workflow_version):
             raise ValueError("reused_nodes needs a retry of the same workflow version")
         if reused_nodes and retry_of is not None:
-            unknown = set(reused_nodes) - retry_of.retry_outputs().keys()
+            # Its own successes, or what it reused in turn (from further up its chain).
+            reusable = retry_of.retry_outputs().keys() | set(retry_of.reused_nodes)
+            unknown = set(reused_nodes) - reusable
             if unknown:
                 raise ValueError(f"reused_nodes not succeeded in {retry_of.id}: {sorted(unknown)}")
         # Every argument explicit: eventsourcing records only what is passed,

@@ -433,6 +433,33 @@ def test_a_retry_records_what_it_retries_and_replays() -> None:
     assert old.retry_outputs() == {"start": ({"main": [{"x": 1}]}, False)}
 
 
+def test_a_retry_of_a_retry_may_reuse_what_that_one_reused() -> None:
+    first = _failed_after_one_node()
+    second = _new(
+        workflow_id=first.workflow_id,
+        workflow_version=first.workflow_version,
+        retry_of=first,
+        reused_nodes=("start",),
+    )
+    second.start(worker_id="w1", meta=WORKER)
+    second.fail(error="again", meta=WORKER)
+    assert second.retry_outputs() == {}  # "start" ran in the first run only
+    third = _new(
+        workflow_id=first.workflow_id,
+        workflow_version=first.workflow_version,
+        retry_of=second,
+        reused_nodes=("start",),
+    )
+    assert third.reused_nodes == ["start"]
+    with pytest.raises(ValueError, match="call"):
+        _new(
+            workflow_id=first.workflow_id,
+            workflow_version=first.workflow_version,
+            retry_of=second,
+            reused_nodes=("call",),
+        )
+
+
 def test_queued_events_from_before_retries_replay_as_manual() -> None:
     [queued] = _new().collect_events()
     for name in ("trigger", "retry_of", "reused_nodes", "attempt", "not_before"):
