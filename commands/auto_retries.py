@@ -207,11 +207,11 @@ class AutoRetrier(Follower):
             )
             if isinstance(queued, ExecutionQueuedEvent):
                 runs[row["originator_id"]] = (queued.workflow_id, queued.workflow_version)
-        return [
-            execution_id
-            for execution_id in ended
-            if execution_id in runs and self._policy(*runs[execution_id]) is not None
-        ]
+        for execution_id in ended:
+            if execution_id not in runs:
+                # Never silently pass over an ending: it becomes a dead letter.
+                raise LookupError(f"execution {execution_id} ended without a Queued event")
+        return [execution_id for execution_id in ended if self._policy(*runs[execution_id])]
 
     def _recorded(self, ids: list[UUID]) -> set[UUID]:
         if not ids:

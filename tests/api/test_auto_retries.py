@@ -25,10 +25,12 @@ from domain.meta import EventMeta
 from infrastructure.database import PgTarget
 from infrastructure.queue import enqueue
 from infrastructure.settings import Settings
+from projections.dead_letters import list_letters
 from reporunner.wiring import ExecutionServices, create_app, create_execution_services
 from tests.api.test_executions import _events, _wait_for_status, live_worker
 from tests.api.test_retries import _call, _document, _node, _run, _workflow, flaky
 from tests.helpers import serving, trigger, workflow_body
+from tests.integration.test_dead_letters import _cli
 
 __all__ = ["flaky", "live_worker"]  # fixtures, imported
 
@@ -332,3 +334,43 @@ def test_the_served_projections_role_records_automatic_retries(
         # The live worker of this module runs it.
         assert _wait_for_status(db_target, retry, {"failed"}) == "failed"
         assert _queued_retries_of(db_target, failed) == 1
+
+
+def test_an_ending_the_retrier_cannot_handle_is_a_dead_letter_retried_after_a_fix(
+    client: httpx.Client,
+    owner: dict[str, str],
+    db_target: PgTarget,
+    retrier: AutoRetrier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    workflow_id = _create(
+        client,
+        owner,
+        [trigger(), _node("boom", "stop_and_error", message="x")],
+        max_attempts=2,
+        backoff_ms=60_000,
+    )
+    failed = _run(client, owner, workflow_id)["execution_id"]
+    handle = AutoRetrier._retry_of
+
+    def broken(self: AutoRetrier, execution_id: uuid.UUID) -> Execution | None:
+        if str(execution_id) == failed:
+            raise RuntimeError("a bug in the retrier")
+        return handle(self, execution_id)
+
+    monkeypatch.setattr(AutoRetrier, "_retry_of", broken)
+    retrier.catch_up()  # the follower goes on past it
+    assert _queued_retries_of(db_target, failed) == 0
+    with psycopg.connect(db_target.conninfo()) as conn:
+        [letter] = [
+            x for x in list_letters(conn, follower=NAME) if x.originator_id == uuid.UUID(failed)
+        ]
+    assert letter.event == "Execution.Failed" and "a bug in the retrier" in letter.error
+
+    monkeypatch.undo()  # the fix: the CLI records the retry it missed, once
+    retried = _cli(db_target, "projections", "dead-letters", "retry", "--id", str(letter.id))
+    assert retried.returncode == 0, retried.stderr
+    assert "auto-retries: 1 resolved" in retried.stderr
+    assert _queued_retries_of(db_target, failed) == 1
+    assert AutoRetrier(retrier.executions).retry_dead_letters([letter]) == (0, [])
+    assert _queued_retries_of(db_target, failed) == 1
