@@ -15,7 +15,10 @@ it works on the embedded default with no Redis at all.
   row may next be claimed, for a lost worker's row and a waiting retry
   alike, so the claim query and its index serve both and no worker takes a
   retry early. (A row's ``claims`` still counts only real claims.) Workers
-  poll, so a retry starts within a poll interval of its time.
+  poll, so a retry starts within a poll interval of its time. Measured: a
+  claim that finds nothing ready walks the waiting rows in the index (the
+  filter uses ``clock_timestamp()``, which cannot bound an index scan):
+  3 ms with 10,000 retries waiting, 0.08 ms when a ready row comes first.
 - ``NOTIFY reporunner_executions`` on enqueue wakes idle workers at once;
   they also poll, because a LISTEN connection can die silently.
 """
