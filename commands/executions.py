@@ -22,6 +22,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -37,7 +38,14 @@ from commands.errors import (
     IdempotencyKeyReused,
 )
 from commands.handlers import WorkflowCommands, request_fingerprint
-from commands.models import CommandContext, ExecutionResult, RetryExecution, RunWorkflow
+from commands.models import (
+    CommandContext,
+    ExecutionResult,
+    RetryExecution,
+    RetryFrom,
+    RetryRevision,
+    RunWorkflow,
+)
 from domain.engine import (
     EngineLimits,
     EnginePorts,
@@ -52,7 +60,7 @@ from domain.engine import (
     run,
 )
 from domain.errors import RetryFromFailedNodeImpossible
-from domain.execution import Execution, ExecutionTrigger, truncate_items
+from domain.execution import Execution, ExecutionMode, ExecutionTrigger, truncate_items
 from domain.meta import EventMeta
 from domain.workflow import Workflow
 from infrastructure import tracing
@@ -360,17 +368,39 @@ class ExecutionRunner:
     def _reused_outputs(self, execution: Execution) -> dict[str, Outputs] | None:
         """For a retry from the failed node: the outputs it takes from the run it retries.
 
-        That run is finished, so its recorded outputs never change; the retry
-        was refused when one it needs was recorded truncated.
+        Those runs are finished, so their recorded outputs never change; the
+        retry was refused when one it needs was recorded truncated.
         """
         if not execution.reused_nodes:
             return None
         assert execution.retry_of is not None
-        retried = self.load(execution.retry_of)
+        recorded = self.chain_outputs(self._retried(execution))
+        return {node_id: recorded[node_id][0] for node_id in execution.reused_nodes}
+
+    def chain_outputs(self, execution: Execution) -> dict[str, tuple[dict[str, list[Any]], bool]]:
+        """What a retry of ``execution`` from its failed node may reuse: ``{node: (outputs,
+        truncated)}`` of the nodes that succeeded in it, or that it reused in turn.
+
+        A reused node ran in an execution further up the retry chain: each
+        step up is the run it retried, until the one where it ran (bounded by
+        the chain's length; ``Execution.create`` keeps every step honest).
+        """
+        outputs = execution.retry_outputs()
+        missing = [node_id for node_id in execution.reused_nodes if node_id not in outputs]
+        current = execution
+        while missing:
+            current = self._retried(current)
+            recorded = current.retry_outputs()
+            outputs |= {node_id: recorded[node_id] for node_id in missing if node_id in recorded}
+            missing = [node_id for node_id in missing if node_id not in outputs]
+        return outputs
+
+    def _retried(self, execution: Execution) -> Execution:
+        """The execution ``execution`` retries."""
+        retried = None if execution.retry_of is None else self.load(execution.retry_of)
         if retried is None:
             raise LookupError(f"execution {execution.retry_of} that {execution.id} retries")
-        recorded = retried.retry_outputs()
-        return {node_id: recorded[node_id][0] for node_id in execution.reused_nodes}
+        return retried
 
     def _conclude(self, execution: Execution, outcome: ExecutionOutcome, meta: EventMeta) -> None:
         if outcome.status == "succeeded":
@@ -515,35 +545,60 @@ class ExecutionCommands:
             return prior
         old = self.get(execution_id, ctx.org_id)
         old.ensure_retryable()
-        workflow = self.workflows.get(old.workflow_id, ctx.org_id)
-        # A deleted workflow runs nothing, at whichever revision.
+        execution = self.prepare_retry(
+            old,
+            self.workflows.get(old.workflow_id, ctx.org_id),
+            execution_id=new_id,
+            from_=command.from_,
+            revision=command.revision,
+            mode=command.mode,
+            meta=self._queued_meta(ctx),
+        )
+        return self._submit(execution, ctx, fingerprint)
+
+    def prepare_retry(
+        self,
+        old: Execution,
+        workflow: Workflow,
+        *,
+        execution_id: UUID,
+        from_: RetryFrom,
+        revision: RetryRevision,
+        mode: ExecutionMode,
+        meta: EventMeta,
+        not_before: datetime | None = None,
+    ) -> Execution:
+        """The (unsaved) execution that retries ``old``; ``workflow`` as it is now.
+
+        Refused if the workflow was deleted (at whichever revision), and from
+        the failed node if an output it needs was recorded truncated.
+        """
         workflow.ensure_not_deleted()
-        if command.revision == "original":
-            version = old.workflow_version
-            loaded: object = self.app.repository.get(workflow.id, version=version)
+        if revision == "original":
+            loaded: object = self.app.repository.get(workflow.id, version=old.workflow_version)
             assert isinstance(loaded, Workflow)
             workflow = loaded
         plan = self.runner.plan(workflow.id, workflow.version, workflow)
         reused: tuple[str, ...] = ()
-        if command.from_ == "failed_node":
-            recorded = old.retry_outputs()
+        if from_ == "failed_node":
+            recorded = self.runner.chain_outputs(old)
             truncated = sorted(n for n in outputs_needed(plan, recorded) if recorded[n][1])
             if truncated:
                 raise RetryFromFailedNodeImpossible(old.id, truncated)
             reused = tuple(node.id for node in plan.nodes if node.id in recorded)
-        execution = Execution.create(
-            execution_id=new_id,
+        return Execution.create(
+            execution_id=execution_id,
             workflow_id=workflow.id,
             workflow_version=workflow.version,
             workflow_revision=workflow.revision,
-            mode=command.mode,
+            mode=mode,
             input=old.input,
-            meta=self._queued_meta(ctx),
+            meta=meta,
             retry_of=old,
             reused_nodes=reused,
             trigger="retry",
+            not_before=not_before,
         )
-        return self._submit(execution, ctx, fingerprint)
 
     def _claim_key(
         self, ctx: CommandContext, fingerprint: str

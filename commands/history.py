@@ -120,8 +120,11 @@ class History:
                 extra["execution"] = {
                     "id": event.execution_id,
                     "status": event.status,
-                    # None for runs recorded before runs kept their revision.
+                    # None for runs recorded before runs kept these.
                     "revision": getattr(event, "revision", None),
+                    "trigger": getattr(event, "trigger", None),
+                    "retry_of": getattr(event, "retry_of", None),
+                    "attempt": getattr(event, "attempt", None),
                 }
             entries.append(_entry(position, event, changes, extra))
         return entries

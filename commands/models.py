@@ -140,6 +140,10 @@ class RunWorkflow(BaseModel):
     mode: Literal["sync", "async"] = "sync"
 
 
+RetryFrom = Literal["start", "failed_node"]
+RetryRevision = Literal["original", "current"]
+
+
 class RetryExecution(BaseModel):
     """Retry a finished execution that did not succeed, as a new execution over its input."""
 
@@ -150,13 +154,13 @@ class RetryExecution(BaseModel):
         json_schema_extra={"examples": [{"from": "failed_node", "revision": "original"}]},
     )
 
-    from_: Literal["start", "failed_node"] = Field(
+    from_: RetryFrom = Field(
         "start",
         alias="from",
         description="``start`` runs every node again; ``failed_node`` reuses the recorded "
         "outputs of the nodes that succeeded and runs the rest.",
     )
-    revision: Literal["original", "current"] = Field(
+    revision: RetryRevision = Field(
         "original",
         description="Run the workflow as the retried execution ran it, or as it is now.",
     )

@@ -35,7 +35,7 @@ from domain.execution import (
     ExecutionSucceededEvent,
 )
 from domain.meta import EventMeta
-from domain.workflow import Workflow
+from domain.workflow import ExecutionChain, Workflow
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, SideStatement, decode_event
 from projections.dead_letters import DeadLetter, describe, skip_next
@@ -135,7 +135,7 @@ class WorkflowRunsRecorder(Follower):
                 row["topic"],
                 row["state"],
             )
-            workflow_id, revision = runs_of[row["originator_id"]]
+            workflow_id, revision, chain = runs_of[row["originator_id"]]
             if workflow_id not in workflows:
                 try:
                     loaded: object = self.app.repository.get(workflow_id)
@@ -163,6 +163,7 @@ class WorkflowRunsRecorder(Follower):
                     causation_id=str(event.originator_id),
                     traceparent=meta.get("traceparent"),
                 ),
+                chain=chain,
             )
         try:
             # Saved with no workflow events too: the statement still runs.
@@ -201,10 +202,13 @@ class WorkflowRunsRecorder(Follower):
                     )
         return resolved, errors
 
-    def _runs_of(self, cur: Any, execution_ids: list[UUID]) -> dict[UUID, tuple[UUID, int | None]]:
-        """Each execution's workflow and the revision it ran, from its ``Queued`` event.
+    def _runs_of(
+        self, cur: Any, execution_ids: list[UUID]
+    ) -> dict[UUID, tuple[UUID, int | None, ExecutionChain]]:
+        """Each execution's workflow, the revision it ran and its chain, from its ``Queued``.
 
-        The revision is None for executions queued before Queued recorded it.
+        The revision is None for executions queued before Queued recorded it;
+        the chain's fields default as the Execution aggregate's do.
         """
         if not execution_ids:
             return {}
@@ -221,6 +225,11 @@ class WorkflowRunsRecorder(Follower):
             found[row["originator_id"]] = (
                 queued.workflow_id,
                 getattr(queued, "workflow_revision", None),
+                ExecutionChain(
+                    trigger=getattr(queued, "trigger", "manual"),
+                    retry_of=getattr(queued, "retry_of", None),
+                    attempt=getattr(queued, "attempt", 1),
+                ),
             )
         return found
 

@@ -24,7 +24,11 @@ from domain.nodes import DEFAULT_OUTPUT, ERROR_OUTPUT, NODE_TYPES, TRIGGER_TYPES
 from domain.values import check_value
 
 __all__ = [
+    "AUTO_RETRY_KEYS",
+    "AUTO_RETRY_ON",
     "CONNECTION_KEYS",
+    "MAX_AUTO_RETRY_ATTEMPTS",
+    "MAX_AUTO_RETRY_BACKOFF_MS",
     "MAX_CONNECTIONS",
     "MAX_DEFINITION_BYTES",
     "MAX_DESCRIPTION_CHARS",
@@ -56,11 +60,15 @@ MAX_NODE_NAME_CHARS: Final = 200
 MAX_RETRY_TRIES: Final = 10
 MAX_RETRY_WAIT_MS: Final = 600_000
 MAX_WORKFLOW_TIMEOUT_MS: Final = 3_600_000
+MAX_AUTO_RETRY_ATTEMPTS: Final = 10
+MAX_AUTO_RETRY_BACKOFF_MS: Final = 3_600_000
 
 NODE_KEYS: Final = frozenset({"id", "type", "name", "parameters", "position", "retry", "on_error"})
 CONNECTION_KEYS: Final = frozenset({"from", "to", "output"})
 RETRY_KEYS: Final = frozenset({"max_tries", "wait_ms"})
-SETTINGS_KEYS: Final = frozenset({"timeout_ms"})
+SETTINGS_KEYS: Final = frozenset({"timeout_ms", "retry"})
+AUTO_RETRY_KEYS: Final = frozenset({"max_attempts", "backoff_ms", "on"})
+AUTO_RETRY_ON: Final = ("failed", "crashed")
 ON_ERROR_MODES: Final = ("stop", "continue", "continue_error_output")
 
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -218,6 +226,41 @@ class _Checker:
         self.unknown_keys("settings", settings, SETTINGS_KEYS, "setting")
         if "timeout_ms" in settings:
             self.integer("settings.timeout_ms", settings["timeout_ms"], 1, MAX_WORKFLOW_TIMEOUT_MS)
+        if "retry" in settings:
+            self.auto_retry("settings.retry", settings["retry"])
+
+    def auto_retry(self, loc: str, retry: object) -> None:
+        """``settings.retry``: the execution's automatic retries (``domain/auto_retry.py``)."""
+        if not isinstance(retry, dict):
+            self.add(
+                loc, f"must be an object {{max_attempts, backoff_ms, on}}, got {_json_type(retry)}"
+            )
+            return
+        self.unknown_keys(loc, retry, AUTO_RETRY_KEYS, "retry setting")
+        for key, low, high in (
+            ("max_attempts", 1, MAX_AUTO_RETRY_ATTEMPTS),
+            ("backoff_ms", 0, MAX_AUTO_RETRY_BACKOFF_MS),
+        ):
+            if key in retry:
+                self.integer(f"{loc}.{key}", retry[key], low, high)
+            else:
+                self.add(f"{loc}.{key}", f"missing required key '{key}'")
+        if "on" not in retry:
+            return
+        on = retry["on"]
+        allowed = ", ".join(repr(status) for status in AUTO_RETRY_ON)
+        if not isinstance(on, list) or not on:
+            self.add(f"{loc}.on", f"must be a non-empty array of {allowed}, got {_show_list(on)}")
+            return
+        first_index: dict[str, int] = {}
+        for index, status in enumerate(on):
+            item = f"{loc}.on[{index}]"
+            if not (isinstance(status, str) and status in AUTO_RETRY_ON):
+                self.add(item, f"must be one of {allowed}, got {_show(status)}")
+            elif status in first_index:
+                self.add(item, f"duplicate '{status}' (also {loc}.on[{first_index[status]}])")
+            else:
+                first_index[status] = index
 
     def storable(self, definition: dict[str, Any]) -> bool:
         """Check the canonical size, then the value contract; False if either fails.
@@ -603,3 +646,7 @@ def _json_type(value: object) -> str:
 
 def _show(value: object) -> str:
     return f"'{value}'" if isinstance(value, str) else _json_type(value)
+
+
+def _show_list(value: object) -> str:
+    return "an empty array" if value == [] else _json_type(value)

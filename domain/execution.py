@@ -14,7 +14,10 @@ execution starts only once: if its worker is lost (lease expired) it is marked
 must not silently happen twice; re-running is a new execution: a retry
 (``trigger="retry"``, ``retry_of`` the execution it retries) of a finished
 execution that did not succeed, which may reuse the recorded outputs of the
-nodes that succeeded there (``reused_nodes``). Cancelling is
+nodes that succeeded there (``reused_nodes``). Each execution is one
+``attempt`` of its chain: 1 for a first run, one more than the execution it
+retries for a retry; a retry may wait (``not_before``, the back-off of an
+automatic retry: workers take it from then on). Cancelling is
 immediate: the worker notices through its ``should_cancel`` port or when its
 next report is refused with ``ExecutionFinished``.
 
@@ -100,6 +103,7 @@ class Execution(Aggregate):
         retry_of: Execution | None = None,
         reused_nodes: tuple[str, ...] = (),
         trigger: ExecutionTrigger | None = None,
+        not_before: datetime | None = None,
     ) -> Execution:
         """Queue a run of ``workflow_version`` over ``input`` (an object or array of objects).
 
@@ -109,6 +113,7 @@ class Execution(Aggregate):
         ``retry_of``: the execution this one retries (see ``retry_outputs``);
         ``reused_nodes``: its nodes whose recorded outputs this run takes
         instead of running them (same workflow version only).
+        ``not_before``: no worker starts it earlier (an aware datetime).
         """
         if mode not in EXECUTION_MODES:
             raise ValueError(f"mode must be one of {EXECUTION_MODES}, got {mode!r}")
@@ -127,10 +132,14 @@ class Execution(Aggregate):
             retry_of.ensure_retryable()
             if retry_of.workflow_id != workflow_id:
                 raise ValueError("a retry runs the workflow of the execution it retries")
+        if not_before is not None and not_before.utcoffset() is None:
+            raise ValueError("not_before must be an aware datetime")
         if reused_nodes and (retry_of is None or retry_of.workflow_version != workflow_version):
             raise ValueError("reused_nodes needs a retry of the same workflow version")
         if reused_nodes and retry_of is not None:
-            unknown = set(reused_nodes) - retry_of.retry_outputs().keys()
+            # Its own successes, or what it reused in turn (from further up its chain).
+            reusable = retry_of.retry_outputs().keys() | set(retry_of.reused_nodes)
+            unknown = set(reused_nodes) - reusable
             if unknown:
                 raise ValueError(f"reused_nodes not succeeded in {retry_of.id}: {sorted(unknown)}")
         # Every argument explicit: eventsourcing records only what is passed,
@@ -146,6 +155,8 @@ class Execution(Aggregate):
             trigger=trigger,
             retry_of=None if retry_of is None else retry_of.id,
             reused_nodes=list(reused_nodes),
+            attempt=1 if retry_of is None else retry_of.attempt + 1,
+            not_before=not_before,
         )
 
     @event("Queued")
@@ -162,6 +173,8 @@ class Execution(Aggregate):
         trigger: ExecutionTrigger = "manual",
         retry_of: UUID | None = None,
         reused_nodes: list[str] | None = None,
+        attempt: int = 1,
+        not_before: datetime | None = None,
     ) -> None:
         self.org_id: str = meta["org_id"]
         self.workflow_id = workflow_id
@@ -174,6 +187,9 @@ class Execution(Aggregate):
         self.trigger: ExecutionTrigger = trigger
         self.retry_of = retry_of
         self.reused_nodes: list[str] = list(reused_nodes or [])
+        # Queued events recorded before attempts were counted: attempt 1.
+        self.attempt = attempt
+        self.not_before = not_before
         self.created_by: str = meta["actor"]
         # Events recorded while running it carry the request's id too.
         self.correlation_id: str = meta["correlation_id"]

@@ -22,6 +22,7 @@ Two numbers, two meanings:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -32,6 +33,16 @@ from domain.definition import validate_definition
 from domain.errors import Problem, WorkflowDeleted, WorkflowInactive, WorkflowInvalid
 from domain.meta import EventMeta
 from domain.triggers import SECRET_AUTH, activation_problems, webhook_routes
+
+
+@dataclass(frozen=True)
+class ExecutionChain:
+    """How a finished run came about, as its workflow's history tells it."""
+
+    trigger: str | None = None
+    retry_of: UUID | None = None
+    attempt: int | None = None
+
 
 DEFINITION_FIELDS = ("name", "description", "nodes", "connections", "tags", "settings")
 
@@ -173,23 +184,44 @@ class Workflow(Aggregate):
         pass  # who rotated which hook's secret, and when: the secret itself is elsewhere
 
     def record_execution(
-        self, execution_id: UUID, status: str, revision: int | None, meta: EventMeta
+        self,
+        execution_id: UUID,
+        status: str,
+        revision: int | None,
+        meta: EventMeta,
+        *,
+        chain: ExecutionChain | None = None,
     ) -> None:
         """Note a finished run of ``revision`` in the workflow's own history.
 
         Recorded even if the workflow was deleted meanwhile: the run happened.
         ``revision`` is None for a run queued before executions recorded it.
+        ``chain``: how the run was triggered, and the retry chain it belongs to.
         A run changes no definition, so the revision stays where it is.
         """
+        chain = chain or ExecutionChain()
         self._executed(
-            execution_id=str(execution_id), status=status, revision=revision, meta=meta.as_dict()
+            execution_id=str(execution_id),
+            status=status,
+            revision=revision,
+            trigger=chain.trigger,
+            retry_of=None if chain.retry_of is None else str(chain.retry_of),
+            attempt=chain.attempt,
+            meta=meta.as_dict(),
         )
 
     @event("Executed")
     def _executed(
-        self, execution_id: str, status: str, meta: dict[str, Any], revision: int | None = None
+        self,
+        execution_id: str,
+        status: str,
+        meta: dict[str, Any],
+        revision: int | None = None,
+        trigger: str | None = None,
+        retry_of: str | None = None,
+        attempt: int | None = None,
     ) -> None:
-        # ``revision`` defaults for the Executed events recorded before it existed.
+        # The defaults are for the Executed events recorded before each existed.
         self.runs += 1
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Workflow:

@@ -7,7 +7,7 @@ counters always agree with the execution documents they count.
 was queued, ``updated`` = its last event)::
 
     {id, workflow_id, workflow_version, workflow_revision, mode, status, input, version,
-     trigger, retry_of, reused_nodes, retried_by,
+     trigger, retry_of, reused_nodes, retried_by, attempt, not_before,
      created_at, created_by, updated_at, started_at, finished_at, duration_ms,
      worker_id, error, output, output_truncated, canceled_by,
      node_runs: [{node_id, attempt, status, started_at, finished_at,
@@ -24,6 +24,9 @@ execution it retries (else null) and ``reused_nodes`` the nodes whose
 recorded outputs it took. The retried execution's ``retried_by`` lists its
 retries' ids in log order; adding one changes that document's data and
 position but not its ``version`` or ``updated`` (no event of its own).
+``attempt`` counts the chain's runs (1 for a first run, and for executions
+queued before attempts were counted); ``not_before`` is when a retry that
+waits out its back-off may start (else null).
 
 ``execution_stats`` documents count executions: each execution is counted
 once, in the bucket of its queued time, under its *current* status (a
@@ -267,6 +270,8 @@ def _queued_document(event: Any, position: int) -> Document:
         "retry_of": None if _retry_of(event) is None else str(event.retry_of),
         "reused_nodes": list(getattr(event, "reused_nodes", None) or []),
         "retried_by": [],
+        "attempt": getattr(event, "attempt", 1),
+        "not_before": _iso(getattr(event, "not_before", None)),
         "created_at": at,
         "created_by": event.meta["actor"],
         "updated_at": at,
@@ -293,6 +298,10 @@ def _queued_document(event: Any, position: int) -> Document:
         created=event.timestamp,
         updated=event.timestamp,
     )
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
 
 
 def _node_run(node_id: str, attempt: int, at: str) -> dict[str, Any]:

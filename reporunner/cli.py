@@ -321,6 +321,18 @@ def _projectors(name: str | None = None) -> list[Any]:
     ]
 
 
+def _auto_retrier(projector: Any) -> Any:
+    """The auto-retrier on a projector's application and database."""
+    from commands import WorkflowCommands
+    from commands.auto_retries import AutoRetrier
+    from reporunner.wiring import create_execution_services
+
+    services = create_execution_services(
+        projector.app, WorkflowCommands(projector.app), projector.target, get_settings()
+    )
+    return AutoRetrier(services.commands)
+
+
 def _progress_bar(projector: Any) -> Any:
     """A rich progress bar over the events the projection will read."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -349,7 +361,11 @@ def projections_status(as_json: AsJson = False) -> None:
 
     projectors = _projectors()
     # The views, and the other followers of the log that keep a tracking row.
-    names = [p.projection.name for p in projectors] + ["workflow-runs", "audit-chain"]
+    names = [p.projection.name for p in projectors] + [
+        "workflow-runs",
+        "auto-retries",
+        "audit-chain",
+    ]
     settings = get_settings()
     with projectors[0].connect() as conn:
         rows = status(conn, names)
@@ -514,6 +530,7 @@ def dead_letters_retry(
     A projection retries each aggregate's waiting events in log order: what
     applies is resolved and its documents lose their _stale marker.
     """
+    from commands.auto_retries import NAME as RETRIES
     from commands.workflow_runs import NAME as RUNS
     from commands.workflow_runs import WorkflowRunsRecorder
     from projections.dead_letters import DeadLetter, list_letters
@@ -540,8 +557,12 @@ def dead_letters_retry(
             for letter, error in outcome.failed:
                 failed = True
                 console.print(f"[red]still fails[/red] {letter.id} at {letter.position}: {error}")
-        elif name == RUNS:
-            recorder = WorkflowRunsRecorder(any_projector.app)
+        elif name in (RUNS, RETRIES):
+            recorder = (
+                WorkflowRunsRecorder(any_projector.app)
+                if name == RUNS
+                else _auto_retrier(any_projector)
+            )
             resolved, errors = recorder.retry_dead_letters(group)
             console.print(f"{name}: {resolved} resolved")
             for error in errors:

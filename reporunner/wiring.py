@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from commands import WorkflowApplication, WorkflowCommands
+from commands.auto_retries import AutoRetrier
 from commands.executions import (
     ExecutionCommands,
     ExecutionRunner,
@@ -268,6 +269,16 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             projector_threads.append(
                 start_follower(
                     WorkflowRunsRecorder(workflow_app, target=target),
+                    stop,
+                    batch_size=500,
+                    poll_s=min(settings.projection_poll_s, 0.2),
+                    policy=follower_policy(settings),
+                )
+            )
+            # Records a workflow's automatic retries (settings.retry); workers run them.
+            projector_threads.append(
+                start_follower(
+                    AutoRetrier(executions.commands, target=target),
                     stop,
                     batch_size=500,
                     poll_s=min(settings.projection_poll_s, 0.2),

@@ -161,6 +161,30 @@ def test_retry_from_the_failed_node_reuses_what_succeeded_and_runs_the_rest(
     document = _document(client, owner, retried["execution_id"], retried["position"])
     assert document["reused_nodes"] == ["start", "first"]
     assert [run["node_id"] for run in document["node_runs"]] == ["second", "last"]
+    assert (document["attempt"], document["not_before"]) == (2, None)
+
+
+def test_a_retry_from_the_failed_node_of_such_a_retry_still_reuses_the_first_runs_outputs(
+    client: httpx.Client, owner: dict[str, str], flaky: tuple[str, dict[str, Any]]
+) -> None:
+    base, state = flaky
+    workflow_id = _workflow(
+        client, owner, [trigger(), _call("first", f"{base}/ok"), _call("second", f"{base}/flaky")]
+    )
+    failed = _run(client, owner, workflow_id)
+    from_failed = {"from": "failed_node", "revision": "original", "mode": "sync"}
+    again = _retry(client, owner, failed["execution_id"], **from_failed).json()
+    assert again["status"] == "failed"
+    state["failing"] = False
+    # "first" ran in the first run only: the second reused it, and so does the third.
+    third = _retry(client, owner, again["execution_id"], **from_failed)
+    assert third.status_code == 200, third.text
+    assert third.json()["status"] == "succeeded"
+    assert state["paths"] == ["/ok", "/flaky", "/flaky", "/flaky"]
+    document = _document(client, owner, third.json()["execution_id"], third.json()["position"])
+    assert document["reused_nodes"] == ["start", "first"] and document["attempt"] == 3
+    assert document["retry_of"] == again["execution_id"]
+    assert [run["node_id"] for run in document["node_runs"]] == ["second"]
 
 
 def test_retry_at_the_original_or_the_current_revision(
@@ -181,6 +205,7 @@ def test_retry_at_the_original_or_the_current_revision(
     assert current.json()["status"] == "succeeded"
     document = _document(client, owner, current.json()["execution_id"], current.json()["position"])
     assert document["workflow_revision"] == 2 and document["trigger"] == "retry"
+    assert document["attempt"] == 2
     # A retry of a retry: the chain is visible in the list filters.
     chained = _retry(client, owner, original.json()["execution_id"], mode="sync")
     assert chained.status_code == 200

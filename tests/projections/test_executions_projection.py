@@ -213,6 +213,8 @@ def test_an_execution_with_node_runs_is_projected_whole(
         "retry_of": None,
         "reused_nodes": [],
         "retried_by": [],
+        "attempt": 1,
+        "not_before": None,
         "created_at": queued_at.isoformat(),
         "created_by": "apikey:t",
         "updated_at": clock.now.isoformat(),
@@ -486,7 +488,8 @@ def test_retries_are_linked_both_ways_and_a_rebuild_equals_the_live_view(
         drive(retry, "crashed", clock, org)
         save(workflow_app, retry)
         retries.append(retry)
-    again = queue(org, workflow_id, retry_of=retries[0])
+    due = clock.now + timedelta(seconds=30)
+    again = queue(org, workflow_id, retry_of=retries[0], not_before=due)
     save(workflow_app, again)
     catch_up(projector)
 
@@ -498,6 +501,9 @@ def test_retries_are_linked_both_ways_and_a_rebuild_equals_the_live_view(
     assert (retry_data["trigger"], retry_data["retry_of"]) == ("retry", str(first.id))
     assert retry_data["retried_by"] == [str(again.id)]
     assert retry_data["status"] == "crashed"
+    again_data = document(db_target, "doc_executions", str(again.id))[0]
+    assert [data["attempt"], retry_data["attempt"], again_data["attempt"]] == [1, 2, 3]
+    assert (retry_data["not_before"], again_data["not_before"]) == (None, due.isoformat())
 
     period = Period(BASE, BASE + timedelta(days=1))
     figures = summary(db_target, org, period)
@@ -515,11 +521,12 @@ def test_queued_events_from_before_retries_project_as_manual_runs(
 ) -> None:
     execution = queue(org, uuid.uuid4())
     [queued] = execution.pending_events
-    for name in ("trigger", "retry_of", "reused_nodes"):
+    for name in ("trigger", "retry_of", "reused_nodes", "attempt", "not_before"):
         del queued.__dict__[name]  # as an earlier release recorded it
     save(workflow_app, execution)
     catch_up(projector)
     data = document(db_target, "doc_executions", str(execution.id))[0]
+    assert (data["attempt"], data["not_before"]) == (1, None)
     assert (data["trigger"], data["retry_of"], data["reused_nodes"], data["retried_by"]) == (
         "manual",
         None,

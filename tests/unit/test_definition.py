@@ -280,7 +280,7 @@ def test_settings() -> None:
         ({"timeout_ms": "60"}, "settings.timeout_ms", "string"),
         ({"timeout_ms": True}, "settings.timeout_ms", "boolean"),
         ({"timeout_ms": 1.5}, "settings.timeout_ms", "number"),
-        ({"retries": 3}, "settings.retries", "unknown setting 'retries'"),
+        ({"retries": 3}, "settings.retries", "unknown setting 'retries' (allowed: retry,"),
         ({"odd key": 3}, 'settings["odd key"]', "'odd key'"),
         (None, "settings", "null"),
         ([], "settings", "array"),
@@ -288,6 +288,51 @@ def test_settings() -> None:
 )
 def test_bad_settings(settings: Any, loc: str, words: str) -> None:
     problem = only(settings=settings)
+    assert problem.loc == loc
+    assert words in problem.msg
+
+
+def test_retry_settings() -> None:
+    accepts(settings={"retry": {"max_attempts": 1, "backoff_ms": 0}})
+    accepts(settings={"retry": {"max_attempts": 10, "backoff_ms": 3_600_000, "on": ["failed"]}})
+    accepts(settings={"retry": {"max_attempts": 3, "backoff_ms": 500, "on": ["crashed", "failed"]}})
+
+
+@pytest.mark.parametrize(
+    ("retry", "loc", "words"),
+    [
+        (3, "settings.retry", "must be an object {max_attempts, backoff_ms, on}, got integer"),
+        ({"backoff_ms": 0}, "settings.retry.max_attempts", "missing required key"),
+        ({"max_attempts": 2}, "settings.retry.backoff_ms", "missing required key"),
+        ({"max_attempts": 0, "backoff_ms": 0}, "settings.retry.max_attempts", "between 1 and 10"),
+        ({"max_attempts": 11, "backoff_ms": 0}, "settings.retry.max_attempts", "got 11"),
+        ({"max_attempts": 2.0, "backoff_ms": 0}, "settings.retry.max_attempts", "number"),
+        ({"max_attempts": True, "backoff_ms": 0}, "settings.retry.max_attempts", "boolean"),
+        ({"max_attempts": 2, "backoff_ms": -1}, "settings.retry.backoff_ms", "between 0 and"),
+        ({"max_attempts": 2, "backoff_ms": 3_600_001}, "settings.retry.backoff_ms", "3600001"),
+        ({"max_attempts": 2, "backoff_ms": "5"}, "settings.retry.backoff_ms", "string"),
+        ({"max_attempts": 2, "backoff_ms": 0, "on": []}, "settings.retry.on", "an empty array"),
+        ({"max_attempts": 2, "backoff_ms": 0, "on": "failed"}, "settings.retry.on", "string"),
+        (
+            {"max_attempts": 2, "backoff_ms": 0, "on": ["failed", "canceled"]},
+            "settings.retry.on[1]",
+            "one of 'failed', 'crashed', got 'canceled'",
+        ),
+        ({"max_attempts": 2, "backoff_ms": 0, "on": [1]}, "settings.retry.on[0]", "integer"),
+        (
+            {"max_attempts": 2, "backoff_ms": 0, "on": ["failed", "failed"]},
+            "settings.retry.on[1]",
+            "duplicate 'failed' (also settings.retry.on[0])",
+        ),
+        (
+            {"max_attempts": 2, "backoff_ms": 0, "delay": 1},
+            "settings.retry.delay",
+            "unknown retry setting 'delay' (allowed: backoff_ms, max_attempts, on)",
+        ),
+    ],
+)
+def test_bad_retry_settings(retry: Any, loc: str, words: str) -> None:
+    problem = only(settings={"retry": retry})
     assert problem.loc == loc
     assert words in problem.msg
 

@@ -6,6 +6,7 @@ import functools
 import pickle
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -426,17 +427,61 @@ def test_a_retry_records_what_it_retries_and_replays() -> None:
         reused_nodes=("start",),
     )
     assert (retry.trigger, retry.retry_of, retry.reused_nodes) == ("retry", old.id, ["start"])
+    assert (old.attempt, retry.attempt, retry.not_before) == (1, 2, None)
     replayed = _replay(retry.collect_events())
     assert vars(replayed) == vars(retry)
     assert old.retry_outputs() == {"start": ({"main": [{"x": 1}]}, False)}
 
 
+def test_a_retry_of_a_retry_may_reuse_what_that_one_reused() -> None:
+    first = _failed_after_one_node()
+    second = _new(
+        workflow_id=first.workflow_id,
+        workflow_version=first.workflow_version,
+        retry_of=first,
+        reused_nodes=("start",),
+    )
+    second.start(worker_id="w1", meta=WORKER)
+    second.fail(error="again", meta=WORKER)
+    assert second.retry_outputs() == {}  # "start" ran in the first run only
+    third = _new(
+        workflow_id=first.workflow_id,
+        workflow_version=first.workflow_version,
+        retry_of=second,
+        reused_nodes=("start",),
+    )
+    assert third.reused_nodes == ["start"]
+    with pytest.raises(ValueError, match="call"):
+        _new(
+            workflow_id=first.workflow_id,
+            workflow_version=first.workflow_version,
+            retry_of=second,
+            reused_nodes=("call",),
+        )
+
+
 def test_queued_events_from_before_retries_replay_as_manual() -> None:
     [queued] = _new().collect_events()
-    for name in ("trigger", "retry_of", "reused_nodes"):
+    for name in ("trigger", "retry_of", "reused_nodes", "attempt", "not_before"):
         del queued.__dict__[name]  # as recorded by an earlier release
     replayed = _replay([queued])
     assert (replayed.trigger, replayed.retry_of, replayed.reused_nodes) == ("manual", None, [])
+    assert (replayed.attempt, replayed.not_before) == (1, None)
+
+
+def test_each_retry_is_the_next_attempt_and_may_wait() -> None:
+    first = _failed_after_one_node()
+    due = datetime(2026, 12, 1, 12, 0, 5, tzinfo=UTC)
+    second = _new(workflow_id=first.workflow_id, retry_of=first, not_before=due)
+    assert (second.attempt, second.not_before) == (2, due)
+    second.start(worker_id="w1", meta=WORKER)
+    second.fail(error="again", meta=WORKER)
+    third = _new(workflow_id=first.workflow_id, retry_of=second)
+    assert third.attempt == 3
+    replayed = _replay(second.collect_events())
+    assert (replayed.attempt, replayed.not_before) == (2, due)
+    with pytest.raises(ValueError, match="aware"):
+        _new(workflow_id=first.workflow_id, retry_of=first, not_before=due.replace(tzinfo=None))
 
 
 @pytest.mark.parametrize("status", ["queued", "running", "succeeded"])
