@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from commands import WorkflowApplication, WorkflowCommands
+from commands.auto_retries import NAME as AUTO_RETRIES_FOLLOWER
 from commands.auto_retries import AutoRetrier
 from commands.executions import (
     ExecutionCommands,
@@ -164,7 +165,7 @@ def start_workers(
 
 
 # Every follower of the log with a tracking row, as the metrics name them.
-FOLLOWERS = ("workflows", "executions", RUNS_FOLLOWER, AUDIT_FOLLOWER)
+FOLLOWERS = ("workflows", "executions", RUNS_FOLLOWER, AUTO_RETRIES_FOLLOWER, AUDIT_FOLLOWER)
 
 
 def database_gauges(engine: Any) -> DatabaseGauges:
