@@ -10,11 +10,12 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
@@ -323,6 +324,15 @@ DEGRADED = "degraded"
 """A check's answer starts with it when the service works, but not for everything."""
 
 
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded", "unavailable"]
+    checks: dict[str, str] = Field(description="Each dependency's answer: ok, or why not.")
+
+
 def add_health_routes(
     app: FastAPI, checks: dict[str, ReadyCheck], *, fail_when_degraded: bool = False
 ) -> None:
@@ -332,11 +342,17 @@ def add_health_routes(
     200, or 503 with ``fail_when_degraded``) or ``unavailable`` (503).
     """
 
-    @app.get("/healthz", tags=["health"], summary="Liveness")
+    @app.get("/healthz", tags=["health"], summary="Liveness", response_model=Liveness)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: PostgreSQL reachable")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Readiness: PostgreSQL reachable",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready: see checks"}},
+    )
     async def readyz() -> Response:
         results = {name: await check() for name, check in checks.items()}
         degraded = any(result.startswith(DEGRADED) for result in results.values())

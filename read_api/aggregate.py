@@ -12,7 +12,7 @@ the client leaves, and a per-organisation slot (429 when all are taken).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from infrastructure.auth import Permission
 from infrastructure.cache import cached_json
+from infrastructure.openapi import problems
 from infrastructure.org_slots import OrgSlots
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
@@ -29,16 +30,18 @@ from projections.pipeline import PipelineLimits, compile_pipeline, unwind_cap_ex
 from projections.store import collection_table
 from projections.workflows import VERSIONS, WORKFLOWS
 from read_api.bounded import until_disconnected
-from read_api.routes import MinPosition, _views_position
+from read_api.routes import PROJECTION_HEADERS, MinPosition, _views_position
+from read_api.schemas import AggregateAnswer
 
 router = APIRouter(prefix="/v1", tags=["queries"])
 
 COLLECTIONS = (WORKFLOWS, VERSIONS)
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+Collection = Literal["workflows", "workflow_versions"]
+assert set(get_args(Collection)) == set(COLLECTIONS)
 
 
 class AggregateRequest(BaseModel):
-    pipeline: Any = Field(
+    pipeline: list[dict[str, Any]] = Field(
         description="Stages: $match, $group, $sort, $skip, $limit, $count, $project, $unwind.",
         examples=[[{"$unwind": "$tags"}, {"$group": {"_id": "$tags", "n": {"$count": {}}}}]],
     )
@@ -47,21 +50,16 @@ class AggregateRequest(BaseModel):
 @router.post(
     "/query/{collection}/aggregate",
     summary="Run a MongoDB-style aggregation pipeline over a view",
-    responses={400: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM, 503: _PROBLEM},
+    response_model=AggregateAnswer,
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 429)},
 )
 async def aggregate(
-    collection: str,
+    collection: Collection,
     body: AggregateRequest,
     request: Request,
     min_position: MinPosition = None,
 ) -> Response:
     principal = await authorize(request, Permission.READ_WORKFLOWS)
-    if collection not in COLLECTIONS:
-        raise Problem(
-            404,
-            f"unknown collection '{collection}' (one of: {', '.join(COLLECTIONS)})",
-            type_=problem_type("not-found"),
-        )
     settings = request.app.state.settings
     limits = PipelineLimits(
         max_unwind_rows=settings.query_max_unwind_rows, max_results=settings.query_max_results

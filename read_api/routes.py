@@ -12,11 +12,12 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from infrastructure.auth import Permission, Principal
 from infrastructure.json_codec import dumps_answer
+from infrastructure.openapi import problems
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from projections.dead_letters import STALE
@@ -26,13 +27,16 @@ from read_api.history import workflow_then
 from read_api.params import MAX_POSITION, parse_position
 from read_api.queries import (
     MAX_LIMIT,
+    SORT_PATTERN,
     BadQuery,
     get_document,
     list_documents,
+    log_head,
     parse_sort,
     projection_position,
     wait_for_position,
 )
+from read_api.schemas import VersionDocument, VersionPage, WorkflowDocument, WorkflowPage
 
 router = APIRouter(prefix="/v1", tags=["queries"])
 
@@ -42,18 +46,32 @@ router = APIRouter(prefix="/v1", tags=["queries"])
 VIEWS = ["workflows"]
 EXECUTION_VIEWS = ["executions"]
 
+_ETAG = {"description": 'The version, as an ETag: "3".', "schema": {"type": "string"}}
 _MIN_POSITION_DOC = {
     "name": "X-Min-Position",
     "in": "header",
     "required": False,
     "description": "Wait (bounded) until the views have applied this log position, "
     "e.g. the position a command returned: read your own writes.",
-    "schema": {"type": "integer", "minimum": 0},
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_POSITION},
 }
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+# Answer header every view read carries.
+PROJECTION_HEADERS = {
+    "X-Projection-Position": {
+        "description": "How far the views have applied the log.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
-Cursor = Annotated[str | None, Query(description="next_cursor of the previous page.")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        description="next_cursor of the previous page, unchanged (anything else is 400).",
+        max_length=4096,
+        pattern="^[A-Za-z0-9_-]+$",
+    ),
+]
 MinPosition = Annotated[
     int | None, Query(ge=0, le=MAX_POSITION, description="Same as X-Min-Position.")
 ]
@@ -72,8 +90,18 @@ async def _views_position(
     wanted = min_position
     if raw is not None:
         wanted = parse_position("X-Min-Position", raw)
-    if wanted is None:
-        return await projection_position(engine, views)
+    position = await projection_position(engine, views)
+    if wanted is None or position >= wanted:
+        return position
+    head = await log_head(engine)
+    if wanted > head:
+        # No command answered it, so no wait would reach it.
+        raise Problem(
+            400,
+            f"min position {wanted} is beyond the log, whose last position is {head}: "
+            "send a position a command returned",
+            type_=problem_type("position-beyond-log"),
+        )
     reached, position = await wait_for_position(
         engine, views, wanted, request.app.state.settings.min_position_wait_s
     )
@@ -109,7 +137,8 @@ def _parse_filter(raw: str | None) -> Any:
 @router.get(
     "/workflows",
     summary="List workflows (Mongo-style filter, keyset pagination)",
-    responses={400: _PROBLEM, 503: _PROBLEM},
+    response_model=WorkflowPage,
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_workflows(
@@ -123,7 +152,8 @@ async def list_workflows(
         ),
     ] = None,
     sort: Annotated[
-        str | None, Query(description="Comma-separated fields, '-' for descending.")
+        str | None,
+        Query(description="Comma-separated fields, '-' for descending.", pattern=SORT_PATTERN),
     ] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
@@ -150,7 +180,8 @@ async def list_workflows(
 @router.get(
     "/workflows/{workflow_id}",
     summary="One workflow, as the views have it; or exactly as it was at a version or time",
-    responses={400: _PROBLEM, 404: _PROBLEM, 503: _PROBLEM},
+    response_model=WorkflowDocument,
+    responses={200: {"headers": {"ETag": _ETAG}}, **problems(400, 404)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def get_workflow(
@@ -164,7 +195,11 @@ async def get_workflow(
         ),
     ] = None,
     as_of: Annotated[
-        str | None, Query(description="As it was at this ISO 8601 instant (from the log).")
+        str | None,
+        Query(
+            description="As it was at this instant, with an offset (from the log).",
+            json_schema_extra={"format": "date-time"},
+        ),
     ] = None,
 ) -> Response:
     principal = await _reader(request)
@@ -183,7 +218,8 @@ async def get_workflow(
 @router.get(
     "/workflows/{workflow_id}/versions",
     summary="A workflow's versions, oldest first (keyset pagination)",
-    responses={404: _PROBLEM, 503: _PROBLEM},
+    response_model=VersionPage,
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 404)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_versions(
@@ -213,12 +249,13 @@ async def list_versions(
 @router.get(
     "/workflows/{workflow_id}/versions/{version}",
     summary="A workflow exactly as it was at one version",
-    responses={404: _PROBLEM, 503: _PROBLEM},
+    response_model=VersionDocument,
+    responses={200: {"headers": {"ETag": _ETAG, **PROJECTION_HEADERS}}, **problems(400, 404)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def get_version(
     workflow_id: UUID,
-    version: int,
+    version: Annotated[int, Path(ge=1, le=MAX_POSITION)],
     request: Request,
     min_position: MinPosition = None,
 ) -> Response:

@@ -11,6 +11,7 @@ from typing import Any
 import anyio.to_thread
 import structlog
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 
 from commands import WorkflowApplication, WorkflowCommands
@@ -29,6 +30,7 @@ from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
+from infrastructure.openapi import install_openapi
 from infrastructure.org_slots import OrgSlots
 from infrastructure.queue import ExecutionQueue
 from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
@@ -252,7 +254,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             if redis_client is not None:
                 await redis_client.aclose()
 
-    app = FastAPI(
+    # The docs pages' scripts come from fastapi-offline's package, not a CDN.
+    app = FastAPIOffline(
         title="Reporunner",
         version="0.1.0",
         summary="Event-sourced workflow automation backend",
@@ -264,7 +267,9 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             "Errors are RFC 9457 problem+json."
         ),
         lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
     )
+    install_openapi(app)
     # Inside RequestContextMiddleware: it sets up the request state this one reads.
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
