@@ -51,7 +51,7 @@ class AggregateRequest(BaseModel):
     "/query/{collection}/aggregate",
     summary="Run a MongoDB-style aggregation pipeline over a view",
     response_model=AggregateAnswer,
-    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 429)},
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 409, 429)},
 )
 async def aggregate(
     collection: Collection,

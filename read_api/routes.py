@@ -95,9 +95,9 @@ async def _views_position(
         return position
     head = await log_head(engine)
     if wanted > head:
-        # No command answered it, so no wait would reach it.
+        # No command answered it, so no wait would reach it: the log is not there yet.
         raise Problem(
-            400,
+            409,
             f"min position {wanted} is beyond the log, whose last position is {head}: "
             "send a position a command returned",
             type_=problem_type("position-beyond-log"),
@@ -138,7 +138,7 @@ def _parse_filter(raw: str | None) -> Any:
     "/workflows",
     summary="List workflows (Mongo-style filter, keyset pagination)",
     response_model=WorkflowPage,
-    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400)},
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 409)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_workflows(
@@ -181,7 +181,7 @@ async def list_workflows(
     "/workflows/{workflow_id}",
     summary="One workflow, as the views have it; or exactly as it was at a version or time",
     response_model=WorkflowDocument,
-    responses={200: {"headers": {"ETag": _ETAG}}, **problems(400, 404)},
+    responses={200: {"headers": {"ETag": _ETAG}}, **problems(400, 404, 409)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def get_workflow(
@@ -219,7 +219,7 @@ async def get_workflow(
     "/workflows/{workflow_id}/versions",
     summary="A workflow's versions, oldest first (keyset pagination)",
     response_model=VersionPage,
-    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 404)},
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 404, 409)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_versions(
@@ -250,7 +250,7 @@ async def list_versions(
     "/workflows/{workflow_id}/versions/{version}",
     summary="A workflow exactly as it was at one version",
     response_model=VersionDocument,
-    responses={200: {"headers": {"ETag": _ETAG, **PROJECTION_HEADERS}}, **problems(400, 404)},
+    responses={200: {"headers": {"ETag": _ETAG, **PROJECTION_HEADERS}}, **problems(400, 404, 409)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def get_version(

@@ -268,6 +268,9 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         ),
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
+        # Operation ids are the route functions' names: get_workflow, not FastAPI's
+        # get_workflow_v1_workflows__workflow_id__get.
+        generate_unique_id_function=lambda route: route.name,
     )
     install_openapi(app)
     # Inside RequestContextMiddleware: it sets up the request state this one reads.

@@ -54,6 +54,24 @@ _EXECUTION_HEADERS = {
     "X-Log-Position": _LOG_POSITION,
     "Location": {"description": "The execution's URL.", "schema": {"type": "string"}},
 }
+# OpenAPI links: where an answer's id and ETag lead (clients and schemathesis follow them).
+_WORKFLOW_ID = {"workflow_id": "$response.body#/id"}
+_WITH_ETAG = {**_WORKFLOW_ID, "header.If-Match": "$response.header.ETag"}
+_WORKFLOW_LINKS = {
+    "GetWorkflow": {"operationId": "get_workflow", "parameters": _WORKFLOW_ID},
+    "History": {"operationId": "workflow_history", "parameters": _WORKFLOW_ID},
+    "Versions": {"operationId": "list_versions", "parameters": _WORKFLOW_ID},
+    "Run": {"operationId": "run_workflow", "parameters": _WORKFLOW_ID},
+    "Update": {"operationId": "update_workflow", "parameters": _WITH_ETAG},
+    "Activate": {"operationId": "activate_workflow", "parameters": _WITH_ETAG},
+    "Delete": {"operationId": "delete_workflow", "parameters": _WITH_ETAG},
+}
+_EXECUTION_ID = {"execution_id": "$response.body#/execution_id"}
+_EXECUTION_LINKS = {
+    "GetExecution": {"operationId": "get_execution", "parameters": _EXECUTION_ID},
+    "Cancel": {"operationId": "cancel_execution", "parameters": _EXECUTION_ID},
+    "Retry": {"operationId": "retry_execution", "parameters": _EXECUTION_ID},
+}
 # What every command on a workflow may answer besides its 2xx: a bad header
 # (400), no such workflow (404), another change first or a hook route taken
 # (409), deleted (410), an invalid definition or body (422), no If-Match (428).
@@ -177,7 +195,10 @@ def _respond(result: CommandResult, *, location: bool = False) -> Response:
     summary="Create a workflow",
     response_model=CommandAnswer,
     responses={
-        201: {"headers": {**_COMMAND_HEADERS, "Location": {"schema": {"type": "string"}}}},
+        201: {
+            "headers": {**_COMMAND_HEADERS, "Location": {"schema": {"type": "string"}}},
+            "links": _WORKFLOW_LINKS,
+        },
         **problems(400, 409, 422),
     },
     openapi_extra=_documented(CreateWorkflow, _IDEMPOTENCY_DOC),
@@ -196,7 +217,7 @@ async def create_workflow(request: Request) -> Response:
     tags=["workflows"],
     summary="Change some fields of a workflow (If-Match required)",
     response_model=CommandAnswer,
-    responses={200: {"headers": _COMMAND_HEADERS}, **_WORKFLOW_PROBLEMS},
+    responses={200: {"headers": _COMMAND_HEADERS, "links": _WORKFLOW_LINKS}, **_WORKFLOW_PROBLEMS},
     openapi_extra=_documented(UpdateWorkflow, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def update_workflow(workflow_id: UUID, request: Request) -> Response:
@@ -247,11 +268,16 @@ async def revert_workflow(workflow_id: UUID, request: Request) -> Response:
 # -- executions ---------------------------------------------------------------------
 
 _EXECUTION_ANSWERS: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The run finished: its output", "headers": _EXECUTION_HEADERS},
+    200: {
+        "description": "The run finished: its output",
+        "headers": _EXECUTION_HEADERS,
+        "links": _EXECUTION_LINKS,
+    },
     202: {
         "description": "Queued for a worker",
         "model": ExecutionAnswer,
         "headers": _EXECUTION_HEADERS,
+        "links": _EXECUTION_LINKS,
     },
 }
 
