@@ -267,7 +267,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             "Errors are RFC 9457 problem+json."
         ),
         lifespan=lifespan,
-        swagger_ui_parameters={"persistAuthorization": True},
+        # No validator badge: it would fetch an image from outside.
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
         # Operation ids are the route functions' names: get_workflow, not FastAPI's
         # get_workflow_v1_workflows__workflow_id__get.
         generate_unique_id_function=lambda route: route.name,
