@@ -76,7 +76,7 @@ Sort = Annotated[
     str | None,
     Query(
         description="Comma-separated fields, '-' for descending; default -created_at.",
-        pattern=SORT_PATTERN,
+        json_schema_extra={"pattern": SORT_PATTERN},  # parse_sort answers 400
     ),
 ]
 
@@ -118,7 +118,7 @@ async def _page(
     "/executions",
     summary="List executions, newest first (Mongo-style filter, keyset pagination)",
     response_model=ExecutionPage,
-    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 409)},
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_executions(
@@ -140,7 +140,7 @@ async def list_executions(
     "/executions/{execution_id}",
     summary="One execution with its node runs",
     response_model=ExecutionDocument,
-    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 404, 409)},
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 404)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def get_execution(
@@ -162,7 +162,7 @@ async def get_execution(
     description="Newest first only (for other orders, filter /v1/executions on workflow_id). "
     "A workflow the views do not know simply has no executions listed.",
     response_model=ExecutionPage,
-    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 409)},
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_workflow_executions(
@@ -517,7 +517,7 @@ async def load_summary(
     "/dashboards/summary",
     summary="Execution figures for a period, beside the period before it",
     response_model=Summary,
-    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 409)},
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def dashboard_summary(

@@ -21,17 +21,25 @@ from infrastructure.json_codec import dumps_answer
 from infrastructure.openapi import problems
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
-from read_api.params import MAX_POSITION, parse_instant, parse_text
+from read_api.params import MAX_POSITION, parse_instant, parse_position, parse_text
 from read_api.schemas import HistoryPage
 
 router = APIRouter(prefix="/v1", tags=["history"])
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")]
+_HISTORY_CURSOR = {
+    "name": "cursor",
+    "in": "query",
+    "required": False,
+    "description": "next_cursor of the previous page: the version after which to go on.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_POSITION},
+}
 Instant = Annotated[
     str | None,
     Query(description="ISO 8601 with an offset.", json_schema_extra={"format": "date-time"}),
 ]
-_NO_NUL = "^[^\x00]*$"
+# Documented, not enforced here: parse_text answers 400 naming the parameter.
+_TEXT: dict[str, Any] = {"maxLength": 1024, "pattern": "^[^\x00]*$"}
 
 
 def _history(request: Request) -> History:
@@ -48,18 +56,18 @@ def _page(entries: list[HistoryEntry], limit: int, cursor_of: Any) -> Response:
     "/workflows/{workflow_id}/history",
     summary="Every event of a workflow, with a JSON Patch of what each changed",
     response_model=HistoryPage,
-    responses=problems(404),
+    responses=problems(400, 404),
+    openapi_extra={"parameters": [_HISTORY_CURSOR]},
 )
 async def workflow_history(
     workflow_id: UUID,
     request: Request,
     limit: Limit = 100,
-    cursor: Annotated[
-        int | None, Query(ge=0, le=MAX_POSITION, description="next_cursor of the previous page.")
-    ] = None,
+    # Parsed by parse_position (400 naming it), documented as the integer it is.
+    cursor: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> Response:
     principal = await authorize(request, Permission.READ_WORKFLOWS)
-    after = cursor or 0
+    after = 0 if cursor is None else parse_position("cursor", cursor)
     entries = await run_in_threadpool(
         _history(request).workflow_history, workflow_id, principal.org_id, after, limit
     )
@@ -77,9 +85,9 @@ async def audit_events(
     after_position: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
     limit: Limit = 100,
     type: Annotated[
-        str | None, Query(max_length=1024, pattern=_NO_NUL, description="e.g. Workflow.Updated")
+        str | None, Query(json_schema_extra=_TEXT, description="e.g. Workflow.Updated")
     ] = None,
-    actor: Annotated[str | None, Query(max_length=1024, pattern=_NO_NUL)] = None,
+    actor: Annotated[str | None, Query(json_schema_extra=_TEXT)] = None,
     aggregate_id: UUID | None = None,
     since: Instant = None,
     until: Instant = None,

@@ -17,7 +17,6 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from infrastructure.eventstore import EVENTS_TABLE
 from projections.filters import compile_filter
 from projections.store import collection_table
 from read_api.params import CursorKey, decode_cursor, encode_cursor
@@ -26,7 +25,7 @@ MAX_LIMIT = 500
 _PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 _SORT_KEY = r" *[-+]?[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)* *"
 # What the OpenAPI document promises for ``sort``: up to 4 keys, each ``field`` or ``-field``.
-SORT_PATTERN = f"^{_SORT_KEY}(,{_SORT_KEY}){{0,3}}$"
+SORT_PATTERN = f"^({_SORT_KEY}(,{_SORT_KEY}){{0,3}})?$"  # empty: the default order
 # Timestamps the views keep in columns: sorting on them uses the column (typed, indexed).
 _COLUMN_SORTS = {"created_at": "created", "updated_at": "updated"}
 
@@ -178,14 +177,6 @@ async def projection_position(engine: AsyncEngine, names: list[str]) -> int:
         ).all()
     positions = {name: int(position) for name, position in rows}
     return min(positions.get(name, 0) for name in names)
-
-
-async def log_head(engine: AsyncEngine) -> int:
-    """The last position written to the log (0 when it is empty)."""
-    async with engine.connect() as conn:
-        query = text(f"SELECT max(notification_id) FROM {EVENTS_TABLE}")
-        head = (await conn.execute(query)).scalar()
-    return int(head or 0)
 
 
 async def wait_for_position(

@@ -54,9 +54,7 @@ EXCLUSIONS: list[dict[str, Any]] = [
     {
         # 422 invalid-workflow: a definition's rules (one trigger, connections between
         # existing nodes, each node type's parameters, activation needing a webhook
-        # trigger) are the domain's, named one by one in the 422. 422
-        # idempotency-key-reused: a key sent again with another request, the status the
-        # Idempotency-Key draft gives it; schemathesis reuses keys across requests.
+        # trigger) are the domain's, named one by one in the 422.
         "include-name-regex": _WORKFLOW_COMMANDS,
         "checks": {"positive_data_acceptance": {"expected-statuses": [*_ACCEPTED, "422"]}},
     },
@@ -104,8 +102,12 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def schemathesis_config(key: str, seed: int = 20261201, examples: int = 12) -> str:
+_HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
+
+
+def schemathesis_config(key: str, seed: int = 20261201, examples: int = 25) -> str:
     lines = [
+        f'hooks = "{_HOOKS}"',
         f"seed = {seed}",
         # One worker: a deterministic order (and hypothesis' AST handling is not
         # thread-safe on Python 3.11).
@@ -121,17 +123,25 @@ def schemathesis_config(key: str, seed: int = 20261201, examples: int = 12) -> s
         "[checks]",
     ]
     lines += [f"{check}.enabled = true" for check in CHECKS]
-    for exclusion in EXCLUSIONS:
+    # 503 not-yet-consistent: X-Min-Position past what the views have applied (a
+    # drawn position is mostly past the log's head) waits, then answers 503 with
+    # Retry-After, as documented; any 500 still fails.
+    lines.append('not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]')
+    for section in EXCLUSIONS:
         lines.append("[[operations]]")
-        lines += [f"{name} = {_toml_value(value)}" for name, value in exclusion.items()]
+        lines += [f"{name} = {_toml_value(value)}" for name, value in section.items()]
     return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
 def contract_api(server_target: PgTarget, app_settings: Settings) -> Iterator[tuple[str, str]]:
-    """The all-in-one service on a database of its own, seeded; yields (URL, API key)."""
+    """The all-in-one service on a database of its own, seeded: (URL, API key)."""
     settings = app_settings.model_copy(
-        update={"redis_key_prefix": f"{app_settings.redis_key_prefix}contract-{uuid.uuid4().hex}:"}
+        update={
+            "redis_key_prefix": f"{app_settings.redis_key_prefix}contract-{uuid.uuid4().hex}:",
+            # Drawn X-Min-Positions are mostly past the log: their 503 comes quickly.
+            "min_position_wait_s": 0.2,
+        }
     )
     with scratch_database(server_target, "reporunner_contract") as target:
         app = create_app(settings, target, roles=("write-api", "read-api", "projections"))
@@ -150,12 +160,16 @@ def _make_key(target: PgTarget) -> str:
     async def create() -> str:
         engine = create_engine(target, pool_size=1)
         try:
-            _, plaintext = await ApiKeyStore(engine).create("org-contract", Role("owner"), "test")
+            _, plaintext = await ApiKeyStore(engine).create(_ORG, Role("owner"), "test")
             return plaintext
         finally:
             await engine.dispose()
 
     return asyncio.run(create())
+
+
+_ORG = "org-contract"
+_HOOK_PATH = "orders/new"
 
 
 def _seed(url: str, key: str) -> None:
@@ -165,7 +179,7 @@ def _seed(url: str, key: str) -> None:
         created = client.post("/v1/workflows", json=workflow_body("seeded")).json()
         run = client.post(f"/v1/workflows/{created['id']}/executions", json={"input": {"n": 1}})
         assert run.status_code == 200, run.text
-        hooked = client.post("/v1/workflows", json=webhook_body("seeded hook")).json()
+        hooked = client.post("/v1/workflows", json=webhook_body("hook", path=_HOOK_PATH)).json()
         activated = client.post(
             f"/v1/workflows/{hooked['id']}/activate", headers={"If-Match": '"1"'}
         )
@@ -234,7 +248,7 @@ def test_schemathesis_finds_nothing(contract_api: tuple[str, str], tmp_path: Pat
         text=True,
         timeout=400,
         cwd=tmp_path,
-        env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+        env=os.environ.copy(),
         check=False,
     )
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
