@@ -47,6 +47,7 @@ from read_api.queries import (
 )
 from read_api.routes import (
     _MIN_POSITION_DOC,
+    EXECUTION_PAGE_LINKS,
     EXECUTION_VIEWS,
     PROJECTION_HEADERS,
     SORT_PATTERN,
@@ -118,7 +119,10 @@ async def _page(
     "/executions",
     summary="List executions, newest first (Mongo-style filter, keyset pagination)",
     response_model=ExecutionPage,
-    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400)},
+    responses={
+        200: {"headers": PROJECTION_HEADERS, "links": EXECUTION_PAGE_LINKS},
+        **problems(400),
+    },
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_executions(

@@ -62,6 +62,20 @@ PROJECTION_HEADERS = {
     }
 }
 
+# OpenAPI links from a page's first item to what its id leads to.
+_FIRST_WORKFLOW = {"workflow_id": "$response.body#/items/0/id"}
+_WORKFLOW_PAGE_LINKS = {
+    "GetWorkflow": {"operationId": "get_workflow", "parameters": _FIRST_WORKFLOW},
+    "Versions": {"operationId": "list_versions", "parameters": _FIRST_WORKFLOW},
+    "History": {"operationId": "workflow_history", "parameters": _FIRST_WORKFLOW},
+    "Executions": {"operationId": "list_workflow_executions", "parameters": _FIRST_WORKFLOW},
+}
+_FIRST_EXECUTION = {"execution_id": "$response.body#/items/0/id"}
+EXECUTION_PAGE_LINKS = {
+    "GetExecution": {"operationId": "get_execution", "parameters": _FIRST_EXECUTION},
+    "Retry": {"operationId": "retry_execution", "parameters": _FIRST_EXECUTION},
+}
+
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
 Cursor = Annotated[
     str | None,
@@ -127,7 +141,10 @@ def _parse_filter(raw: str | None) -> Any:
     "/workflows",
     summary="List workflows (Mongo-style filter, keyset pagination)",
     response_model=WorkflowPage,
-    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400)},
+    responses={
+        200: {"headers": PROJECTION_HEADERS, "links": _WORKFLOW_PAGE_LINKS},
+        **problems(400),
+    },
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_workflows(
