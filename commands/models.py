@@ -7,10 +7,19 @@ They check types and shape only; the rules of a valid workflow live in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from domain.definition import (
+    MAX_CONNECTIONS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_NAME_CHARS,
+    MAX_NODES,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+)
 
 _EXAMPLE_NODES: list[Any] = [
     {"id": "start", "type": "manual_trigger", "parameters": {}},
@@ -21,6 +30,37 @@ _EXAMPLE_NODES: list[Any] = [
     },
 ]
 _EXAMPLE_CONNECTIONS: list[Any] = [{"from": "start", "to": "greet"}]
+
+# The definition's limits, for the OpenAPI document only: the domain checks them
+# (domain/definition.py) and names every problem in one 422.
+_NAME: Any = {"maxLength": MAX_NAME_CHARS, "pattern": r"\S"}
+_DESCRIPTION: Any = {"maxLength": MAX_DESCRIPTION_CHARS}
+_NODES: Any = {"minItems": 1, "maxItems": MAX_NODES}
+_CONNECTIONS: Any = {"maxItems": MAX_CONNECTIONS}
+_TAGS: Any = {
+    "maxItems": MAX_TAGS,
+    "uniqueItems": True,
+    "items": {"type": "string", "minLength": 1, "maxLength": MAX_TAG_CHARS},
+}
+
+
+def _integral(value: Any) -> Any:
+    """JSON's 3.0 is the integer 3 (JSON Schema says so), which strict mode would refuse."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+
+def _present_fields_not_null(schema: dict[str, Any]) -> None:
+    """A partial update's fields may be left out, never sent as null: say so."""
+    for prop in schema["properties"].values():
+        options = [option for option in prop.pop("anyOf", []) if option.get("type") != "null"]
+        if options:
+            prop.update(options[0])
+        prop.pop("default", None)
+    schema["minProperties"] = 1
+    schema["examples"] = [{"name": "Say hello politely", "tags": ["demo", "v2"]}]
 
 
 class CreateWorkflow(BaseModel):
@@ -41,11 +81,11 @@ class CreateWorkflow(BaseModel):
         },
     )
 
-    name: str
-    description: str = ""
-    nodes: list[dict[str, Any]]
-    connections: list[dict[str, Any]] = Field(default_factory=list)
-    tags: list[str] = Field(default_factory=list)
+    name: str = Field(json_schema_extra=_NAME)
+    description: str = Field("", json_schema_extra=_DESCRIPTION)
+    nodes: list[dict[str, Any]] = Field(json_schema_extra=_NODES)
+    connections: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra=_CONNECTIONS)
+    tags: list[str] = Field(default_factory=list, json_schema_extra=_TAGS)
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -55,14 +95,14 @@ class UpdateWorkflow(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"examples": [{"name": "Say hello politely", "tags": ["demo", "v2"]}]},
+        json_schema_extra=_present_fields_not_null,
     )
 
-    name: str | None = None
-    description: str | None = None
-    nodes: list[dict[str, Any]] | None = None
-    connections: list[dict[str, Any]] | None = None
-    tags: list[str] | None = None
+    name: str | None = Field(None, json_schema_extra=_NAME)
+    description: str | None = Field(None, json_schema_extra=_DESCRIPTION)
+    nodes: list[dict[str, Any]] | None = Field(None, json_schema_extra=_NODES)
+    connections: list[dict[str, Any]] | None = Field(None, json_schema_extra=_CONNECTIONS)
+    tags: list[str] | None = Field(None, json_schema_extra=_TAGS)
     settings: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -85,7 +125,7 @@ class RevertWorkflow(BaseModel):
         extra="forbid", strict=True, json_schema_extra={"examples": [{"to_version": 3}]}
     )
 
-    to_version: int = Field(ge=1)
+    to_version: JsonInt = Field(ge=1)
 
 
 class RotateWebhookSecret(BaseModel):
@@ -151,7 +191,14 @@ class RetryExecution(BaseModel):
         extra="forbid",
         strict=True,
         populate_by_name=True,
-        json_schema_extra={"examples": [{"from": "failed_node", "revision": "original"}]},
+        json_schema_extra={
+            "examples": [{"from": "failed_node", "revision": "original"}],
+            # What _same_graph_for_failed_node refuses.
+            "not": {
+                "required": ["from", "revision"],
+                "properties": {"from": {"const": "failed_node"}, "revision": {"const": "current"}},
+            },
+        },
     )
 
     from_: RetryFrom = Field(

@@ -11,7 +11,7 @@ from infrastructure.json_codec import dumps_answer
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
-_TITLES = {
+TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -46,7 +46,7 @@ class Problem(Exception):
         self.status = status
         self.detail = detail
         self.type = type_ or f"https://reporunner.dev/problems/{status}"
-        self.title = title or _TITLES.get(status, "Error")
+        self.title = title or TITLES.get(status, "Error")
         self.headers = dict(headers or {})
         self.extra = extra
 

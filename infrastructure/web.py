@@ -10,11 +10,12 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
@@ -368,6 +369,15 @@ FAILING = "failing"
 (a projection stalled, a worker that cannot claim, the relay down): 503."""
 
 
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded", "failing", "unavailable"]
+    checks: dict[str, str] = Field(description="Each dependency's answer: ok, or why not.")
+
+
 def add_health_routes(
     app: FastAPI, checks: dict[str, ReadyCheck], *, fail_when_degraded: bool = False
 ) -> None:
@@ -378,11 +388,17 @@ def add_health_routes(
     process's own work fails: 503) or ``unavailable`` (PostgreSQL: 503).
     """
 
-    @app.get("/healthz", tags=["health"], summary="Liveness")
+    @app.get("/healthz", tags=["health"], summary="Liveness", response_model=Liveness)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: this process can do its work")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Readiness: this process can do its work",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready: see checks"}},
+    )
     async def readyz() -> Response:
         import orjson
 

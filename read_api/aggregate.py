@@ -12,9 +12,9 @@ the client leaves, and a per-organisation slot (429 when all are taken).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from infrastructure.auth import Permission
 from infrastructure.cache import cached_json
+from infrastructure.openapi import problems
 from infrastructure.org_slots import OrgSlots
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
@@ -29,16 +30,18 @@ from projections.pipeline import PipelineLimits, compile_pipeline, unwind_cap_ex
 from projections.store import collection_table
 from projections.workflows import VERSIONS, WORKFLOWS
 from read_api.bounded import until_disconnected
-from read_api.routes import MinPosition, _views_position
+from read_api.routes import PROJECTION_HEADERS, MinPosition, _views_position
+from read_api.schemas import AggregateAnswer
 
 router = APIRouter(prefix="/v1", tags=["queries"])
 
 COLLECTIONS = (WORKFLOWS, VERSIONS)
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
 class AggregateRequest(BaseModel):
+    # Any here: compile_pipeline answers 400 naming what is wrong; the document says array.
     pipeline: Any = Field(
+        json_schema_extra={"type": "array", "items": {"type": "object"}},
         description="Stages: $match, $group, $sort, $skip, $limit, $count, $project, $unwind.",
         examples=[[{"$unwind": "$tags"}, {"$group": {"_id": "$tags", "n": {"$count": {}}}}]],
     )
@@ -47,10 +50,13 @@ class AggregateRequest(BaseModel):
 @router.post(
     "/query/{collection}/aggregate",
     summary="Run a MongoDB-style aggregation pipeline over a view",
-    responses={400: _PROBLEM, 404: _PROBLEM, 429: _PROBLEM, 503: _PROBLEM},
+    response_model=AggregateAnswer,
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 404, 429)},
 )
 async def aggregate(
-    collection: str,
+    collection: Annotated[
+        str, Path(json_schema_extra={"enum": list(COLLECTIONS)}, description="The view.")
+    ],
     body: AggregateRequest,
     request: Request,
     min_position: MinPosition = None,

@@ -8,7 +8,6 @@ request meanwhile gets 429 rather than a second full scan.
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -17,13 +16,14 @@ from starlette.responses import Response
 
 from infrastructure.auth import Permission
 from infrastructure.database import PgTarget
+from infrastructure.openapi import problems
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from projections.audit_chain import VerifyResult, verify_log
+from read_api.schemas import AuditVerification
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 _verifying = threading.Lock()
 
 
@@ -39,7 +39,8 @@ def _target(request: Request) -> PgTarget:
     description="Recomputes the chain over the whole log and compares it with the stored "
     "links and the signed checkpoints. `ok` false names the first bad `position` and a "
     "`problem`: altered, deleted, inserted, rewritten or signature.",
-    responses={403: _PROBLEM, 429: _PROBLEM},
+    response_model=AuditVerification,
+    responses=problems(429),
 )
 async def audit_verify(request: Request) -> Response:
     await authorize(request, Permission.READ_AUDIT)

@@ -25,6 +25,7 @@ from starlette.responses import Response
 from domain.execution import EXECUTION_STATUSES, EXECUTION_TRIGGERS
 from infrastructure.auth import Permission, Principal
 from infrastructure.cache import cached_json
+from infrastructure.openapi import problems
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from projections.executions import (
@@ -46,7 +47,10 @@ from read_api.queries import (
 )
 from read_api.routes import (
     _MIN_POSITION_DOC,
+    EXECUTION_PAGE_LINKS,
     EXECUTION_VIEWS,
+    PROJECTION_HEADERS,
+    SORT_PATTERN,
     Cursor,
     Limit,
     MinPosition,
@@ -55,10 +59,10 @@ from read_api.routes import (
     _views_position,
     stale_header,
 )
+from read_api.schemas import ExecutionDocument, ExecutionPage, Summary
 
 router = APIRouter(prefix="/v1", tags=["executions"])
 
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 # Left out of list items: potentially large, and in the single execution's answer.
 LIST_OMITS = ("input", "output", "node_runs")
 
@@ -71,7 +75,10 @@ Filter = Annotated[
 ]
 Sort = Annotated[
     str | None,
-    Query(description="Comma-separated fields, '-' for descending; default -created_at."),
+    Query(
+        description="Comma-separated fields, '-' for descending; default -created_at.",
+        json_schema_extra={"pattern": SORT_PATTERN},  # parse_sort answers 400
+    ),
 ]
 
 
@@ -111,7 +118,11 @@ async def _page(
 @router.get(
     "/executions",
     summary="List executions, newest first (Mongo-style filter, keyset pagination)",
-    responses={400: _PROBLEM, 503: _PROBLEM},
+    response_model=ExecutionPage,
+    responses={
+        200: {"headers": PROJECTION_HEADERS, "links": EXECUTION_PAGE_LINKS},
+        **problems(400),
+    },
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_executions(
@@ -132,7 +143,8 @@ async def list_executions(
 @router.get(
     "/executions/{execution_id}",
     summary="One execution with its node runs",
-    responses={404: _PROBLEM, 503: _PROBLEM},
+    response_model=ExecutionDocument,
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 404)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def get_execution(
@@ -153,7 +165,8 @@ async def get_execution(
     summary="A workflow's executions, newest first (keyset pagination)",
     description="Newest first only (for other orders, filter /v1/executions on workflow_id). "
     "A workflow the views do not know simply has no executions listed.",
-    responses={400: _PROBLEM, 503: _PROBLEM},
+    response_model=ExecutionPage,
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_workflow_executions(
@@ -507,7 +520,8 @@ async def load_summary(
 @router.get(
     "/dashboards/summary",
     summary="Execution figures for a period, beside the period before it",
-    responses={400: _PROBLEM, 503: _PROBLEM},
+    response_model=Summary,
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def dashboard_summary(
@@ -515,10 +529,17 @@ async def dashboard_summary(
     since: Annotated[
         str | None,
         Query(
-            description="ISO 8601 with an offset, e.g. 2026-01-30T00:00:00Z; default until - 24 h."
+            description="ISO 8601 with an offset, e.g. 2026-01-30T00:00:00Z; default until - 24 h.",
+            json_schema_extra={"format": "date-time"},
         ),
     ] = None,
-    until: Annotated[str | None, Query(description="ISO 8601 with an offset; default now.")] = None,
+    until: Annotated[
+        str | None,
+        Query(
+            description="ISO 8601 with an offset; default now.",
+            json_schema_extra={"format": "date-time"},
+        ),
+    ] = None,
     workflow_id: Annotated[UUID | None, Query(description="Only this workflow.")] = None,
     min_position: MinPosition = None,
 ) -> Response:

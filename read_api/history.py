@@ -18,14 +18,28 @@ from commands.history import MAX_PAGE, History, HistoryEntry
 from domain.workflow import DEFINITION_FIELDS, Workflow
 from infrastructure.auth import Permission
 from infrastructure.json_codec import dumps_answer
+from infrastructure.openapi import problems
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from read_api.params import MAX_POSITION, parse_instant, parse_position, parse_text
+from read_api.schemas import HistoryPage
 
 router = APIRouter(prefix="/v1", tags=["history"])
 
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")]
+_HISTORY_CURSOR = {
+    "name": "cursor",
+    "in": "query",
+    "required": False,
+    "description": "next_cursor of the previous page: the version after which to go on.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_POSITION},
+}
+Instant = Annotated[
+    str | None,
+    Query(description="ISO 8601 with an offset.", json_schema_extra={"format": "date-time"}),
+]
+# Documented, not enforced here: parse_text answers 400 naming the parameter.
+_TEXT: dict[str, Any] = {"maxLength": 1024, "pattern": "^[^\x00]*$"}
 
 
 def _history(request: Request) -> History:
@@ -41,10 +55,16 @@ def _page(entries: list[HistoryEntry], limit: int, cursor_of: Any) -> Response:
 @router.get(
     "/workflows/{workflow_id}/history",
     summary="Every event of a workflow, with a JSON Patch of what each changed",
-    responses={400: _PROBLEM, 404: _PROBLEM},
+    response_model=HistoryPage,
+    responses=problems(400, 404),
+    openapi_extra={"parameters": [_HISTORY_CURSOR]},
 )
 async def workflow_history(
-    workflow_id: UUID, request: Request, limit: Limit = 100, cursor: str | None = None
+    workflow_id: UUID,
+    request: Request,
+    limit: Limit = 100,
+    # Parsed by parse_position (400 naming it), documented as the integer it is.
+    cursor: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> Response:
     principal = await authorize(request, Permission.READ_WORKFLOWS)
     after = 0 if cursor is None else parse_position("cursor", cursor)
@@ -57,17 +77,20 @@ async def workflow_history(
 @router.get(
     "/audit/events",
     summary="The organisation's events in log order (owners and auditors)",
-    responses={400: _PROBLEM, 403: _PROBLEM},
+    response_model=HistoryPage,
+    responses=problems(400),
 )
 async def audit_events(
     request: Request,
     after_position: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
     limit: Limit = 100,
-    type: Annotated[str | None, Query(description="e.g. Workflow.Updated")] = None,
-    actor: str | None = None,
+    type: Annotated[
+        str | None, Query(json_schema_extra=_TEXT, description="e.g. Workflow.Updated")
+    ] = None,
+    actor: Annotated[str | None, Query(json_schema_extra=_TEXT)] = None,
     aggregate_id: UUID | None = None,
-    since: str | None = None,
-    until: str | None = None,
+    since: Instant = None,
+    until: Instant = None,
 ) -> Response:
     principal = await authorize(request, Permission.READ_AUDIT)
     entries = await run_in_threadpool(
@@ -78,8 +101,8 @@ async def audit_events(
             type_=None if type is None else parse_text("type", type),
             actor=None if actor is None else parse_text("actor", actor),
             aggregate_id=aggregate_id,
-            since=parse_instant("since", since) if since else None,
-            until=parse_instant("until", until) if until else None,
+            since=None if since is None else parse_instant("since", since),
+            until=None if until is None else parse_instant("until", until),
         )
     )
     return _page(entries, limit, lambda entry: entry.position)

@@ -23,6 +23,9 @@ from read_api.params import CursorKey, decode_cursor, encode_cursor
 
 MAX_LIMIT = 500
 _PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+_SORT_KEY = r" *[-+]?[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)* *"
+# What the OpenAPI document promises for ``sort``: up to 4 keys, each ``field`` or ``-field``.
+SORT_PATTERN = f"^({_SORT_KEY}(,{_SORT_KEY}){{0,3}})?$"  # empty: the default order
 # Timestamps the views keep in columns: sorting on them uses the column (typed, indexed).
 _COLUMN_SORTS = {"created_at": "created", "updated_at": "updated"}
 
@@ -65,9 +68,9 @@ class SortKey:
 def parse_sort(sort: str | None, default: str) -> list[SortKey]:
     keys = []
     for raw in (sort or default).split(","):
-        field = raw.strip()
+        field = raw.strip(" ")
         descending = field.startswith("-")
-        path = field.lstrip("-+")
+        path = field[1:] if field[:1] in ("-", "+") else field
         if not _PATH.match(path):
             raise BadQuery(f"invalid sort field {raw!r}: use field or -field, dotted paths allowed")
         keys.append(SortKey(path, descending))

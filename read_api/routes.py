@@ -12,11 +12,12 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from infrastructure.auth import Permission, Principal
 from infrastructure.json_codec import dumps_answer
+from infrastructure.openapi import problems
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
 from projections.dead_letters import STALE
@@ -26,6 +27,7 @@ from read_api.history import workflow_then
 from read_api.params import MAX_POSITION, parse_position
 from read_api.queries import (
     MAX_LIMIT,
+    SORT_PATTERN,
     BadQuery,
     get_document,
     list_documents,
@@ -33,6 +35,7 @@ from read_api.queries import (
     projection_position,
     wait_for_position,
 )
+from read_api.schemas import VersionDocument, VersionPage, WorkflowDocument, WorkflowPage
 
 router = APIRouter(prefix="/v1", tags=["queries"])
 
@@ -42,18 +45,46 @@ router = APIRouter(prefix="/v1", tags=["queries"])
 VIEWS = ["workflows"]
 EXECUTION_VIEWS = ["executions"]
 
+_ETAG = {"description": 'The version, as an ETag: "3".', "schema": {"type": "string"}}
 _MIN_POSITION_DOC = {
     "name": "X-Min-Position",
     "in": "header",
     "required": False,
     "description": "Wait (bounded) until the views have applied this log position, "
     "e.g. the position a command returned: read your own writes.",
-    "schema": {"type": "integer", "minimum": 0},
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_POSITION},
 }
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+# Answer header every view read carries.
+PROJECTION_HEADERS = {
+    "X-Projection-Position": {
+        "description": "How far the views have applied the log.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+
+# OpenAPI links from a page's first item to what its id leads to.
+_FIRST_WORKFLOW = {"workflow_id": "$response.body#/items/0/id"}
+_WORKFLOW_PAGE_LINKS = {
+    "GetWorkflow": {"operationId": "get_workflow", "parameters": _FIRST_WORKFLOW},
+    "Versions": {"operationId": "list_versions", "parameters": _FIRST_WORKFLOW},
+    "History": {"operationId": "workflow_history", "parameters": _FIRST_WORKFLOW},
+    "Executions": {"operationId": "list_workflow_executions", "parameters": _FIRST_WORKFLOW},
+}
+_FIRST_EXECUTION = {"execution_id": "$response.body#/items/0/id"}
+EXECUTION_PAGE_LINKS = {
+    "GetExecution": {"operationId": "get_execution", "parameters": _FIRST_EXECUTION},
+    "Retry": {"operationId": "retry_execution", "parameters": _FIRST_EXECUTION},
+}
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
-Cursor = Annotated[str | None, Query(description="next_cursor of the previous page.")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        description="next_cursor of the previous page, unchanged (anything else is 400).",
+        # Documented, not enforced here: decode_cursor answers 400 naming the cursor.
+        json_schema_extra={"maxLength": 4096, "pattern": "^[A-Za-z0-9_-]+$"},
+    ),
+]
 MinPosition = Annotated[
     int | None, Query(ge=0, le=MAX_POSITION, description="Same as X-Min-Position.")
 ]
@@ -109,7 +140,11 @@ def _parse_filter(raw: str | None) -> Any:
 @router.get(
     "/workflows",
     summary="List workflows (Mongo-style filter, keyset pagination)",
-    responses={400: _PROBLEM, 503: _PROBLEM},
+    response_model=WorkflowPage,
+    responses={
+        200: {"headers": PROJECTION_HEADERS, "links": _WORKFLOW_PAGE_LINKS},
+        **problems(400),
+    },
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_workflows(
@@ -123,7 +158,11 @@ async def list_workflows(
         ),
     ] = None,
     sort: Annotated[
-        str | None, Query(description="Comma-separated fields, '-' for descending.")
+        str | None,
+        Query(
+            description="Comma-separated fields, '-' for descending.",
+            json_schema_extra={"pattern": SORT_PATTERN},  # parse_sort answers 400
+        ),
     ] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
@@ -150,7 +189,8 @@ async def list_workflows(
 @router.get(
     "/workflows/{workflow_id}",
     summary="One workflow, as the views have it; or exactly as it was at a version or time",
-    responses={400: _PROBLEM, 404: _PROBLEM, 503: _PROBLEM},
+    response_model=WorkflowDocument,
+    responses={200: {"headers": {"ETag": _ETAG}}, **problems(400, 404)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def get_workflow(
@@ -164,7 +204,11 @@ async def get_workflow(
         ),
     ] = None,
     as_of: Annotated[
-        str | None, Query(description="As it was at this ISO 8601 instant (from the log).")
+        str | None,
+        Query(
+            description="As it was at this instant, with an offset (from the log).",
+            json_schema_extra={"format": "date-time"},
+        ),
     ] = None,
 ) -> Response:
     principal = await _reader(request)
@@ -183,7 +227,8 @@ async def get_workflow(
 @router.get(
     "/workflows/{workflow_id}/versions",
     summary="A workflow's versions, oldest first (keyset pagination)",
-    responses={404: _PROBLEM, 503: _PROBLEM},
+    response_model=VersionPage,
+    responses={200: {"headers": PROJECTION_HEADERS}, **problems(400, 404)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def list_versions(
@@ -213,12 +258,13 @@ async def list_versions(
 @router.get(
     "/workflows/{workflow_id}/versions/{version}",
     summary="A workflow exactly as it was at one version",
-    responses={404: _PROBLEM, 503: _PROBLEM},
+    response_model=VersionDocument,
+    responses={200: {"headers": {"ETag": _ETAG, **PROJECTION_HEADERS}}, **problems(400, 404)},
     openapi_extra={"parameters": [_MIN_POSITION_DOC]},
 )
 async def get_version(
     workflow_id: UUID,
-    version: int,
+    version: Annotated[int, Path(ge=1, le=MAX_POSITION)],
     request: Request,
     min_position: MinPosition = None,
 ) -> Response:

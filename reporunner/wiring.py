@@ -14,6 +14,7 @@ from typing import Any
 import anyio.to_thread
 import structlog
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 
 from commands import WorkflowApplication, WorkflowCommands
@@ -37,6 +38,7 @@ from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
 from infrastructure.metrics import DatabaseGauges, DatabaseSnapshot, ProcessSampler
+from infrastructure.openapi import install_openapi
 from infrastructure.org_slots import OrgSlots
 from infrastructure.queue import ExecutionQueue
 from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
@@ -341,7 +343,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             if redis_client is not None:
                 await redis_client.aclose()
 
-    app = FastAPI(
+    # The docs pages' scripts come from fastapi-offline's package, not a CDN.
+    app = FastAPIOffline(
         title="Reporunner",
         version="0.1.0",
         summary="Event-sourced workflow automation backend",
@@ -353,7 +356,13 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             "Errors are RFC 9457 problem+json."
         ),
         lifespan=lifespan,
+        # No validator badge: it would fetch an image from outside.
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
+        # Operation ids are the route functions' names: get_workflow, not FastAPI's
+        # get_workflow_v1_workflows__workflow_id__get.
+        generate_unique_id_function=lambda route: route.name,
     )
+    install_openapi(app)
     # Inside RequestContextMiddleware: it sets up the request state this one reads.
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -20,21 +20,46 @@ from starlette.responses import Response
 from commands.webhooks import Delivery, HookDeliveries
 from domain.webhooks import METHODS
 from infrastructure.json_codec import dumps_answer
+from infrastructure.openapi import problems
 from infrastructure.tracing import current_traceparent
 from write_api.bulkhead import SyncRunBulkhead
 from write_api.routes import execution_response
+from write_api.schemas import ExecutionAnswer, HookAccepted
 
 router = APIRouter(tags=["webhooks"])
 
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+_HOOK_HEADERS = {
+    "Location": {"description": "The execution's URL.", "schema": {"type": "string"}},
+    "X-Log-Position": {
+        "description": "The log position of the run's last event.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The run finished (response: when_finished): its output"},
-    202: {"description": "The run is queued"},
-    204: {"description": "The run is queued (response: no_content)"},
-    401: _PROBLEM,
-    404: _PROBLEM,
-    413: _PROBLEM,
-    422: _PROBLEM,
+    200: {
+        "description": "The run finished (response: when_finished): its output",
+        "model": ExecutionAnswer,
+        "headers": _HOOK_HEADERS,
+    },
+    202: {"description": "The run is queued", "model": HookAccepted, "headers": _HOOK_HEADERS},
+    204: {"description": "The run is queued (response: no_content)", "headers": _HOOK_HEADERS},
+    # 401: the hook's token or signature is wrong; 404: no active hook there; 409: its
+    # workflow is inactive; 422: the body is not what its content type says; 429: too many
+    # sync runs; 503: the workflow is busy or the run's answer could not be read.
+    **problems(401, 404, 409, 413, 422, 429, 503),
+}
+# The body is read raw (any content type); the document names the ones a run understands.
+_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "description": "Whatever the caller sends: JSON, a form, or text; the run's first item "
+        "holds it with the headers and query.",
+        "content": {
+            "application/json": {"schema": {}},
+            "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    },
 }
 
 
@@ -78,5 +103,8 @@ for _method in METHODS:
         methods=[_method],
         operation_id=f"call_hook_{_method.lower()}",
         summary=f"Call an active workflow's {_method} webhook: 202, 204, or 200 with the output",
+        description="No API key: the hook's own auth (none, a header token, an HMAC "
+        "signature) decides. `response` on the trigger node picks the answer.",
         responses=_RESPONSES,
+        openapi_extra={"security": [], **(_BODY if _method in ("POST", "PUT", "PATCH") else {})},
     )

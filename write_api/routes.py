@@ -32,28 +32,51 @@ from commands.models import (
 )
 from infrastructure.auth import Permission, Principal
 from infrastructure.json_codec import dumps_answer
+from infrastructure.openapi import problems
 from infrastructure.problems import Problem, problem_type
 from infrastructure.tracing import current_traceparent
 from infrastructure.web import authorize
 from write_api.bulkhead import SyncRunBulkhead
+from write_api.schemas import CommandAnswer, ExecutionAnswer
 
-router = APIRouter(prefix="/v1", tags=["workflows"])
+router = APIRouter(prefix="/v1")
 
 _IF_MATCH = re.compile(r'^"?([0-9]{1,18})"?$')
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[!-~]{1,255}$")  # visible ASCII
 
-_COMMAND_RESPONSE: dict[str, Any] = {
-    "content": {
-        "application/json": {
-            "example": {
-                "id": "0b6f0c1e-6a57-4a55-9d0e-2f1d1f0f6d4b",
-                "version": 2,
-                "position": 1234,
-            }
-        }
-    }
+# Answer headers, as the document declares them.
+_ETAG = {"description": 'The version now, as an ETag: "3".', "schema": {"type": "string"}}
+_LOG_POSITION = {
+    "description": "The log position of the command's last event.",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
 }
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+_COMMAND_HEADERS = {"ETag": _ETAG, "X-Log-Position": _LOG_POSITION}
+_EXECUTION_HEADERS = {
+    "X-Log-Position": _LOG_POSITION,
+    "Location": {"description": "The execution's URL.", "schema": {"type": "string"}},
+}
+# OpenAPI links: where an answer's id and ETag lead (clients and schemathesis follow them).
+_WORKFLOW_ID = {"workflow_id": "$response.body#/id"}
+_WITH_ETAG = {**_WORKFLOW_ID, "header.If-Match": "$response.header.ETag"}
+_WORKFLOW_LINKS = {
+    "GetWorkflow": {"operationId": "get_workflow", "parameters": _WORKFLOW_ID},
+    "History": {"operationId": "workflow_history", "parameters": _WORKFLOW_ID},
+    "Versions": {"operationId": "list_versions", "parameters": _WORKFLOW_ID},
+    "Run": {"operationId": "run_workflow", "parameters": _WORKFLOW_ID},
+    "Update": {"operationId": "update_workflow", "parameters": _WITH_ETAG},
+    "Activate": {"operationId": "activate_workflow", "parameters": _WITH_ETAG},
+    "Delete": {"operationId": "delete_workflow", "parameters": _WITH_ETAG},
+}
+_EXECUTION_ID = {"execution_id": "$response.body#/execution_id"}
+_EXECUTION_LINKS = {
+    "GetExecution": {"operationId": "get_execution", "parameters": _EXECUTION_ID},
+    "Cancel": {"operationId": "cancel_execution", "parameters": _EXECUTION_ID},
+    "Retry": {"operationId": "retry_execution", "parameters": _EXECUTION_ID},
+}
+# What every command on a workflow may answer besides its 2xx: a bad header
+# (400), no such workflow (404), another change first or a hook route taken
+# (409), deleted (410), an invalid definition or body (422), no If-Match (428).
+_WORKFLOW_PROBLEMS = problems(400, 404, 409, 410, 422, 428)
 
 
 def expected_version(request: Request) -> int:
@@ -95,7 +118,7 @@ _IF_MATCH_DOC = {
     "required": True,
     "description": 'The version you saw, as its ETag: "3". 428 without it, 409 if another '
     "change came first (runs do not change the version).",
-    "schema": {"type": "string", "example": '"3"'},
+    "schema": {"type": "string", "pattern": _IF_MATCH.pattern, "examples": ['"3"']},
 }
 _IDEMPOTENCY_DOC = {
     "name": "Idempotency-Key",
@@ -103,7 +126,7 @@ _IDEMPOTENCY_DOC = {
     "required": False,
     "description": "Retry-safe key (1-255 visible ASCII): the same key and request "
     "returns the first answer and writes nothing; a different request is 422.",
-    "schema": {"type": "string", "maxLength": 255},
+    "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
 }
 
 
@@ -170,8 +193,16 @@ def _respond(result: CommandResult, *, location: bool = False) -> Response:
 @router.post(
     "/workflows",
     status_code=201,
+    tags=["workflows"],
     summary="Create a workflow",
-    responses={201: _COMMAND_RESPONSE, 401: _PROBLEM, 403: _PROBLEM, 422: _PROBLEM},
+    response_model=CommandAnswer,
+    responses={
+        201: {
+            "headers": {**_COMMAND_HEADERS, "Location": {"schema": {"type": "string"}}},
+            "links": _WORKFLOW_LINKS,
+        },
+        **problems(400, 409, 422),
+    },
     openapi_extra=_documented(CreateWorkflow, _IDEMPOTENCY_DOC),
 )
 async def create_workflow(request: Request) -> Response:
@@ -185,15 +216,10 @@ async def create_workflow(request: Request) -> Response:
 
 @router.patch(
     "/workflows/{workflow_id}",
+    tags=["workflows"],
     summary="Change some fields of a workflow (If-Match required)",
-    responses={
-        200: _COMMAND_RESPONSE,
-        404: _PROBLEM,
-        409: _PROBLEM,
-        410: _PROBLEM,
-        422: _PROBLEM,
-        428: _PROBLEM,
-    },
+    response_model=CommandAnswer,
+    responses={200: {"headers": _COMMAND_HEADERS, "links": _WORKFLOW_LINKS}, **_WORKFLOW_PROBLEMS},
     openapi_extra=_documented(UpdateWorkflow, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def update_workflow(workflow_id: UUID, request: Request) -> Response:
@@ -208,8 +234,10 @@ async def update_workflow(workflow_id: UUID, request: Request) -> Response:
 
 @router.delete(
     "/workflows/{workflow_id}",
+    tags=["workflows"],
     summary="Delete a workflow (If-Match required); its history is kept",
-    responses={200: _COMMAND_RESPONSE, 404: _PROBLEM, 409: _PROBLEM, 410: _PROBLEM, 428: _PROBLEM},
+    response_model=CommandAnswer,
+    responses={200: {"headers": _COMMAND_HEADERS}, **_WORKFLOW_PROBLEMS},
     openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def delete_workflow(workflow_id: UUID, request: Request) -> Response:
@@ -223,15 +251,10 @@ async def delete_workflow(workflow_id: UUID, request: Request) -> Response:
 
 @router.post(
     "/workflows/{workflow_id}/revert",
+    tags=["workflows"],
     summary="Restore the definition of an earlier version, as a new version (If-Match required)",
-    responses={
-        200: _COMMAND_RESPONSE,
-        404: _PROBLEM,
-        409: _PROBLEM,
-        410: _PROBLEM,
-        422: _PROBLEM,
-        428: _PROBLEM,
-    },
+    response_model=CommandAnswer,
+    responses={200: {"headers": _COMMAND_HEADERS}, **_WORKFLOW_PROBLEMS},
     openapi_extra=_documented(RevertWorkflow, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def revert_workflow(workflow_id: UUID, request: Request) -> Response:
@@ -246,17 +269,18 @@ async def revert_workflow(workflow_id: UUID, request: Request) -> Response:
 
 # -- executions ---------------------------------------------------------------------
 
-_EXECUTION_RESPONSE: dict[str, Any] = {
-    "content": {
-        "application/json": {
-            "example": {
-                "execution_id": "7d0c5a1e-2b6f-4b1c-9a57-0f1d1f0f6d4b",
-                "status": "succeeded",
-                "output": {"greet": [{"name": "Ada", "greeting": "hello"}]},
-                "position": 1240,
-            }
-        }
-    }
+_EXECUTION_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The run finished: its output",
+        "headers": _EXECUTION_HEADERS,
+        "links": _EXECUTION_LINKS,
+    },
+    202: {
+        "description": "Queued for a worker",
+        "model": ExecutionAnswer,
+        "headers": _EXECUTION_HEADERS,
+        "links": _EXECUTION_LINKS,
+    },
 }
 
 
@@ -289,15 +313,8 @@ def execution_response(result: ExecutionResult) -> Response:
     "/workflows/{workflow_id}/executions",
     tags=["executions"],
     summary="Run a workflow: sync answers with its output, async queues it (202)",
-    responses={
-        200: _EXECUTION_RESPONSE,
-        202: {"description": "Queued for a worker"},
-        404: _PROBLEM,
-        409: _PROBLEM,
-        410: _PROBLEM,
-        422: _PROBLEM,
-        429: _PROBLEM,
-    },
+    response_model=ExecutionAnswer,
+    responses={**_EXECUTION_ANSWERS, **problems(400, 404, 409, 410, 422, 429)},
     openapi_extra=_documented(RunWorkflow, _IDEMPOTENCY_DOC),
 )
 async def run_workflow(workflow_id: UUID, request: Request) -> Response:
@@ -318,7 +335,9 @@ async def run_workflow(workflow_id: UUID, request: Request) -> Response:
     "/executions/{execution_id}/cancel",
     tags=["executions"],
     summary="Cancel a queued or running execution; a finished one is 409",
-    responses={200: _EXECUTION_RESPONSE, 404: _PROBLEM, 409: _PROBLEM},
+    response_model=ExecutionAnswer,
+    responses={200: {"headers": _EXECUTION_HEADERS}, **problems(400, 404, 409, 422)},
+    openapi_extra=_documented(None, _IDEMPOTENCY_DOC),
 )
 async def cancel_execution(execution_id: UUID, request: Request) -> Response:
     principal = await authorize(request, Permission.EXECUTE_WORKFLOWS)
@@ -332,15 +351,8 @@ async def cancel_execution(execution_id: UUID, request: Request) -> Response:
     "/executions/{execution_id}/retry",
     tags=["executions"],
     summary="Retry a failed, crashed or canceled execution as a new one (async by default)",
-    responses={
-        200: _EXECUTION_RESPONSE,
-        202: {"description": "The retry is queued for a worker"},
-        404: _PROBLEM,
-        409: _PROBLEM,
-        410: _PROBLEM,
-        422: _PROBLEM,
-        429: _PROBLEM,
-    },
+    response_model=ExecutionAnswer,
+    responses={**_EXECUTION_ANSWERS, **problems(400, 404, 409, 410, 422, 429)},
     openapi_extra=_documented(RetryExecution, _IDEMPOTENCY_DOC),
 )
 async def retry_execution(execution_id: UUID, request: Request) -> Response:
@@ -363,18 +375,16 @@ async def retry_execution(execution_id: UUID, request: Request) -> Response:
 # -- activation ---------------------------------------------------------------------
 
 _ACTIVATION_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: _COMMAND_RESPONSE,
-    404: _PROBLEM,
-    409: _PROBLEM,
-    410: _PROBLEM,
-    422: _PROBLEM,
-    428: _PROBLEM,
+    200: {"headers": _COMMAND_HEADERS},
+    **_WORKFLOW_PROBLEMS,
 }
 
 
 @router.post(
     "/workflows/{workflow_id}/activate",
+    tags=["workflows"],
     summary="Switch a workflow's triggers on (If-Match required; the version stays)",
+    response_model=CommandAnswer,
     responses=_ACTIVATION_RESPONSES,
     openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
@@ -389,7 +399,9 @@ async def activate_workflow(workflow_id: UUID, request: Request) -> Response:
 
 @router.post(
     "/workflows/{workflow_id}/deactivate",
+    tags=["workflows"],
     summary="Switch a workflow's triggers off (If-Match required; the version stays)",
+    response_model=CommandAnswer,
     responses=_ACTIVATION_RESPONSES,
     openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
@@ -404,7 +416,9 @@ async def deactivate_workflow(workflow_id: UUID, request: Request) -> Response:
 
 @router.post(
     "/workflows/{workflow_id}/webhook-secret/rotate",
+    tags=["workflows"],
     summary="Replace one active hook's token or HMAC secret, shown once (If-Match required)",
+    response_model=CommandAnswer,
     responses=_ACTIVATION_RESPONSES,
     openapi_extra=_documented(RotateWebhookSecret, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
