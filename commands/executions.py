@@ -267,12 +267,19 @@ class ExecutionRunner:
             log.warning("execution crashed", execution_id=str(execution_id), claims=claims)
             return execution
         execution.start(worker_id=worker_id, meta=meta)
-        try:
-            # Recorded before anything runs: were this worker to die now, its
-            # successor must see "running" and settle it, never run it again.
-            self.app.save(execution)
-        except IntegrityError:
-            return self.load(execution_id)  # canceled in the meantime
+        if claims > 1:
+            # Claimed before and never started on record: a worker died while
+            # running it unrecorded (say, it ran out of memory). This time the
+            # start is recorded first, so a run that kills its worker is
+            # crashed by the next claim rather than run again and again.
+            try:
+                self.app.save(execution)
+            except IntegrityError:
+                return self.load(execution_id)  # canceled in the meantime
+        # Otherwise the start is saved with the run's first save: before the
+        # engine first touches the outside world (an HTTP call, a wait; see
+        # ``_Recorder.flush``) or with its end. A worker dying before that
+        # leaves it queued, with no side effect made: its successor runs it.
         return self.run(execution, worker_id, meta)
 
     # -- running -----------------------------------------------------------------------
@@ -346,6 +353,9 @@ class ExecutionRunner:
             if recorder.first_save is not None:
                 raise  # nothing was recorded: the request fails as a whole
             current = self._reloaded(execution)
+            if current.status == "queued":
+                # A claimed run whose start was not saved yet: record it with the failure.
+                current.start(worker_id=worker_id, meta=meta)
             if current.status == "running":
                 current.fail(error=f"internal error: {type(exc).__name__}", meta=meta)
                 return self.finish(current)
