@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -14,5 +14,15 @@ class EventMeta:
     idempotency_key: str | None = None
 
     def as_dict(self) -> dict[str, str | None]:
-        """The JSON-native form stored inside each event."""
-        return asdict(self)
+        """The JSON-native form stored inside each event.
+
+        Spelled out: ``dataclasses.asdict`` deep-copies recursively, and every
+        event of every run pays for it.
+        """
+        return {
+            "org_id": self.org_id,
+            "actor": self.actor,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "idempotency_key": self.idempotency_key,
+        }
