@@ -104,6 +104,8 @@ class HookDeliveries:
         self._store = workflows.app.event_store
         self._workflows: OrderedDict[UUID, Workflow] = OrderedDict()
         self._parameters: OrderedDict[str, WebhookTriggerParameters] = OrderedDict()
+        # Routes whose last delivery here answered when_finished (a hint, see below).
+        self._sync_routes: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._lock = threading.Lock()
 
     def accept(self, delivery: Delivery) -> Accepted:
@@ -156,7 +158,33 @@ class HookDeliveries:
         response = route.parameters.response
         run = RunWorkflow(input=item, mode="sync" if response == "when_finished" else "async")
         workflow = self._workflow_at(workflow_id, route.head, delivery.org_id)
+        self._note_response(delivery, response)
         return Accepted(workflow_id, workflow, run, ctx, response)
+
+    def deliver(self, delivery: Delivery) -> tuple[Accepted, ExecutionResult]:
+        """``accept`` and ``start`` in one go (one thread hop for the caller)."""
+        accepted = self.accept(delivery)
+        return accepted, self.start(accepted)
+
+    def probably_when_finished(self, delivery: Delivery) -> bool:
+        """Whether this route's last delivery in this process answered ``when_finished``.
+
+        Only a hint, to pick the pool the delivery is looked up on: whatever
+        it says, ``accept`` decides on the current route.
+        """
+        with self._lock:
+            return (delivery.org_id, delivery.method, delivery.path) in self._sync_routes
+
+    def _note_response(self, delivery: Delivery, response: ResponseMode) -> None:
+        route = (delivery.org_id, delivery.method, delivery.path)
+        with self._lock:
+            if response != "when_finished":
+                self._sync_routes.pop(route, None)
+                return
+            self._sync_routes[route] = None
+            self._sync_routes.move_to_end(route)
+            while len(self._sync_routes) > _KEPT_LIMIT:
+                self._sync_routes.popitem(last=False)
 
     def start(self, accepted: Accepted) -> ExecutionResult:
         return self.executions.start(
