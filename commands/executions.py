@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import structlog
@@ -133,6 +133,15 @@ class LeaseKeeper:
                         lost.set()
                 except Exception:  # the database is away: retry next round
                     log.warning("lease renewal failed", execution_id=str(execution_id))
+
+
+class Finished(NamedTuple):
+    """An execution as recorded at its end, and whether this writer recorded it."""
+
+    execution: Execution
+    saved: bool
+    # The log position of its last event, when this writer's save returned it.
+    position: int | None = None
 
 
 @dataclass(frozen=True)
@@ -285,16 +294,23 @@ class ExecutionRunner:
                 reason=f"the worker running it ({execution.worker_id}) stopped responding",
                 meta=meta,
             )
-            self.finish(execution)
+            execution = self.finish(execution).execution
             log.warning("execution crashed", execution_id=str(execution_id), claims=claims)
             return execution
         execution.start(worker_id=worker_id, meta=meta)
-        try:
-            # Recorded before anything runs: were this worker to die now, its
-            # successor must see "running" and settle it, never run it again.
-            self.app.save(execution)
-        except IntegrityError:
-            return self.load(execution_id)  # canceled in the meantime
+        if claims > 1:
+            # Claimed before and never started on record: a worker died while
+            # running it unrecorded (say, it ran out of memory). This time the
+            # start is recorded first, so a run that kills its worker is
+            # crashed by the next claim rather than run again and again.
+            try:
+                self.app.save(execution)
+            except IntegrityError:
+                return self.load(execution_id)  # canceled in the meantime
+        # Otherwise the start is saved with the run's first save: before the
+        # engine first touches the outside world (an HTTP call, a wait; see
+        # ``_Recorder.flush``) or with its end. A worker dying before that
+        # leaves it queued, with no side effect made: its successor runs it.
         return self.run(execution, worker_id, meta)
 
     # -- running -----------------------------------------------------------------------
@@ -310,6 +326,16 @@ class ExecutionRunner:
 
         ``first_save``: the execution is not recorded yet (a sync run).
         """
+        return self.run_to_end(execution, worker_id, meta, first_save).execution
+
+    def run_to_end(
+        self,
+        execution: Execution,
+        worker_id: str,
+        meta: EventMeta,
+        first_save: FirstSave | None = None,
+    ) -> Finished:
+        """``run``, with the position of the end when this run recorded it."""
         recorder = _Recorder(self, execution, meta, worker_id, first_save)
         try:
             plan = self.plan(execution.workflow_id, execution.workflow_version)
@@ -349,19 +375,22 @@ class ExecutionRunner:
                 known_outputs=self._reused_outputs(execution),
             )
             if outcome.status == "canceled" or recorder.stopped.is_set():
-                return self._reloaded(execution)
+                return Finished(self._reloaded(execution), saved=False)
             self._conclude(execution, outcome, meta)
-            return self.finish(execution, recorder.first_save)[0]
+            return self.finish(execution, recorder.first_save)
         except Exception as exc:
             # A bug or an outage: record why rather than leave it running.
             log.exception("execution run failed", execution_id=str(execution.id))
             if recorder.first_save is not None:
                 raise  # nothing was recorded: the request fails as a whole
             current = self._reloaded(execution)
+            if current.status == "queued":
+                # A claimed run whose start was not saved yet: record it with the failure.
+                current.start(worker_id=worker_id, meta=meta)
             if current.status == "running":
                 current.fail(error=f"internal error: {type(exc).__name__}", meta=meta)
-                return self.finish(current)[0]
-            return current
+                return self.finish(current)
+            return Finished(current, saved=False)
         finally:
             self.leases.drop(execution.id)
 
@@ -409,14 +438,12 @@ class ExecutionRunner:
         else:
             execution.fail(error=outcome.error or "failed", meta=meta)
 
-    def finish(
-        self, execution: Execution, first_save: FirstSave | None = None
-    ) -> tuple[Execution, bool]:
+    def finish(self, execution: Execution, first_save: FirstSave | None = None) -> Finished:
         """Save a finished execution's events and remove its queue row, in one transaction.
 
         If another writer got there first (a cancel, a successor after a lost
         lease, an identical keyed request), theirs stands: the answer is then
-        the execution as recorded, and False. With ``first_save`` the
+        the execution as recorded, not saved. With ``first_save`` the
         execution was never recorded nor queued: this save records all of it.
         (The workflow's ``Executed`` follows from the log: ``workflow_runs``.)
         """
@@ -425,15 +452,15 @@ class ExecutionRunner:
         else:
             kwargs = {"idempotency": first_save.idempotency}
         try:
-            self.app.save(execution, **kwargs)
+            recordings = self.app.save(execution, **kwargs)
         except IntegrityError:
             current = self.load(execution.id)
             if current is None:
                 raise
-            return current, False
+            return Finished(current, saved=False)
         if execution.is_finished:
             observe_execution_end(execution)
-        return execution, True
+        return Finished(execution, saved=True, position=recordings[-1].notification.id)
 
     # -- loading -----------------------------------------------------------------------
 
@@ -509,12 +536,19 @@ class ExecutionCommands:
         command: RunWorkflow,
         ctx: CommandContext,
         trigger: ExecutionTrigger = "manual",
+        workflow: Workflow | None = None,
     ) -> ExecutionResult:
+        """Start a run of the workflow's current revision.
+
+        ``workflow``: the caller has it already, read no earlier than the
+        request arrived (a hook's look-up); it is read, never mutated.
+        """
         fingerprint = request_fingerprint(ctx, "execute", workflow_id, None, command.model_dump())
         prior, execution_id = self._claim_key(ctx, fingerprint)
         if prior is not None:
             return prior
-        workflow = self.workflows.get(workflow_id, ctx.org_id)
+        if workflow is None:
+            workflow = self.workflows.get(workflow_id, ctx.org_id)
         workflow.ensure_not_deleted()
         self.runner.plan(workflow.id, workflow.version, workflow)
         execution = Execution.create(
@@ -662,16 +696,16 @@ class ExecutionCommands:
                     lease_s=max(timeout_s, self.runner.settings.lease_s) + _LEASE_GRACE_S,
                 ),
             )
-            finished = self.runner.run(execution, self.worker_id, run_meta, first_save)
+            finished = self.runner.run_to_end(execution, self.worker_id, run_meta, first_save)
             # The execution is recorded now: whatever goes wrong from here on,
             # the client must learn its id.
             try:
-                if ctx.idempotency_key is not None:
-                    # Ours, or that of an identical request which got there first.
+                if ctx.idempotency_key is not None and not finished.saved:
+                    # That of an identical request which got there first.
                     prior = self._prior_answer(ctx, fingerprint)
                     assert prior is not None
                     return prior
-                return self._result(finished, status_code=200)
+                return self._result(finished.execution, 200, finished.position)
             except (ExecutionInProgress, IdempotencyKeyReused):
                 raise
             except Exception as exc:
@@ -707,9 +741,9 @@ class ExecutionCommands:
         for _ in range(_CANCEL_ATTEMPTS):
             execution = self.get(execution_id, ctx.org_id)
             execution.cancel(meta=meta)  # ExecutionFinished (409) once it has ended
-            recorded, saved = self.runner.finish(execution)
+            recorded, saved, position = self.runner.finish(execution)
             if saved:
-                return self._result(recorded, status_code=200)
+                return self._result(recorded, 200, position)
             # A runner recorded progress or its end first: look again.
         raise RuntimeError(f"could not cancel execution {execution_id}")
 
@@ -719,11 +753,16 @@ class ExecutionCommands:
             raise ExecutionNotFound(execution_id)
         return execution
 
-    def _result(self, execution: Execution, status_code: int) -> ExecutionResult:
+    def _result(
+        self, execution: Execution, status_code: int, position: int | None = None
+    ) -> ExecutionResult:
+        """The answer about ``execution``; ``position``: of its last event, if known."""
+        if position is None:
+            position = self.app.event_store.position_of(execution.id, execution.version)
         return ExecutionResult(
             execution_id=execution.id,
             status=execution.status,
-            position=self.app.event_store.position_of(execution.id, execution.version),
+            position=position,
             status_code=status_code,
             output=execution.output,
             error=execution.error,

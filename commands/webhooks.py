@@ -14,13 +14,22 @@ like any other execution, and records that revision.
 Between the look-up and the run's save a deactivation can commit; the
 delivery then still starts one run (the run was asked for while the hook
 was active). Nothing else can slip through: a wrong token starts nothing.
+What is guaranteed: a deactivation (or delete, or edit) committed before a
+delivery's look-up began is seen by it, in every process: nothing about
+the route is cached, only what follows from immutable rows.
+
+One round trip finds the route and the workflow's head version (in one
+snapshot); the workflow is taken from a per-process copy kept at exactly
+that version, so a much-called hook neither reads the log nor copies the
+aggregate. A version is immutable, so a copy at the head is the workflow.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +49,21 @@ from domain.webhooks import (
     check_token,
     parse_body,
     webhook_item,
+)
+from domain.workflow import Workflow
+from infrastructure.eventstore import EVENTS_TABLE
+
+# Workflows kept at their head version, and parsed hook parameters, per process.
+_KEPT_LIMIT = 1000
+
+_ROUTE_QUERY = (
+    "SELECT r.workflow_id, r.node_id, r.parameters::text AS parameters, "
+    "s.token_sha256, s.hmac_secret, "
+    f"(SELECT max(e.originator_version) FROM {EVENTS_TABLE} e "
+    " WHERE e.originator_id = r.workflow_id) AS head "
+    "FROM webhook_routes r LEFT JOIN webhook_secrets s "
+    "ON s.workflow_id = r.workflow_id AND s.node_id = r.node_id "
+    "WHERE r.org_id = %s AND r.method = %s AND r.path = %s"
 )
 
 
@@ -62,6 +86,7 @@ class Accepted:
     """A delivery that passed: the run to start, and how the hook answers."""
 
     workflow_id: UUID
+    workflow: Workflow  # at the head version the route was found with; never mutated
     run: RunWorkflow  # sync for ``when_finished``, else async
     ctx: CommandContext
     response: ResponseMode
@@ -78,6 +103,11 @@ class HookDeliveries:
         self.executions = executions
         self.clock = clock
         self._store = workflows.app.event_store
+        self._workflows: OrderedDict[UUID, Workflow] = OrderedDict()
+        self._parameters: OrderedDict[str, WebhookTriggerParameters] = OrderedDict()
+        # Routes whose last delivery here answered when_finished (a hint, see below).
+        self._sync_routes: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
 
     def accept(self, delivery: Delivery) -> Accepted:
         """The run a delivery asks for; ``HookNotFound`` or ``WebhookRefused`` otherwise.
@@ -129,15 +159,79 @@ class HookDeliveries:
         )
         response = route.parameters.response
         run = RunWorkflow(input=item, mode="sync" if response == "when_finished" else "async")
-        return Accepted(workflow_id, run, ctx, response)
+        workflow = self._workflow_at(workflow_id, route.head, delivery.org_id)
+        self._note_response(delivery, response)
+        return Accepted(workflow_id, workflow, run, ctx, response)
+
+    def deliver(self, delivery: Delivery) -> tuple[Accepted, ExecutionResult]:
+        """``accept`` and ``start`` in one go (one thread hop for the caller)."""
+        accepted = self.accept(delivery)
+        return accepted, self.start(accepted)
+
+    def probably_when_finished(self, delivery: Delivery) -> bool:
+        """Whether this route's last delivery in this process answered ``when_finished``.
+
+        Only a hint, to pick the pool the delivery is looked up on: whatever
+        it says, ``accept`` decides on the current route.
+        """
+        with self._lock:
+            return (delivery.org_id, delivery.method, delivery.path) in self._sync_routes
+
+    def _note_response(self, delivery: Delivery, response: ResponseMode) -> None:
+        route = (delivery.org_id, delivery.method, delivery.path)
+        with self._lock:
+            if response != "when_finished":
+                self._sync_routes.pop(route, None)
+                return
+            self._sync_routes[route] = None
+            self._sync_routes.move_to_end(route)
+            while len(self._sync_routes) > _KEPT_LIMIT:
+                self._sync_routes.popitem(last=False)
 
     def start(self, accepted: Accepted) -> ExecutionResult:
         return self.executions.start(
-            accepted.workflow_id, accepted.run, accepted.ctx, trigger="webhook"
+            accepted.workflow_id,
+            accepted.run,
+            accepted.ctx,
+            trigger="webhook",
+            workflow=accepted.workflow,
         )
 
+    def _workflow_at(self, workflow_id: UUID, head: int, org_id: str) -> Workflow:
+        """The workflow at version ``head``: the kept copy, or loaded (and kept)."""
+        with self._lock:
+            kept = self._workflows.get(workflow_id)
+            if kept is not None and kept.version == head:
+                self._workflows.move_to_end(workflow_id)
+                return kept
+        loaded = self.workflows.get(workflow_id, org_id)
+        if loaded.version != head:
+            # Recorded since the look-up (an Executed, an edit): the look-up's
+            # snapshot decides, as if the delivery had come a moment earlier.
+            at_head: object = self.workflows.app.repository.get(workflow_id, version=head)
+            assert isinstance(at_head, Workflow)
+            loaded = at_head
+        with self._lock:
+            self._workflows[workflow_id] = loaded
+            self._workflows.move_to_end(workflow_id)
+            while len(self._workflows) > _KEPT_LIMIT:
+                self._workflows.popitem(last=False)
+        return loaded
+
+    def _parsed(self, text: str) -> WebhookTriggerParameters:
+        with self._lock:
+            parameters = self._parameters.get(text)
+        if parameters is None:
+            parameters = WebhookTriggerParameters.model_validate_json(text)
+            with self._lock:
+                self._parameters[text] = parameters
+                while len(self._parameters) > _KEPT_LIMIT:
+                    self._parameters.popitem(last=False)
+        return parameters
+
     def _route(self, delivery: Delivery) -> _Route:
-        """The active hook holding the delivery's route, with its secret; one query, no log read.
+        """The active hook holding the delivery's route, with its secret and
+        the workflow's head version; one query, no log read.
 
         The table holds the node's parameters as saved with the events that
         made the route, so it is the current revision's.
@@ -146,23 +240,18 @@ class HookDeliveries:
             raise HookNotFound(delivery.org_id, delivery.method, delivery.path)
         with self._store.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(
-                "SELECT r.workflow_id, r.node_id, r.parameters, s.token_sha256, s.hmac_secret "
-                "FROM webhook_routes r LEFT JOIN webhook_secrets s "
-                "ON s.workflow_id = r.workflow_id AND s.node_id = r.node_id "
-                "WHERE r.org_id = %s AND r.method = %s AND r.path = %s",
-                (delivery.org_id, delivery.method, delivery.path),
-                prepare=True,
+                _ROUTE_QUERY, (delivery.org_id, delivery.method, delivery.path), prepare=True
             )
             row: Any = curs.fetchone()
         if row is None:
             raise HookNotFound(delivery.org_id, delivery.method, delivery.path)
-        parameters = WebhookTriggerParameters.model_validate_json(json.dumps(row["parameters"]))
         return _Route(
             workflow_id=row["workflow_id"],
             node_id=row["node_id"],
-            parameters=parameters,
+            parameters=self._parsed(row["parameters"]),
             token_sha256=row["token_sha256"],
             hmac_secret=row["hmac_secret"],
+            head=row["head"],
         )
 
 
@@ -173,3 +262,4 @@ class _Route:
     parameters: WebhookTriggerParameters
     token_sha256: str | None
     hmac_secret: str | None
+    head: int  # the workflow's stream version in the look-up's snapshot

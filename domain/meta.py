@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,18 @@ class EventMeta:
     traceparent: str | None = None
 
     def as_dict(self) -> dict[str, str | None]:
-        """The JSON-native form stored inside each event (no ``traceparent`` key when none)."""
-        stored = asdict(self)
-        if self.traceparent is None:
-            del stored["traceparent"]
+        """The JSON-native form stored inside each event (no ``traceparent`` key when none).
+
+        Spelled out: ``dataclasses.asdict`` deep-copies recursively, and every
+        event of every run pays for it.
+        """
+        stored: dict[str, str | None] = {
+            "org_id": self.org_id,
+            "actor": self.actor,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "idempotency_key": self.idempotency_key,
+        }
+        if self.traceparent is not None:
+            stored["traceparent"] = self.traceparent
         return stored

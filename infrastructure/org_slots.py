@@ -28,6 +28,11 @@ class OrgSlots:
         self.setting = setting
         self._held: Counter[str] = Counter()
 
+    def has_room(self, org_id: str) -> bool:
+        """Whether ``hold`` would succeed now (from the event loop: nothing can change it
+        before the caller's next ``await``)."""
+        return self._held[org_id] < self.limit
+
     @contextlib.contextmanager
     def hold(self, org_id: str) -> Iterator[None]:
         if self._held[org_id] >= self.limit:

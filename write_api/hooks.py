@@ -75,13 +75,22 @@ async def call_hook(org_id: str, path: str, request: Request) -> Response:
         traceparent=current_traceparent(),
     )
     hooks: HookDeliveries = request.app.state.hook_deliveries
-    accepted = await run_in_threadpool(hooks.accept, delivery)
+    bulkhead: SyncRunBulkhead = request.app.state.sync_runs
+    if hooks.probably_when_finished(delivery) and bulkhead.slots.has_room(org_id):
+        # A sync run most likely (this route's last answer here): look it up
+        # and run it in one hop, on the sync-run pool. With no room the
+        # two-hop path below answers as ever (404 or 401 before 429).
+        accepted, started = await bulkhead.run(org_id, hooks.deliver, delivery)
+    else:
+        accepted = await run_in_threadpool(hooks.accept, delivery)
+        if accepted.response == "when_finished":
+            # Its own pool, as for the API's sync runs: long runs never hold
+            # the command threads.
+            started = await bulkhead.run(org_id, hooks.start, accepted)
+        else:
+            started = await run_in_threadpool(hooks.start, accepted)
     if accepted.response == "when_finished":
-        # Its own pool, as for the API's sync runs: long runs never hold the command threads.
-        bulkhead: SyncRunBulkhead = request.app.state.sync_runs
-        finished = await bulkhead.run(accepted.ctx.org_id, hooks.start, accepted)
-        return execution_response(finished)
-    started = await run_in_threadpool(hooks.start, accepted)
+        return execution_response(started)
     execution_id = str(started.execution_id)
     headers = {
         "Location": f"/v1/executions/{execution_id}",

@@ -363,3 +363,28 @@ def test_rotating_a_secret_replaces_it_and_is_in_the_history(
 
     client.post(f"/v1/workflows/{workflow_id}/deactivate", headers=match)
     _problem(client.post(rotate, json={"node_id": "hook"}, headers=match), 409, "not active")
+
+
+def test_a_hook_answers_as_its_current_revision_says_after_when_finished_calls(
+    client: httpx.Client, owner: dict[str, str], org: str, workflow_app: WorkflowApplication
+) -> None:
+    # The process remembers that this route answered when_finished (to pick
+    # the pool) and keeps the workflow at its head version; neither may
+    # outlive an edit or a deactivation.
+    workflow_id, _ = _hooked(client, owner, "then/now", response="when_finished")
+    for _ in range(3):
+        called = client.post(f"/hooks/{org}/then/now", json={"n": 1})
+        assert called.status_code == 200, called.text
+        assert _execution(workflow_app, called).workflow_revision == 1
+    nodes = webhook_body(path="then/now")["nodes"]
+    nodes[0]["parameters"] |= {"auth": {"type": "none"}, "response": "immediately"}
+    url = f"/v1/workflows/{workflow_id}"
+    edited = client.patch(url, json={"nodes": nodes}, headers={**owner, "If-Match": '"1"'})
+    assert edited.status_code == 200, edited.text
+    queued = client.post(f"/hooks/{org}/then/now", json={"n": 2})
+    assert queued.status_code == 202, queued.text
+    assert _execution(workflow_app, queued).workflow_revision == 2
+    assert client.post(f"{url}/deactivate", headers={**owner, "If-Match": '"2"'}).status_code == 200
+    head = _head(workflow_app)
+    _problem(client.post(f"/hooks/{org}/then/now", json={}), 404)
+    assert _head(workflow_app) == head

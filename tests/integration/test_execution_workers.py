@@ -219,7 +219,9 @@ def test_a_sync_run_recorded_but_not_answerable_still_names_its_execution(
     def gone(*_args: Any) -> int:
         raise psycopg.OperationalError("the database went away")
 
-    monkeypatch.setattr(services.commands.app.event_store, "position_of", gone)
+    # The answer no longer reads the log (the save returned the position), so
+    # the failure is injected where the answer is made.
+    monkeypatch.setattr(services.commands, "_result", gone)
     with pytest.raises(ExecutionAnswerUnavailable) as raised:
         services.commands.start(workflow_id, RunWorkflow(input={}, mode="sync"), _ctx(org))
     execution_id = raised.value.execution_id

@@ -1,0 +1,20 @@
+"""EventMeta's stored form (domain/meta.py), without I/O."""
+
+from dataclasses import asdict, fields
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from domain.meta import EventMeta
+
+_optional = st.none() | st.text()
+
+
+@given(st.text(), st.text(), st.text(), _optional, _optional)
+def test_the_stored_form_names_every_field_as_the_dataclass_does(
+    org_id: str, actor: str, correlation: str, causation: str | None, key: str | None
+) -> None:
+    meta = EventMeta(org_id, actor, correlation, causation, key)
+    stored = meta.as_dict()
+    assert stored == asdict(meta)
+    assert list(stored) == [field.name for field in fields(EventMeta)]
