@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -126,7 +126,9 @@ class EventStoreRecorder(PostgresApplicationRecorder):
         self._insert_prefix = SQL(
             "INSERT INTO {table} (originator_id, originator_version, topic, state) VALUES "
         ).format(table=table)
-        self._group_changed = threading.Condition()
+        # Saves waiting for a commit, and whether a thread is committing:
+        # it is then the only one that may, and hands over when it is done.
+        self._queue_lock = threading.Lock()
         self._queued: list[_Save] = []
         self._committing = False
 
@@ -139,27 +141,32 @@ class EventStoreRecorder(PostgresApplicationRecorder):
         **_: Any,
     ) -> Sequence[int] | None:
         save = _Save(tuple(stored_events), idempotency, tuple(side_statements))
-        with self._group_changed:
+        with self._queue_lock:
             self._queued.append(save)
-        while True:
-            with self._group_changed:
-                while self._committing and not save.done:
-                    self._group_changed.wait()
-                if save.done:
-                    break
-                # Nobody is committing: this thread commits what has queued.
-                self._committing = True
-                group = self._queued[: self.MAX_GROUP]
-                del self._queued[: self.MAX_GROUP]
-            try:
-                self._commit_group(group)
-            finally:
-                with self._group_changed:
-                    self._committing = False
-                    self._group_changed.notify_all()
+            leads = not self._committing
+            self._committing = True
+        if not leads:
+            # Woken once: settled by a committer, or handed the next group to commit.
+            save.woken.wait()
+        if not save.done:
+            self._commit_next_group()
         if save.error is not None:
             raise save.error
         return save.positions
+
+    def _commit_next_group(self) -> None:
+        """Commit the queued saves (this thread's own first), then hand over to the next."""
+        with self._queue_lock:
+            group = self._queued[: self.MAX_GROUP]
+            del self._queued[: self.MAX_GROUP]
+        try:
+            self._commit_group(group)
+        finally:
+            with self._queue_lock:
+                successor = self._queued[0] if self._queued else None
+                self._committing = successor is not None
+            if successor is not None:
+                successor.woken.set()
 
     def _commit_group(self, group: list[_Save]) -> None:
         """Commit ``group`` in one transaction, settling every save.
@@ -314,9 +321,11 @@ class _Save:
     positions: list[int] | None = None
     error: BaseException | None = None
     done: bool = False
+    woken: threading.Event = field(default_factory=threading.Event)
 
     def settle(self, positions: list[int] | None, error: BaseException | None) -> None:
         self.positions, self.error, self.done = positions, error, True
+        self.woken.set()
 
 
 _RETURNING = SQL(" RETURNING notification_id, originator_id, originator_version")
