@@ -65,7 +65,9 @@ class Tail:
 @pytest.fixture
 def two_recorders(server_target: PgTarget) -> Iterator[tuple[PgTarget, list[EventStoreRecorder]]]:
     with scratch_database(server_target, "groupcommit") as target:
-        env = eventsourcing_env(target, Settings(database_url=None, redis_url=None))
+        # Small pools: 100 threads share 16 connections, as a busy process would.
+        settings = Settings(database_url=None, redis_url=None, db_pool_size=4, db_max_overflow=4)
+        env = eventsourcing_env(target, settings)
         factories = [EventStoreFactory(Environment(APPLICATION_NAME, env)) for _ in range(2)]
         recorders = [f.application_recorder() for f in factories]
         assert all(type(r) is EventStoreRecorder for r in recorders)
