@@ -11,8 +11,9 @@ the same way, as ``side_statements``.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -80,7 +81,7 @@ _SELECT_IDEMPOTENCY = (
 
 class EventStoreRecorder(PostgresApplicationRecorder):
     """eventsourcing's application recorder, with idempotency records, lookups,
-    and a write path of one round trip.
+    and a write path of one round trip, shared by concurrent saves (group commit).
 
     ``insert_events`` keeps the library's protocol: in one transaction, take
     the ``EXCLUSIVE`` table lock (so positions commit in order and a tailing
@@ -92,7 +93,23 @@ class EventStoreRecorder(PostgresApplicationRecorder):
     script (values bound client-side by psycopg, never by string-pasting), so
     the lock is held only while the server runs it: writers serialise on
     server time, not on round trips.
+
+    Group commit: the lock and the commit's fsync are what every save pays,
+    so saves that arrive while this process is committing wait, and then go
+    together, in arrival order, in one script: one transaction, one lock, one
+    NOTIFY, one fsync. Nobody waits on a timer: an idle store commits a lone
+    save at once, and a busy one commits whatever queued meanwhile (at most
+    ``MAX_GROUP`` saves). A group's saves run in order inside the
+    transaction, so it is exactly as if they had committed one after another
+    with nobody between them. Should one of them fail (an optimistic
+    conflict on the log's unique key, an idempotency key already used, a
+    side statement that found no row), the group's transaction is undone
+    and its halves are committed apart, down to the failing save alone:
+    only that save fails, and none is acknowledged before a COMMIT that
+    holds it. Across processes the table lock orders the groups.
     """
+
+    MAX_GROUP = 64  # saves per group: bounds one script's size and the lock's hold
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -109,8 +126,12 @@ class EventStoreRecorder(PostgresApplicationRecorder):
         self._insert_prefix = SQL(
             "INSERT INTO {table} (originator_id, originator_version, topic, state) VALUES "
         ).format(table=table)
+        # Saves waiting for a commit, and whether a thread is committing:
+        # it is then the only one that may, and hands over when it is done.
+        self._queue_lock = threading.Lock()
+        self._queued: list[_Save] = []
+        self._committing = False
 
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self,
         stored_events: Sequence[StoredEvent],
@@ -119,26 +140,77 @@ class EventStoreRecorder(PostgresApplicationRecorder):
         side_statements: Sequence[SideStatement] = (),
         **_: Any,
     ) -> Sequence[int] | None:
+        save = _Save(tuple(stored_events), idempotency, tuple(side_statements))
+        with self._queue_lock:
+            self._queued.append(save)
+            leads = not self._committing
+            self._committing = True
+        if not leads:
+            # Woken once: settled by a committer, or handed the next group to commit.
+            save.woken.wait()
+        if not save.done:
+            self._commit_next_group()
+        if save.error is not None:
+            raise save.error
+        return save.positions
+
+    def _commit_next_group(self) -> None:
+        """Commit the queued saves (this thread's own first), then hand over to the next."""
+        with self._queue_lock:
+            group = self._queued[: self.MAX_GROUP]
+            del self._queued[: self.MAX_GROUP]
+        try:
+            self._commit_group(group)
+        finally:
+            with self._queue_lock:
+                successor = self._queued[0] if self._queued else None
+                self._committing = successor is not None
+            if successor is not None:
+                successor.woken.set()
+
+    def _commit_group(self, group: list[_Save]) -> None:
+        """Commit ``group`` in one transaction, settling every save.
+
+        A save's own failure (``IntegrityError``: a conflict, a used key, a
+        side statement's missing row) undoes the group's transaction; each
+        half is then committed on its own, down to the failing save alone,
+        which alone fails. Failures of the database itself (connection,
+        lock timeout) are retried as a whole, then fail the whole group.
+        """
+        try:
+            try:
+                results = self._run_retried(group)
+            except (InterfaceError, OperationalError) as exc:
+                for save in group:
+                    save.settle(None, exc)
+                return
+            except Exception as exc:
+                if len(group) == 1:
+                    group[0].settle(None, exc)
+                    return
+                half = len(group) // 2
+                self._commit_group(group[:half])
+                self._commit_group(group[half:])
+                return
+            for save, positions in zip(group, results, strict=True):
+                save.settle(positions, None)
+        except BaseException as exc:  # interrupted: no save may wait forever
+            for save in group:
+                if not save.done:
+                    save.settle(None, exc)
+            raise
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _run_retried(self, group: Sequence[_Save]) -> list[list[int]]:
+        return self._run(group)
+
+    def _run(self, group: Sequence[_Save]) -> list[list[int]]:
+        """One transaction of ``group``'s saves, in order; the positions of each save's events."""
         script: list[Composable] = [SQL("BEGIN")]
-        for statement in side_statements:
-            rendered = SQL(statement.sql.replace("%s", "{}")).format(
-                *map(Literal, statement.params)
-            )
-            if statement.expect_row:
-                # A zero-row change divides by zero: the transaction aborts.
-                rendered = SQL(
-                    "WITH changed AS ({} RETURNING 1) SELECT 1 / count(*) FROM changed"
-                ).format(rendered)
-            script.append(rendered)
-        if idempotency is not None:
-            # Before the table lock: a racing duplicate waits on the unique
-            # index, not on the log, and fails once the first one commits.
-            script.append(
-                SQL(_INSERT_IDEMPOTENCY.replace("%s", "{}")).format(
-                    *map(Literal, _idempotency_params(idempotency))
-                )
-            )
-        if stored_events:
+        for save in group:
+            script += self._before_lock(save)
+        events = [e for save in group for e in save.events]
+        if events:
             rows = SQL(", ").join(
                 SQL("({}, {}, {}, {})").format(
                     Literal(e.originator_id),
@@ -146,7 +218,7 @@ class EventStoreRecorder(PostgresApplicationRecorder):
                     Literal(e.topic),
                     Literal(e.state),
                 )
-                for e in stored_events
+                for e in events
             )
             script += [self._lock_and_notify, self._insert_prefix + rows + _RETURNING]
         script.append(SQL("COMMIT"))
@@ -159,7 +231,8 @@ class EventStoreRecorder(PostgresApplicationRecorder):
                 "db.system.name": "postgresql",
                 "db.operation.name": "INSERT",
                 "db.collection.name": self.events_table_name,
-                "reporunner.events": len(stored_events),
+                "reporunner.events": len(events),
+                "reporunner.saves": len(group),
             },
         )
         with traced, self.datastore.get_connection() as conn, ClientCursor(conn) as curs:
@@ -174,8 +247,36 @@ class EventStoreRecorder(PostgresApplicationRecorder):
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
                 raise
-            EVENTS_APPENDED.inc(len(stored_events))
-            return sorted(_returned_positions(curs))
+            EVENTS_APPENDED.inc(len(events))
+            positions = dict(_returned_positions(curs))
+        return [
+            sorted(positions[str(e.originator_id), e.originator_version] for e in save.events)
+            for save in group
+        ]
+
+    @staticmethod
+    def _before_lock(save: _Save) -> list[Composable]:
+        """A save's side statements and idempotency record, run before the table lock."""
+        script: list[Composable] = []
+        for statement in save.side_statements:
+            rendered = SQL(statement.sql.replace("%s", "{}")).format(
+                *map(Literal, statement.params)
+            )
+            if statement.expect_row:
+                # A zero-row change divides by zero: the transaction aborts.
+                rendered = SQL(
+                    "WITH changed AS ({} RETURNING 1) SELECT 1 / count(*) FROM changed"
+                ).format(rendered)
+            script.append(rendered)
+        if save.idempotency is not None:
+            # Before the table lock: a racing duplicate waits on the unique
+            # index, not on the log, and fails once the first one commits.
+            script.append(
+                SQL(_INSERT_IDEMPOTENCY.replace("%s", "{}")).format(
+                    *map(Literal, _idempotency_params(save.idempotency))
+                )
+            )
+        return script
 
     def find_idempotency(self, org_id: str, key: str) -> IdempotencyRecord | None:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -210,11 +311,28 @@ class EventStoreRecorder(PostgresApplicationRecorder):
         return int(row["notification_id"])
 
 
-_RETURNING = SQL(" RETURNING notification_id")
+@dataclass
+class _Save:
+    """One caller's ``insert_events``, waiting for its group's commit."""
+
+    events: tuple[StoredEvent, ...]
+    idempotency: IdempotencyRecord | None
+    side_statements: tuple[SideStatement, ...]
+    positions: list[int] | None = None
+    error: BaseException | None = None
+    done: bool = False
+    woken: threading.Event = field(default_factory=threading.Event)
+
+    def settle(self, positions: list[int] | None, error: BaseException | None) -> None:
+        self.positions, self.error, self.done = positions, error, True
+        self.woken.set()
 
 
-def _returned_positions(curs: ClientCursor[Any]) -> Iterator[int]:
-    """The ids of the script's INSERT ... RETURNING, among the script's results."""
+_RETURNING = SQL(" RETURNING notification_id, originator_id, originator_version")
+
+
+def _returned_positions(curs: ClientCursor[Any]) -> Iterator[tuple[tuple[str, int], int]]:
+    """((originator id, version), position) of each row of the script's INSERT ... RETURNING."""
     while True:
         if (
             curs.pgresult is not None
@@ -223,7 +341,8 @@ def _returned_positions(curs: ClientCursor[Any]) -> Iterator[int]:
             and curs.description[0].name == "notification_id"
         ):
             for row in curs.fetchall():
-                yield int(row["notification_id"])
+                key = (str(row["originator_id"]), int(row["originator_version"]))
+                yield key, int(row["notification_id"])
         if not curs.nextset():
             return
 
