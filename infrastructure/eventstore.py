@@ -301,11 +301,14 @@ def _fast_decode(
         names = transcoder.names
         for key, value in values.items():
             if type(value) is dict and _is_marker(value):
-                data = value["_data_"]
-                transcoding = names.get(value["_type_"])
-                if transcoding is None or type(data) is not str:
+                name, data = value["_type_"], value["_data_"]
+                if type(name) is not str or type(data) is not str or name not in names:
                     return None
-                values[key] = transcoding.decode(data)
+                transcoding = names[name]
+                try:
+                    values[key] = transcoding.decode(data)
+                except Exception:  # the mapper's to raise, as it does
+                    return None
                 markers -= 1
         if markers:  # a nested marker, or the text "_type_" somewhere: not ours
             return None
