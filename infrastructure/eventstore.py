@@ -11,9 +11,9 @@ the same way, as ``side_statements``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 from uuid import UUID
 
 import orjson
@@ -315,7 +315,8 @@ def _fast_decode(
     cls = resolve_topic(topic)
     if "class_version" in values or getattr(cls, "class_version", 1) != 1:
         return None  # upcasting is the mapper's
-    values["originator_id"] = find_id_convertor(cls, type(originator_id))(originator_id)
+    convert = find_id_convertor(cls, cast(Hashable, type(originator_id)))  # as the mapper does
+    values["originator_id"] = convert(originator_id)
     values["originator_version"] = originator_version
     event = object.__new__(cls)
     object.__setattr__(event, "__dict__", values)

@@ -115,7 +115,9 @@ def _load(
 ) -> dict[str, sql.Composable]:
     """Project everything up to ``upto`` into new copy tables; returns them.
 
-    The bulk load first. Its write-behind cache cannot take back one event's
+    The bulk load first, in parallel processes where the projection has a
+    partition key and the log is long (else, or should that fail, in this
+    one). Its write-behind cache cannot take back one event's
     changes, so should any event fail, the tables are started again and
     loaded batch by batch under the follower policy: the events nobody can
     apply become dead letters (of ``tracking``) and the rest is applied, as
@@ -126,11 +128,23 @@ def _load(
         _start_tracking(conn, tracking)
         head = _head(conn) if upto is None else upto
     parts = _parts(projector, head, processes)
-    try:
-        if parts > 1:
+    if parts > 1:
+        try:
             _parallel_load(projector, conn, tables, tracking, head, parts, progress)
-        else:
-            _bulk_load(projector, conn, tables, tracking, upto, progress)
+            return tables
+        except Exception as exc:
+            # A partition key that did not hold, an event that does not
+            # apply, no connection to be had: this process does it all.
+            log.warning(
+                "parallel load failed; loading again in one process",
+                projection=projector.projection.name,
+                error=describe(exc),
+            )
+        with conn.transaction():
+            tables = fresh_tables()
+            _start_tracking(conn, tracking)
+    try:
+        _bulk_load(projector, conn, tables, tracking, upto, progress)
         return tables
     except Exception as exc:
         if is_transient(projector, exc):

@@ -131,7 +131,8 @@ class DocumentCache:
         out = {}
         for collection, ids in self._dirty.items():
             stored = self._stored.get(collection, set())
-            new, old = [], []
+            new: list[Document] = []
+            old: list[Document] = []
             for doc_id in ids:
                 document = self._docs[collection][doc_id]
                 if document is not None:
