@@ -126,3 +126,28 @@ def percentile(sorted_values: list[float], p: float) -> float:
         return float("nan")
     index = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
     return sorted_values[index]
+
+
+def raw_read_rate(target: PgTarget, page: int = 5000) -> float:
+    """Events/s of reading the whole log through eventsourcing's recorder (printed):
+    what a projection's rebuild rate is compared with, in the same run."""
+    from commands import WorkflowApplication
+    from infrastructure.eventstore import eventsourcing_env
+    from infrastructure.settings import Settings
+
+    app = WorkflowApplication(
+        env=eventsourcing_env(target, Settings(database_url="postgresql://unused"))
+    )
+    started = time.perf_counter()
+    count, position = 0, 0
+    while True:
+        rows = app.recorder.select_notifications(position + 1, page)
+        if not rows:
+            break
+        count += len(rows)
+        position = rows[-1].id
+    elapsed = time.perf_counter() - started
+    app.close()
+    rate = count / elapsed
+    print(f"raw read of the log (select_notifications, pages of {page:,}): {rate:,.0f} events/s")
+    return rate

@@ -5,7 +5,8 @@ then Succeeded / Failed / Canceled / Crashed in a realistic mix; some
 canceled while still queued) over 1,000 workflows in 20 organisations, with
 the events' timestamps spread over the last 30 days. Then:
 
-- rebuilds the executions projection and prints events/s;
+- rebuilds the executions projection and prints events/s, beside the raw
+  rate of reading the same events from the store, and their ratio;
 - prints p50/p95 of ``GET /v1/dashboards/summary`` (the last 7 days, one
   organisation) through HTTP, beside the same query run directly on asyncpg,
   and their ratio; and, for context, the direct latency of list queries.
@@ -29,7 +30,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import create_key, percentile, running_server, scratch_database
+from bench._common import (
+    create_key,
+    percentile,
+    raw_read_rate,
+    running_server,
+    scratch_database,
+)
 from commands import WorkflowApplication
 from domain.execution import Execution
 from domain.meta import EventMeta
@@ -150,6 +157,7 @@ def measure_dashboard(target: PgTarget, executions: int = 1_000_000, rounds: int
 
     now = datetime.now(UTC)
     events = seed(target, executions, now)
+    raw = raw_read_rate(target)
     app = create_workflow_application(target)
     projector = Projector(app, target, ExecutionsProjection(), batch_size=2000)
     started = time.perf_counter()
@@ -157,6 +165,7 @@ def measure_dashboard(target: PgTarget, executions: int = 1_000_000, rounds: int
     elapsed = time.perf_counter() - started
     app.close()
     print(f"rebuild: {events:,} events in {elapsed:.1f} s = {events / elapsed:,.0f} events/s")
+    print(f"ratio rebuild / raw read: {events / elapsed / raw:.2f}")
     with psycopg.connect(target.conninfo(), autocommit=True) as conn:
         # Fresh tables have no planner statistics until autovacuum gets to them.
         conn.execute("ANALYZE doc_executions")

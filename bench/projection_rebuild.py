@@ -25,7 +25,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import create_key, percentile, running_server, scratch_database
+from bench._common import (
+    create_key,
+    percentile,
+    raw_read_rate,
+    running_server,
+    scratch_database,
+)
 from commands import WorkflowApplication
 from domain.meta import EventMeta
 from domain.workflow import Workflow
@@ -106,21 +112,6 @@ def seed(target: PgTarget, events: int, workflows: int) -> None:
     app.close()
     elapsed = time.perf_counter() - started
     print(f"seeded {written:,} events over {len(live):,} workflows in {elapsed:.0f} s")
-
-
-def raw_read_rate(target: PgTarget, page: int = 5000) -> float:
-    app = create_workflow_application(target, Settings(database_url="postgresql://unused"))
-    started = time.perf_counter()
-    count, position = 0, 0
-    while True:
-        rows = app.recorder.select_notifications(position + 1, page)
-        if not rows:
-            break
-        count += len(rows)
-        position = rows[-1].id
-    elapsed = time.perf_counter() - started
-    app.close()
-    return count / elapsed
 
 
 LIST_FILTER = {"tags": "billing", "settings.timeout_ms": 30000}
@@ -245,7 +236,6 @@ def main() -> None:
     with scratch_database() as target:
         seed(target, args.events, args.workflows)
         raw = raw_read_rate(target)
-        print(f"raw read of the log (select_notifications, pages of 5,000): {raw:,.0f} events/s")
         app = create_workflow_application(target, Settings(database_url="postgresql://unused"))
         projector = Projector(app, target, WorkflowsProjection(), batch_size=args.batch)
         started = time.perf_counter()

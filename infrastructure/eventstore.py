@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, cast
 from uuid import UUID
 
+import orjson
 import psycopg
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
+    JSONTranscoder,
     OperationalError,
     StoredEvent,
+    find_id_convertor,
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
-from eventsourcing.utils import retry
+from eventsourcing.utils import resolve_topic, retry
 from psycopg import ClientCursor
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import ExecStatus
@@ -361,7 +364,20 @@ def _idempotency_params(record: IdempotencyRecord) -> tuple[object, ...]:
 def decode_event(
     mapper: Any, originator_id: UUID, originator_version: int, topic: str, state: bytes
 ) -> Any:
-    """The domain event stored in one row of the log, read by our own SQL."""
+    """The domain event stored in one row of the log, read by our own SQL.
+
+    Exactly what ``mapper.to_domain_event`` gives, most often without it: the
+    library's transcoder decodes with the stdlib's ``json`` and a Python hook
+    on every object, which made reading the log (rebuilds above all) several
+    times slower than the database. orjson decodes the state instead and only
+    the top level's ``_type_`` markers (the timestamp, ids) are transcoded,
+    by the mapper's own transcodings. Anything this cannot do exactly as the
+    mapper would (a nested marker, a numeral orjson reads differently, a
+    cipher, an upcast) goes to the mapper.
+    """
+    event = _fast_decode(mapper, originator_id, originator_version, topic, state)
+    if event is not None:
+        return event
     return mapper.to_domain_event(
         StoredEvent(
             originator_id=originator_id,
@@ -370,6 +386,65 @@ def decode_event(
             state=bytes(state),
         )
     )
+
+
+_MARKER: Final = b'"_type_"'
+# orjson reads integer numerals past 64 bits as floats, the stdlib as ints:
+# any run of 19 digits (in a number or a string) leaves it to the mapper.
+# (Digits mapped to "0", all else to " ", then a substring search: ten
+# times faster than a regular expression.)
+_DIGITS_AS_ZERO: Final = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_DIGITS: Final = b"0" * 19
+
+
+def _fast_decode(
+    mapper: Any, originator_id: UUID, originator_version: int, topic: str, state: bytes
+) -> Any:
+    """The event decoded with orjson, or None where only the mapper decodes it exactly."""
+    transcoder = mapper.transcoder
+    if (
+        type(transcoder) is not JSONTranscoder
+        or mapper.cipher is not None
+        or mapper.compressor is not None
+        or _LONG_DIGITS in state.translate(_DIGITS_AS_ZERO)
+    ):
+        return None
+    try:
+        values = orjson.loads(state)  # refuses NaN, lone surrogates, 1e400: the mapper's
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(values, dict) or _is_marker(values):
+        return None
+    markers = state.count(_MARKER)  # at least as many as there are markers
+    if markers:
+        names = transcoder.names
+        for key, value in values.items():
+            if type(value) is dict and _is_marker(value):
+                name, data = value["_type_"], value["_data_"]
+                if type(name) is not str or type(data) is not str or name not in names:
+                    return None
+                transcoding = names[name]
+                try:
+                    values[key] = transcoding.decode(data)
+                except Exception:  # the mapper's to raise, as it does
+                    return None
+                markers -= 1
+        if markers:  # a nested marker, or the text "_type_" somewhere: not ours
+            return None
+    cls = resolve_topic(topic)
+    if "class_version" in values or getattr(cls, "class_version", 1) != 1:
+        return None  # upcasting is the mapper's
+    convert = find_id_convertor(cls, cast(Hashable, type(originator_id)))  # as the mapper does
+    values["originator_id"] = convert(originator_id)
+    values["originator_version"] = originator_version
+    event = object.__new__(cls)
+    object.__setattr__(event, "__dict__", values)
+    return event
+
+
+def _is_marker(value: dict[str, Any]) -> bool:
+    """Whether the transcoder's object hook would decode this object."""
+    return len(value) == 2 and "_type_" in value and "_data_" in value
 
 
 # Our key in eventsourcing's environment: the URL's libpq parameters, as a conninfo string.

@@ -179,6 +179,12 @@ class ExecutionsProjection:
         ExecutionCrashedEvent,
     )
 
+    def partition(self, event: Any) -> str:
+        """Counters are an organisation's, and a retry retries one of its own
+        executions: every document changes with one organisation's events only
+        (rebuilds load by this key in parallel)."""
+        return str(event.meta["org_id"])
+
     def prefetch(self, events: Sequence[Any], view: ViewBatch) -> None:
         # Executions queued in this batch are not stored yet: their counters
         # are known from the Queued event; the others' from their documents.

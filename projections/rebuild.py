@@ -14,11 +14,16 @@ a verify (a rebuild into a scratch schema) finds no difference either way.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import gc
+import multiprocessing
+import os
 import queue
 import threading
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +32,8 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from infrastructure.database import PgTarget
+from infrastructure.eventstore import EVENTS_TABLE
 from projections.dead_letters import adopt_rebuild, describe, forget
 from projections.follower import is_transient
 from projections.runner import EventBatch, Projector
@@ -104,10 +111,13 @@ def _load(
     tracking: str,
     upto: int | None,
     progress: Progress | None,
+    processes: int | None,
 ) -> dict[str, sql.Composable]:
     """Project everything up to ``upto`` into new copy tables; returns them.
 
-    The bulk load first. Its write-behind cache cannot take back one event's
+    The bulk load first, in parallel processes where the projection has a
+    partition key and the log is long (else, or should that fail, in this
+    one). Its write-behind cache cannot take back one event's
     changes, so should any event fail, the tables are started again and
     loaded batch by batch under the follower policy: the events nobody can
     apply become dead letters (of ``tracking``) and the rest is applied, as
@@ -116,6 +126,23 @@ def _load(
     with conn.transaction():
         tables = fresh_tables()
         _start_tracking(conn, tracking)
+        head = _head(conn) if upto is None else upto
+    parts = _parts(projector, head, processes)
+    if parts > 1:
+        try:
+            _parallel_load(projector, conn, tables, tracking, head, parts, progress)
+            return tables
+        except Exception as exc:
+            # A partition key that did not hold, an event that does not
+            # apply, no connection to be had: this process does it all.
+            log.warning(
+                "parallel load failed; loading again in one process",
+                projection=projector.projection.name,
+                error=describe(exc),
+            )
+        with conn.transaction():
+            tables = fresh_tables()
+            _start_tracking(conn, tracking)
     try:
         _bulk_load(projector, conn, tables, tracking, upto, progress)
         return tables
@@ -141,6 +168,7 @@ def _bulk_load(
     tracking: str,
     upto: int | None,
     progress: Progress | None,
+    part: tuple[int, int] | None = None,
 ) -> None:
     """Project everything up to ``upto`` into copy tables, reading ahead.
 
@@ -149,6 +177,9 @@ def _bulk_load(
     Only a bulk load may read ahead and keep documents in memory between
     batches (written when evicted, or at the end): nothing else writes its
     tables or moves its tracking row.
+
+    ``part`` = (k, n): only the events of the projection's partition k of n
+    are applied (the others are read, and passed over).
     """
     batches: queue.Queue[EventBatch | BaseException | None] = queue.Queue(maxsize=2)
     # Big batches whatever the live projector uses: a bulk load is throughput.
@@ -163,6 +194,8 @@ def _bulk_load(
                     batch = projector.read_events(cur, position, bulk_batch, upto)
                     if not batch.count:
                         break
+                    if part is not None:
+                        batch = _of_part(projector.projection, batch, *part)
                     batches.put(batch)
                     position = batch.last
         except BaseException as exc:  # handed to the writer, which raises it
@@ -186,10 +219,11 @@ def _bulk_load(
                 progress(item.count)
         with conn.transaction(), conn.cursor() as cur:
             view = ViewBatch(cur, tables)
-            for collection, documents in cache.drain().items():
+            for collection, (new, stored) in cache.drain().items():
                 # Written grouped by organisation, so one organisation's
                 # documents share pages: its queries read far fewer of them.
-                view.write(collection, sorted(documents, key=lambda d: (d.org_id, d.id)))
+                view.write(collection, sorted(new, key=lambda d: (d.org_id, d.id)), new=True)
+                view.write(collection, stored)
             view.flush()
     finally:
         if gc_was_enabled:
@@ -201,8 +235,153 @@ def _bulk_load(
             reader_thread.join(timeout=0.05)
 
 
-def rebuild(projector: Projector, progress: Progress | None = None) -> int:
-    """Rebuild the projection's collections from the log; returns the new position."""
+# -- loading in parallel ----------------------------------------------------------
+#
+# A projection that names a partition key (every document it keeps is changed
+# only by events of one key: ``partition``) can be loaded by several
+# processes, one per core: each reads the whole log and applies the events
+# of its share of the keys, into the same tables (their documents never
+# overlap) under a tracking row of its own. Any failure in any of them
+# (an event that does not apply, or a key that did not hold) and the load
+# starts again in this process, batch by batch, as before.
+
+# Below this many events, starting processes costs more than it saves.
+PARALLEL_MIN_EVENTS = 100_000
+MAX_PROCESSES = 4
+
+
+def _head(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _parts(projector: Projector, head: int, processes: int | None) -> int:
+    if not callable(getattr(projector.projection, "partition", None)):
+        return 1
+    if processes is None:
+        processes = (os.cpu_count() or 1) if head >= PARALLEL_MIN_EVENTS else 1
+    return max(1, min(processes, MAX_PROCESSES))
+
+
+def _of_part(projection: Any, batch: EventBatch, part: int, parts: int) -> EventBatch:
+    """The batch with only the events of partition ``part`` of ``parts``."""
+    events = [
+        (position, event)
+        for position, event in batch.events
+        if zlib.crc32(projection.partition(event).encode()) % parts == part
+    ]
+    return dataclasses.replace(batch, events=events)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What a loading process needs to know (sent to it pickled)."""
+
+    env: dict[str, str]
+    target: PgTarget
+    projection: Any
+    batch_size: int
+    tables: dict[str, sql.Composable]
+    tracking: str
+    upto: int
+    part: int
+    parts: int
+
+
+def _parallel_load(
+    projector: Projector,
+    conn: psycopg.Connection[Any],
+    tables: dict[str, sql.Composable],
+    tracking: str,
+    upto: int,
+    parts: int,
+    progress: Progress | None,
+) -> None:
+    """Load up to ``upto`` in ``parts`` processes; then ``tracking`` is at ``upto``."""
+    names = [f"{tracking}#{k}" for k in range(parts)]
+    with conn.transaction():
+        for name in names:
+            _start_tracking(conn, name)
+    context = multiprocessing.get_context("spawn")  # no fork of our threads and sockets
+    counts: Any = context.Queue()
+    jobs = [
+        _Part(
+            env=dict(projector.app.env),
+            target=projector.target,
+            projection=projector.projection,
+            batch_size=projector.batch_size,
+            tables=tables,
+            tracking=name,
+            upto=upto,
+            part=k,
+            parts=parts,
+        )
+        for k, name in enumerate(names)
+    ]
+    log.info("loading in parallel", projection=projector.projection.name, processes=parts)
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=parts, mp_context=context, initializer=_init_part, initargs=(counts,)
+        ) as pool:
+            futures = [pool.submit(_load_part, job) for job in jobs]
+            while not all(f.done() for f in futures):
+                with contextlib.suppress(queue.Empty):
+                    count = counts.get(timeout=0.2)
+                    if progress:
+                        progress(count)
+            errors = [f.result() for f in futures]
+        failed = [error for error in errors if error is not None]
+        if failed:
+            raise RuntimeError(failed[0])
+        with conn.transaction():
+            conn.execute(
+                "UPDATE projection_tracking SET position = %s, updated_at = now() WHERE name = %s",
+                (upto, tracking),
+            )
+    finally:
+        with conn.transaction():
+            conn.execute("DELETE FROM projection_tracking WHERE name = ANY(%s)", (names,))
+            with conn.cursor() as cur:
+                for name in names:
+                    forget(cur, name)
+
+
+_counts: Any = None  # a loading process's queue of progress counts
+
+
+def _init_part(counts: Any) -> None:
+    global _counts
+    _counts = counts
+
+
+def _load_part(job: _Part) -> str | None:
+    """One process's share of a parallel load; an error's description, or None."""
+    from commands.application import WorkflowApplication
+
+    app = WorkflowApplication(env=job.env)
+    try:
+        projector = Projector(app, job.target, job.projection, batch_size=job.batch_size)
+        # Each process reads every event: only the first one counts them.
+        report = _counts.put if job.part == 0 else None
+        with projector.connect() as conn:
+            _bulk_load(
+                projector, conn, job.tables, job.tracking, job.upto, report, (job.part, job.parts)
+            )
+        return None
+    except Exception as exc:
+        return describe(exc)
+    finally:
+        app.close()
+
+
+def rebuild(
+    projector: Projector, progress: Progress | None = None, processes: int | None = None
+) -> int:
+    """Rebuild the projection's collections from the log; returns the new position.
+
+    ``processes``: how many load the log in parallel (None: one per core, for
+    a log long enough to be worth it; see ``_parts``).
+    """
     name = projector.projection.name
     tracking = f"{name}__rebuild"
     with projector.connect() as conn:
@@ -214,6 +393,7 @@ def rebuild(projector: Projector, progress: Progress | None = None) -> int:
             tracking,
             None,
             progress,
+            processes,
         )
         with conn.transaction():
             indexes = {
@@ -277,7 +457,10 @@ class Verification:
 
 
 def verify(
-    projector: Projector, progress: Progress | None = None, sample: int = 20
+    projector: Projector,
+    progress: Progress | None = None,
+    sample: int = 20,
+    processes: int | None = None,
 ) -> Verification:
     """Rebuild into a scratch schema and diff it with the live views."""
     name = projector.projection.name
@@ -298,6 +481,7 @@ def verify(
                 tracking,
                 upto,
                 progress,
+                processes,
             )
             with conn.transaction():
                 live_position = _position(conn, name, lock=True)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from projections.dead_letters import (
     storable,
 )
 from projections.follower import Follower, FollowerLoop, RetryPolicy, connect
-from projections.store import DocumentCache, ViewBatch, collection_table
+from projections.store import DocumentCache, ViewBatch, collection_table, jsonb_text
 
 log = structlog.get_logger("reporunner.projections")
 
@@ -65,6 +64,10 @@ class Projection(Protocol):
     def prefetch(self, events: Any, view: ViewBatch) -> None: ...
 
     def apply(self, event: Any, position: int, view: ViewBatch) -> None: ...
+
+    # Optional: ``partition(event) -> str``, a key such that every document
+    # changes with the events of one key only; rebuilds then load in parallel
+    # (``projections/rebuild.py``).
 
 
 def live_tables(projection: Projection) -> dict[str, sql.Composable]:
@@ -79,21 +82,6 @@ class EventBatch:
     last: int
     count: int
     events: list[tuple[int, Any]]
-
-
-# A JSON escape of U+0000: preceded by an even number of backslashes (each pair
-# is an escaped backslash), so the text "\\u0000" (a literal backslash) is kept.
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
-
-
-def _orjson_text(value: Any) -> str:
-    """JSON for jsonb. jsonb refuses U+0000, and one such string in one event
-    would stall the projection forever, so views hold U+FFFD instead (the log
-    keeps the original)."""
-    text = orjson.dumps(value).decode()
-    if "\\u0000" in text:
-        text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
-    return text
 
 
 def _lock_tracking(cur: psycopg.Cursor[Any], name: str) -> int:
@@ -144,7 +132,7 @@ class Projector(Follower):
         )
         # Documents cross as jsonb on every batch: orjson both ways.
         set_json_loads(orjson.loads, conn)
-        set_json_dumps(_orjson_text, conn)
+        set_json_dumps(jsonb_text, conn)
         return conn
 
     def ensure_tracking(self, conn: psycopg.Connection[Any], name: str | None = None) -> None:

@@ -46,6 +46,10 @@ class WorkflowsProjection:
         WorkflowDeactivatedEvent,
     )
 
+    def partition(self, event: Any) -> str:
+        """Every document is the workflow's own (rebuilds load by this key in parallel)."""
+        return str(event.originator_id)
+
     def prefetch(self, events: Sequence[Any], view: ViewBatch) -> None:
         view.prefetch(WORKFLOWS, [str(e.originator_id) for e in events])
 

@@ -417,6 +417,7 @@ def expected_figures(
     ),
     batch_size=st.integers(1, 7),
     window=st.tuples(st.integers(0, 71), st.integers(0, 59), st.integers(1, 72 * 60)),
+    processes=st.sampled_from([1, 2]),
 )
 def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
     workflow_app: WorkflowApplication,
@@ -424,6 +425,7 @@ def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
     plan: list[tuple[int, int, int, str, int, bool]],
     batch_size: int,
     window: tuple[int, int, int],
+    processes: int,
 ) -> None:
     org = f"prop-{uuid.uuid4().hex[:8]}"
     workflows = [str(uuid.uuid4()) for _ in range(3)]
@@ -451,7 +453,8 @@ def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
             if execution.status in ("failed", "canceled", "crashed"):
                 retryable = execution
     catch_up(projector)
-    assert verify(projector).ok
+    # In one process, or two (by organisation: the earlier examples' are in the log too).
+    assert verify(projector, processes=processes).ok
     for retried_id, retry_ids in retried_by.items():
         assert document(db_target, "doc_executions", retried_id)[0]["retried_by"] == retry_ids
 

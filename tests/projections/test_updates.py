@@ -129,7 +129,7 @@ def test_no_operator_ever_changes_its_input(document: dict[str, Any], operation:
 
 
 def test_views_hold_a_replacement_for_nul_which_jsonb_refuses() -> None:
-    from projections.runner import _orjson_text
+    from projections.store import jsonb_text as _orjson_text
 
     assert orjson.loads(_orjson_text({"k\x00": "a\x00b"})) == {"k\ufffd": "a\ufffdb"}
     # An escaped backslash followed by the letters u0000 is text, not NUL.

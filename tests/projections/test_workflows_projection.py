@@ -230,6 +230,7 @@ def test_verify_reports_a_tampered_view(
 @given(
     steps=st.lists(st.sampled_from(["create", "update", "run", "delete"]), min_size=1, max_size=12),
     batch_size=st.integers(1, 7),
+    processes=st.sampled_from([1, 2]),
 )
 def test_incremental_view_equals_a_rebuild(
     commands: WorkflowCommands,
@@ -237,6 +238,7 @@ def test_incremental_view_equals_a_rebuild(
     db_target: PgTarget,
     steps: list[str],
     batch_size: int,
+    processes: int,
 ) -> None:
     org = f"prop-{uuid.uuid4().hex[:8]}"
     projector = Projector(workflow_app, db_target, WorkflowsProjection(), batch_size=batch_size)
@@ -259,7 +261,30 @@ def test_incremental_view_equals_a_rebuild(
             projector.ensure_tracking(conn)
             projector.run_batch(conn)  # one small batch at a time, interleaved with writes
     _catch_up(projector)
-    assert verify(projector).ok
+    # The rebuild loads in one process, or in two (by workflow), as a long log does.
+    assert verify(projector, processes=processes).ok
+
+
+class ScatteredWorkflows(WorkflowsProjection):
+    """A partition key that does not hold: one workflow's events go anywhere."""
+
+    def partition(self, event: Any) -> str:
+        return uuid.uuid4().hex
+
+
+def test_a_parallel_load_whose_partitions_do_not_hold_is_done_again_in_one_process(
+    commands: WorkflowCommands, workflow_app: WorkflowApplication, db_target: PgTarget, org: str
+) -> None:
+    for i in range(6):
+        created = commands.create(CreateWorkflow(**workflow_body(f"s{i}")), _ctx(org))
+        commands.update(created.workflow_id, UpdateWorkflow(description="x"), 1, _ctx(org))
+    projector = Projector(workflow_app, db_target, ScatteredWorkflows(), batch_size=50)
+    _catch_up(projector)
+    position = rebuild(projector, processes=2)
+    with projector.connect() as conn:
+        assert status(conn, ["workflows"])[0].position == position
+    assert verify(projector, processes=2).ok
+    assert verify(projector, processes=1).ok
 
 
 def test_live_projector_survives_losing_its_connections(
