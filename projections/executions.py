@@ -32,11 +32,11 @@ waits out its back-off may start (else null).
 once, in the bucket of its queued time, under its *current* status (a
 transition moves it from the old status's counter to the new one's, so
 totals by status are exact at any moment), and its duration (started ->
-finished) is added when it finishes. An execution is counted in four such
-documents: its hour and its day (UTC), each for its organisation's totals
-(``workflow_id`` null) and for its workflow::
+finished) is added when it finishes. An execution is counted in six such
+documents: its hour, its day and its month (UTC), each for its
+organisation's totals (``workflow_id`` null) and for its workflow::
 
-    {workflow_id, granularity: "hour" | "day", bucket,
+    {workflow_id, granularity: "hour" | "day" | "month", bucket,
      executions, queued, running, succeeded, failed, canceled, crashed,
      by_trigger: {"<trigger>": n},
      duration_ms_sum, duration_count, duration_hist: {"<bucket index>": n}}
@@ -46,8 +46,14 @@ trigger never changes, so the counts never move.)
 
 ``_id`` = ``org:granularity:workflow_id-or-*:bucket``; the document's
 ``created`` column is its bucket's start, so the summary selects counters by
-an index range on it. Day documents exist so that a week's summary adds up a
-few dozen rows rather than one per hour and workflow.
+an index range on it. Day and month documents exist so that a summary adds up
+a bounded number of rows whatever its range: a year is ~12 months, the
+partial months at its ends in days and the partial days in hours, rather
+than one row per hour (or day) and workflow.
+
+``COUNTERS_SQL`` computes the same documents in one statement from
+execution rows (the documents, or rows a benchmark generates): a test holds
+it equal to what the projection keeps incrementally.
 """
 
 from __future__ import annotations
@@ -71,11 +77,11 @@ from domain.execution import (
     ExecutionStartedEvent,
     ExecutionSucceededEvent,
 )
-from projections.store import Document, ViewBatch
+from projections.store import Document, ViewBatch, collection_table
 
 EXECUTIONS = "executions"
 STATS = "execution_stats"
-GRANULARITIES: Final = ("hour", "day")
+GRANULARITIES: Final = ("hour", "day", "month")
 
 # Events that change an execution's status, hence its counters.
 _STATUS_EVENTS = (
@@ -123,9 +129,12 @@ def duration_bucket_bounds(index: int) -> tuple[float, float]:
 
 
 def bucket_start(at: datetime, granularity: str) -> datetime:
-    """The UTC hour or day that ``at`` falls in."""
+    """The UTC hour, day or month that ``at`` falls in."""
     hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    return hour if granularity == "hour" else hour.replace(hour=0)
+    if granularity == "hour":
+        return hour
+    day = hour.replace(hour=0)
+    return day if granularity == "day" else day.replace(day=1)
 
 
 def counter_id(org_id: str, granularity: str, workflow_id: str | None, bucket: datetime) -> str:
@@ -427,3 +436,103 @@ def _count(
                 updated=at,
             ),
         )
+
+
+# -- the counters in one statement ----------------------------------------------------
+#
+# ``COUNTERS_SQL.format(source=...)`` selects, in the counter table's columns,
+# every counter document the projection keeps for the executions ``source``
+# selects, one row per execution with columns:
+#
+#     org_id, workflow_id (text), queued_at (timestamptz), status, trigger (text),
+#     duration_ms (bigint, null unless it finished after starting),
+#     counts (int: how many of its events moved a counter: Queued, Started, the finish),
+#     counted_at (timestamptz: when it was last counted), position (bigint)
+#
+# ``EXECUTION_ROWS_SQL`` is that source over the execution documents. ``data``,
+# ``_version`` and ``created`` are exactly the projection's; ``_position`` and
+# ``updated`` are the latest of the counted executions' (the projection's are
+# those of the last event counted, in log order).
+
+_STATUS_COUNTS = ", ".join(
+    f"count(*) FILTER (WHERE status = '{status}') AS {status}" for status in EXECUTION_STATUSES
+)
+_BUCKET_ISO = "to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"')"
+_GROUPING_SETS = (
+    "GROUP BY org_id{extra}, GROUPING SETS ("
+    "(workflow_id, hour), (hour), (workflow_id, day), (day), (workflow_id, month), (month))"
+)
+_KEY = (
+    "CASE WHEN GROUPING(hour) = 0 THEN 'hour' WHEN GROUPING(day) = 0 THEN 'day' "
+    "ELSE 'month' END AS granularity, "
+    "CASE WHEN GROUPING(workflow_id) = 0 THEN workflow_id END AS workflow_id, "
+    "CASE WHEN GROUPING(hour) = 0 THEN hour WHEN GROUPING(day) = 0 THEN day "
+    "ELSE month END AS bucket"
+)
+_KEY_ID = (
+    "org_id || ':' || granularity || ':' || coalesce(workflow_id, '*') || ':' || "
+    + _BUCKET_ISO.format(column="bucket")
+)
+
+EXECUTION_ROWS_SQL: Final = f"""
+SELECT org_id, data->>'workflow_id' AS workflow_id, created AS queued_at,
+       data->>'status' AS status, data->>'trigger' AS trigger,
+       (data->>'duration_ms')::bigint AS duration_ms,
+       1 + (data->>'started_at' IS NOT NULL)::int + (data->>'finished_at' IS NOT NULL)::int
+           AS counts,
+       coalesce(data->>'finished_at', data->>'started_at', data->>'created_at')::timestamptz
+           AS counted_at,
+       _position AS position
+FROM {collection_table(EXECUTIONS)}
+"""
+
+COUNTERS_SQL: Final = f"""
+WITH e AS MATERIALIZED (
+    SELECT org_id, workflow_id, status, trigger, duration_ms, counts, counted_at, position,
+           date_trunc('hour', queued_at, 'UTC') AS hour,
+           date_trunc('day', queued_at, 'UTC') AS day,
+           date_trunc('month', queued_at, 'UTC') AS month,
+           CASE WHEN duration_ms < 1 THEN 0 ELSE least(
+               {DURATION_HIST_LAST},
+               1 + floor(ln(duration_ms::float8) / ln({DURATION_HIST_BASE}::float8))::int
+           ) END AS hist_index
+    FROM ({{source}}) source
+),
+totals AS (
+    SELECT *, {_KEY_ID} AS _id FROM (
+        SELECT org_id, {_KEY}, count(*) AS executions,
+               {_STATUS_COUNTS},
+               coalesce(sum(duration_ms), 0) AS duration_ms_sum,
+               count(duration_ms) AS duration_count,
+               sum(counts) AS version, max(position) AS position, max(counted_at) AS updated
+        FROM e {_GROUPING_SETS.format(extra="")}
+    ) t
+),
+histograms AS (
+    SELECT _id, jsonb_object_agg(hist_index::text, n) AS duration_hist FROM (
+        SELECT *, {_KEY_ID} AS _id FROM (
+            SELECT org_id, hist_index, {_KEY}, count(*) AS n
+            FROM e WHERE duration_ms IS NOT NULL {_GROUPING_SETS.format(extra=", hist_index")}
+        ) t
+    ) h GROUP BY _id
+),
+triggers AS (
+    SELECT _id, jsonb_object_agg(trigger, n) AS by_trigger FROM (
+        SELECT *, {_KEY_ID} AS _id FROM (
+            SELECT org_id, trigger, {_KEY}, count(*) AS n
+            FROM e {_GROUPING_SETS.format(extra=", trigger")}
+        ) t
+    ) b GROUP BY _id
+)
+SELECT t._id, t.org_id,
+       jsonb_build_object(
+           'workflow_id', t.workflow_id, 'granularity', t.granularity,
+           'bucket', {_BUCKET_ISO.format(column="t.bucket")}, 'executions', t.executions,
+           {", ".join(f"'{s}', t.{s}" for s in EXECUTION_STATUSES)},
+           'by_trigger', coalesce(b.by_trigger, '{{{{}}}}'),
+           'duration_ms_sum', t.duration_ms_sum, 'duration_count', t.duration_count,
+           'duration_hist', coalesce(h.duration_hist, '{{{{}}}}')
+       ) AS data,
+       t.version AS _version, t.position AS _position, t.bucket AS created, t.updated
+FROM totals t LEFT JOIN histograms h USING (_id) LEFT JOIN triggers b USING (_id)
+"""

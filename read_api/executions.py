@@ -292,40 +292,54 @@ class Period:
 
     def hours(self) -> tuple[datetime, datetime]:
         """``[first, end)`` of the hour buckets starting in the period."""
-        return _ceil_hour(self.since), _ceil_hour(self.until)
+        return _ceil(self.since, "hour"), _ceil(self.until, "hour")
 
-    def pieces(self, use_days: bool) -> list[tuple[str, datetime, datetime]]:
+    def pieces(self, coarsest: str) -> list[tuple[str, datetime, datetime]]:
         """(granularity, from, to): ranges of counter buckets that add up to the period.
 
-        With ``use_days``, whole UTC days inside the period are read from day
-        counters, so only the partial days at either end take hour counters.
+        Whole buckets of ``coarsest`` (hour, day or month) inside the period
+        are read from its counters, the partial ones at either end from the
+        next finer, down to hours: a year is ~12 month rows, up to ~60 day
+        rows and up to 46 hour rows per scope, however many executions.
         """
-        first, end = self.hours()
-        if first >= end:
-            return []
-        first_midnight = _ceil_day(first)
-        last_midnight = bucket_start(end, "day")
-        if not use_days or first_midnight >= last_midnight:
-            return [("hour", first, end)]
-        pieces = [("day", first_midnight, last_midnight)]
-        if first < first_midnight:
-            pieces.append(("hour", first, first_midnight))
-        if last_midnight < end:
-            pieces.append(("hour", last_midnight, end))
-        return pieces
+        return _cover(*self.hours(), coarsest)
 
     def as_json(self) -> dict[str, str]:
         return {"since": self.since.isoformat(), "until": self.until.isoformat()}
 
 
-def _ceil_hour(at: datetime) -> datetime:
-    start = bucket_start(at, "hour")
-    return start if start == at else start + HOUR
+_FINER = {"month": "day", "day": "hour"}
 
 
-def _ceil_day(at: datetime) -> datetime:
-    start = bucket_start(at, "day")
-    return start if start == at else start + DAY
+def _cover(
+    first: datetime, end: datetime, granularity: str
+) -> list[tuple[str, datetime, datetime]]:
+    """Buckets of ``granularity`` or finer that add up to the hours ``[first, end)``."""
+    if first >= end:
+        return []
+    if granularity == "hour":
+        return [("hour", first, end)]
+    inner_first, inner_end = _ceil(first, granularity), bucket_start(end, granularity)
+    finer = _FINER[granularity]
+    if inner_first >= inner_end:
+        return _cover(first, end, finer)
+    return [
+        (granularity, inner_first, inner_end),
+        *_cover(first, inner_first, finer),
+        *_cover(inner_end, end, finer),
+    ]
+
+
+def _ceil(at: datetime, granularity: str) -> datetime:
+    """The first bucket of ``granularity`` starting at or after ``at``."""
+    start = bucket_start(at, granularity)
+    if start == at:
+        return start
+    if granularity == "hour":
+        return start + HOUR
+    if granularity == "day":
+        return start + DAY
+    return bucket_start(start + timedelta(days=32), "month")
 
 
 def duration_percentile(histogram: dict[int, int], percent: float) -> float | None:
@@ -360,8 +374,11 @@ _FINISHED = " + ".join(_sum(status) for status in ("succeeded", "failed", "cance
 
 # One statement: the counters of both periods (a scope: the org's totals or one
 # workflow's) and the current period's per-workflow counters, selected by index
-# ranges (see migration 0005), summed four ways. {values}, {scope} and
-# {workflows} are fixed fragments of this module, never request text.
+# ranges (see migration 0005), summed four ways. The series reads the current
+# period's day (or hour) counters, the pieces labelled :series_period: those of
+# "current" when they are the same, else their own ("series"), since figures
+# over months read month counters. {values}, {scope} and {workflows} are fixed
+# fragments of this module, never request text.
 _SUMMARY_SQL = f"""
 WITH pieces (period, granularity, starts, ends) AS (VALUES {{values}}),
 counters AS (
@@ -388,22 +405,22 @@ SELECT
         SELECT period, {", ".join(f"{_sum(s)} AS {s}" for s in EXECUTION_STATUSES)},
                {_sum("duration_ms_sum")} AS duration_ms_sum,
                {_sum("duration_count")} AS duration_count
-        FROM counters GROUP BY period
+        FROM counters WHERE period <> 'series' GROUP BY period
     ) t) AS totals,
     (SELECT coalesce(jsonb_agg(h), '[]') FROM (
         SELECT c.period, b.key::int AS bucket, sum(b.value::bigint) AS count
         FROM counters c CROSS JOIN LATERAL jsonb_each_text(c.data->'duration_hist') b
-        GROUP BY 1, 2
+        WHERE c.period <> 'series' GROUP BY 1, 2
     ) h) AS histograms,
     (SELECT coalesce(jsonb_agg(b), '[]') FROM (
         SELECT c.period, t.key AS trigger, sum(t.value::bigint) AS count
         FROM counters c CROSS JOIN LATERAL jsonb_each_text(c.data->'by_trigger') t
-        GROUP BY 1, 2
+        WHERE c.period <> 'series' GROUP BY 1, 2
     ) b) AS by_trigger,
     (SELECT coalesce(jsonb_agg(s), '[]') FROM (
         SELECT date_trunc(:unit, created, 'UTC') AS bucket,
                {_sum("executions")} AS executions, {_FAILURES} AS failed
-        FROM counters WHERE period = 'current' GROUP BY 1
+        FROM counters WHERE period = :series_period GROUP BY 1
     ) s) AS series,
     (SELECT coalesce(jsonb_agg(w), '[]') FROM (
         SELECT data->>'workflow_id' AS workflow_id, {_FAILURES} AS failed,
@@ -467,10 +484,16 @@ async def load_summary(
     engine: AsyncEngine, org_id: str, period: Period, workflow_id: str | None = None
 ) -> dict[str, Any]:
     """The dashboard summary of ``period`` (and the one before it), from the counters."""
-    use_days = period.series_granularity == "day"
-    pieces = [("current", *piece) for piece in period.pieces(use_days)]
-    pieces += [("previous", *piece) for piece in period.previous.pieces(use_days)]
-    params: dict[str, Any] = {"org": org_id, "unit": period.series_granularity}
+    unit = period.series_granularity
+    coarsest = "month" if unit == "day" else "hour"
+    current_pieces = period.pieces(coarsest)
+    series = period.pieces(unit)
+    pieces = [("current", *piece) for piece in current_pieces]
+    pieces += [("previous", *piece) for piece in period.previous.pieces(coarsest)]
+    series_period = "current" if series == current_pieces else "series"
+    if series_period == "series":
+        pieces += [("series", *piece) for piece in series]
+    params: dict[str, Any] = {"org": org_id, "unit": unit, "series_period": series_period}
     values = []
     for i, (label, granularity, starts, ends) in enumerate(pieces):
         values.append(

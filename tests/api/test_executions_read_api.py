@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from commands import WorkflowApplication
+from projections.executions import bucket_start
 from read_api.executions import Period
 from tests.projections.test_executions_projection import (
     BASE,
@@ -409,21 +410,23 @@ def test_read_your_writes(
     since=st.datetimes(
         min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)
     ),
-    length=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=20)),
-    use_days=st.booleans(),
+    length=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=400)),
+    coarsest=st.sampled_from(["hour", "day", "month"]),
 )
 def test_period_pieces_cover_exactly_the_hours_starting_in_the_period(
-    since: datetime, length: timedelta, use_days: bool
+    since: datetime, length: timedelta, coarsest: str
 ) -> None:
     period = Period(since, since + length)
     covered: list[datetime] = []
-    for granularity, starts, ends in period.pieces(use_days):
-        step = timedelta(hours=1) if granularity == "hour" else timedelta(days=1)
-        assert starts < ends and (ends - starts) % step == timedelta(0)
+    pieces = period.pieces(coarsest)
+    for granularity, starts, ends in pieces:
+        assert starts < ends
+        assert bucket_start(starts, granularity) == starts
+        assert bucket_start(ends, granularity) == ends
         at = starts
         while at < ends:
-            covered += [at + timedelta(hours=h) for h in range(step // timedelta(hours=1))]
-            at += step
+            covered.append(at)
+            at += timedelta(hours=1)
     expected = []
     at = since.replace(minute=0, second=0, microsecond=0)
     while at < period.until:
@@ -431,5 +434,12 @@ def test_period_pieces_cover_exactly_the_hours_starting_in_the_period(
             expected.append(at)
         at += timedelta(hours=1)
     assert sorted(covered) == expected
+    # Bounded whatever the length: whole months, then days, then hours at the ends.
+    finest = {"hour": 1, "day": 3, "month": 5}[coarsest]
+    assert len(pieces) <= finest
+    if coarsest == "month":
+        days = sum((e - s).days for g, s, e in pieces if g == "day")
+        hours = sum((e - s) // timedelta(hours=1) for g, s, e in pieces if g == "hour")
+        assert days <= 2 * 30 and hours <= 2 * 23
     previous = period.previous
     assert previous.until == period.since and previous.until - previous.since == length
