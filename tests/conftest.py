@@ -130,10 +130,15 @@ def org() -> str:
 @pytest.fixture(scope="session")
 def make_key(db_target: PgTarget) -> Callable[[str, str], str]:
     """Create a real API key; returns the plaintext."""
+    return key_maker(db_target)
+
+
+def key_maker(target: PgTarget) -> Callable[[str, str], str]:
+    """A function that creates a real API key in ``target``'s database; it returns the plaintext."""
 
     def make(org_id: str, role: str = "owner") -> str:
         async def create() -> str:
-            engine = create_engine(db_target, pool_size=1)
+            engine = create_engine(target, pool_size=1)
             try:
                 _, plaintext = await ApiKeyStore(engine).create(org_id, Role(role), "test")
                 return plaintext

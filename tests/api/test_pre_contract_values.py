@@ -126,6 +126,8 @@ def test_an_execution_with_old_input_reads_back_and_the_audit_log_answers_everyo
         retry_of=None,
         reused_nodes=[],
         mode="async",
+        attempt=1,
+        not_before=None,
         input={"s": "a\x00b", "n": math.nan, "big": 1e20},
         meta=meta.as_dict(),
     )

@@ -24,7 +24,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
-from commands import CommandContext, CreateWorkflow, UpdateWorkflow, WorkflowCommands
+from commands import (
+    CommandContext,
+    CreateWorkflow,
+    UpdateWorkflow,
+    WorkflowApplication,
+    WorkflowCommands,
+)
 from infrastructure.audit import canonical_event_bytes, next_link, verify_export
 from infrastructure.auth import ApiKeyStore
 from infrastructure.database import PgTarget, create_engine
@@ -32,12 +38,40 @@ from infrastructure.settings import Settings
 from infrastructure.web import install_error_handlers
 from projections.audit_chain import AuditChainFollower, export_org, verify_log
 from read_api.audit import router as audit_router
-from tests.helpers import workflow_body
+from reporunner.wiring import create_workflow_application
+from tests.conftest import key_maker
+from tests.helpers import scratch_database, workflow_body
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "integration-test-audit-key"
 EVERY = 5  # a checkpoint every 5 events, so a few workflows span several
 TAMPERED_TABLES = ("reporunner_events", "audit_chain", "audit_chain_checkpoints")
+
+
+# The chain covers the whole log, so this module has a database of its own:
+# in the shared one, another module's service (with its own audit follower and
+# key) may chain events first.
+@pytest.fixture(scope="module")
+def db_target(server_target: PgTarget) -> Iterator[PgTarget]:
+    with scratch_database(server_target, "reporunner_audit") as target:
+        yield target
+
+
+@pytest.fixture(scope="module")
+def workflow_app(db_target: PgTarget, app_settings: Settings) -> Iterator[WorkflowApplication]:
+    app = create_workflow_application(db_target, app_settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def commands(workflow_app: WorkflowApplication) -> WorkflowCommands:
+    return WorkflowCommands(workflow_app)
+
+
+@pytest.fixture(scope="module")
+def make_key(db_target: PgTarget) -> Callable[[str, str], str]:
+    return key_maker(db_target)
 
 
 @pytest.fixture(scope="module")
