@@ -649,7 +649,7 @@ def test_at_least_one_trigger() -> None:
     problem = only(nodes=[noop("a"), noop("b")], connections=[edge("a", "b")])
     assert problem.loc == "nodes"
     assert "manual_trigger" in problem.msg and "webhook_trigger" in problem.msg
-    assert {"manual_trigger", "webhook_trigger"} == TRIGGER_TYPES
+    assert {"manual_trigger", "webhook_trigger", "schedule_trigger"} == TRIGGER_TYPES
 
 
 def test_empty_workflow_has_no_trigger() -> None:
