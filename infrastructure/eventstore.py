@@ -144,15 +144,28 @@ class EventStoreRecorder(PostgresApplicationRecorder):
         **_: Any,
     ) -> Sequence[int] | None:
         save = _Save(tuple(stored_events), idempotency, tuple(side_statements))
-        with self._queue_lock:
-            self._queued.append(save)
-            leads = not self._committing
-            self._committing = True
-        if not leads:
-            # Woken once: settled by a committer, or handed the next group to commit.
-            save.woken.wait()
-        if not save.done:
-            self._commit_next_group()
+        # The span is this caller's (its wait for the group's commit included):
+        # the thread that commits the group may be another command's.
+        traced = tracing.span(
+            "append events",
+            client=True,
+            attributes={
+                "db.system.name": "postgresql",
+                "db.operation.name": "INSERT",
+                "db.collection.name": self.events_table_name,
+                "reporunner.events": len(save.events),
+            },
+        )
+        with traced:
+            with self._queue_lock:
+                self._queued.append(save)
+                leads = not self._committing
+                self._committing = True
+            if not leads:
+                # Woken once: settled by a committer, or handed the next group to commit.
+                save.woken.wait()
+            if not save.done:
+                self._commit_next_group()
         if save.error is not None:
             raise save.error
         return save.positions
@@ -226,19 +239,9 @@ class EventStoreRecorder(PostgresApplicationRecorder):
             script += [self._lock_and_notify, self._insert_prefix + rows + _RETURNING]
         script.append(SQL("COMMIT"))
         # A cursor of its own (ClientCursor, for the one-round-trip script) is
-        # not the connection's, which the psycopg instrumentation traces.
-        traced = tracing.span(
-            "append events",
-            client=True,
-            attributes={
-                "db.system.name": "postgresql",
-                "db.operation.name": "INSERT",
-                "db.collection.name": self.events_table_name,
-                "reporunner.events": len(events),
-                "reporunner.saves": len(group),
-            },
-        )
-        with traced, self.datastore.get_connection() as conn, ClientCursor(conn) as curs:
+        # not the connection's, which the psycopg instrumentation traces: each
+        # save's "append events" span (``insert_events``) stands for it.
+        with self.datastore.get_connection() as conn, ClientCursor(conn) as curs:
             try:
                 curs.execute(SQL("; ").join(script))
             except psycopg.errors.DivisionByZero:
