@@ -50,6 +50,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from eventsourcing.utils import get_topic
 
 from commands.executions import ExecutionCommands
+from commands.log_follower import LogCommandFollower
 from domain.auto_retry import AutoRetry
 from domain.errors import RetryFromFailedNodeImpossible, WorkflowDeleted
 from domain.execution import (
@@ -63,9 +64,8 @@ from domain.workflow import Workflow
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, SideStatement, decode_event
 from infrastructure.queue import enqueue
-from projections.dead_letters import DeadLetter, describe, skip_next
-from projections.follower import Follower, FollowerLoop
-from projections.follower import connect as follower_connection
+from projections.dead_letters import DeadLetter, describe
+from projections.follower import FollowerLoop
 
 log = structlog.get_logger("reporunner.auto_retries")
 
@@ -81,12 +81,14 @@ def retry_id(execution_id: UUID) -> UUID:
     return uuid.uuid5(_RETRY_NAMESPACE, str(execution_id))
 
 
-class AutoRetrier(Follower):
+class AutoRetrier(LogCommandFollower):
     """A follower of the log: its loop, retries and dead letters; here one batch."""
 
     name = NAME
     lock_key = f"projection:{NAME}"
     transient = (psycopg.OperationalError, OperationalError, InterfaceError)
+    # Only the topic: the state of an ending is read only if it may be retried.
+    columns = "notification_id, originator_id, topic"
 
     def __init__(
         self,
@@ -95,56 +97,17 @@ class AutoRetrier(Follower):
         *,
         target: PgTarget | None = None,
     ) -> None:
+        super().__init__(executions.app, batch_size, target)
         self.executions = executions
-        self.app = executions.app
-        self.batch_size = batch_size
-        self.target = target
         self._topics = {get_topic(ExecutionFailedEvent), get_topic(ExecutionCrashedEvent)}
         # A workflow version's settings never change: cached by (id, version).
         self._policies: OrderedDict[tuple[UUID, int], AutoRetry | None] = OrderedDict()
 
-    def connect(self) -> psycopg.Connection[Any]:
-        if self.target is None:
-            raise RuntimeError("the auto-retrier needs a PgTarget to run live")
-        return follower_connection(self.target, "reporunner-auto-retries")
-
-    def ensure_tracking(self) -> None:
-        with self.app.event_store.datastore.get_connection() as conn:
-            conn.execute(
-                "INSERT INTO projection_tracking (name) VALUES (%s) ON CONFLICT DO NOTHING",
-                (NAME,),
-            )
-
-    def start(self, conn: psycopg.Connection[Any]) -> None:
-        self.ensure_tracking()
-
-    def skip(self, conn: psycopg.Connection[Any], error: str, attempts: int) -> int | None:
-        return skip_next(conn, NAME, NAME, error, attempts)
-
     def run_batch(self, conn: Any = None, limit: int | None = None) -> int:
         """Record the retries the next events call for; return how many events were read."""
-        with self.app.event_store.datastore.get_connection() as db, db.cursor() as cur:
-            cur.execute("SELECT position FROM projection_tracking WHERE name = %s", (NAME,))
-            row = cur.fetchone()
-            if row is None:
-                raise LookupError(f"no tracking row for {NAME!r}")
-            after = int(row["position"])
-            # Only the topic: the state of an ending is read only if it may be retried.
-            cur.execute(
-                "SELECT notification_id, originator_id, topic "
-                f"FROM {EVENTS_TABLE} WHERE notification_id > %s "
-                "ORDER BY notification_id LIMIT %s",
-                (after, limit or self.batch_size),
-            )
-            rows = cur.fetchall()
-        if not rows:
+        rows, move = self.next_rows(limit)
+        if move is None:
             return 0
-        move = SideStatement(
-            "UPDATE projection_tracking SET position = %s, updated_at = now() "
-            "WHERE name = %s AND position = %s",
-            (int(rows[-1]["notification_id"]), NAME, after),
-            expect_row=True,
-        )
         ended = [r["originator_id"] for r in rows if r["topic"] in self._topics]
         if not self._record(ended, move):
             # Another instance recorded this batch: read again from where it is now.

@@ -28,6 +28,7 @@ from eventsourcing.persistence import IntegrityError, InterfaceError, Operationa
 from eventsourcing.utils import get_topic
 
 from commands.application import WorkflowApplication
+from commands.log_follower import LogCommandFollower
 from domain.execution import (
     ExecutionCanceledEvent,
     ExecutionCrashedEvent,
@@ -38,9 +39,8 @@ from domain.meta import EventMeta
 from domain.workflow import ExecutionChain, Workflow
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, SideStatement, decode_event
-from projections.dead_letters import DeadLetter, describe, skip_next
-from projections.follower import Follower, FollowerLoop
-from projections.follower import connect as follower_connection
+from projections.dead_letters import DeadLetter, describe
+from projections.follower import FollowerLoop
 
 log = structlog.get_logger("reporunner.workflow_runs")
 
@@ -53,13 +53,15 @@ _ENDINGS = {
 }
 
 
-class WorkflowRunsRecorder(Follower):
+class WorkflowRunsRecorder(LogCommandFollower):
     """A follower of the log (``projections/follower.py``): its loop, retries and
     dead letters; here only what one batch does."""
 
     name = NAME
     lock_key = f"projection:{NAME}"
     transient = (psycopg.OperationalError, OperationalError, InterfaceError)
+
+    columns = "notification_id, originator_id, originator_version, topic, state"
 
     def __init__(
         self,
@@ -68,53 +70,14 @@ class WorkflowRunsRecorder(Follower):
         *,
         target: PgTarget | None = None,
     ) -> None:
-        self.app = app
-        self.batch_size = batch_size
-        self.target = target
+        super().__init__(app, batch_size, target)
         self._ending_topics = {get_topic(cls): status for cls, status in _ENDINGS.items()}
-
-    def connect(self) -> psycopg.Connection[Any]:
-        if self.target is None:
-            raise RuntimeError("the workflow-runs recorder needs a PgTarget to run live")
-        return follower_connection(self.target, "reporunner-workflow-runs")
-
-    def ensure_tracking(self) -> None:
-        with self.app.event_store.datastore.get_connection() as conn:
-            conn.execute(
-                "INSERT INTO projection_tracking (name) VALUES (%s) ON CONFLICT DO NOTHING",
-                (NAME,),
-            )
-
-    def start(self, conn: psycopg.Connection[Any]) -> None:
-        self.ensure_tracking()
-
-    def skip(self, conn: psycopg.Connection[Any], error: str, attempts: int) -> int | None:
-        return skip_next(conn, NAME, NAME, error, attempts)
 
     def run_batch(self, conn: Any = None, limit: int | None = None) -> int:
         """Record the endings among the next events; return how many events were read."""
-        with self.app.event_store.datastore.get_connection() as db, db.cursor() as cur:
-            cur.execute("SELECT position FROM projection_tracking WHERE name = %s", (NAME,))
-            row = cur.fetchone()
-            if row is None:
-                raise LookupError(f"no tracking row for {NAME!r}")
-            after = int(row["position"])
-            cur.execute(
-                "SELECT notification_id, originator_id, originator_version, topic, state "
-                f"FROM {EVENTS_TABLE} WHERE notification_id > %s "
-                "ORDER BY notification_id LIMIT %s",
-                (after, limit or self.batch_size),
-            )
-            rows = cur.fetchall()
-            if not rows:
-                return 0
-        last = int(rows[-1]["notification_id"])
-        move = SideStatement(
-            "UPDATE projection_tracking SET position = %s, updated_at = now() "
-            "WHERE name = %s AND position = %s",
-            (last, NAME, after),
-            expect_row=True,
-        )
+        rows, move = self.next_rows(limit)
+        if move is None:
+            return 0
         if not self._record(rows, move):
             # Another instance recorded this batch (or a workflow moved on
             # under us): read again from where the tracking row now is.
