@@ -92,6 +92,9 @@ def parse_body(raw: bytes, content_type: str | None) -> Any:
             return json.loads(text)
         except ValueError as exc:
             raise WebhookBodyInvalid(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            # Deeper than the parser's stack; the value contract allows far less anyway.
+            raise WebhookBodyInvalid("the body's JSON is nested too deeply") from None
     if media_type == "application/x-www-form-urlencoded":
         form: dict[str, Any] = {}
         for name, value in parse_qsl(text, keep_blank_values=True):

@@ -174,7 +174,11 @@ def test_bodies_are_read_by_their_content_type(
 
 @pytest.mark.parametrize(
     ("raw", "content_type", "fragment"),
-    [(b"{", "application/json", "not valid JSON"), (b"\xff", "text/plain", "UTF-8")],
+    [
+        (b"{", "application/json", "not valid JSON"),
+        (b"\xff", "text/plain", "UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", "nested too deeply"),
+    ],
 )
 def test_unreadable_bodies_are_refused(raw: bytes, content_type: str, fragment: str) -> None:
     with pytest.raises(WebhookBodyInvalid, match=fragment):
