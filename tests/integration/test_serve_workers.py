@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -42,13 +43,19 @@ def _start(target: PgTarget, port: int, workers: int) -> subprocess.Popen[bytes]
 
 def _http_workers(server: subprocess.Popen[bytes]) -> list[psutil.Process]:
     """The supervisor's worker processes (not multiprocessing's helpers)."""
-    return [
-        child
-        for child in psutil.Process(server.pid).children()
-        if child.is_running()
-        and child.status() != psutil.STATUS_ZOMBIE
-        and "spawn_main" in " ".join(child.cmdline())
-    ]
+    workers: list[psutil.Process] = []
+    try:
+        children = psutil.Process(server.pid).children()
+    except psutil.NoSuchProcess:  # the supervisor itself has stopped
+        return workers
+    for child in children:
+        # A worker the test just killed can vanish between listing and reading.
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                workers.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return workers
 
 
 def _wait(condition: object, what: str, timeout: float = 30) -> None:
@@ -154,7 +161,8 @@ def test_workers_dying_over_and_over_stop_the_service(db_target: PgTarget) -> No
             for worker in _http_workers(server):
                 if worker.pid not in killed:
                     killed.add(worker.pid)
-                    worker.kill()
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        worker.kill()
             time.sleep(0.2)
         output = server.communicate(timeout=40)[0].decode()
     # The sixth death within a minute is one too many.
