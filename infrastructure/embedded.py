@@ -18,6 +18,10 @@ log = structlog.get_logger(__name__)
 _servers: dict[Path, object] = {}
 
 
+class EmbeddedPostgresMissing(RuntimeError):
+    """No ``DATABASE_URL``, and this installation has no embedded PostgreSQL (the image's)."""
+
+
 def start_embedded_postgres(data_dir: Path, *, delete_at_exit: bool = False) -> PgTarget:
     """Start (or join) the embedded server whose data lives in ``data_dir/pgdata``.
 
@@ -27,7 +31,13 @@ def start_embedded_postgres(data_dir: Path, *, delete_at_exit: bool = False) -> 
     with warnings.catch_warnings():
         # platformdirs warns that XDG_RUNTIME_DIR is unset and falls back to /tmp: fine.
         warnings.simplefilter("ignore")
-        import pgserver  # imported lazily: it touches the file system on import
+        try:
+            import pgserver  # imported lazily: it touches the file system on import
+        except ImportError:
+            raise EmbeddedPostgresMissing(
+                "DATABASE_URL is not set and this installation has no embedded PostgreSQL "
+                "(the pgserver package): set DATABASE_URL"
+            ) from None
 
     pgdata = (data_dir / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from infrastructure.auth import ApiKeyStore, InvalidOrgId, Role
 from infrastructure.database import create_engine
+from infrastructure.embedded import EmbeddedPostgresMissing
 from infrastructure.logs import configure_logging
 from infrastructure.settings import get_settings
 from infrastructure.tracing import TracingConfigError, configure_tracing
@@ -276,7 +277,7 @@ def main() -> None:
         # Only settings are validated outside a command's own handling.
         console.print(f"[red]error:[/red] invalid configuration:\n{_configuration_errors(exc)}")
         raise SystemExit(2) from None
-    except TracingConfigError as exc:
+    except (TracingConfigError, EmbeddedPostgresMissing) as exc:
         console.print(f"[red]error:[/red] invalid configuration: {exc}")
         raise SystemExit(2) from None
     except (psycopg.OperationalError, sqlalchemy.exc.OperationalError, ConnectionError) as exc:
