@@ -294,11 +294,25 @@ def _is_statement_timeout(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "57014"
 
 
-def _is_unavailable(exc: Exception) -> bool:
+def _is_unavailable(exc: BaseException) -> bool:
     """Connection and pool failures: the database, not the request, is at fault."""
     import psycopg
     import psycopg_pool
     from eventsourcing.persistence import InterfaceError, OperationalError
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        # SQLAlchemy wraps the driver's error (asyncpg's "connection is closed"
+        # from a pooled connection whose server went away, e.g. a restarted
+        # replica): judge the driver's error, and what it was raised from.
+        if exc.connection_invalidated:
+            return True
+        driver_error = exc.orig
+        return driver_error is not None and any(
+            _is_unavailable(cause)
+            for cause in (driver_error, driver_error.__cause__)
+            if cause is not None
+        )
 
     unavailable: tuple[type[BaseException], ...] = (
         OperationalError,
