@@ -275,6 +275,15 @@ def _unexpected_problem(exc: Exception) -> Problem:
             type_=problem_type("query-timeout"),
             headers={"Retry-After": "5"},
         )
+    if _is_serialization_failure(exc):
+        log.warning("query cancelled by a conflict", error=str(exc))
+        return Problem(
+            503,
+            "the query was cancelled by a conflicting change (on a read replica: replaying "
+            "the primary's); retry",
+            type_=problem_type("unavailable"),
+            headers={"Retry-After": "1"},
+        )
     if _is_unavailable(exc):
         log.warning("dependency unavailable", error=repr(exc))
         return Problem(
@@ -292,6 +301,15 @@ def _is_statement_timeout(exc: Exception) -> bool:
     from sqlalchemy.exc import DBAPIError
 
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "57014"
+
+
+def _is_serialization_failure(exc: Exception) -> bool:
+    """SQLSTATE 40001: retry and it may pass. A hot standby cancels a query with it when
+    the query holds up replaying the primary's changes (a lock the primary took, rows
+    its vacuum removed)."""
+    from sqlalchemy.exc import DBAPIError
+
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "40001"
 
 
 def _is_unavailable(exc: BaseException) -> bool:

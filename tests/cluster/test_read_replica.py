@@ -7,17 +7,26 @@ the replica (``REPORUNNER_READ_DATABASE_URL``), as a deployment would.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from sqlalchemy import text
 
-from infrastructure.database import PgTarget
+from infrastructure.database import PgTarget, create_engine
 from infrastructure.settings import Settings
+from infrastructure.web import RequestContextMiddleware, install_error_handlers
+from reporunner.cli import _configuration_errors
 from reporunner.wiring import create_app
 from tests.cluster.postgres import PostgresCluster
 from tests.conftest import key_maker
@@ -29,7 +38,8 @@ MIN_POSITION_WAIT_S = 1.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PostgresCluster]:
-    with PostgresCluster.start() as cluster:
+    # A replica query that holds up replay is cancelled after this (default 30 s).
+    with PostgresCluster.start(server_settings={"max_standby_streaming_delay": "200ms"}) as cluster:
         yield cluster
 
 
@@ -167,3 +177,79 @@ def test_a_stopped_replica_makes_the_read_api_not_ready_and_its_reads_503(
 
     assert client.get("/readyz").status_code == 200
     assert client.get(f"/v1/workflows/{created['id']}", headers=fresh).status_code == 200
+
+
+def test_a_query_the_replica_cancels_to_replay_the_primary_is_503(
+    cluster: PostgresCluster, primary: PgTarget
+) -> None:
+    """A hot standby cancels a query that holds a lock the primary's change needs
+    (SQLSTATE 40001): the service answers 503 with Retry-After, not a 500."""
+    assert cluster.replica is not None
+    replica = PgTarget.from_url(cluster.replica.url(primary.dbname))
+    with psycopg.connect(primary.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE conflict_probe (x int)")
+    cluster.wait_replayed()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = create_engine(replica, pool_size=1)
+        yield
+        await app.state.engine.dispose()
+
+    app = FastAPI(lifespan=lifespan)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=1024)
+    install_error_handlers(app, {})
+
+    @app.get("/slow")
+    async def slow(request: Request) -> dict[str, int]:
+        # Holds conflict_probe's lock for up to 10 s; the primary's TRUNCATE needs it.
+        async with request.app.state.engine.connect() as conn:
+            await conn.execute(text("SELECT count(*) FROM conflict_probe, pg_sleep(10)"))
+        return {"done": 1}
+
+    def truncate_soon() -> None:
+        time.sleep(1)
+        with psycopg.connect(primary.conninfo(), autocommit=True) as conn:
+            conn.execute("TRUNCATE conflict_probe")
+
+    truncating = threading.Thread(target=truncate_soon)
+    with TestClient(app) as client:
+        truncating.start()
+        started = time.monotonic()
+        answer = client.get("/slow")
+    truncating.join()
+
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1"
+    assert "conflicting change" in answer.json()["detail"]
+    assert time.monotonic() - started < 9  # cancelled, not finished
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"REPORUNNER_READ_DATABASE_URL": "postgresql://u@127.0.0.1/db"}, "needs DATABASE_URL"),
+        (
+            {
+                "DATABASE_URL": "postgresql://u@127.0.0.1/db",
+                "REPORUNNER_READ_DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:54x/db",
+            },
+            "port '54x'",
+        ),
+    ],
+)
+def test_an_unusable_read_database_url_is_refused_at_start_naming_it(
+    env: dict[str, str], reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [name for name in os.environ if "DATABASE_URL" in name]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+
+    # What every command prints before exiting 2 (reporunner.cli.main).
+    message = _configuration_errors(refused.value)
+    assert message.strip().startswith("REPORUNNER_READ_DATABASE_URL:"), message
+    assert reason in message and "hunter2" not in message
