@@ -64,6 +64,8 @@ _SERVER_SETTINGS = {
     "shared_buffers": "32MB",
     "max_connections": "100",
     "wal_receiver_status_interval": "1s",
+    # A replica whose primary restarted reconnects within this (default 5 s).
+    "wal_retrieve_retry_interval": "200ms",
     "log_min_messages": "warning",
     "logging_collector": "off",
 }
