@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infrastructure.database import PgTarget
@@ -26,6 +26,11 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("DATABASE_URL", "REPORUNNER_DATABASE_URL"),
         description="PostgreSQL URL; unset means an embedded PostgreSQL under data_dir.",
+    )
+    read_database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL of a streaming replica of DATABASE_URL's server: the "
+        "read API queries its views there. Unset: the primary.",
     )
     redis_url: str | None = Field(
         default=None,
@@ -116,7 +121,7 @@ class Settings(BaseSettings):
     query_max_result_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     pipelines_per_org: int = Field(default=4, ge=1, le=1_000)
 
-    @field_validator("database_url")
+    @field_validator("database_url", "read_database_url")
     @classmethod
     def _usable_database_url(cls, url: str | None) -> str | None:
         # Refused here, at start, like every other bad setting: a URL whose
@@ -124,6 +129,17 @@ class Settings(BaseSettings):
         if not url:
             return None  # set but empty, as in many compose files: unset
         PgTarget.parse(url)
+        return url
+
+    @field_validator("read_database_url")
+    @classmethod
+    def _replica_of_a_server(cls, url: str | None, info: ValidationInfo) -> str | None:
+        # database_url is declared (so validated) first.
+        if url and not info.data.get("database_url"):
+            raise ValueError(
+                "needs DATABASE_URL: a read replica copies a server you run, and the "
+                "embedded PostgreSQL has none"
+            )
         return url
 
     # Followers of the log (issue 11, item 2: one loop, dead letters). A batch

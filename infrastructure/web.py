@@ -275,6 +275,15 @@ def _unexpected_problem(exc: Exception) -> Problem:
             type_=problem_type("query-timeout"),
             headers={"Retry-After": "5"},
         )
+    if _is_serialization_failure(exc):
+        log.warning("query cancelled by a conflict", error=str(exc))
+        return Problem(
+            503,
+            "the query was cancelled by a conflicting change (on a read replica: replaying "
+            "the primary's); retry",
+            type_=problem_type("unavailable"),
+            headers={"Retry-After": "1"},
+        )
     if _is_unavailable(exc):
         log.warning("dependency unavailable", error=repr(exc))
         return Problem(
@@ -294,11 +303,34 @@ def _is_statement_timeout(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "57014"
 
 
-def _is_unavailable(exc: Exception) -> bool:
+def _is_serialization_failure(exc: Exception) -> bool:
+    """SQLSTATE 40001: retry and it may pass. A hot standby cancels a query with it when
+    the query holds up replaying the primary's changes (a lock the primary took, rows
+    its vacuum removed)."""
+    from sqlalchemy.exc import DBAPIError
+
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "40001"
+
+
+def _is_unavailable(exc: BaseException) -> bool:
     """Connection and pool failures: the database, not the request, is at fault."""
     import psycopg
     import psycopg_pool
     from eventsourcing.persistence import InterfaceError, OperationalError
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        # SQLAlchemy wraps the driver's error (asyncpg's "connection is closed"
+        # from a pooled connection whose server went away, e.g. a restarted
+        # replica): judge the driver's error, and what it was raised from.
+        if exc.connection_invalidated:
+            return True
+        driver_error = exc.orig
+        return driver_error is not None and any(
+            _is_unavailable(cause)
+            for cause in (driver_error, driver_error.__cause__)
+            if cause is not None
+        )
 
     unavailable: tuple[type[BaseException], ...] = (
         OperationalError,

@@ -105,7 +105,7 @@ async def aggregate(
 
 async def _fetch(request: Request, sql: str, params: dict[str, Any]) -> list[Any]:
     try:
-        async with request.app.state.engine.connect() as conn:
+        async with request.app.state.read_engine.connect() as conn:
             return list((await conn.execute(text(sql), params)).all())
     except DBAPIError as exc:
         if unwind_cap_exceeded(str(exc.orig)):

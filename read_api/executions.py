@@ -57,6 +57,7 @@ from read_api.routes import (
     _json,
     _parse_filter,
     _views_position,
+    position_header,
     stale_header,
 )
 from read_api.schemas import ExecutionDocument, ExecutionPage, Summary
@@ -102,7 +103,7 @@ async def _page(
     page = await until_disconnected(
         request,
         list_documents(
-            request.app.state.engine,
+            request.app.state.read_engine,
             EXECUTIONS,
             org_id,
             filter_=filter_,
@@ -153,10 +154,15 @@ async def get_execution(
     principal = await _reader(request)
     position = await _views_position(request, min_position, EXECUTION_VIEWS)
     document = await get_document(
-        request.app.state.engine, EXECUTIONS, principal.org_id, str(execution_id)
+        request.app.state.read_engine, EXECUTIONS, principal.org_id, str(execution_id)
     )
     if document is None:
-        raise Problem(404, f"execution {execution_id} not found", type_=problem_type("not-found"))
+        raise Problem(
+            404,
+            f"execution {execution_id} not found",
+            type_=problem_type("not-found"),
+            headers=position_header(position),
+        )
     return _json(document, position, {"ETag": f'"{document["version"]}"', **stale_header(document)})
 
 
@@ -182,7 +188,7 @@ async def list_workflow_executions(
     page = await until_disconnected(
         request,
         workflow_executions_page(
-            request.app.state.engine,
+            request.app.state.read_engine,
             principal.org_id,
             str(workflow_id),
             filter_=_parse_filter(filter),
@@ -588,7 +594,7 @@ async def dashboard_summary(
 
     async def summarise() -> dict[str, Any]:
         workflow = None if workflow_id is None else str(workflow_id)
-        return await load_summary(request.app.state.engine, principal.org_id, period, workflow)
+        return await load_summary(request.app.state.read_engine, principal.org_id, period, workflow)
 
     # A default period ends "now": key on the hour buckets it covers, so a hit
     # holds exactly the figures a miss would compute.

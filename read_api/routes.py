@@ -2,8 +2,14 @@
 
 Read-your-writes: a client that sends ``X-Min-Position: N`` (or
 ``?min_position=N``), N being the ``position`` a command returned, waits
-(bounded) until every view has applied N. Every response says how far the
-views are in ``X-Projection-Position``.
+(bounded) until every view has applied N. Every response (a 404 too) says how
+far the views are in ``X-Projection-Position``.
+
+The views are read from ``app.state.read_engine``: the read replica when
+``REPORUNNER_READ_DATABASE_URL`` names one, else the primary. A view's
+``projection_tracking`` row is written in the same transaction as the view, so
+it replicates with it: the replica's position is exactly what the replica's
+views hold, and waiting on it is waiting for the replica to catch up.
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ async def _views_position(
     request: Request, min_position: int | None, views: list[str] = VIEWS
 ) -> int:
     """The ``views``' position, after waiting for the one the client asked for."""
-    engine = request.app.state.engine
+    engine = request.app.state.read_engine
     raw = request.headers.get("x-min-position")
     wanted = min_position
     if raw is not None:
@@ -173,7 +179,7 @@ async def list_workflows(
     page = await until_disconnected(
         request,
         list_documents(
-            request.app.state.engine,
+            request.app.state.read_engine,
             WORKFLOWS,
             principal.org_id,
             filter_=_parse_filter(filter),
@@ -217,10 +223,10 @@ async def get_workflow(
         return await workflow_then(request, workflow_id, principal.org_id, version, as_of)
     position = await _views_position(request, min_position)
     document = await get_document(
-        request.app.state.engine, WORKFLOWS, principal.org_id, str(workflow_id)
+        request.app.state.read_engine, WORKFLOWS, principal.org_id, str(workflow_id)
     )
     if document is None:
-        raise _not_found(workflow_id)
+        raise _not_found(workflow_id, position)
     return _json(document, position, {"ETag": f'"{document["version"]}"', **stale_header(document)})
 
 
@@ -240,9 +246,9 @@ async def list_versions(
 ) -> Response:
     principal = await _reader(request)
     position = await _views_position(request, min_position)
-    engine = request.app.state.engine
+    engine = request.app.state.read_engine
     if await get_document(engine, WORKFLOWS, principal.org_id, str(workflow_id)) is None:
-        raise _not_found(workflow_id)
+        raise _not_found(workflow_id, position)
     page = await list_documents(
         engine,
         VERSIONS,
@@ -271,13 +277,14 @@ async def get_version(
     principal = await _reader(request)
     position = await _views_position(request, min_position)
     document = await get_document(
-        request.app.state.engine, VERSIONS, principal.org_id, f"{workflow_id}:{version}"
+        request.app.state.read_engine, VERSIONS, principal.org_id, f"{workflow_id}:{version}"
     )
     if document is None:
         raise Problem(
             404,
             f"workflow {workflow_id} has no version {version}",
             type_=problem_type("not-found"),
+            headers=position_header(position),
         )
     return _json(document, position, {"ETag": f'"{version}"'})
 
@@ -287,5 +294,15 @@ def stale_header(document: dict[str, Any]) -> dict[str, str]:
     return {"X-Stale": "true"} if STALE in document else {}
 
 
-def _not_found(workflow_id: UUID) -> Problem:
-    return Problem(404, f"workflow {workflow_id} not found", type_=problem_type("not-found"))
+def _not_found(workflow_id: UUID, position: int) -> Problem:
+    # As of the views' position: on a lagging replica a 404 may be a write not there yet.
+    return Problem(
+        404,
+        f"workflow {workflow_id} not found",
+        type_=problem_type("not-found"),
+        headers=position_header(position),
+    )
+
+
+def position_header(position: int) -> dict[str, str]:
+    return {"X-Projection-Position": str(position)}

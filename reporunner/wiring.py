@@ -101,6 +101,13 @@ async def ping_redis(url: str) -> str:
     return "ok"
 
 
+def read_replica(settings: Settings, roles: Sequence[str]) -> PgTarget | None:
+    """Where the read API queries its views, if not on the primary (a process with it)."""
+    if "read-api" not in roles or not settings.read_database_url:
+        return None
+    return PgTarget.from_url(settings.read_database_url, variable="REPORUNNER_READ_DATABASE_URL")
+
+
 def create_workflow_application(target: PgTarget, settings: Settings) -> WorkflowApplication:
     return WorkflowApplication(env=eventsourcing_env(target, settings))
 
@@ -215,6 +222,9 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {ROLES}")
     if list(roles) == ["relay"] and not settings.redis_url:
         raise ValueError("the relay role needs REDIS_URL")
+    replica = read_replica(settings, roles)
+    if replica is not None:
+        log.info("read replica", url=replica.display())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -228,6 +238,18 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             statement_timeout_ms=settings.query_timeout_ms,
         )
         app.state.engine = engine
+        # The read API's view queries (and X-Min-Position's waits) go to the
+        # replica when there is one; everything else stays on the primary.
+        read_engine = (
+            create_engine(
+                replica,
+                pool_size=settings.db_pool_size,
+                statement_timeout_ms=settings.query_timeout_ms,
+            )
+            if replica is not None
+            else engine
+        )
+        app.state.read_engine = read_engine
         app.state.db_gauges = database_gauges(engine)
         app.state.pg_target = target
         app.state.settings = settings
@@ -340,6 +362,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             executions.close()
             workflow_app.close()
             await engine.dispose()
+            if read_engine is not engine:
+                await read_engine.dispose()
             if redis_client is not None:
                 await redis_client.aclose()
 
@@ -375,6 +399,15 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
                 await conn.execute(text("SELECT 1"))
         except Exception as exc:  # readiness reports any failure, never raises
             return f"down: {type(exc).__name__}"
+        return "ok"
+
+    async def replica_check() -> str:
+        # The read API cannot answer without its replica: out of the load balancer.
+        try:
+            async with app.state.read_engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # readiness reports any failure, never raises
+            return f"{FAILING}: down: {type(exc).__name__}"
         return "ok"
 
     async def redis_check() -> str:
@@ -425,6 +458,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         "redis": redis_check,
         "dead_letters": dead_letters_check,
     }
+    if replica is not None:
+        checks["read_replica"] = replica_check
     if "projections" in roles:
         checks["projections"] = projections_check
     if "worker" in roles:

@@ -187,6 +187,7 @@ def build_app(
     app.add_middleware(RequestContextMiddleware, max_body_bytes=1024 * 1024)
     install_error_handlers(app, {})
     app.state.engine = engine
+    app.state.read_engine = engine
     app.state.settings = Settings(min_position_wait_s=2)
     app.state.api_keys = ApiKeyStore(engine, cache_seconds=60)
     app.state.read_cache = cache
