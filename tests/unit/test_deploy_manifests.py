@@ -43,11 +43,6 @@ KUBERNETES_VERSION = "1.32"
 SINGLE_ACTIVE = {"projections", "relay", "scheduler"}
 API_ROLES = {"write-api", "read-api"}
 
-# Arrives with the read-replica change of issue 15 (the read API's queries
-# on a replica); drop it from here once Settings reads it.
-PENDING_SETTINGS = {"REPORUNNER_READ_DATABASE_URL"}
-
-
 def _setting_variables() -> set[str]:
     """Every environment variable ``Settings`` reads."""
     prefix = Settings.model_config.get("env_prefix", "")
@@ -63,7 +58,7 @@ def _setting_variables() -> set[str]:
     return names
 
 
-KNOWN_VARIABLES = _setting_variables() | PENDING_SETTINGS
+KNOWN_VARIABLES = _setting_variables()
 
 
 def test_the_known_variables_are_the_settings() -> None:
