@@ -297,7 +297,20 @@ def apply_with_patch(workflow: Any, event: Any) -> tuple[Workflow, list[dict[str
     place), and the RFC 6902 JSON Patch of what a reader of the workflow sees change."""
     before = _visible_state(workflow)
     workflow = event.mutate(workflow)
-    return workflow, jsonpatch.make_patch(before, _visible_state(workflow)).patch
+    after = _visible_state(workflow)
+    # Field by field, in the document's order, and only the fields that differ
+    # (plain equality is fast; jsonpatch walking a whole definition is not). An
+    # added field's value is the workflow's own: apply methods replace fields,
+    # never change them in place (domain/workflow.py), so it stays as it was.
+    changes: list[dict[str, Any]] = []
+    for name, value in after.items():
+        path = "/" + name
+        if name not in before:
+            changes.append({"op": "add", "path": path, "value": value})
+        elif before[name] != value:
+            changes += jsonpatch.make_patch({name: before[name]}, {name: value}).patch
+    changes += [{"op": "remove", "path": "/" + name} for name in before if name not in after]
+    return workflow, changes
 
 
 def _visible_state(workflow: Any) -> dict[str, Any]:
