@@ -32,6 +32,7 @@ import re
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -77,13 +78,19 @@ CHUNK_EVENTS = 500
 PRELUDE = b"retry: 1000\n: connected\n\n"
 HEARTBEAT = b": keep-alive\n\n"
 
-# Every event type of the log, by the name the history API gives it.
+# Every event type of the log, by the name the history API gives it. (An
+# aggregate whose first event has another name, Execution.Queued, also gets a
+# default ``Created`` class from eventsourcing: it declares no field of its
+# own and is never recorded.)
 _AGGREGATES: tuple[type[Any], ...] = (Workflow, Execution, Timetable)
 EVENT_TYPES = frozenset(
     f"{aggregate.__name__}.{name}"
     for aggregate in _AGGREGATES
     for name, value in vars(aggregate).items()
-    if isinstance(value, type) and issubclass(value, aggregate.Event) and name != "Event"
+    if isinstance(value, type)
+    and issubclass(value, aggregate.Event)
+    and name != "Event"
+    and vars(value).get("__annotations__")
 )
 AGGREGATE_NAMES = frozenset(aggregate.__name__ for aggregate in _AGGREGATES)
 MAX_TYPES_CHARS = 2048
@@ -97,26 +104,37 @@ _DETAILS = (
     "trigger",
     "retry_of",
     "attempt",
+    "not_before",
     "worker_id",
     "node_id",
     "error",
     "will_retry",
+    "outputs_truncated",
     "output_truncated",
     "reason",
     "instant",
     "execution_id",
+    "revision",
+    "buffered",
+    "running",
+    "after",
+    "through",
 )
 
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """One event of the log, rendered once for every stream that takes it."""
+    """One event of the log, rendered once for every stream that takes it.
+
+    ``frame`` is None when the tailer read it while its organisation had no
+    stream: a stream that joined since reads it from the log instead.
+    """
 
     position: int
     org_id: str
     type: str
     aggregate_id: str
-    frame: bytes
+    frame: bytes | None
 
 
 @dataclass(frozen=True)
@@ -202,6 +220,18 @@ class WorkflowStates:
         return workflow.revision, patch
 
 
+def unrendered(position: int, event: Any) -> StreamEvent:
+    """What the fan-out needs to know of an event no stream of its organisation wants yet."""
+    meta = getattr(event, "meta", None) or {}
+    return StreamEvent(
+        position=position,
+        org_id=str(meta.get("org_id") or ""),
+        type=event_type(event),
+        aggregate_id=str(event.originator_id),
+        frame=None,
+    )
+
+
 def render(position: int, event: Any, states: WorkflowStates) -> StreamEvent:
     """An event of the log as one SSE message (``id``, ``event``, one-line JSON ``data``)."""
     name = event_type(event)
@@ -232,12 +262,7 @@ def render(position: int, event: Any, states: WorkflowStates) -> StreamEvent:
             }
     else:
         details = {key: getattr(event, key) for key in _DETAILS if hasattr(event, key)}
-        if hasattr(event, "status") and name != "Execution.Queued":
-            details["status"] = event.status
-        body["details"] = {
-            key: value if isinstance(value, str | int | bool | None) else str(value)
-            for key, value in details.items()
-        }
+        body["details"] = {key: _plain(value) for key, value in details.items()}
     frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (position, name.encode(), dumps_answer(body))
     return StreamEvent(
         position=position,
@@ -246,6 +271,13 @@ def render(position: int, event: Any, states: WorkflowStates) -> StreamEvent:
         aggregate_id=str(event.originator_id),
         frame=frame,
     )
+
+
+def _plain(value: Any) -> Any:
+    """A detail as JSON: instants in ISO 8601, ids as text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value if isinstance(value, str | int | float | bool | None) else str(value)
 
 
 class Subscriber:
@@ -300,6 +332,9 @@ class StreamHub:
         self.open = 0
         self.closed = asyncio.Event()
         self._live: dict[str, set[Subscriber]] = {}
+        # Replaced (never changed) on the event loop; the tailer reads it to
+        # skip rendering events nobody streams (see StreamEvent.frame).
+        self._live_orgs: frozenset[str] = frozenset()
         # The tailer thread's own.
         self._read_position: int | None = None
         self._stop = threading.Event()
@@ -364,6 +399,7 @@ class StreamHub:
         """Join the fan-out; every event after the returned position will be offered."""
         assert self.position is not None
         self._live.setdefault(subscriber.org_id, set()).add(subscriber)
+        self._live_orgs = frozenset(self._live)
         return self.position
 
     def release(self, subscriber: Subscriber) -> None:
@@ -372,6 +408,7 @@ class StreamHub:
             live.discard(subscriber)
             if not live:
                 del self._live[subscriber.org_id]
+                self._live_orgs = frozenset(self._live)
         subscriber.slot.close()
         self.open -= 1
         STREAMS_OPEN.dec()
@@ -417,18 +454,25 @@ class StreamHub:
             rows = [tuple(row.values()) for row in cur.fetchall()]
         events = [
             event
-            for event in self._render_rows(rows)
+            for event in self._render_rows(rows, only=None)
             if event.org_id == org_id and stream_filter.accepts(event)
         ]
         last = int(rows[-1][0]) if rows else after
         return events, last, len(rows) < CATCH_UP_PAGE
 
-    def _render_rows(self, rows: list[tuple[Any, ...]]) -> list[StreamEvent]:
+    def _render_rows(
+        self, rows: list[tuple[Any, ...]], only: frozenset[str] | None
+    ) -> list[StreamEvent]:
+        """The rows' events, rendered (only those of the organisations ``only`` names, if given)."""
         events = []
         for position, originator_id, version, topic, state in rows:
             try:
                 event = decode_event(self.app.mapper, originator_id, version, topic, state)
-                events.append(render(int(position), event, self.states))
+                org_id = str((getattr(event, "meta", None) or {}).get("org_id") or "")
+                if only is not None and org_id not in only:
+                    events.append(unrendered(int(position), event))
+                else:
+                    events.append(render(int(position), event, self.states))
             except Exception as exc:  # the history API cannot read it either
                 log.error("stream cannot decode an event", position=position, error=repr(exc))
         return events
@@ -478,7 +522,7 @@ class StreamHub:
         if not rows:
             return False
         last = int(rows[-1][0])
-        self._call(self._fan_out, self._render_rows(rows), last)
+        self._call(self._fan_out, self._render_rows(rows, only=self._live_orgs), last)
         self._read_position = last
         return len(rows) == TAIL_BATCH
 
@@ -553,7 +597,8 @@ class EventStreamResponse(StreamingResponse):
                     limiter=hub.catch_up_limiter,
                 )
                 if events:
-                    await write(b"".join(event.frame for event in events), len(events))
+                    frames = [event.frame for event in events if event.frame is not None]
+                    await write(b"".join(frames), len(frames))
             return after
 
         await write(PRELUDE)
@@ -567,13 +612,22 @@ class EventStreamResponse(StreamingResponse):
             sent = max(read, live_from)
         # ``sent``: every event of the stream up to it was sent (or filtered out).
         while not hub.closed.is_set():
-            frames, count = [], 0
+            frames: list[bytes] = []
+            count = 0
             while subscriber.queue and count < CHUNK_EVENTS:
                 event = subscriber.queue.popleft()
-                if event.position > sent:
+                if event.position <= sent:
+                    continue
+                if event.frame is None:
+                    # Read while this organisation had no stream: from the log.
+                    if frames:
+                        await write(b"".join(frames), count)
+                        frames, count = [], 0
+                    await catch_up(sent, event.position)
+                else:
                     frames.append(event.frame)
-                    sent = event.position
                     count += 1
+                sent = event.position
             if frames:
                 await write(b"".join(frames), count)
                 continue

@@ -6,6 +6,7 @@ client that never reads) and checks what arrives against the log itself.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import socket
 import statistics
@@ -479,3 +480,49 @@ def test_heartbeats_arrive_on_a_quiet_stream(url: str, auth: dict[str, str]) -> 
     assert reader.comments.get(timeout=HEARTBEAT_S * 10) == "keep-alive"
     assert time.monotonic() - started >= HEARTBEAT_S
     reader.close()
+
+
+async def test_an_event_read_before_its_organisation_had_a_stream_comes_from_the_log(
+    workflow_app: WorkflowApplication, db_target: PgTarget, app_settings: Settings, org: str
+) -> None:
+    """The tailer skips rendering events of organisations nobody streams; a stream
+    that joins between that read and its fan-out reads such an event from the log."""
+    from read_api.stream import EventStreamResponse, StreamFilter, StreamHub
+
+    hub = StreamHub(workflow_app, db_target, app_settings)
+    hub._loop = asyncio.get_running_loop()
+    head = _write_events(workflow_app, f"org-{uuid.uuid4().hex[:12]}", 1)[0]
+    hub._ready(head)
+    subscriber = hub.subscribe(org, StreamFilter())
+    sent: list[bytes] = []
+    wanted = b""
+    opened, arrived = asyncio.Event(), asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message.get("body", b""))
+        opened.set()  # the stream has joined the fan-out once it waits for events
+        if wanted and wanted in b"".join(sent):
+            arrived.set()
+
+    pump = asyncio.create_task(EventStreamResponse(hub, subscriber, None, {})._pump(send))
+    await asyncio.wait_for(opened.wait(), 10)
+    assert hub.streams_of(org) == 1
+    # As the tailer would have read it, before the stream joined: not rendered.
+    (position,) = _write_events(workflow_app, org, 1)
+    wanted = b"id: %d\n" % position
+    with workflow_app.event_store.datastore.get_connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM reporunner_events WHERE notification_id > %s ORDER BY notification_id",
+            (head,),
+        )
+        rows = [tuple(row.values()) for row in cur.fetchall()]
+    (event,) = hub._render_rows(rows, only=frozenset())
+    assert event.frame is None
+    hub._fan_out([event], position)
+    await asyncio.wait_for(arrived.wait(), 10)
+    hub.close()
+    await asyncio.wait_for(pump, 10)
+    hub.release(subscriber)
+    stream = b"".join(sent)
+    assert stream.count(b"\nid: ") == 1 and b"event: Workflow.Created\n" in stream
