@@ -526,3 +526,46 @@ async def test_an_event_read_before_its_organisation_had_a_stream_comes_from_the
     hub.release(subscriber)
     stream = b"".join(sent)
     assert stream.count(b"\nid: ") == 1 and b"event: Workflow.Created\n" in stream
+
+
+def test_a_stopping_server_ends_its_streams(
+    db_target: PgTarget, org: str, make_key: Callable[[str, str], str]
+) -> None:
+    """uvicorn waits for open responses before it stops: a stream must end on SIGTERM."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": db_target.url(), "REPORUNNER_LOG_LEVEL": "warning"}
+    command = [sys.executable, "-m", "reporunner", "serve", "--only", "read-api"]
+    server = subprocess.Popen(
+        [*command, "--no-migrate", "--port", str(port)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
+            time.sleep(0.1)
+        reader = StreamReader(base, {"Authorization": f"Bearer {make_key(org, 'viewer')}"})
+        assert reader.status == 200 and reader.comments.get(timeout=10) == "connected"
+        server.terminate()
+        assert server.wait(timeout=20) == 0
+        assert reader.ended.wait(5)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
