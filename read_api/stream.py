@@ -197,7 +197,8 @@ class WorkflowStates:
     the event.
     """
 
-    def __init__(self, app: WorkflowApplication, size: int = 1024) -> None:
+    def __init__(self, app: WorkflowApplication, size: int = 128) -> None:
+        # At most 128 definitions of at most 256 KiB: a bounded 32 MiB at worst.
         self.app = app
         self.size = size
         self._lock = threading.Lock()
@@ -705,7 +706,12 @@ async def stream_events(
         start = parse_position("after", after)
     hub: StreamHub = request.app.state.stream_hub
     subscriber = hub.subscribe(principal.org_id, StreamFilter(exact, aggregates, aggregate_id))
-    log.info("stream opened", after=start, types=types, aggregate_id=aggregate_id)
+    log.info(
+        "stream opened",
+        after=start,
+        types=types,
+        aggregate_id=None if aggregate_id is None else str(aggregate_id),
+    )
     return EventStreamResponse(
         hub,
         subscriber,
