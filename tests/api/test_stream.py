@@ -569,3 +569,23 @@ def test_a_stopping_server_ends_its_streams(
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+async def test_the_total_cap_gives_429_whatever_the_organisation(
+    workflow_app: WorkflowApplication, db_target: PgTarget, app_settings: Settings
+) -> None:
+    from infrastructure.problems import Problem
+    from read_api.stream import StreamFilter, StreamHub
+
+    settings = app_settings.model_copy(update={"stream_connections_max": 2})
+    hub = StreamHub(workflow_app, db_target, settings)
+    hub._ready(0)
+    held = [hub.subscribe(f"org-{n}", StreamFilter()) for n in range(2)]
+    with pytest.raises(Problem) as refused:
+        hub.subscribe("org-other", StreamFilter())
+    assert refused.value.status == 429
+    assert "REPORUNNER_STREAM_CONNECTIONS_MAX" in str(refused.value)
+    hub.release(held[0])
+    hub.release(hub.subscribe("org-other", StreamFilter()))
+    hub.release(held[1])
+    assert hub.open == 0
