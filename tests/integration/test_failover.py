@@ -68,7 +68,13 @@ class RoleProcess:
             for key, value in os.environ.items()
             if not key.startswith("REPORUNNER_") and key != "REDIS_URL"
         }
-        base |= {"DATABASE_URL": target.url(), "REPORUNNER_LOG_FORMAT": "json", **env}
+        base |= {
+            "DATABASE_URL": target.url(),
+            "REPORUNNER_LOG_FORMAT": "json",
+            # PostgreSQL's connections are shared with the rest of the suite.
+            "REPORUNNER_DB_POOL_SIZE": "2",
+            **env,
+        }
         with log_path.open("wb") as out:
             self.process = subprocess.Popen(
                 [
@@ -266,6 +272,7 @@ def _events(app: WorkflowApplication, target: PgTarget, topic_end: str) -> list[
 # -- the roles ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two process starts: ~25 s at rest, more on a busy machine
 def test_projections_fail_over_without_doing_anything_twice_or_skipping(
     target: PgTarget, app: WorkflowApplication, app_settings: Settings, org: str, tmp_path: Path
 ) -> None:
@@ -349,6 +356,7 @@ def test_projections_fail_over_without_doing_anything_twice_or_skipping(
     assert links[0] == links[1] == events[0] == verified.events
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(REDIS_URL is None, reason="the relay needs REDIS_URL")
 def test_the_relay_fails_over_and_the_stream_holds_every_event_once_in_order(
     target: PgTarget, app: WorkflowApplication, org: str, tmp_path: Path
@@ -381,6 +389,7 @@ def test_the_relay_fails_over_and_the_stream_holds_every_event_once_in_order(
             _caught_up(target, ("relay",)),
         )
         entries = client.xrange(f"{prefix}:events")
+        org_entries = client.xrange(f"{prefix}:events:{org}")
     finally:
         keys = list(client.scan_iter(match=f"{prefix}:*"))
         if keys:
@@ -399,6 +408,8 @@ def test_the_relay_fails_over_and_the_stream_holds_every_event_once_in_order(
     ids = [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
     assert len(positions) > 20
     assert published == ids == positions  # every event, once, in log order
+    # The organisation's own stream too (every event here is the one organisation's).
+    assert [int(fields[b"position"]) for _, fields in org_entries] == positions
 
 
 # -- the election's parts -------------------------------------------------------------
@@ -414,7 +425,7 @@ def test_a_lock_session_has_keepalives_that_free_the_lock_soon_after_its_host_is
         names = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
         shown = [conn.execute(f"SHOW {name}").fetchone() for name in names]
         assert conn.autocommit
-    # Seconds, seconds and a count (a TCP session's default is 0: the OS's, two hours).
+    # Seconds, seconds and a count (by default the OS's: two hours idle, typically).
     assert [row[0] if row else None for row in shown] == ["2", "1", "2"]
 
 
