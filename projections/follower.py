@@ -399,8 +399,9 @@ def connect(target: PgTarget, application_name: str, **options: Any) -> psycopg.
 # When the holder's host vanishes (power, network) rather than its process, no
 # FIN reaches PostgreSQL, and an idle session would hold its lock for the OS's
 # keepalive time (two hours by default). These end the session, and free the
-# lock, about idle + interval x count seconds after the holder's last word;
-# the holder speaks every round, so a live one is never cut off.
+# lock, about idle + interval x count seconds after the host went silent; a
+# live host's kernel answers the probes however busy the process, so a live
+# holder is never cut off (short of a network cut that long).
 _LOCK_SESSION_KEEPALIVES = {
     "tcp_keepalives_idle": "2",
     "tcp_keepalives_interval": "1",

@@ -15,6 +15,7 @@ The scheduler's failover is ``test_scheduler_failover.py``.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,9 @@ import redis
 from prometheus_client import REGISTRY
 
 from commands import CommandContext, CreateWorkflow, WorkflowApplication, WorkflowCommands
-from commands.auto_retries import retry_id
+from commands.auto_retries import AutoRetrier, retry_id
 from commands.models import RunWorkflow, UpdateWorkflow
+from commands.workflow_runs import WorkflowRunsRecorder
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
 from infrastructure.settings import Settings
@@ -44,6 +47,7 @@ from projections.audit_chain import AuditChainFollower, verify_log
 from projections.follower import connect as follower_connection
 from projections.follower import lock_session
 from projections.rebuild import verify
+from projections.relay import BusConfig, Relay
 from projections.runner import Projector
 from reporunner.wiring import (
     all_projections,
@@ -248,6 +252,13 @@ def _positions(target: PgTarget) -> dict[str, int]:
     return {str(name): int(position) for name, position in rows}
 
 
+def _position(conn: psycopg.Connection[Any], name: str) -> int:
+    row = conn.execute(
+        "SELECT position FROM projection_tracking WHERE name = %s", (name,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _caught_up(target: PgTarget, followers: tuple[str, ...]) -> Callable[[], None]:
     def wait() -> None:
         head = _head(target)
@@ -272,78 +283,75 @@ def _events(app: WorkflowApplication, target: PgTarget, topic_end: str) -> list[
 # -- the roles ------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # two process starts: ~25 s at rest, more on a busy machine
-def test_projections_fail_over_without_doing_anything_twice_or_skipping(
-    target: PgTarget, app: WorkflowApplication, app_settings: Settings, org: str, tmp_path: Path
-) -> None:
-    workflows = WorkflowCommands(app)
-    services = create_execution_services(app, workflows, target, app_settings)
-    ctx = _ctx(org)
-    succeeding = workflows.create(CreateWorkflow(**workflow_body("ok")), ctx).workflow_id
-    failing = workflows.create(
-        CreateWorkflow(
-            **workflow_body(
-                "boom",
-                nodes=[
-                    trigger(),
-                    {"id": "boom", "type": "stop_and_error", "parameters": {"message": "always"}},
-                ],
-                connections=[{"from": "start", "to": "boom"}],
-                # Nothing runs the retries here (no worker): one each, queued.
-                settings={"retry": {"max_attempts": 2, "backoff_ms": 60_000}},
-            )
-        ),
-        ctx,
-    ).workflow_id
+class Commands:
+    """Edits, runs that succeed and runs that fail (each asking for one retry), by step."""
 
-    def step(n: int) -> None:
-        # Edits, runs that succeed and runs that fail (each asks for a retry).
+    def __init__(self, app: WorkflowApplication, target: PgTarget, settings: Settings, org: str):
+        self.workflows = WorkflowCommands(app)
+        self.services = create_execution_services(app, self.workflows, target, settings)
+        self.ctx = _ctx(org)
+        create = self.workflows.create
+        self.succeeding = create(CreateWorkflow(**workflow_body("ok")), self.ctx).workflow_id
+        boom = {"id": "boom", "type": "stop_and_error", "parameters": {"message": "always"}}
+        self.failing = create(
+            CreateWorkflow(
+                **workflow_body(
+                    "boom",
+                    nodes=[trigger(), boom],
+                    connections=[{"from": "start", "to": "boom"}],
+                    # Nothing runs the retries here (no worker): one each, queued.
+                    settings={"retry": {"max_attempts": 2, "backoff_ms": 60_000}},
+                )
+            ),
+            self.ctx,
+        ).workflow_id
+
+    def step(self, n: int) -> None:
         if n % 3 == 0:
-            result = workflows.create(CreateWorkflow(**workflow_body(f"wf-{n}")), ctx)
-            workflows.update(result.workflow_id, UpdateWorkflow(name=f"edited-{n}"), 1, ctx)
-        elif n % 3 == 1:
-            services.commands.start(succeeding, RunWorkflow(mode="sync"), ctx)
+            result = self.workflows.create(CreateWorkflow(**workflow_body(f"wf-{n}")), self.ctx)
+            self.workflows.update(
+                result.workflow_id, UpdateWorkflow(name=f"edited-{n}"), 1, self.ctx
+            )
         else:
-            services.commands.start(failing, RunWorkflow(mode="sync"), ctx)
+            workflow_id = self.succeeding if n % 3 == 1 else self.failing
+            self.services.commands.start(workflow_id, RunWorkflow(mode="sync"), self.ctx)
 
-    try:
-        took = fail_over(
-            target,
-            "projections",
-            PROJECTIONS_FOLLOWERS,
-            tmp_path,
-            # A long poll: NOTIFY wakes the active one, and the standby's
-            # tries for the lock must not wait for a poll.
-            {"REPORUNNER_PROJECTION_POLL_S": "10"},
-            Traffic(step),
-            _caught_up(target, PROJECTIONS_FOLLOWERS),
-        )
-    finally:
-        services.close()
-    report("projections", took)
+    def close(self) -> None:
+        self.services.close()
 
-    # The views: equal to a rebuild from the log.
+
+def assert_views_equal_a_replay(app: WorkflowApplication, target: PgTarget) -> None:
     for projection in all_projections():
         result = verify(Projector(app, target, projection))
         assert result.ok, (projection.name, result.differences)
-    # The runs: every ended execution recorded once in its workflow.
+
+
+def assert_every_run_recorded_once(app: WorkflowApplication, target: PgTarget) -> None:
+    """Every ended execution has exactly one ``Executed`` in its workflow."""
     ended = [
         e.originator_id
         for suffix in ("Execution.Succeeded", "Execution.Failed")
         for e in _events(app, target, suffix)
     ]
     recorded = Counter(uuid.UUID(e.execution_id) for e in _events(app, target, "Workflow.Executed"))
-    assert len(ended) > 10
+    assert len(ended) > 5
     assert recorded == Counter(ended)
-    # The retries: every failed first attempt retried exactly once, under its retry id.
+
+
+def assert_every_failure_retried_once(app: WorkflowApplication, target: PgTarget) -> None:
+    """Every failed (first) attempt has exactly one retry, under its retry id."""
     failed = [e.originator_id for e in _events(app, target, "Execution.Failed")]
     retries = Counter(
         (e.originator_id, e.retry_of)
         for e in _events(app, target, "Execution.Queued")
         if getattr(e, "retry_of", None) is not None
     )
+    assert failed
     assert retries == Counter({(retry_id(f), f): 1 for f in failed})
-    # The audit chain: it verifies, one link per event, none twice.
+
+
+def assert_the_chain_whole(target: PgTarget) -> None:
+    """The audit chain verifies, with one link per event and none twice."""
     verified = verify_log(target, None)
     assert verified.ok, verified
     assert verified.unchained == 0
@@ -356,13 +364,75 @@ def test_projections_fail_over_without_doing_anything_twice_or_skipping(
     assert links[0] == links[1] == events[0] == verified.events
 
 
+def assert_the_streams_whole(client: redis.Redis, prefix: str, target: PgTarget, org: str) -> None:
+    """Every event once, in log order, in the all-events stream and the organisation's."""
+    with psycopg.connect(target.conninfo()) as conn:
+        positions = [
+            int(row[0])
+            for row in conn.execute(
+                f"SELECT notification_id FROM {EVENTS_TABLE} ORDER BY notification_id"
+            )
+        ]
+    entries = client.xrange(f"{prefix}:events")
+    published = [int(fields[b"position"]) for _, fields in entries]
+    ids = [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
+    assert len(positions) > 20
+    assert published == ids == positions
+    # Every event here is the one organisation's.
+    org_entries = client.xrange(f"{prefix}:events:{org}")
+    assert [int(fields[b"position"]) for _, fields in org_entries] == positions
+
+
+@contextmanager
+def private_streams() -> Iterator[tuple[redis.Redis, str]]:
+    """A Redis client and a stream prefix of this test's own, deleted after."""
+    assert REDIS_URL is not None
+    prefix = f"reporunner-failover-{uuid.uuid4().hex[:12]}"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        yield client, prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+# -- the roles ------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # two process starts: ~25 s at rest, more on a busy machine
+def test_projections_fail_over_without_doing_anything_twice_or_skipping(
+    target: PgTarget, app: WorkflowApplication, app_settings: Settings, org: str, tmp_path: Path
+) -> None:
+    commands = Commands(app, target, app_settings, org)
+    try:
+        took = fail_over(
+            target,
+            "projections",
+            PROJECTIONS_FOLLOWERS,
+            tmp_path,
+            # A long poll: NOTIFY wakes the active one, and the standby's
+            # tries for the lock must not wait for a poll.
+            {"REPORUNNER_PROJECTION_POLL_S": "10"},
+            Traffic(commands.step),
+            _caught_up(target, PROJECTIONS_FOLLOWERS),
+        )
+    finally:
+        commands.close()
+    report("projections", took)
+    assert_views_equal_a_replay(app, target)
+    assert_every_run_recorded_once(app, target)
+    assert_every_failure_retried_once(app, target)
+    assert_the_chain_whole(target)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(REDIS_URL is None, reason="the relay needs REDIS_URL")
 def test_the_relay_fails_over_and_the_stream_holds_every_event_once_in_order(
     target: PgTarget, app: WorkflowApplication, org: str, tmp_path: Path
 ) -> None:
     assert REDIS_URL is not None
-    prefix = f"reporunner-failover-{uuid.uuid4().hex[:12]}"
     workflows = WorkflowCommands(app)
     ctx = _ctx(org)
 
@@ -371,8 +441,7 @@ def test_the_relay_fails_over_and_the_stream_holds_every_event_once_in_order(
             CreateWorkflow(**workflow_body(f"wf-{n}", nodes=[trigger(), noop("a")])), ctx
         )
 
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
+    with private_streams() as (client, prefix):
         took = fail_over(
             target,
             "relay",
@@ -388,28 +457,111 @@ def test_the_relay_fails_over_and_the_stream_holds_every_event_once_in_order(
             Traffic(step),
             _caught_up(target, ("relay",)),
         )
-        entries = client.xrange(f"{prefix}:events")
-        org_entries = client.xrange(f"{prefix}:events:{org}")
-    finally:
-        keys = list(client.scan_iter(match=f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
-    report("relay", took)
+        report("relay", took)
+        assert_the_streams_whole(client, prefix, target, org)
 
-    with psycopg.connect(target.conninfo()) as conn:
-        positions = [
-            int(row[0])
-            for row in conn.execute(
-                f"SELECT notification_id FROM {EVENTS_TABLE} ORDER BY notification_id"
+
+# -- two acting at once ---------------------------------------------------------------
+
+
+def race(target: PgTarget, name: str, *instances: Callable[[], object]) -> None:
+    """Run each instance's batches in a thread of its own, all at once, until ``name``
+    reaches the head: two leaders, as a leader cut off from its lock but not from the
+    log would make. Every batch is tried by both; the commits must let one through."""
+    head = _head(target)
+    failures: list[BaseException] = []
+
+    def run(batch: Callable[[], object]) -> None:
+        try:
+            with psycopg.connect(target.conninfo(), autocommit=True) as conn:
+                while _position(conn, name) < head:
+                    batch()
+        except BaseException as exc:  # the test reports it
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(batch,)) for batch in instances]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), f"{name} never reached {head}"
+    assert failures == []
+
+
+def test_two_instances_acting_at_once_still_apply_each_event_once(
+    target: PgTarget, app: WorkflowApplication, app_settings: Settings, org: str
+) -> None:
+    """The lock only elects: what the README's Failover says fences each commit holds."""
+    commands = Commands(app, target, app_settings, org)
+    try:
+        for n in range(45):
+            commands.step(n)
+        services = commands.services
+        batch = 3  # many small batches: many chances to collide
+        with ExitStack() as stack:
+            for projection in all_projections():
+                projectors = [Projector(app, target, projection) for _ in range(2)]
+                conns = [stack.enter_context(p.connect()) for p in projectors]
+                projectors[0].ensure_tracking(conns[0])
+                race(
+                    target,
+                    projection.name,
+                    *(
+                        functools.partial(p.run_batch, c, batch)
+                        for p, c in zip(projectors, conns, strict=True)
+                    ),
+                )
+            recorders = [WorkflowRunsRecorder(app, batch) for _ in range(2)]
+            recorders[0].ensure_tracking()
+            race(target, recorders[0].name, *(r.run_batch for r in recorders))
+            retriers = [AutoRetrier(services.commands, batch) for _ in range(2)]
+            retriers[0].ensure_tracking()
+            race(target, retriers[0].name, *(r.run_batch for r in retriers))
+            chains = [AuditChainFollower(target, key=None, batch_size=batch) for _ in range(2)]
+            chain_conns = [stack.enter_context(c.connect()) for c in chains]
+            race(
+                target,
+                "audit-chain",
+                *(
+                    functools.partial(c.run_batch, conn)
+                    for c, conn in zip(chains, chain_conns, strict=True)
+                ),
             )
-        ]
-    published = [int(fields[b"position"]) for _, fields in entries]
-    ids = [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
-    assert len(positions) > 20
-    assert published == ids == positions  # every event, once, in log order
-    # The organisation's own stream too (every event here is the one organisation's).
-    assert [int(fields[b"position"]) for _, fields in org_entries] == positions
+    finally:
+        commands.close()
+    assert_views_equal_a_replay(app, target)
+    assert_every_run_recorded_once(app, target)
+    assert_every_failure_retried_once(app, target)
+    assert_the_chain_whole(target)
+
+
+@pytest.mark.skipif(REDIS_URL is None, reason="the relay needs REDIS_URL")
+def test_two_relays_acting_at_once_still_publish_each_event_once_in_order(
+    target: PgTarget, app: WorkflowApplication, org: str
+) -> None:
+    assert REDIS_URL is not None
+    workflows = WorkflowCommands(app)
+    for n in range(30):
+        workflows.create(CreateWorkflow(**workflow_body(f"wf-{n}")), _ctx(org))
+    with private_streams() as (client, prefix), ExitStack() as stack:
+        relays = [Relay(app, target, REDIS_URL, BusConfig(prefix=prefix)) for _ in range(2)]
+        conns = [stack.enter_context(r.connect()) for r in relays]
+        relays[0].ensure_tracking(conns[0])
+
+        def publish(relay: Relay, conn: psycopg.Connection[Any]) -> None:
+            try:
+                relay.publish_batch(conn, 2)
+            except RuntimeError as exc:
+                # The other one moved the position first: its batch stands, this
+                # one's entries were refused by Redis (or are the same ones).
+                assert "moved away" in str(exc)
+
+        race(
+            target,
+            "relay",
+            *(functools.partial(publish, r, c) for r, c in zip(relays, conns, strict=True)),
+        )
+        assert_the_streams_whole(client, prefix, target, org)
 
 
 # -- the election's parts -------------------------------------------------------------
