@@ -333,7 +333,9 @@ class FollowerLoop:
                     self.catch_up(work_conn, stop.wait, stop)
                     backoff.reset()  # a round went through: the next outage starts small
                     self._wait_for_events(listen_conn, stop)
-                    lock_conn.execute("SELECT 1")  # the lock lives as long as this connection
+                    # The lock lives as long as this connection: touch it, and make sure
+                    # this session still holds it (a pooled session would not).
+                    ensure_lock(lock_conn, self.follower.lock_key)
 
     def _wait_for_events(self, listen_conn: psycopg.Connection[Any], stop: threading.Event) -> None:
         """Until a NOTIFY (one per committed write), or ``poll_s`` regardless.
@@ -426,3 +428,32 @@ def try_lock(conn: psycopg.Connection[Any], key: str) -> bool:
     """Take the session advisory lock ``key`` if free; whether this session holds it."""
     row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
     return bool(row and row[0])
+
+
+class LockLost(RuntimeError):
+    """The session that took a leader's lock no longer holds it."""
+
+
+def ensure_lock(conn: psycopg.Connection[Any], key: str) -> None:
+    """Raise ``LockLost`` unless this session holds the advisory lock ``key``.
+
+    It can only lose it without an error if its connection is not its own:
+    a transaction-mode pool (PgBouncer) runs each statement on whichever
+    server session is free, so the lock stays with a session other clients
+    use. The loop then stands down and tries again: never two leaders
+    believing they hold one lock for long.
+    """
+    # pg_try_advisory_lock(bigint) shows in pg_locks as the key's high and low 32 bits.
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks, (SELECT hashtext(%s)::bigint AS key) AS lock "
+        "WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = pg_backend_pid() "
+        "AND classid = ((lock.key >> 32) & 4294967295)::oid "
+        "AND objid = (lock.key & 4294967295)::oid)",
+        (key,),
+    ).fetchone()
+    if not row or not row[0]:
+        raise LockLost(
+            f"this session no longer holds the lock {key!r}: is a transaction-mode pool "
+            "(PgBouncer) between this process and PostgreSQL? The followers and the "
+            "scheduler need sessions of their own (a direct connection, or session mode)"
+        )

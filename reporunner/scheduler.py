@@ -35,7 +35,14 @@ from commands.application import WorkflowApplication
 from commands.schedules import ScheduleFiring, TickResult
 from infrastructure.database import PgTarget
 from infrastructure.metrics import FOLLOWER_ACTIVE, SCHEDULER_LAST_TICK, SCHEDULER_TICKS
-from projections.follower import STANDBY_RETRY_S, Backoff, connect, lock_session, try_lock
+from projections.follower import (
+    STANDBY_RETRY_S,
+    Backoff,
+    connect,
+    ensure_lock,
+    lock_session,
+    try_lock,
+)
 from projections.schedule_index import ScheduleIndex
 
 log = structlog.get_logger("reporunner.scheduler")
@@ -190,7 +197,7 @@ class Scheduler:
         while not stop.is_set():
             self.follow()
             if self.leading:
-                lock_conn.execute("SELECT 1")  # the lock lives as long as this connection
+                ensure_lock(lock_conn, LOCK_KEY)  # the lock lives as long as this connection
             elif self.index.caught_up and try_lock(lock_conn, LOCK_KEY):
                 self.leading = True
                 self._checks.clear()  # another leader may have decided meanwhile

@@ -602,3 +602,44 @@ def test_a_stop_ends_an_active_followers_wait_at_once_whatever_its_poll(
         thread.join(timeout=5)
     assert not thread.is_alive(), "the follower kept waiting for its poll"
     assert REGISTRY.get_sample_value("reporunner_follower_active", {"follower": follower.name}) == 0
+
+
+class _KeepsConnections(AuditChainFollower):
+    """The audit chain follower, keeping the connections it opens (its lock's first)."""
+
+    def __init__(self, target: PgTarget) -> None:
+        super().__init__(target, key=None, poll_interval=0.2)
+        self.opened: list[psycopg.Connection[Any]] = []
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        conn = super().connect(autocommit=autocommit)
+        self.opened.append(conn)
+        return conn
+
+
+def test_a_leader_whose_session_lost_its_lock_stands_down_and_takes_it_again(
+    target: PgTarget,
+) -> None:
+    """As behind a transaction-mode pool: the session lives on, the lock is gone."""
+    follower = _KeepsConnections(target)
+    stop = threading.Event()
+    thread = threading.Thread(target=follower.run_forever, args=(stop,), daemon=True)
+
+    def active() -> bool:
+        sample = REGISTRY.get_sample_value(
+            "reporunner_follower_active", {"follower": "audit-chain"}
+        )
+        return sample == 1
+
+    thread.start()
+    try:
+        until(active, "the follower active")
+        lock_conn = follower.opened[0]
+        lock_conn.execute("SELECT pg_advisory_unlock_all()")
+        until(lambda: lock_conn.closed, "the leader to stand down")
+        # A new lock session (and its work and listen connections), active again.
+        until(lambda: len(follower.opened) >= 6 and active(), "the lock taken again")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
