@@ -104,7 +104,13 @@ class RoleProcess:
         return found
 
     def said(self, event: str, follower: str) -> list[float]:
-        """When (Unix time, from the log) this process logged ``event`` for ``follower``."""
+        """When (Unix time, from the log) this process logged ``event`` for ``follower``.
+
+        A process that exited meanwhile fails the test, with its log's end.
+        """
+        if self.process.poll() not in (None, -signal.SIGKILL):
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise AssertionError(f"{self.log_path.name} exited {self.process.returncode}: {tail}")
         return [
             datetime.fromisoformat(line["timestamp"]).timestamp()
             for line in self.lines()
