@@ -102,6 +102,13 @@ FOLLOWER_EVENTS = Counter(
     "Log rows a follower of the log applied (or went past), by follower.",
     ["follower"],
 )
+FOLLOWER_ACTIVE = Gauge(
+    "reporunner_follower_active",
+    "1 while this process is the active instance of a single-active role (a follower "
+    "of the log, or the scheduler), 0 while it stands by.",
+    ["follower"],
+    multiprocess_mode="livemax",
+)
 
 # -- the live event stream (GET /v1/stream) ----------------------------------------------
 

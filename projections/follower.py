@@ -7,7 +7,14 @@ rest, once:
 
 - Leadership: one active instance per follower across processes, by a
   session advisory lock held on a dedicated connection (the lock lives as
-  long as that connection, so the loop touches it every round).
+  long as that connection, so the loop touches it every round). A standby
+  keeps its own lock connection open and tries for the lock every
+  ``STANDBY_RETRY_S`` at most, whatever ``poll_s`` is, so it takes over
+  within about that long of the holder's death (``lock_session``: also
+  when its host, not only its process, dies). The lock only elects; what
+  keeps two instances from doing a batch twice is each follower's commit,
+  which moves its position only from where it read (see the README's
+  "Failover").
 - Wake-ups: LISTEN on the event table's NOTIFY channel, with polling every
   ``poll_s`` as the backstop (a LISTEN connection can die silently).
 - Lost connections (``Follower.transient``: PostgreSQL or Redis away): drop
@@ -36,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 import structlog
@@ -44,7 +51,7 @@ from psycopg import sql
 
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE
-from infrastructure.metrics import FOLLOWER_BATCH_DURATION, FOLLOWER_EVENTS
+from infrastructure.metrics import FOLLOWER_ACTIVE, FOLLOWER_BATCH_DURATION, FOLLOWER_EVENTS
 from projections.dead_letters import correlation_at, describe
 
 log = structlog.get_logger("reporunner.followers")
@@ -56,6 +63,10 @@ log = structlog.get_logger("reporunner.followers")
 # a stack depth or an index row size that one event's content exceeds), go
 # through the retry and dead-letter policy like any failing batch.
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+
+STANDBY_RETRY_S: Final = 0.5
+"""The longest a standby waits between two tries for the lock (a query on an open
+connection, so cheap): the takeover after a holder dies takes about this long."""
 
 
 def is_transient(follower: Follower, exc: BaseException) -> bool:
@@ -293,36 +304,60 @@ class FollowerLoop:
                         error=f"{type(exc).__name__}: {str(exc).strip()}",
                         retry_in_s=retry_in,
                     )
-                    self.follower.active(False)
+                    self._leading(False)
                     self.follower.failing(exc)
                     stop.wait(retry_in)
         finally:
-            self.follower.active(False)
+            self._leading(False)
 
     def _run_while_leader(self, stop: threading.Event, backoff: Backoff) -> None:
         with self.follower.connect() as lock_conn:
-            lock_conn.autocommit = True
-            locked = lock_conn.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s))", (self.follower.lock_key,)
-            ).fetchone()
-            if not locked or not locked[0]:
-                # Another process follows; stand by to take over.
-                self.follower.active(False)
-                stop.wait(self.poll_s)
-                return
+            lock_session(lock_conn)
+            standing_by = False
+            while not try_lock(lock_conn, self.follower.lock_key):
+                if not standing_by:
+                    # Another process follows; stand by to take over.
+                    log.info("follower standing by", follower=self.follower.name)
+                    self._leading(False)
+                    standing_by = True
+                backoff.reset()  # the lock connection works: an outage later starts small
+                if stop.wait(min(self.poll_s, STANDBY_RETRY_S)):
+                    return
             with self.follower.connect() as work_conn, self.follower.connect() as listen_conn:
                 listen_conn.autocommit = True
                 listen_conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
                 self.follower.start(work_conn)
                 log.info("follower active", follower=self.follower.name)
-                self.follower.active(True)
+                self._leading(True)
                 while not stop.is_set():
                     self.catch_up(work_conn, stop.wait, stop)
                     backoff.reset()  # a round went through: the next outage starts small
-                    # Wake on NOTIFY (one per committed write), or after poll_s regardless.
-                    for _ in listen_conn.notifies(timeout=self.poll_s, stop_after=1):
-                        pass
-                    lock_conn.execute("SELECT 1")  # the lock lives as long as this connection
+                    self._wait_for_events(listen_conn, stop)
+                    # The lock lives as long as this connection: touch it, and make sure
+                    # this session still holds it (a pooled session would not).
+                    ensure_lock(lock_conn, self.follower.lock_key)
+
+    def _wait_for_events(self, listen_conn: psycopg.Connection[Any], stop: threading.Event) -> None:
+        """Until a NOTIFY (one per committed write), or ``poll_s`` regardless.
+
+        Listened in slices, so a stop (SIGTERM in a rolling restart) ends the
+        wait at once: the lock is freed when the process exits, and a long
+        ``poll_s`` would otherwise hold up the standby's takeover by as much.
+        """
+        deadline = time.monotonic() + self.poll_s
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            notified = False
+            for _ in listen_conn.notifies(timeout=min(remaining, STANDBY_RETRY_S), stop_after=1):
+                notified = True
+            if notified:
+                return
+
+    def _leading(self, leading: bool) -> None:
+        FOLLOWER_ACTIVE.labels(self.follower.name).set(1 if leading else 0)
+        self.follower.active(leading)
 
 
 class _Stopped(Exception):
@@ -361,3 +396,64 @@ def connect(target: PgTarget, application_name: str, **options: Any) -> psycopg.
     return psycopg.connect(
         target.conninfo(connect_timeout=5, application_name=application_name), **options
     )
+
+
+# When the holder's host vanishes (power, network) rather than its process, no
+# FIN reaches PostgreSQL, and an idle session would hold its lock for the OS's
+# keepalive time (two hours by default). These end the session, and free the
+# lock, about idle + interval x count seconds after the host went silent; a
+# live host's kernel answers the probes however busy the process, so a live
+# holder is never cut off (short of a network cut that long).
+_LOCK_SESSION_KEEPALIVES = {
+    "tcp_keepalives_idle": "2",
+    "tcp_keepalives_interval": "1",
+    "tcp_keepalives_count": "2",
+}
+
+
+def lock_session(conn: psycopg.Connection[Any]) -> None:
+    """Make ``conn`` a connection fit to hold a session advisory lock.
+
+    Autocommit (no transaction left open beside the lock), and server-side
+    TCP keepalives that end it soon after its client's host is gone
+    (ignored over a Unix socket, where a dead peer is seen at once).
+    """
+    conn.autocommit = True
+    settings = ", ".join("set_config(%s, %s, false)" for _ in _LOCK_SESSION_KEEPALIVES)
+    values = [part for pair in _LOCK_SESSION_KEEPALIVES.items() for part in pair]
+    conn.execute(f"SELECT {settings}", values)
+
+
+def try_lock(conn: psycopg.Connection[Any], key: str) -> bool:
+    """Take the session advisory lock ``key`` if free; whether this session holds it."""
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+    return bool(row and row[0])
+
+
+class LockLost(RuntimeError):
+    """The session that took a leader's lock no longer holds it."""
+
+
+def ensure_lock(conn: psycopg.Connection[Any], key: str) -> None:
+    """Raise ``LockLost`` unless this session holds the advisory lock ``key``.
+
+    It can only lose it without an error if its connection is not its own:
+    a transaction-mode pool (PgBouncer) runs each statement on whichever
+    server session is free, so the lock stays with a session other clients
+    use. The loop then stands down and tries again: never two leaders
+    believing they hold one lock for long.
+    """
+    # pg_try_advisory_lock(bigint) shows in pg_locks as the key's high and low 32 bits.
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks, (SELECT hashtext(%s)::bigint AS key) AS lock "
+        "WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = pg_backend_pid() "
+        "AND classid = ((lock.key >> 32) & 4294967295)::oid "
+        "AND objid = (lock.key & 4294967295)::oid)",
+        (key,),
+    ).fetchone()
+    if not row or not row[0]:
+        raise LockLost(
+            f"this session no longer holds the lock {key!r}: is a transaction-mode pool "
+            "(PgBouncer) between this process and PostgreSQL? The followers and the "
+            "scheduler need sessions of their own (a direct connection, or session mode)"
+        )

@@ -1,9 +1,10 @@
 """The scheduler role: one active process across the deployment fires the schedule triggers.
 
 - Leadership: a session advisory lock on a dedicated connection, like the
-  followers' (``projections/follower.py``). Standbys try for it every tick;
-  when the leader dies (``kill -9`` included) PostgreSQL ends its session
-  and frees the lock, and a standby takes over at its next tick. Were two
+  followers' (``projections/follower.py``). Standbys try for it every tick
+  (at most every ``STANDBY_RETRY_S``, however long the tick); when the
+  leader dies (``kill -9`` included) PostgreSQL ends its session and frees
+  the lock, and a standby takes over at its next try. Were two
   to act at once (a leader cut off from its lock connection but not from
   the log), the instants' execution ids still collide: never a double fire.
 - State: the ``ScheduleIndex`` (every process follows the log, standbys
@@ -33,8 +34,15 @@ from eventsourcing.persistence import IntegrityError
 from commands.application import WorkflowApplication
 from commands.schedules import ScheduleFiring, TickResult
 from infrastructure.database import PgTarget
-from infrastructure.metrics import SCHEDULER_LAST_TICK, SCHEDULER_TICKS
-from projections.follower import Backoff, connect
+from infrastructure.metrics import FOLLOWER_ACTIVE, SCHEDULER_LAST_TICK, SCHEDULER_TICKS
+from projections.follower import (
+    STANDBY_RETRY_S,
+    Backoff,
+    connect,
+    ensure_lock,
+    lock_session,
+    try_lock,
+)
 from projections.schedule_index import ScheduleIndex
 
 log = structlog.get_logger("reporunner.scheduler")
@@ -69,11 +77,20 @@ class Scheduler:
         self.clock = clock
         self.firing = ScheduleFiring(app, grace=grace)
         self.index = ScheduleIndex(app)
-        self.leading = False
+        self._leading = False
         self.started_at = time.monotonic()
         self.last_round = 0.0  # monotonic time of the last completed round, 0 before the first
         # When each trigger is next looked at; one not here is looked at now.
         self._checks: dict[tuple[UUID, str], datetime] = {}
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    @leading.setter
+    def leading(self, leading: bool) -> None:
+        FOLLOWER_ACTIVE.labels(LOCK_KEY).set(1 if leading else 0)
+        self._leading = leading
 
     def status(self) -> str:
         return "leader" if self.leading else "standby"
@@ -159,7 +176,8 @@ class Scheduler:
         try:
             while not stop.is_set():
                 try:
-                    with connect(self.target, "reporunner-scheduler", autocommit=True) as conn:
+                    with connect(self.target, "reporunner-scheduler") as conn:
+                        lock_session(conn)
                         self._run_connected(conn, stop, backoff)
                 except Exception as exc:
                     self.leading = False
@@ -179,21 +197,17 @@ class Scheduler:
         while not stop.is_set():
             self.follow()
             if self.leading:
-                lock_conn.execute("SELECT 1")  # the lock lives as long as this connection
-            elif self.index.caught_up:
-                row = lock_conn.execute(
-                    "SELECT pg_try_advisory_lock(hashtext(%s))", (LOCK_KEY,)
-                ).fetchone()
-                if row is not None and row[0]:
-                    self.leading = True
-                    self._checks.clear()  # another leader may have decided meanwhile
-                    log.info("scheduler active")
+                ensure_lock(lock_conn, LOCK_KEY)  # the lock lives as long as this connection
+            elif self.index.caught_up and try_lock(lock_conn, LOCK_KEY):
+                self.leading = True
+                self._checks.clear()  # another leader may have decided meanwhile
+                log.info("scheduler active")
             if self.leading:
                 self.tick(self.clock())
                 SCHEDULER_LAST_TICK.set(time.time())
             self.last_round = time.monotonic()
             backoff.reset()
-            stop.wait(self.tick_s)
+            stop.wait(self.tick_s if self.leading else min(self.tick_s, STANDBY_RETRY_S))
 
 
 def start_scheduler(scheduler: Scheduler, stop: threading.Event) -> threading.Thread:
