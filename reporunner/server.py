@@ -55,6 +55,9 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
             )
             raise SystemExit(2)
     asyncio.run(_announce(settings, database.target, host, port))
+    if not HTTP_ROLES & set(settings.role_list()):
+        run_without_api(settings, database.target, host, workers)
+        return
     log.info(
         "serving",
         url=f"http://{host}:{port}",
@@ -88,6 +91,47 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
             uvicorn.run(
                 "reporunner.server:create_worker_app", factory=True, workers=workers, **options
             )
+
+
+HTTP_ROLES = frozenset({"write-api", "read-api"})
+
+
+def run_without_api(settings: Settings, target: PgTarget, host: str, workers: int) -> None:
+    """Roles with no API (projections, worker, relay, scheduler): no API port bound,
+    so several run on one host without a ``--port`` each. ``--metrics-port``, if set,
+    serves their ops routes; else they run until SIGTERM/SIGINT with no socket at all."""
+    if workers != 1:
+        log.error(
+            "--workers runs HTTP worker processes, and these roles serve no API: "
+            "start more processes of the role instead",
+            roles=settings.role_list(),
+        )
+        raise SystemExit(2)
+    app = create_app(settings, target, settings.role_list())
+    log.info("running without an API port", roles=settings.role_list())
+    if settings.metrics_port is not None:
+        log.info("metrics", url=f"http://{host}:{settings.metrics_port}/metrics")
+        options: dict[str, Any] = {
+            "host": host,
+            "port": settings.metrics_port,
+            "log_config": None,
+            "access_log": False,
+            "server_header": False,
+        }
+        serve_app(ops_only(app), options, None)
+        return
+    asyncio.run(_run_lifespan_until_signal(app))
+
+
+async def _run_lifespan_until_signal(app: FastAPI) -> None:
+    """The app's lifespan (it starts and stops the background roles), with no server."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with app.router.lifespan_context(app):
+        await stop.wait()
+    log.info("stopped")
 
 
 @contextmanager
