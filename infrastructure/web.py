@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from domain.errors import WorkflowDeleted, WorkflowInvalid
 from infrastructure import metrics
 from infrastructure.auth import ApiKeyStore, Permission, Principal
+from infrastructure.database import is_database_unavailable
 from infrastructure.problems import Problem, problem_type
 from infrastructure.ratelimit import enforce_rate_limit
 
@@ -275,7 +276,7 @@ def _unexpected_problem(exc: Exception) -> Problem:
             type_=problem_type("query-timeout"),
             headers={"Retry-After": "5"},
         )
-    if _is_unavailable(exc):
+    if is_database_unavailable(exc):
         log.warning("dependency unavailable", error=repr(exc))
         return Problem(
             503,
@@ -292,28 +293,6 @@ def _is_statement_timeout(exc: Exception) -> bool:
     from sqlalchemy.exc import DBAPIError
 
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "57014"
-
-
-def _is_unavailable(exc: Exception) -> bool:
-    """Connection and pool failures: the database, not the request, is at fault."""
-    import psycopg
-    import psycopg_pool
-    from eventsourcing.persistence import InterfaceError, OperationalError
-
-    unavailable: tuple[type[BaseException], ...] = (
-        OperationalError,
-        InterfaceError,
-        psycopg.OperationalError,
-        psycopg_pool.PoolTimeout,
-        OSError,
-    )
-    try:
-        import asyncpg
-
-        unavailable += (asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
-    except ImportError:  # pragma: no cover
-        pass
-    return isinstance(exc, unavailable)
 
 
 async def authenticate(request: Request) -> Principal:

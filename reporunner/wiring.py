@@ -222,9 +222,12 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         # threads keep PostgreSQL busy; dozens only fight over the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.command_threads
         app.state.sync_runs = SyncRunBulkhead(settings.sync_run_threads, settings.sync_runs_per_org)
+        pools = settings.pool_sizes()
         engine = create_engine(
             target,
-            pool_size=settings.db_pool_size,
+            pool_size=pools.queries,
+            max_overflow=pools.queries_overflow,
+            pool_timeout_s=settings.db_pool_timeout_s,
             statement_timeout_ms=settings.query_timeout_ms,
         )
         app.state.engine = engine

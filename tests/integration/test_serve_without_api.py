@@ -58,7 +58,9 @@ class _Serve:
     def wait_for(self, text: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.output():
-            assert self.process.poll() is None, f"exited {self.process.returncode}:\n{self.output()}"
+            assert self.process.poll() is None, (
+                f"exited {self.process.returncode}:\n{self.output()}"
+            )
             assert time.monotonic() < deadline, f"no {text!r} in:\n{self.output()}"
             time.sleep(0.1)
 
