@@ -14,6 +14,7 @@ pooled connections the real server's own "terminating connection" (57P01).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -58,10 +59,8 @@ class PgProxy:
         with self._lock:
             self.mode = mode
             for sock in self._open:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
             self._open.clear()
 
@@ -108,10 +107,8 @@ class PgProxy:
             # shutdown, not just close: the other direction's thread may sit in
             # recv on the same socket, and would keep it open (no FIN sent).
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
 
 
@@ -209,7 +206,7 @@ def test_every_surface_answers_503_while_the_database_is_away(
 def test_terminated_backends_answer_503_then_the_pool_reconnects(
     service: str, proxy: PgProxy, real_target: PgTarget, keys: tuple[str, str]
 ) -> None:
-    cached, unseen = keys
+    cached, _ = keys
     _warm(service, proxy, cached)
     with psycopg.connect(real_target.with_dbname("postgres").conninfo(), autocommit=True) as conn:
         terminated = conn.execute(
