@@ -102,6 +102,11 @@ FOLLOWER_EVENTS = Counter(
     "Log rows a follower of the log applied (or went past), by follower.",
     ["follower"],
 )
+RELAY_REDIS_DATA_LOSSES = Counter(
+    "reporunner_relay_redis_data_losses_total",
+    "Times the relay found Redis behind what it had published (data lost: a restart "
+    "without persistence, a flush) and published the missing events again.",
+)
 
 # -- executions ---------------------------------------------------------------------------
 
