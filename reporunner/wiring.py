@@ -215,6 +215,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {ROLES}")
     if list(roles) == ["relay"] and not settings.redis_url:
         raise ValueError("the relay role needs REDIS_URL")
+    # The pools are sized for the roles this app runs (Settings.pool_sizes).
+    settings = settings.model_copy(update={"roles": ",".join(roles)})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
