@@ -245,6 +245,7 @@ def create_engine(
     *,
     pool_size: int = 10,
     max_overflow: int | None = None,
+    pool_timeout_s: float = 30.0,
     server_settings: Mapping[str, str] | None = None,
     statement_timeout_ms: int | None = None,
 ) -> AsyncEngine:
@@ -271,9 +272,77 @@ def create_engine(
         connect_args=connect_args,
         pool_size=pool_size,
         max_overflow=pool_size if max_overflow is None else max_overflow,
+        pool_timeout=pool_timeout_s,
         pool_pre_ping=False,
         pool_recycle=3600,
         # Not json.loads: jsonb prints 1e20 as an integer numeral, which must
         # read back as a number the answers' encoder (orjson) can write.
         json_deserializer=jsonb_loads,
+    )
+
+
+# SQLSTATE classes and codes that mean "the server, not the statement": class
+# 08 (connection exceptions), 57P01-57P03 (admin/crash shutdown, cannot connect
+# now: starting up or shutting down), 53300 (too many connections).
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08"})
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means PostgreSQL is unreachable or going away (a 503, not a bug).
+
+    One answer for every client we use, however deeply it wraps the driver's
+    error: SQLAlchemy's ``DBAPIError`` (``.orig``, ``connection_invalidated``)
+    and its pool timeout, eventsourcing's ``OperationalError``/``InterfaceError``,
+    psycopg and psycopg_pool, asyncpg (``connection is closed``, ``cannot switch
+    to state 15`` after the server closed the socket mid-exchange), and the
+    ``OSError`` of a refused or reset connection. The chain is walked through
+    ``__cause__`` and ``.orig`` (not ``__context__``: a bug raised while handling
+    a lost connection is still a bug).
+    """
+    return any(_unavailable_itself(error) for error in _error_chain(exc))
+
+
+def _error_chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending and len(seen) < 32:
+        error = pending.pop()
+        if error is None or any(error is known for known in seen):
+            continue
+        seen.append(error)
+        orig = getattr(error, "orig", None)
+        pending += [error.__cause__, orig if isinstance(orig, BaseException) else None]
+    return seen
+
+
+def _unavailable_itself(error: BaseException) -> bool:
+    import asyncpg
+    import psycopg_pool
+    import sqlalchemy.exc
+    from eventsourcing import persistence
+
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str) and (
+        sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    ):
+        return True
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(
+        error,
+        (
+            sqlalchemy.exc.TimeoutError,  # QueuePool: no connection within pool_timeout
+            sqlalchemy.exc.DisconnectionError,
+            persistence.OperationalError,
+            persistence.InterfaceError,
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            psycopg_pool.PoolTimeout,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            asyncpg.ConnectionDoesNotExistError,
+            OSError,  # refused, reset, unreachable, timed out (TimeoutError is one)
+        ),
     )

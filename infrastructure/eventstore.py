@@ -479,6 +479,7 @@ def eventsourcing_env(target: PgTarget, settings: Settings) -> dict[str, str]:
     Never ``POSTGRES_ENABLE_DB_FUNCTIONS``: that mode skips the table lock and
     lets tailing readers miss events.
     """
+    pools = settings.pool_sizes()
     return {
         "PERSISTENCE_MODULE": f"{EventStoreFactory.__module__}:EventStoreFactory",
         "APPLICATION_RECORDER_TOPIC": f"{EventStoreRecorder.__module__}:EventStoreRecorder",
@@ -490,8 +491,10 @@ def eventsourcing_env(target: PgTarget, settings: Settings) -> dict[str, str]:
         "POSTGRES_PASSWORD": target.password,
         LIBPQ_PARAMS: make_conninfo(**target.libpq_params()),
         "POSTGRES_SCHEMA": "public",
-        "POSTGRES_POOL_SIZE": str(settings.db_pool_size),
-        "POSTGRES_MAX_OVERFLOW": str(settings.db_max_overflow),
+        "POSTGRES_POOL_SIZE": str(pools.events),
+        "POSTGRES_MAX_OVERFLOW": str(pools.events_overflow),
+        # psycopg_pool's wait for a connection (eventsourcing retries it, 10 times).
+        "POSTGRES_CONNECT_TIMEOUT": str(max(1, round(settings.db_pool_timeout_s))),
         "POSTGRES_LOCK_TIMEOUT": str(settings.db_lock_timeout_s),
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": str(
             settings.db_idle_in_transaction_timeout_s

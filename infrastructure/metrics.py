@@ -124,6 +124,11 @@ STREAMS_DROPPED = Counter(
 STREAM_EVENTS_SENT = Counter(
     "reporunner_stream_events_sent_total", "Events sent to event-stream clients."
 )
+RELAY_REDIS_DATA_LOSSES = Counter(
+    "reporunner_relay_redis_data_losses_total",
+    "Times the relay found Redis behind what it had published (data lost: a restart "
+    "without persistence, a flush) and published the missing events again.",
+)
 
 # -- executions ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ the conventional ``DATABASE_URL`` and ``REDIS_URL``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,60 @@ from infrastructure.database import PgTarget
 
 # What ``serve`` can run in one process (``--only`` picks one).
 ROLES = ("write-api", "read-api", "projections", "worker", "relay", "scheduler")
+
+
+@dataclass(frozen=True)
+class PoolSizes:
+    """The PostgreSQL connections one process opens (README: "Connections").
+
+    ``events``: eventsourcing's psycopg pool (commands, aggregate loads, the
+    execution queue), which keeps ``events`` connections open from its first
+    use and opens up to ``events_overflow`` more under load. ``queries``:
+    SQLAlchemy's asyncpg pool (read API queries, API-key lookups, readiness,
+    gauges), which keeps up to ``queries`` idle and ``queries_overflow`` more
+    under load. ``dedicated``: connections outside both pools, each follower
+    of the log holding its lock, work and LISTEN connections (3; 1 standing by),
+    a worker's LISTEN connection, the scheduler's lock and work connections.
+    """
+
+    events: int
+    events_overflow: int
+    queries: int
+    queries_overflow: int
+    dedicated: int
+
+    def most(self) -> int:
+        """The most connections the process may hold at once."""
+        return (
+            self.events
+            + self.events_overflow
+            + self.queries
+            + self.queries_overflow
+            + self.dedicated
+        )
+
+    def __add__(self, other: PoolSizes) -> PoolSizes:
+        return PoolSizes(
+            self.events + other.events,
+            self.events_overflow + other.events_overflow,
+            self.queries + other.queries,
+            self.queries_overflow + other.queries_overflow,
+            self.dedicated + other.dedicated,
+        )
+
+
+# Each role's share; a process running several roles adds theirs up. The write
+# API's commands run on REPORUNNER_COMMAND_THREADS (8) threads, so its event
+# pool tops out at 8; the read API's queries run on the event loop.
+ROLE_POOLS: dict[str, PoolSizes] = {
+    "write-api": PoolSizes(4, 4, 2, 2, 0),
+    "read-api": PoolSizes(1, 1, 4, 4, 0),
+    # 5 followers (2 projectors, runs recorder, auto-retrier, audit chain) x 3.
+    "projections": PoolSizes(1, 1, 1, 1, 15),
+    "worker": PoolSizes(2, 2, 1, 1, 1),
+    "relay": PoolSizes(1, 0, 1, 1, 3),
+    "scheduler": PoolSizes(1, 1, 1, 1, 2),
+}
 
 
 class Settings(BaseSettings):
@@ -50,8 +105,33 @@ class Settings(BaseSettings):
         description="Comma-separated roles this process runs (serve --only sets one).",
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    db_pool_size: int = Field(default=10, ge=1, le=200)
-    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=200,
+        description="Connections kept in each of this process's two pools; unset: the sum "
+        "of its roles' shares (README: Connections).",
+    )
+    db_max_overflow: int | None = Field(
+        default=None,
+        ge=0,
+        le=200,
+        description="Extra connections each pool may open under load; unset: per role.",
+    )
+    db_pool_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How long a request waits for a pooled (or new) connection before it "
+        "is answered 503.",
+    )
+    db_connections_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Warn at start when this process may hold more than this share of "
+        "PostgreSQL's max_connections.",
+    )
     db_lock_timeout_s: int = Field(default=5, ge=1, le=600)
     db_idle_in_transaction_timeout_s: int = Field(default=10, ge=1, le=3600)
     # Executions
@@ -186,6 +266,19 @@ class Settings(BaseSettings):
 
     def role_list(self) -> list[str]:
         return [role.strip() for role in self.roles.split(",") if role.strip()]
+
+    def pool_sizes(self) -> PoolSizes:
+        """This process's pools: its roles' shares added up, unless set explicitly."""
+        total = PoolSizes(0, 0, 0, 0, 0)
+        for role in self.role_list():
+            total += ROLE_POOLS[role]
+        events, queries = max(1, total.events), max(1, total.queries)
+        events_overflow, queries_overflow = total.events_overflow, total.queries_overflow
+        if self.db_pool_size is not None:
+            events = queries = self.db_pool_size
+        if self.db_max_overflow is not None:
+            events_overflow = queries_overflow = self.db_max_overflow
+        return PoolSizes(events, events_overflow, queries, queries_overflow, total.dedicated)
 
     def allowed_http_hosts(self) -> frozenset[str]:
         return frozenset(

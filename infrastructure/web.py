@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from domain.errors import WorkflowDeleted, WorkflowInvalid
 from infrastructure import metrics
 from infrastructure.auth import ApiKeyStore, Permission, Principal
+from infrastructure.database import is_database_unavailable
 from infrastructure.problems import Problem, problem_type
 from infrastructure.ratelimit import enforce_rate_limit
 
@@ -284,7 +285,7 @@ def _unexpected_problem(exc: Exception) -> Problem:
             type_=problem_type("unavailable"),
             headers={"Retry-After": "1"},
         )
-    if _is_unavailable(exc):
+    if is_database_unavailable(exc):
         log.warning("dependency unavailable", error=repr(exc))
         return Problem(
             503,
@@ -310,42 +311,6 @@ def _is_serialization_failure(exc: Exception) -> bool:
     from sqlalchemy.exc import DBAPIError
 
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "40001"
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    """Connection and pool failures: the database, not the request, is at fault."""
-    import psycopg
-    import psycopg_pool
-    from eventsourcing.persistence import InterfaceError, OperationalError
-    from sqlalchemy.exc import DBAPIError
-
-    if isinstance(exc, DBAPIError):
-        # SQLAlchemy wraps the driver's error (asyncpg's "connection is closed"
-        # from a pooled connection whose server went away, e.g. a restarted
-        # replica): judge the driver's error, and what it was raised from.
-        if exc.connection_invalidated:
-            return True
-        driver_error = exc.orig
-        return driver_error is not None and any(
-            _is_unavailable(cause)
-            for cause in (driver_error, driver_error.__cause__)
-            if cause is not None
-        )
-
-    unavailable: tuple[type[BaseException], ...] = (
-        OperationalError,
-        InterfaceError,
-        psycopg.OperationalError,
-        psycopg_pool.PoolTimeout,
-        OSError,
-    )
-    try:
-        import asyncpg
-
-        unavailable += (asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
-    except ImportError:  # pragma: no cover
-        pass
-    return isinstance(exc, unavailable)
 
 
 async def authenticate(request: Request) -> Principal:

@@ -11,8 +11,12 @@
   entry published before the crash is refused the second time; a refusal
   counts as "already published" (for that stream), never as a failure.
 - Redis lost data (restarted without persistence, or from an older
-  snapshot): on every (re)connection the relay compares the all-events
-  stream's last id with its position and, if Redis is behind, publishes again
+  snapshot, or flushed): when it starts following, the relay compares the
+  all-events stream's last id with its position; and every batch's script
+  first checks that the stream still holds what this relay last added to it
+  (a restart between batches is invisible otherwise: the client reconnects
+  silently). If Redis is behind, the relay logs a warning, counts it
+  (``reporunner_relay_redis_data_losses_total``), and publishes again
   from where Redis is (at most the last ``stream_maxlen`` events: the streams
   would trim older ones at once). A stream *ahead* of the log (another deployment on
   the same prefix, or a log restored from an older backup) stops the relay
@@ -45,7 +49,7 @@ from redis.exceptions import ResponseError
 
 from commands.application import WorkflowApplication
 from commands.history import event_type
-from infrastructure import tracing
+from infrastructure import metrics, tracing
 from infrastructure.bus import DEFAULT_PREFIX, connect, entry_id, events_stream
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
@@ -61,8 +65,27 @@ RELAY_NAME = "relay"
 # pipeline topped out below 10,000 events/s. Here the client sends one JSON
 # string (ARGV[2]: [[entry id, [stream, ...], [field, value, ...]], ...]).
 # An id at or below a stream's last one is refused by Redis: published before.
-# The answer is how many XADDs were refused; any other error stops the batch.
+# First, in the same call: if the all-events stream (ARGV[4]) is behind what
+# this relay last published to it (ARGV[3]), Redis lost data since (a restart
+# without persistence, a flush: the client reconnects silently). Then nothing
+# is added and the answer is {-1, the position Redis holds}; else it is
+# {how many XADDs were refused, 0}. Any other error stops the batch.
 _PUBLISH_SCRIPT = """
+local expected = tonumber(ARGV[3])
+if expected > 0 then
+  local holds = 0
+  local info = redis.pcall('XINFO', 'STREAM', ARGV[4])
+  if type(info) == 'table' and not info.err then
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        holds = tonumber(string.match(info[i + 1], '^(%d+)'))
+      end
+    end
+  end
+  if holds < expected then
+    return {-1, holds}
+  end
+end
 local refused = 0
 for _, message in ipairs(cjson.decode(ARGV[2])) do
   for _, stream in ipairs(message[2]) do
@@ -76,7 +99,7 @@ for _, message in ipairs(cjson.decode(ARGV[2])) do
     end
   end
 end
-return refused
+return {refused, 0}
 """
 # Event attributes that travel as message fields of their own, or not at all.
 _ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
@@ -129,6 +152,14 @@ class RelayConflict(RuntimeError):
     """Redis holds entries the log has not reached: publishing would lose events."""
 
 
+class RedisLostData(Exception):
+    """The all-events stream is behind what this relay published to it."""
+
+    def __init__(self, holds: int, published: int) -> None:
+        super().__init__(f"Redis holds position {holds}, the relay had published {published}")
+        self.holds = holds
+
+
 class Relay(Follower):
     """Publishes the log to Redis Streams; ``run_forever`` in a thread of its own."""
 
@@ -163,6 +194,10 @@ class Relay(Follower):
         self.all_events = events_stream(self.config.prefix)
         self.already_published = 0
         """Entries Redis refused as present: re-publishing after a crash or a lost position."""
+        self.redis_data_losses = 0
+        """Times Redis was found behind what it had acknowledged, and published to again."""
+        self._published_through = 0
+        """The last entry this relay added to the all-events stream (0: none known yet)."""
         self._status = RelayStatus(position=0, head=0, lag=0, redis_ok=True, active=False)
 
     # -- status -----------------------------------------------------------------------
@@ -204,10 +239,18 @@ class Relay(Follower):
         if rows:
             messages = [self._message(row) for row in rows]
             traced = ((int(f["position"]), f["type"], meta) for f, meta in messages)
-            with tracing.event_spans("publish events", self.name, traced):
-                self.publish([fields for fields, _ in messages])
-                last = int(rows[-1][0])
-                self.commit_position(conn, after, last)
+            try:
+                with tracing.event_spans("publish events", self.name, traced):
+                    self.publish([fields for fields, _ in messages])
+                    last = int(rows[-1][0])
+                    self.commit_position(conn, after, last)
+            except RedisLostData:
+                # Checked in the same script call as the batch, so no batch ever
+                # lands in a stream that lost what came before it.
+                self.redis_data_losses += 1
+                metrics.RELAY_REDIS_DATA_LOSSES.inc()
+                self.reconcile(conn)
+                return self.publish_batch(conn, limit)
             after = last
         self._set(position=after, head=max(head, after), failing_since=None)
         return len(rows)
@@ -257,8 +300,19 @@ class Relay(Follower):
                 streams.insert(0, events_stream(self.config.prefix, fields["org_id"]))
             flat = [part for pair in fields.items() for part in pair]
             batch.append((entry_id(int(fields["position"])), streams, flat))
-        refused = self._publish_script(args=[self.config.stream_maxlen, orjson.dumps(batch)])
+        refused, holds = self._publish_script(
+            args=[
+                self.config.stream_maxlen,
+                orjson.dumps(batch),
+                self._published_through,
+                self.all_events,
+            ]
+        )
+        if int(refused) < 0:
+            raise RedisLostData(int(holds), self._published_through)
         self.already_published += int(refused)
+        if batch:
+            self._published_through = int(messages[-1]["position"])
 
     def commit_position(self, conn: psycopg.Connection[Any], after: int, last: int) -> None:
         moved = conn.execute(
@@ -280,11 +334,12 @@ class Relay(Follower):
                 f"log's head {head}: another deployment on prefix {self.config.prefix!r}, or "
                 "a log restored from an older backup? Delete the streams or change the prefix."
             )
+        self._published_through = published
         if published < position:
             # Older events would be trimmed again at once: the streams keep about maxlen.
             resume = max(published, position - self.config.stream_maxlen)
             log.warning(
-                "Redis is missing published events; publishing them again",
+                "Redis is missing published events (it lost data); publishing them again",
                 stream=self.all_events,
                 redis_last_position=published,
                 relay_position=position,

@@ -114,6 +114,7 @@ def worker(
 
     import migrations
     from commands import WorkflowCommands
+    from reporunner.server import check_connection_budget
     from reporunner.wiring import (
         create_execution_services,
         create_workflow_application,
@@ -122,7 +123,8 @@ def worker(
 
     _setup()
     configure_tracing()
-    settings = get_settings()
+    # Its pools are a worker's share (README: Connections), not every role's.
+    settings = get_settings().model_copy(update={"roles": "worker"})
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
     if metrics_port is not None:
@@ -130,6 +132,7 @@ def worker(
     database = resolve_database(settings)
     if migrate:
         migrations.upgrade(database.target)
+    check_connection_budget(settings, database.target, workers=1)
     if settings.metrics_port is not None:
         _serve_worker_with_metrics(settings, database.target, host)
         return

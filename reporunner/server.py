@@ -15,10 +15,12 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, TextIO
 
+import psycopg
 import structlog
 import uvicorn
 from fastapi import FastAPI
@@ -54,7 +56,12 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
                 head=head,
             )
             raise SystemExit(2)
+    http_workers = workers if HTTP_ROLES & set(settings.role_list()) else 1
+    check_connection_budget(settings, database.target, http_workers)
     asyncio.run(_announce(settings, database.target, host, port))
+    if not HTTP_ROLES & set(settings.role_list()):
+        run_without_api(settings, database.target, host, workers)
+        return
     log.info(
         "serving",
         url=f"http://{host}:{port}",
@@ -88,6 +95,124 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
             uvicorn.run(
                 "reporunner.server:create_worker_app", factory=True, workers=workers, **options
             )
+
+
+HTTP_ROLES = frozenset({"write-api", "read-api"})
+
+
+@dataclass(frozen=True)
+class ConnectionBudget:
+    """This process's most connections against what PostgreSQL has room for."""
+
+    most: int
+    """workers x (both pools' size + overflow + dedicated connections)."""
+    max_connections: int
+    reserved: int
+    """superuser_reserved_connections (+ reserved_connections): not ours to take."""
+    in_use: int
+    """Client connections open on the server now, by every process."""
+    share: float
+
+    def problem(self) -> str | None:
+        usable = self.max_connections - self.reserved
+        if self.most > self.share * usable:
+            return (
+                f"this process may open {self.most} connections, more than "
+                f"{self.share:.0%} of the {usable} PostgreSQL allows"
+            )
+        if self.in_use + self.most > usable:
+            return (
+                f"{self.in_use} connections are open and this process may open {self.most} "
+                f"more: beyond the {usable} PostgreSQL allows"
+            )
+        return None
+
+
+def connection_budget(settings: Settings, target: PgTarget, workers: int) -> ConnectionBudget:
+    with psycopg.connect(
+        target.conninfo(connect_timeout=5, application_name="reporunner-start"), autocommit=True
+    ) as conn:
+        row = conn.execute(
+            "SELECT current_setting('max_connections')::int, "
+            "current_setting('superuser_reserved_connections')::int "
+            "+ coalesce(current_setting('reserved_connections', true)::int, 0), "
+            "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+        ).fetchone()
+    assert row is not None
+    return ConnectionBudget(
+        most=workers * settings.pool_sizes().most(),
+        max_connections=int(row[0]),
+        reserved=int(row[1]),
+        in_use=int(row[2]),
+        share=settings.db_connections_share,
+    )
+
+
+def check_connection_budget(settings: Settings, target: PgTarget, workers: int) -> None:
+    """Say at start how many connections this process may take, and warn when
+    the deployment would run PostgreSQL out of them (every request then fails)."""
+    try:
+        budget = connection_budget(settings, target, workers)
+    except psycopg.Error as exc:
+        log.warning("could not read max_connections", error=str(exc).strip())
+        return
+    pools = settings.pool_sizes()
+    figures = {
+        "most_connections": budget.most,
+        "workers": workers,
+        "pools": asdict(pools),
+        "max_connections": budget.max_connections,
+        "reserved": budget.reserved,
+        "in_use": budget.in_use,
+    }
+    problem = budget.problem()
+    if problem is None:
+        log.info("database connections", **figures)
+        return
+    log.warning(
+        "database connections: " + problem + "; lower REPORUNNER_DB_POOL_SIZE / "
+        "REPORUNNER_DB_MAX_OVERFLOW, run fewer processes, raise max_connections, or put "
+        "PgBouncer in front (README: Connections)",
+        **figures,
+    )
+
+
+def run_without_api(settings: Settings, target: PgTarget, host: str, workers: int) -> None:
+    """Roles with no API (projections, worker, relay, scheduler): no API port bound,
+    so several run on one host without a ``--port`` each. ``--metrics-port``, if set,
+    serves their ops routes; else they run until SIGTERM/SIGINT with no socket at all."""
+    if workers != 1:
+        log.error(
+            "--workers runs HTTP worker processes, and these roles serve no API: "
+            "start more processes of the role instead",
+            roles=settings.role_list(),
+        )
+        raise SystemExit(2)
+    app = create_app(settings, target, settings.role_list())
+    log.info("running without an API port", roles=settings.role_list())
+    if settings.metrics_port is not None:
+        log.info("metrics", url=f"http://{host}:{settings.metrics_port}/metrics")
+        options: dict[str, Any] = {
+            "host": host,
+            "port": settings.metrics_port,
+            "log_config": None,
+            "access_log": False,
+            "server_header": False,
+        }
+        serve_app(ops_only(app), options, None)
+        return
+    asyncio.run(_run_lifespan_until_signal(app))
+
+
+async def _run_lifespan_until_signal(app: FastAPI) -> None:
+    """The app's lifespan (it starts and stops the background roles), with no server."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with app.router.lifespan_context(app):
+        await stop.wait()
+    log.info("stopped")
 
 
 @contextmanager

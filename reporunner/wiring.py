@@ -224,6 +224,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {ROLES}")
     if list(roles) == ["relay"] and not settings.redis_url:
         raise ValueError("the relay role needs REDIS_URL")
+    # The pools are sized for the roles this app runs (Settings.pool_sizes).
+    settings = settings.model_copy(update={"roles": ",".join(roles)})
     replica = read_replica(settings, roles)
     if replica is not None:
         log.info("read replica", url=replica.display())
@@ -234,9 +236,12 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         # threads keep PostgreSQL busy; dozens only fight over the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.command_threads
         app.state.sync_runs = SyncRunBulkhead(settings.sync_run_threads, settings.sync_runs_per_org)
+        pools = settings.pool_sizes()
         engine = create_engine(
             target,
-            pool_size=settings.db_pool_size,
+            pool_size=pools.queries,
+            max_overflow=pools.queries_overflow,
+            pool_timeout_s=settings.db_pool_timeout_s,
             statement_timeout_ms=settings.query_timeout_ms,
         )
         app.state.engine = engine

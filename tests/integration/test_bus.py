@@ -24,6 +24,8 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 import migrations
 from commands import (
@@ -779,3 +781,43 @@ def test_a_failed_execution_reaches_the_example_notifier(
         reader.join(timeout=10)
     (line,) = [line for line in lines if "execution failed" in line]
     assert str(run.execution_id) in line and "boom" in line
+
+
+def test_redis_losing_its_data_between_batches_is_noticed_and_the_stream_refilled(
+    workflow_app: WorkflowApplication,
+    db_target: PgTarget,
+    redis_client: redis.Redis,
+    make_relay: Callable[..., Relay],
+    prefix: str,
+    org: str,
+) -> None:
+    """Issue 15: Redis restarted between two batches, its client reconnected silently,
+    and the events published before were gone from the stream, with nothing logged."""
+    _seed(workflow_app, org, 30)
+    relay = make_relay(poll_s=0.1, relay_batch=200)
+    losses = REGISTRY.get_sample_value("reporunner_relay_redis_data_losses_total") or 0.0
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run_forever, args=(stop,))
+    with capture_logs() as logs:
+        thread.start()
+        try:
+            _wait_for(lambda: relay.status().position >= _head(db_target), 30, "the relay")
+            # The relay stays connected while its streams vanish (a flush of this
+            # test's keys only: the Redis is shared).
+            redis_client.delete(*redis_client.scan_iter(match=f"{prefix}:*"))
+            _seed(workflow_app, org, 10)
+            _wait_for(lambda: relay.redis_data_losses == 1, 30, "the relay to notice")
+            _wait_for(lambda: relay.status().position >= _head(db_target), 30, "republishing")
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    # Every event once, in log order, in both streams.
+    assert _stream_positions(redis_client, events_stream(prefix)) == _log_positions(db_target)
+    assert _stream_positions(redis_client, events_stream(prefix, org)) == _log_positions(
+        db_target, org
+    )
+    [warning] = [entry for entry in logs if "lost data" in entry["event"]]
+    assert warning["log_level"] == "warning"
+    assert warning["redis_last_position"] == 0 and warning["resume_after"] == 0
+    assert warning["relay_position"] > 0
+    assert REGISTRY.get_sample_value("reporunner_relay_redis_data_losses_total") == losses + 1
