@@ -250,7 +250,9 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         read_engine = (
             create_engine(
                 replica,
-                pool_size=settings.db_pool_size,
+                pool_size=pools.queries,
+                max_overflow=pools.queries_overflow,
+                pool_timeout_s=settings.db_pool_timeout_s,
                 statement_timeout_ms=settings.query_timeout_ms,
             )
             if replica is not None

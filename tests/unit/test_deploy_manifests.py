@@ -43,6 +43,7 @@ KUBERNETES_VERSION = "1.32"
 SINGLE_ACTIVE = {"projections", "relay", "scheduler"}
 API_ROLES = {"write-api", "read-api"}
 
+
 def _setting_variables() -> set[str]:
     """Every environment variable ``Settings`` reads."""
     prefix = Settings.model_config.get("env_prefix", "")
