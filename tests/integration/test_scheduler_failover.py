@@ -60,7 +60,8 @@ class SchedulerProcess:
                 "--only",
                 "scheduler",
                 "--no-migrate",
-                "--port",
+                # A role without an API answers /readyz on its metrics port only.
+                "--metrics-port",
                 str(self.port),
             ],
             env=env,
