@@ -255,7 +255,7 @@ def test_graph_diff_and_revert(browser_page: Any, console: Console) -> None:
     added.first.wait_for()
     assert "b_added" in " ".join(added.all_inner_texts())
     removed = page.locator("#diff tr.diff-del").all_inner_texts()
-    assert ['"description": "",'] == [line.strip() for line in removed]
+    assert [line.strip() for line in removed] == ['"description": "",']
 
     page.locator("button.revert[data-version='1']").click()
     dialog = page.locator("dialog#confirm")
@@ -263,9 +263,10 @@ def test_graph_diff_and_revert(browser_page: Any, console: Console) -> None:
     dialog.get_by_role("button", name="Confirm").click()
     page.locator("#revisions tr[data-version='3']").wait_for()
     # A revert is a new version whose definition is the old one's.
-    assert "connections, description, nodes" in page.locator(
-        "#revisions tr[data-version='3']"
-    ).inner_text()
+    assert (
+        "connections, description, nodes"
+        in page.locator("#revisions tr[data-version='3']").inner_text()
+    )
     assert page.locator("h1").inner_text().endswith("v3")
     assert page.locator("#workflow-graph g.node").count() == 2  # as version 1 had it
 
