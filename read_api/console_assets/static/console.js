@@ -295,19 +295,24 @@ function showSignIn(problem) {
 }
 function signOut(problem) {
   sessionStorage.removeItem(KEY_SLOT);
+  sessionStorage.removeItem(SESSION_SLOT);
   session = null;
   if (problem) showSignIn(problem instanceof ApiError ? problem : new ApiError(401, problem));
 }
+const SESSION_SLOT = "reporunner.session";
 async function startSession() {
   view.dataset.ready = "false";
+  // Who the key is does not change (a key's role is fixed): asked once per tab, not per page.
+  const known = sessionStorage.getItem(SESSION_SLOT);
   try {
-    session = (await api("/ui/api/session")).data;
+    session = known ? JSON.parse(known) : (await api("/ui/api/session")).data;
   } catch (err) {
     sessionStorage.removeItem(KEY_SLOT);
     session = null;
     showSignIn(err);
     return;
   }
+  sessionStorage.setItem(SESSION_SLOT, JSON.stringify(session));
   if (!session.write_api_url) session.write_api_url = CONFIG.write_api_url || "";
   document.getElementById("nav").hidden = false;
   document.getElementById("sign-out").hidden = false;
@@ -319,6 +324,7 @@ document.getElementById("sign-in-form").addEventListener("submit", async (event)
   event.preventDefault();
   const input = document.getElementById("api-key");
   sessionStorage.setItem(KEY_SLOT, input.value.trim());
+  sessionStorage.removeItem(SESSION_SLOT);
   input.value = "";
   await startSession();
 });
@@ -558,7 +564,7 @@ async function refreshInPlace() {
   if (focused) document.getElementById(focused)?.focus();
 }
 
-/** A keyset-paged table: ``load(cursor)`` answers a page; Previous/Next walk the cursors. */
+/** A keyset-paged table (a promise of it): ``load(cursor)`` answers a page; Previous/Next walk the cursors. */
 function pagedTable(id, load, columns, state) {
   const holder = h("div", { id });
   const draw = async (quiet = false) => {
@@ -584,8 +590,7 @@ function pagedTable(id, load, columns, state) {
     state.lastPage = page;
   };
   state.redraw = draw;
-  draw();
-  return holder;
+  return draw().then(() => holder); // the page is drawn once its first page of rows is
 }
 
 const WORKFLOW_SORTS = [["-created_at", "Newest first"], ["created_at", "Oldest first"], ["name", "Name A–Z"], ["-name", "Name Z–A"], ["-updated_at", "Recently changed"], ["-runs", "Most runs"]];
@@ -607,7 +612,7 @@ async function workflowsPage() {
     state.cursors = [null];
     state.redraw();
   });
-  const table = pagedTable("workflow-list", async (cursor) =>
+  const table = await pagedTable("workflow-list", async (cursor) =>
     (await api(`/v1/workflows${query({ filter: filter.value.trim(), sort: sort.value, limit: limit.value, cursor })}`)).data,
   [
     ["Name", (w) => link(`/ui/workflows/${w.id}`, w.name)],
@@ -733,7 +738,7 @@ async function executionsPage() {
     state.cursors = [null];
     state.redraw();
   });
-  const table = pagedTable("execution-list", async (cursor) =>
+  const table = await pagedTable("execution-list", async (cursor) =>
     (await api(`/v1/executions${query({ filter: filterOf(), limit: 25, cursor })}`)).data,
   [
     ["Execution", (e) => link(`/ui/executions/${e.id}`, e.id.slice(0, 8))],
@@ -808,7 +813,7 @@ async function auditPage() {
     state.cursors = [0];
     state.redraw();
   });
-  const table = pagedTable("audit-events", async (after) =>
+  const table = await pagedTable("audit-events", async (after) =>
     (await api(`/v1/audit/events${query({ ...Object.fromEntries(fields.map((f) => [f, inputs[f].value.trim()])), after_position: after, limit: 50 })}`)).data,
   [
     ["Position", (e) => e.position], ["Type", (e) => e.type], ["Aggregate", (e) => h("code", {}, e.aggregate_id)], ["Version", (e) => e.version],
