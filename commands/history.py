@@ -108,13 +108,9 @@ class History:
         workflow: Any = (
             self.app.repository.get(workflow_id, version=after_version) if after_version else None
         )
-        state = _visible_state(workflow)
         entries = []
         for position, event in rows:
-            workflow = event.mutate(workflow)
-            after = _visible_state(workflow)
-            changes = jsonpatch.make_patch(state, after).patch
-            state = after
+            workflow, changes = apply_with_patch(workflow, event)
             extra: dict[str, Any] = {"revision": workflow.revision}
             if event_type(event) == "Workflow.Executed":
                 extra["execution"] = {
@@ -183,14 +179,14 @@ class History:
         """The organisation's events after ``after_position``, in log order.
 
         Organisation, actor and aggregate filter in SQL (the stored state is
-        JSON) and again on the decoded events (see ``_meta_is``); type and
+        JSON) and again on the decoded events (see ``meta_is``); type and
         time are checked on the decoded events, reading on until ``limit``
         entries are found or the log ends.
         """
-        where = f"WHERE notification_id > %s AND {_meta_is('org_id')}"
+        where = f"WHERE notification_id > %s AND {meta_is('org_id')}"
         params: list[Any] = [org_id]
         if actor is not None:
-            where += f" AND {_meta_is('actor')}"
+            where += f" AND {meta_is('actor')}"
             params.append(actor)
         if aggregate_id is not None:
             where += " AND originator_id = %s"
@@ -264,7 +260,7 @@ _MAYBE_NOT_JSONB = " OR ".join(
 )
 
 
-def _meta_is(field: str) -> str:
+def meta_is(field: str) -> str:
     """SQL: the event's ``meta.<field>`` equals the next parameter.
 
     Rows whose text might not be jsonb (a cheap, conservative test) pass
@@ -294,6 +290,14 @@ def _decision(event: Any) -> dict[str, Any]:
         return {}
     fields = {name: getattr(event, name) for name in _DECISION_FIELDS if hasattr(event, name)}
     return {"schedule": fields} if fields else {}
+
+
+def apply_with_patch(workflow: Any, event: Any) -> tuple[Workflow, list[dict[str, Any]]]:
+    """``event`` applied to ``workflow`` (None before its first event; changed in
+    place), and the RFC 6902 JSON Patch of what a reader of the workflow sees change."""
+    before = _visible_state(workflow)
+    workflow = event.mutate(workflow)
+    return workflow, jsonpatch.make_patch(before, _visible_state(workflow)).patch
 
 
 def _visible_state(workflow: Any) -> dict[str, Any]:

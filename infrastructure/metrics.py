@@ -103,6 +103,21 @@ FOLLOWER_EVENTS = Counter(
     ["follower"],
 )
 
+# -- the live event stream (GET /v1/stream) ----------------------------------------------
+
+STREAMS_OPEN = Gauge(
+    "reporunner_streams_open",
+    "Event streams (GET /v1/stream) this process serves now.",
+    multiprocess_mode="livesum",
+)
+STREAMS_DROPPED = Counter(
+    "reporunner_streams_dropped_total",
+    "Event streams closed because their client did not keep up (its queue was full).",
+)
+STREAM_EVENTS_SENT = Counter(
+    "reporunner_stream_events_sent_total", "Events sent to event-stream clients."
+)
+
 # -- executions ---------------------------------------------------------------------------
 
 EXECUTIONS = Counter(

@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     query_max_results: int = Field(default=10_000, ge=1)
     query_max_result_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     pipelines_per_org: int = Field(default=4, ge=1, le=1_000)
+    # The live event stream (GET /v1/stream, issue 16): each process tails the
+    # log once and fans events out to its streams, each with a bounded queue.
+    stream_heartbeat_s: float = Field(default=15.0, gt=0, le=300)
+    stream_connections_per_org: int = Field(default=8, ge=1, le=10_000)
+    stream_connections_max: int = Field(default=500, ge=1, le=100_000)
+    stream_queue_events: int = Field(default=1000, ge=1, le=1_000_000)
+    stream_poll_s: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("database_url")
     @classmethod

@@ -134,6 +134,21 @@ class _SideServer(uvicorn.Server):
         yield
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also ends the app's event streams when told to stop.
+
+    uvicorn waits for every open response before it runs the lifespan's
+    shutdown, and an event stream (``GET /v1/stream``) never ends on its own:
+    without this, one connected client would keep the process from stopping.
+    """
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        hub = getattr(getattr(self.config.app, "state", None), "stream_hub", None)
+        if hub is not None:
+            hub.close_soon()
+
+
 def serve_app(
     app: Any,
     options: dict[str, Any],
@@ -142,7 +157,7 @@ def serve_app(
     metrics_sockets: list[socket.socket] | None = None,
 ) -> None:
     """Run ``app`` with uvicorn until a signal; with ``metrics_port``, its ops routes there too."""
-    main = uvicorn.Server(uvicorn.Config(app, **options))
+    main = _Server(uvicorn.Config(app, **options))
     if metrics_port is None:
         main.run(sockets=sockets)
         return

@@ -67,6 +67,8 @@ from read_api.audit import router as audit_router
 from read_api.console import install_console
 from read_api.executions import router as executions_router
 from read_api.history import router as history_router
+from read_api.stream import StreamHub
+from read_api.stream import router as stream_router
 from reporunner.scheduler import Scheduler, start_scheduler
 from reporunner.worker import Worker
 from write_api import COMMAND_PROBLEMS, include_write_api
@@ -314,6 +316,11 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             projector_threads.append(relay_thread)
         elif "relay" in roles:
             log.info("event relay off: REDIS_URL is not set")
+        # The live stream's one tailer of the log in this process.
+        app.state.stream_hub = None
+        if "read-api" in roles:
+            app.state.stream_hub = StreamHub(workflow_app, target, settings)
+            app.state.stream_hub.start()
         app.state.scheduler = None
         if "scheduler" in roles:
             app.state.scheduler = create_scheduler(workflow_app, target, settings)
@@ -336,6 +343,9 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             sampling_stop.set()
             await sampling
             stop.set()
+            if app.state.stream_hub is not None:
+                app.state.stream_hub.close()
+                app.state.stream_hub.join(timeout=10)
             for thread in projector_threads:
                 thread.join(timeout=10)
             executions.close()
@@ -445,6 +455,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(history_router)
         app.include_router(audit_router)
         app.include_router(executions_router)
+        app.include_router(stream_router)
         install_console(app)
     return app
 
