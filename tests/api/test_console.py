@@ -298,6 +298,8 @@ def test_run_and_watch_the_execution_finish_without_reloading(
     execution_id = queued.inner_text()
 
     open_page(page, "Executions")
+    # It follows GET /v1/stream (not polling).
+    page.locator("#live", has_text="live").wait_for()
     row = page.locator(f"#execution-list tr[data-id='{execution_id}']")
     row.wait_for()
     first_seen = row.locator("[data-status]").get_attribute("data-status")

@@ -134,20 +134,33 @@ function problemBox(err) {
 
 // -- the live stream -------------------------------------------------------------------
 
+// The one stream this tab holds (the API caps streams per organisation). A page that
+// re-draws itself in place asks for the same stream again and keeps it; leaving the
+// page, or a re-draw that no longer asks for it, ends it.
+let stream = null; // {key, handler, claimed, stop}
+
 /**
  * Follows GET /v1/stream with ``params`` (types, aggregate_id); calls onEvent(event)
  * for each. Resumes from the last id after a drop. Where the stream is absent (404)
- * or refused, calls onEvent(null) every ``pollMs`` instead: the page re-reads.
+ * or refused (e.g. 429), calls onEvent(null) every ``pollMs`` instead: the page re-reads.
  */
 function follow(params, onEvent, pollMs = 2000) {
+  const key = JSON.stringify(params);
+  if (stream && stream.key === key) {
+    stream.handler = onEvent;
+    stream.claimed = true;
+    return;
+  }
+  stopStream();
   const controller = new AbortController();
+  const current = { key, handler: onEvent, claimed: true, stop: null };
   let lastId = null;
   let stopped = false;
   let timer = null;
   const live = document.getElementById("live");
   const poll = (why) => {
     live.textContent = `polling (${why})`;
-    timer = setInterval(() => onEvent(null), pollMs);
+    timer = setInterval(() => current.handler(null), pollMs);
   };
   const connect = async () => {
     const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY_SLOT) || ""}`, Accept: "text/event-stream" };
@@ -160,7 +173,7 @@ function follow(params, onEvent, pollMs = 2000) {
       return;
     }
     if (!res.ok || !res.body) {
-      poll(res.status === 404 ? "no stream here" : `stream answered ${res.status}`);
+      if (!stopped) poll(res.status === 404 ? "no stream here" : `stream answered ${res.status}`);
       return;
     }
     live.textContent = "● live";
@@ -175,44 +188,47 @@ function follow(params, onEvent, pollMs = 2000) {
         while ((end = buffer.search(/\r?\n\r?\n/)) >= 0) {
           const block = buffer.slice(0, end);
           buffer = buffer.slice(end).replace(/^\r?\n\r?\n/, "");
-          const message = { id: null, event: "message", data: [] };
+          const message = { id: null, data: [] };
           for (const line of block.split(/\r?\n/)) {
             if (!line || line.startsWith(":")) continue; // a heartbeat or comment
             const colon = line.indexOf(":");
             const field = colon < 0 ? line : line.slice(0, colon);
-            const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-            if (field === "id") message.id = value;
-            else if (field === "event") message.event = value;
-            else if (field === "data") message.data.push(value);
+            const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+            if (field === "id") message.id = text;
+            else if (field === "data") message.data.push(text);
           }
           if (message.id !== null) lastId = message.id;
-          if (message.data.length) {
-            let event = null;
-            try {
-              event = JSON.parse(message.data.join("\n"));
-            } catch {
-              continue; // not an event of ours
-            }
-            if (Number.isInteger(event.position)) seenPosition = Math.max(seenPosition, event.position);
-            onEvent(event);
+          if (!message.data.length) continue;
+          let event;
+          try {
+            event = JSON.parse(message.data.join("\n"));
+          } catch {
+            continue; // not an event of ours
           }
+          if (Number.isInteger(event.position)) seenPosition = Math.max(seenPosition, event.position);
+          current.handler(event);
         }
       }
     } catch {
-      /* dropped: reconnect below */
+      /* dropped (or stopped): reconnect below unless stopped */
     }
     if (!stopped) {
       live.textContent = "reconnecting…";
       setTimeout(connect, 1000);
     }
   };
-  connect();
-  onLeave(() => {
+  current.stop = () => {
     stopped = true;
     controller.abort();
     if (timer) clearInterval(timer);
     live.textContent = "";
-  });
+  };
+  stream = current;
+  connect();
+}
+function stopStream() {
+  if (stream) stream.stop();
+  stream = null;
 }
 
 /** ``fn`` at most once per ``ms`` (the last call wins): events come in bursts. */
@@ -255,6 +271,7 @@ const ROUTES = [
 
 async function render() {
   for (const fn of cleanups.splice(0)) fn();
+  stopStream();
   const generation = ++renderGeneration;
   if (!session) return showSignIn();
   const path = location.pathname;
@@ -330,6 +347,7 @@ document.getElementById("sign-in-form").addEventListener("submit", async (event)
 });
 document.getElementById("sign-out").addEventListener("click", () => {
   signOut();
+  stopStream();
   for (const fn of cleanups.splice(0)) fn();
   showSignIn();
 });
@@ -541,7 +559,7 @@ async function overviewPage() {
           h("td", { class: "num" }, w.failed), h("td", { class: "num" }, w.executions), h("td", { class: "num" }, fmtRate(w.failure_rate))))))
       : h("p", { class: "muted" }, "No failures in this period."));
   // Live: any execution event re-reads the figures (throttled).
-  follow({}, throttled(() => refreshInPlace(), 1000), 5000);
+  follow({ types: "Execution.*" }, throttled(() => refreshInPlace(), 1000), 5000);
   return page;
 }
 
@@ -552,6 +570,7 @@ async function refreshInPlace() {
   const match = ROUTES.map(([re, page]) => [path.match(re), page]).find(([m]) => m);
   if (!match) return;
   for (const fn of cleanups.splice(0)) fn();
+  if (stream) stream.claimed = false;
   let content;
   try {
     content = await match[1](...match[0].slice(1));
@@ -559,6 +578,7 @@ async function refreshInPlace() {
     content = h("section", {}, h("h1", {}, "Something went wrong"), problemBox(err));
   }
   if (generation !== renderGeneration) return;
+  if (stream && !stream.claimed) stopStream(); // e.g. the execution has ended
   const focused = document.activeElement?.id;
   view.replaceChildren(content);
   if (focused) document.getElementById(focused)?.focus();
@@ -751,7 +771,7 @@ async function executionsPage() {
     ["Error", (e) => e.error || ""],
   ], state);
   // Live: the first page re-reads as executions move (later pages hold still).
-  follow({}, throttled(() => { if (state.cursors.length === 1) state.redraw(true); }, 700), 2000);
+  follow({ types: "Execution.*" }, throttled(() => { if (state.cursors.length === 1) state.redraw(true); }, 700), 2000);
   return h("section", {}, h("h1", {}, "Executions"), form, table);
 }
 
