@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import httpx
@@ -86,7 +87,7 @@ def test_triggers_name_webhook_urls_and_next_fires(
     assert len(fires) == 5
     assert all(at.hour == 3 and at.minute == 0 for at in fires)
     assert before < fires[0] <= before + timedelta(days=1)
-    assert all(later - earlier == timedelta(days=1) for earlier, later in zip(fires, fires[1:]))
+    assert all(later - earlier == timedelta(days=1) for earlier, later in pairwise(fires))
 
     missing = client.get(
         "/ui/api/workflows/00000000-0000-4000-8000-000000000000/triggers", headers=owner
