@@ -333,7 +333,7 @@ async function startSession() {
   if (!session.write_api_url) session.write_api_url = CONFIG.write_api_url || "";
   document.getElementById("nav").hidden = false;
   document.getElementById("sign-out").hidden = false;
-  document.getElementById("who").textContent = `${session.key_name} · ${session.role} · ${session.org_id}`;
+  document.getElementById("who").textContent = [session.key_name, session.role, session.org_id].filter(Boolean).join(" · ");
   document.getElementById("who").dataset.role = session.role;
   await render();
 }
@@ -648,13 +648,26 @@ async function workflowsPage() {
     table);
 }
 
+/** A workflow's revisions, oldest first: every page of them, up to MAX_REVISIONS. */
+const MAX_REVISIONS = 2500;
+async function allVersions(id) {
+  const items = [];
+  let cursor = null;
+  do {
+    const { data } = await api(`/v1/workflows/${id}/versions${query({ limit: 500, cursor })}`);
+    items.push(...data.items);
+    cursor = data.next_cursor;
+  } while (cursor && items.length < MAX_REVISIONS);
+  return items;
+}
+
 async function workflowPage(id) {
   const params = new URLSearchParams(location.search);
   const travel = params.get("version") ? { version: params.get("version") } : params.get("as_of") ? { as_of: params.get("as_of") } : {};
   const [current, triggers, versions, runs] = await Promise.all([
     api(`/v1/workflows/${id}`).then((r) => r.data),
     api(`/ui/api/workflows/${id}/triggers`).then((r) => r.data),
-    api(`/v1/workflows/${id}/versions?limit=200`).then((r) => r.data.items),
+    allVersions(id),
     api(`/v1/workflows/${id}/executions?limit=10`).then((r) => r.data.items),
   ]);
   const shown = Object.keys(travel).length ? (await api(`/v1/workflows/${id}${query(travel)}`)).data : current;
