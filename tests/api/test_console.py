@@ -178,6 +178,17 @@ def test_sign_in_and_the_overview_equals_the_summary(browser_page: Any, console:
     if target := os.environ.get("REPORUNNER_CONSOLE_SCREENSHOT"):
         page.screenshot(path=target, full_page=False)
 
+    # Live: another run lands, and the figures follow without a reload.
+    page.evaluate("window.__notReloaded = true")
+    with api(console, key) as client:
+        client.post(
+            f"/v1/workflows/{fine['id']}/executions", json={"mode": "sync"}
+        ).raise_for_status()
+    page.locator(
+        f"[data-figure='totals.succeeded'][data-value='{summary['totals']['succeeded'] + 1}']"
+    ).wait_for()
+    assert page.evaluate("window.__notReloaded") is True
+
     # A bad key is refused with the API's problem detail, on the sign-in form.
     page.get_by_role("button", name="Sign out").click()
     page.get_by_label("API key").fill("not-a-key")

@@ -14,6 +14,9 @@ let renderGeneration = 0;
 // The newest log position a stream event showed: re-reads after it send it as
 // X-Min-Position, so a view the event has not reached yet is waited for, not shown stale.
 let seenPosition = 0;
+// How far the views were at the last read: a stream starts after it, so an event that
+// lands between a page's read and its stream's start still reaches the page.
+let readPosition = 0;
 
 // -- small helpers ---------------------------------------------------------------------
 
@@ -95,6 +98,8 @@ async function api(path, { method = "GET", body, headers = {}, write = false } =
   } catch (err) {
     throw new ApiError(0, { title: "Network error", detail: `${method} ${path}: ${err.message}` });
   }
+  const viewsAt = Number(res.headers.get("X-Projection-Position"));
+  if (Number.isInteger(viewsAt) && viewsAt > 0) readPosition = Math.max(readPosition, viewsAt);
   const text = await res.text();
   let data = null;
   try {
@@ -165,9 +170,10 @@ function follow(params, onEvent, pollMs = 2000) {
   const connect = async () => {
     const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY_SLOT) || ""}`, Accept: "text/event-stream" };
     if (lastId !== null) headers["Last-Event-ID"] = lastId;
+    const from = lastId === null && readPosition > 0 ? { after: readPosition } : {};
     let res;
     try {
-      res = await fetch(`/v1/stream${query(params)}`, { headers, signal: controller.signal });
+      res = await fetch(`/v1/stream${query({ ...params, ...from })}`, { headers, signal: controller.signal });
     } catch {
       if (!stopped) setTimeout(connect, 1000);
       return;
