@@ -733,9 +733,9 @@ async function workflowPage(id) {
 
   return h("section", {},
     h("h1", {}, current.name, " ", h("span", { class: "muted" }, `v${current.version}`), current.deleted ? h("span", { class: "bad" }, " (deleted)") : null),
-    h("p", { class: "muted" }, current.description || "", ` · ${current.active ? "active" : "inactive"} · ${current.runs} runs · tags: ${current.tags.join(", ") || "none"}`),
+    h("p", { class: "muted" }, [current.description, current.active ? "active" : "inactive", `${current.runs} runs`, `tags: ${current.tags.join(", ") || "none"}`].filter(Boolean).join(" · ")),
     actions, out,
-    h("h2", {}, Object.keys(travel).length ? `Graph as of ${travel.version ? `version ${shown.version}` : travel.as_of} (version ${shown.version})` : "Graph"),
+    h("h2", {}, travel.version ? `Graph of version ${shown.version} (from the log)` : travel.as_of ? `Graph as of ${travel.as_of} (version ${shown.version})` : "Graph"),
     h("div", { id: "workflow-graph", "data-version": shown.version }, workflowGraph(shown.nodes, shown.connections)),
     travelForm,
     h("h2", {}, "Triggers"),
