@@ -69,6 +69,8 @@ def write_api_url(request: Request) -> str:
 @router.get("/{page:path}", response_class=HTMLResponse)
 async def console_shell(request: Request, page: str = "") -> HTMLResponse:
     """The same shell for every page: the script reads the path and draws it."""
+    if page.startswith(("api/", "static/")):  # a mistyped API or asset path is no page
+        raise Problem(404, f"nothing at /ui/{page}", type_=problem_type("not-found"))
     html = _shell.render(
         pages=PAGES,
         write_api_url=write_api_url(request),

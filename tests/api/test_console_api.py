@@ -28,6 +28,10 @@ def test_the_shell_and_its_assets(client: httpx.Client) -> None:
     assert asset.status_code == 200
     assert "immutable" in asset.headers["cache-control"]
     assert client.get("/ui/static/nothing.js").status_code == 404
+    mistyped = client.get("/ui/api/nothing")
+    assert mistyped.status_code == 404
+    assert mistyped.headers["content-type"] == "application/problem+json"
+    assert client.post("/ui/overview").status_code == 405
 
 
 def test_session_says_what_the_role_may_do(
