@@ -224,6 +224,39 @@ def measure(
         browser.close()
 
 
+# The API answers the pages wait for, timed alone: what of a page's time is the API's.
+API_CALLS = (
+    ("summary (overview)", "/v1/dashboards/summary"),
+    ("workflows, first page", "/v1/workflows?limit=25"),
+    ("workflow", "/v1/workflows/{workflow}"),
+    ("workflow's versions", "/v1/workflows/{workflow}/versions?limit=500"),
+    ("workflow's executions", "/v1/workflows/{workflow}/executions?limit=10"),
+    ("executions, first page", "/v1/executions?limit=25"),
+    ("execution", "/v1/executions/{execution}"),
+    ("system", "/ui/api/system"),
+)
+
+
+def measure_api(base: str, key: str, workflow: str, execution: str, rounds: int) -> None:
+    print(f"the API answers behind them, {rounds} requests each:")
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+        for name, path in API_CALLS:
+            url = path.replace("{workflow}", workflow).replace("{execution}", execution)
+            timings = []
+            statuses = set()
+            for round_ in range(rounds + 3):
+                begun = time.perf_counter()
+                statuses.add(client.get(url).status_code)
+                if round_ >= 3:
+                    timings.append(time.perf_counter() - begun)
+            timings.sort()
+            print(
+                f"  {name:<24} p50 {percentile(timings, 50) * 1000:6.0f} ms   "
+                f"p95 {percentile(timings, 95) * 1000:6.0f} ms   statuses {sorted(statuses)}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -240,6 +273,7 @@ def main() -> None:
         with running_server(target, extra_env=roles) as base:
             workflow, execution = real_workflow(base, key)
             measure(base, key, workflow, execution, args.rounds, args.screenshot)
+            measure_api(base, key, workflow, execution, args.rounds)
 
 
 if __name__ == "__main__":
