@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-read bench-executions bench-audit bench-bus bench-validate bench-webhooks bench-stream clean
+.PHONY: run test lint format bench bench-read bench-executions bench-audit bench-bus bench-validate bench-webhooks bench-stream bench-console clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -53,6 +53,9 @@ bench-webhooks: $(STAMP)
 
 bench-stream: $(STAMP)
 	$(BIN)/python bench/stream.py $(ARGS)
+
+bench-console: $(STAMP)
+	$(BIN)/python bench/console.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

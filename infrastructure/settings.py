@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         description="Comma-separated roles this process runs (serve --only sets one).",
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    console_write_api_url: str = Field(
+        default="",
+        description="Base URL of the write API for the console at /ui, when another process "
+        "serves it (e.g. https://write.example.com); empty: the console's own origin.",
+    )
     db_pool_size: int | None = Field(
         default=None,
         ge=1,

@@ -64,6 +64,7 @@ from read_api import QUERY_PROBLEMS
 from read_api import router as read_router
 from read_api.aggregate import router as aggregate_router
 from read_api.audit import router as audit_router
+from read_api.console import install_console
 from read_api.executions import router as executions_router
 from read_api.history import router as history_router
 from read_api.stream import StreamHub
@@ -486,6 +487,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
     if "scheduler" in roles:
         checks["scheduler"] = scheduler_check
     add_health_routes(app, checks, fail_when_degraded=settings.dead_letters_fail_readyz)
+    app.state.ready_checks = checks  # the console's System page shows them too
     add_metrics_route(app)
     if "write-api" in roles:
         include_write_api(app)
@@ -496,6 +498,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(audit_router)
         app.include_router(executions_router)
         app.include_router(stream_router)
+        install_console(app)
     return app
 
 
