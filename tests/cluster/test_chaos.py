@@ -1,9 +1,11 @@
 """The chaos test: a whole deployment under load while its processes are killed.
 
-Bounded (about 3 minutes on a quiet two-core box): 20 kills -9 over every
-role, one restart of the primary and one of Redis, 5 s apart, then every check
-of ``tests/cluster/harness.py``. The figures table is printed (``-s``) and is
-the failure message. ``bench/chaos.py`` runs the same for minutes.
+Bounded by its number of faults: 20 kills -9 over every role (a process only
+while its role's other one is up), one restart of the primary and one of
+Redis, at least 5 s apart, then every check of ``tests/cluster/harness.py``.
+Its wall time is mostly how fast 12 Python processes start and restart on the
+box. The figures table is printed (``-s``) and is the failure message.
+``bench/chaos.py`` runs the same for minutes.
 """
 
 from __future__ import annotations
