@@ -411,8 +411,6 @@ class LoadClient(threading.Thread):
         path: str,
         body: Any,
         headers: dict[str, str] | None = None,
-        *,
-        webhook: bool = False,
     ) -> Ack | None:
         key = f"{kind}-{uuid.uuid4().hex}"
         sent = {**(headers or {}), "Idempotency-Key": key}
