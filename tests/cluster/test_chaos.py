@@ -17,11 +17,22 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.harness import run_chaos
+from tests.cluster.postgres import find_pg_bin
+
+
+def _has_pg_binaries() -> bool:
+    try:
+        find_pg_bin()
+    except RuntimeError:
+        return False
+    return True
+
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(sys.platform != "linux", reason="the harness runs Linux processes"),
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
+    pytest.mark.skipif(not _has_pg_binaries(), reason="needs PostgreSQL's initdb and postgres"),
 ]
 
 
