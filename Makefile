@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-read bench-executions bench-audit bench-bus bench-validate bench-webhooks bench-stream bench-console clean
+.PHONY: run test lint format bench bench-read bench-executions bench-audit bench-bus bench-validate bench-webhooks bench-stream bench-console bench-chaos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -56,6 +56,9 @@ bench-stream: $(STAMP)
 
 bench-console: $(STAMP)
 	$(BIN)/python bench/console.py $(ARGS)
+
+bench-chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
