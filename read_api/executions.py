@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
@@ -378,9 +378,19 @@ def _sum(field: str) -> str:
 _FAILURES = f"{_sum('failed')} + {_sum('crashed')}"
 _FINISHED = " + ".join(_sum(status) for status in ("succeeded", "failed", "canceled", "crashed"))
 
+# A per-workflow counter that counts a failure (failed or crashed runs); the
+# partial index doc_execution_stats_failing (migration 0013) has this predicate
+# word for word. Only these can rank a workflow among the top failing ones.
+FAILING_COUNTER: Final = (
+    "data->>'workflow_id' IS NOT NULL "
+    "AND (data->>'failed')::bigint + (data->>'crashed')::bigint > 0"
+)
+
 # One statement: the counters of both periods (a scope: the org's totals or one
-# workflow's) and the current period's per-workflow counters, selected by index
-# ranges (see migration 0005), summed four ways. The series reads the current
+# workflow's), selected by index ranges (see migration 0005), summed four ways;
+# and the top failing workflows: ranked from the current period's per-workflow
+# counters that count a failure (migration 0013's partial index), then only
+# those few workflows' counters summed for their totals. The series reads the current
 # period's day (or hour) counters, the pieces labelled :series_period: those of
 # "current" when they are the same, else their own ("series"), since figures
 # over months read month counters. {values}, {scope} and {workflows} are fixed
@@ -396,15 +406,21 @@ counters AS (
           AND created >= p.starts AND created < p.ends
     ) c
 ),
-workflow_counters AS (
+failing_counters AS (
     SELECT c.data
     FROM pieces p
     CROSS JOIN LATERAL (
         SELECT data FROM {collection_table(STATS)}
         WHERE org_id = :org AND data->>'granularity' = p.granularity AND {{workflows}}
+          AND {FAILING_COUNTER}
           AND created >= p.starts AND created < p.ends
     ) c
     WHERE p.period = 'current'
+),
+top_failing AS (
+    SELECT data->>'workflow_id' AS workflow_id, {_FAILURES} AS failed
+    FROM failing_counters GROUP BY 1
+    ORDER BY failed DESC, workflow_id LIMIT {TOP_FAILING}
 )
 SELECT
     (SELECT coalesce(jsonb_agg(t), '[]') FROM (
@@ -429,10 +445,19 @@ SELECT
         FROM counters WHERE period = :series_period GROUP BY 1
     ) s) AS series,
     (SELECT coalesce(jsonb_agg(w), '[]') FROM (
-        SELECT data->>'workflow_id' AS workflow_id, {_FAILURES} AS failed,
-               {_sum("executions")} AS executions, {_FINISHED} AS finished
-        FROM workflow_counters GROUP BY 1 HAVING {_FAILURES} > 0
-        ORDER BY failed DESC, workflow_id LIMIT {TOP_FAILING}
+        SELECT t.workflow_id, t.failed, c.executions, c.finished
+        FROM top_failing t
+        CROSS JOIN LATERAL (
+            SELECT {_sum("executions")} AS executions, {_FINISHED} AS finished
+            FROM pieces p
+            CROSS JOIN LATERAL (
+                SELECT data FROM {collection_table(STATS)}
+                WHERE org_id = :org AND data->>'granularity' = p.granularity
+                  AND data->>'workflow_id' = t.workflow_id
+                  AND created >= p.starts AND created < p.ends
+            ) d
+            WHERE p.period = 'current'
+        ) c
     ) w) AS top_failing
 """
 
