@@ -433,6 +433,10 @@ class Relay(Follower):
             )
         self._set(redis_ok=False, redis_down_since=down_since, last_error=error)
 
+    def redis_reachable(self) -> None:
+        """Someone else reached Redis (the readiness check of a relay not publishing)."""
+        self._redis_up()
+
     def _redis_up(self) -> None:
         if not self._status.redis_ok:
             since = self._status.redis_down_since
