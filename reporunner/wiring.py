@@ -438,12 +438,12 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         if relay is None:
             return "disabled"
         status = relay.status()
-        if not status.active and not status.redis_ok and settings.redis_url:
-            # A relay that is not publishing (a standby, or between attempts) learns
-            # of Redis only when it publishes again: look for itself, or a standby
-            # that lost Redis once would stay "redis down" after Redis is back.
-            if await ping_redis(settings.redis_url) == "ok":
-                relay.redis_reachable()
+        # A relay that is not publishing (a standby, or between attempts) learns of
+        # Redis only when it publishes again: look for it, or a standby that lost
+        # Redis once would stay "redis down" after Redis is back.
+        not_publishing = not status.active and not status.redis_ok and settings.redis_url
+        if not_publishing and await ping_redis(str(settings.redis_url)) == "ok":
+            relay.redis_reachable()
         summary = str(relay.status().summary())
         healthy = summary == "standby" or summary.startswith("ok")
         return summary if healthy else background_problem(roles, summary)
