@@ -54,9 +54,11 @@ class Console:
 @pytest.fixture(scope="module")
 def service(server_target: PgTarget, app_settings: Settings) -> Iterator[tuple[str, PgTarget]]:
     with scratch_database(server_target, "console") as target:
-        # The relay's streams in this run's corner of Redis (emptied after the run).
+        # The relay's streams in this run's corner of Redis (emptied after the run),
+        # under a name of this module's own: another module's log has its own streams.
+        bus_prefix = f"{app_settings.redis_key_prefix}console:bus"
         settings = app_settings.model_copy(
-            update={"projection_poll_s": 0.1, "bus_prefix": f"{app_settings.redis_key_prefix}bus"}
+            update={"projection_poll_s": 0.1, "bus_prefix": bus_prefix}
         )
         with serving(create_app(settings, target, roles=ROLES)) as url:
             yield url, target

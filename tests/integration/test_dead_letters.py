@@ -75,7 +75,8 @@ def service_settings(app_settings: Settings) -> Settings:
     return app_settings.model_copy(
         update={
             "redis_url": REDIS_URL,
-            "bus_prefix": f"{app_settings.redis_key_prefix}bus",
+            # Streams of this module's own: its log is its own.
+            "bus_prefix": f"{app_settings.redis_key_prefix}dead-letters:bus",
             "cache_ttl_s": 0,
             "projection_poll_s": 0.1,
             "follower_retry_attempts": 2,
