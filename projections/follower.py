@@ -143,6 +143,9 @@ class Follower:
     def active(self, leading: bool) -> None:
         """Told when this instance becomes the leader, or stops being it."""
 
+    def standing_by(self) -> None:
+        """Told when another instance holds the lock (this one reached PostgreSQL)."""
+
     def failing(self, exc: BaseException) -> None:
         """Told of every failure the loop retries."""
 
@@ -319,6 +322,7 @@ class FollowerLoop:
                     # Another process follows; stand by to take over.
                     log.info("follower standing by", follower=self.follower.name)
                     self._leading(False)
+                    self.follower.standing_by()
                     standing_by = True
                 backoff.reset()  # the lock connection works: an outage later starts small
                 if stop.wait(min(self.poll_s, STANDBY_RETRY_S)):

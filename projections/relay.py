@@ -396,6 +396,12 @@ class Relay(Follower):
             log.info("relay active", name=self.name, prefix=self.config.prefix)
         self._set(active=leading)
 
+    def standing_by(self) -> None:
+        # What failed while this instance published (PostgreSQL restarting, a
+        # batch) no longer describes it: a standby does no work, and it has
+        # just reached PostgreSQL. Redis it checks at readiness (wiring).
+        self._set(failing_since=None)
+
     def failing(self, exc: BaseException) -> None:
         if isinstance(exc, redis.RedisError):
             self._redis_down(exc)
