@@ -232,9 +232,18 @@ class Cluster:
         service.process.send_signal(signal.SIGKILL)
         service.process.wait()
 
+    def readiness(self, service: Service) -> str:
+        """What ``/readyz`` answers now, for a report."""
+        try:
+            answer = httpx.get(service.ops_url + "/readyz", timeout=10)
+        except httpx.HTTPError as exc:
+            return f"no answer ({type(exc).__name__})"
+        return f"{answer.status_code} {answer.text[:300]}"
+
     def ready(self, service: Service) -> bool:
         try:
-            return httpx.get(service.ops_url + "/readyz", timeout=2).status_code == 200
+            # A saturated process may take seconds to answer; slow is not unready.
+            return httpx.get(service.ops_url + "/readyz", timeout=10).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -664,7 +673,12 @@ class FaultInjector(threading.Thread):
         deadline = time.monotonic() + self.recovery_bound_s * 3
         while not all(self.cluster.ready(service) for service in group):
             if time.monotonic() > deadline:
-                self.faults.append(Fault(f"kill {role}", "(a process never became ready)", 0))
+                unready = ", ".join(
+                    f"{service.name}: {self.cluster.readiness(service)}"
+                    for service in group
+                    if not self.cluster.ready(service)
+                )
+                self.faults.append(Fault(f"kill {role}", f"(never ready: {unready})", 0))
                 return False
             time.sleep(0.25)
         victim = random.choice(group)
