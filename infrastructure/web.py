@@ -267,7 +267,7 @@ def _method_not_allowed(request: Request) -> Problem:
 def _unexpected_problem(exc: Exception) -> Problem:
     """What an error no handler knows becomes: 503 if a dependency is down or a
     query ran out of time, else a 500 bug."""
-    if _is_statement_timeout(exc):
+    if _sqlstate(exc) == _STATEMENT_TIMEOUT:
         log.warning("query timed out", error=str(exc))
         return Problem(
             503,
@@ -276,7 +276,7 @@ def _unexpected_problem(exc: Exception) -> Problem:
             type_=problem_type("query-timeout"),
             headers={"Retry-After": "5"},
         )
-    if _is_serialization_failure(exc):
+    if _sqlstate(exc) == _SERIALIZATION_FAILURE:
         log.warning("query cancelled by a conflict", error=str(exc))
         return Problem(
             503,
@@ -297,20 +297,18 @@ def _unexpected_problem(exc: Exception) -> Problem:
     return Problem(500, "internal error; this is a bug, please report it")
 
 
-def _is_statement_timeout(exc: Exception) -> bool:
-    """PostgreSQL cancelled the statement (SQLSTATE 57014: ``statement_timeout``)."""
+# SQLSTATEs of a statement PostgreSQL cancelled: 57014 its statement_timeout;
+# 40001 a conflict (a hot standby cancels a query holding up its replay of the
+# primary's changes). Retrying may pass.
+_STATEMENT_TIMEOUT = "57014"
+_SERIALIZATION_FAILURE = "40001"
+
+
+def _sqlstate(exc: Exception) -> str | None:
+    """The SQLSTATE of the driver's error SQLAlchemy wrapped, if any."""
     from sqlalchemy.exc import DBAPIError
 
-    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "57014"
-
-
-def _is_serialization_failure(exc: Exception) -> bool:
-    """SQLSTATE 40001: retry and it may pass. A hot standby cancels a query with it when
-    the query holds up replaying the primary's changes (a lock the primary took, rows
-    its vacuum removed)."""
-    from sqlalchemy.exc import DBAPIError
-
-    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "40001"
+    return getattr(exc.orig, "sqlstate", None) if isinstance(exc, DBAPIError) else None
 
 
 async def authenticate(request: Request) -> Principal:
