@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infrastructure.database import PgTarget
@@ -105,6 +105,15 @@ class Settings(BaseSettings):
         description="Comma-separated roles this process runs (serve --only sets one).",
     )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="The master key wrapping every data key: 32 random bytes as 64 hex digits "
+        "or base64 (`reporunner keys generate`). Unset: REPORUNNER_MASTER_KEY_FILE, else on "
+        "the embedded database a key generated into data_dir (README: Keys).",
+    )
+    master_key_file: Path | None = Field(
+        default=None, description="A file holding the master key (for secret mounts)."
+    )
     console_write_api_url: str = Field(
         default="",
         description="Base URL of the write API for the console at /ui, when another process "
