@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from domain.values import check_value
 from infrastructure.crypto import (
     MasterKey,
     MasterKeyError,
@@ -19,6 +20,8 @@ from infrastructure.crypto import (
     unwrap_data_key,
     wrap_data_key,
 )
+from infrastructure.keyring import DataKey
+from infrastructure.sealing import ERASED, is_sealed, open_value, seal_value, sealed_key_ids
 
 
 @given(plaintext=st.binary(max_size=4096), associated=st.binary(max_size=64))
@@ -81,3 +84,44 @@ def test_a_keyed_digest_depends_on_key_purpose_and_value() -> None:
     assert digest == keyed_digest(key, "data subject", "alice@example.com")
     assert digest != keyed_digest(new_data_key(), "data subject", "alice@example.com")
     assert digest != keyed_digest(key, "other", "alice@example.com")
+
+
+# Every value the contract admits, as the value strategy of the contract tests draws them.
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False, max_value=2.0**62, min_value=-(2.0**62))
+    | st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(
+            st.text(
+                alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@given(value=_values)
+def test_a_sealed_value_opens_to_itself_and_is_a_value_itself(value: object) -> None:
+    day, subject = DataKey("d", new_data_key()), DataKey("s", new_data_key())
+    sealed = seal_value(value, [day, subject], "org/exec/input")
+    assert check_value(sealed) == []
+    assert is_sealed(sealed) and sealed_key_ids(sealed) == ["d", "s"]
+    assert open_value(sealed, [day, subject], "org/exec/input") == value
+
+
+def test_a_sealed_value_with_a_destroyed_key_reads_as_erased() -> None:
+    day, subject = DataKey("d", new_data_key()), DataKey("s", new_data_key())
+    sealed = seal_value({"email": "a@example.com"}, [day, subject], "ctx")
+    assert "a@example.com" not in str(sealed)
+    assert open_value(sealed, [day, None], "ctx") == ERASED
+    with pytest.raises(SealBroken):
+        open_value(sealed, [day, subject], "another execution")
+    with pytest.raises(SealBroken):
+        open_value(sealed, [subject, day], "ctx")
