@@ -53,6 +53,7 @@ __all__ = [
     "NODE_TYPES",
     "SWITCH_DEFAULT_OUTPUT",
     "TRIGGER_TYPES",
+    "CelSource",
     "CodeParameters",
     "Combine",
     "Condition",
@@ -255,13 +256,25 @@ class NoopParameters(BaseModel):
     model_config = _STRICT
 
 
+CelSource = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+"""A CEL expression over ``item`` (``domain/expressions.py``)."""
+
+
 class SetParameters(BaseModel):
-    """Writes ``fields`` (dotted path -> JSON value) into each item."""
+    """Writes ``fields`` (dotted path -> JSON value) into each item.
+
+    ``expressions`` (dotted path -> CEL source) are computed per item, every
+    one from the item as it arrived (not as the other assignments leave it),
+    and written after ``fields``: what n8n's Set does with ``{{ }}`` values.
+    """
 
     model_config = _STRICT
 
     fields: Annotated[dict[DottedPath, JsonData], Field(max_length=MAX_SET_FIELDS)]
     keep_others: bool = True
+    expressions: Annotated[dict[DottedPath, CelSource], Field(max_length=MAX_SET_FIELDS)] = Field(
+        default_factory=dict
+    )
 
 
 class ConditionParameters(BaseModel):

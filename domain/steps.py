@@ -110,13 +110,23 @@ def _build_set(params: SetParameters, outputs: tuple[str, ...]) -> Step:
         (problem for segments, value in assignments for problem in _placed(value, segments)),
         None,
     )
+    computed: list[tuple[str, list[str], CompiledExpression]] = []
+    compile_error: str | None = None
+    for path, source in params.expressions.items():
+        try:
+            computed.append((path, path.split("."), compile_expression(source)))
+        except ExpressionError as exc:
+            compile_error = compile_error or f"invalid expression for '{path}': {exc}"
 
     def set_fields(inputs: list[list[Item]], context: RunContext) -> Outputs:
         if too_deep is not None:
             raise NodeError(f"field {too_deep}")
+        if compile_error is not None:
+            raise NodeError(compile_error)
         results = []
         assigned = 0
-        for item in concat(inputs):
+        for index, item in enumerate(concat(inputs)):
+            values = _computed_values(computed, item, index, context)
             result: Item = dict(item) if keep_others else {}
             context.charge(sys.getsizeof(result))
             # Dicts built for this result, so later paths may change them in
@@ -129,10 +139,38 @@ def _build_set(params: SetParameters, outputs: tuple[str, ...]) -> Step:
                 if assigned % _ASSIGNMENTS_PER_CLOCK_READ == 0:
                     context.ensure_time_left()
                 _assign_in_place(result, segments, value, owned, context)
+            for segments, value in values:
+                _assign_in_place(result, segments, value, owned, context)
             results.append(result)
         return _with_empty(outputs, DEFAULT_OUTPUT, results)
 
     return set_fields
+
+
+def _computed_values(
+    computed: list[tuple[str, list[str], CompiledExpression]],
+    item: Item,
+    index: int,
+    context: RunContext,
+) -> list[tuple[list[str], Any]]:
+    """Each of set's expressions evaluated on the arriving ``item``, ready to assign."""
+    values = []
+    for path, segments, expression in computed:
+        context.ensure_time_left()
+        try:
+            value = expression.evaluate(item, out_of_time=context.out_of_time)
+        except ExpressionTimeout:
+            raise DeadlinePassed from None
+        except ExpressionError as exc:
+            raise NodeError(f"expression for '{path}' failed on item {index}: {exc}") from None
+        problems = _placed(value, segments)
+        if problems:
+            raise NodeError(
+                f"expression for '{path}' on item {index} cannot be stored: {problems[0]}"
+            )
+        context.charge_value(value)
+        values.append((segments, value))
+    return values
 
 
 def _assign_in_place(
