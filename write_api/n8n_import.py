@@ -70,14 +70,20 @@ _EXPORT_SCHEMA: dict[str, Any] = {
         "name": {"type": "string"},
         "nodes": {
             "type": "array",
+            "maxItems": 500,
             "items": {
                 "type": "object",
                 "required": ["name", "type"],
                 "properties": {
-                    "name": {"type": "string"},
-                    "type": {"type": "string"},
+                    "name": {"type": "string", "minLength": 1},
+                    "type": {"type": "string", "minLength": 1},
                     "typeVersion": {"type": "number"},
-                    "position": {"type": "array", "items": {"type": "number"}},
+                    "position": {
+                        "type": "array",
+                        "items": {"type": "number"},
+                        "minItems": 2,
+                        "maxItems": 2,
+                    },
                     "parameters": {"type": "object"},
                     "disabled": {"type": "boolean"},
                 },

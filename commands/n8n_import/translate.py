@@ -225,6 +225,10 @@ def _shape(document: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         problems.append({"loc": "nodes", "msg": "must be the export's array of nodes"})
     if not isinstance(connections, dict):
         problems.append({"loc": "connections", "msg": "must be an object (node name -> outputs)"})
+    if "name" in document and not isinstance(document["name"], str):
+        problems.append({"loc": "name", "msg": "must be a string"})
+    if "settings" in document and not isinstance(document["settings"], dict):
+        problems.append({"loc": "settings", "msg": "must be an object"})
     if problems:
         raise ExportInvalid(problems)
     assert isinstance(nodes, list)
@@ -250,6 +254,10 @@ def _shape(document: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             problems.append({"loc": f"{loc}.typeVersion", "msg": "must be a number"})
         if "parameters" in node and not isinstance(node["parameters"], dict):
             problems.append({"loc": f"{loc}.parameters", "msg": "must be an object"})
+        if "disabled" in node and not isinstance(node["disabled"], bool):
+            problems.append({"loc": f"{loc}.disabled", "msg": "must be true or false"})
+        if "position" in node and not _is_position(node["position"]):
+            problems.append({"loc": f"{loc}.position", "msg": "must be [x, y], two numbers"})
         name = node.get("name")
         if isinstance(name, str):
             if name in names:
@@ -258,6 +266,17 @@ def _shape(document: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if problems:
         raise ExportInvalid(problems)
     return nodes, connections
+
+
+def _is_position(position: Any) -> bool:
+    return (
+        isinstance(position, list)
+        and len(position) == 2
+        and all(
+            isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c)
+            for c in position
+        )
+    )
 
 
 def _identify(raw_nodes: list[dict[str, Any]]) -> list[_Node]:
@@ -294,6 +313,11 @@ def _edges(connections: Mapping[str, Any], by_name: Mapping[str, _Node]) -> list
             problems.append({"loc": f"connections.{source}.main", "msg": "must be an array"})
             continue
         for index, targets in enumerate(outputs):
+            if not isinstance(targets, list | None):
+                problems.append(
+                    {"loc": f"connections.{source}.main[{index}]", "msg": "must be an array"}
+                )
+                continue
             for target in targets or []:
                 if not isinstance(target, dict) or not isinstance(target.get("node"), str):
                     problems.append(
@@ -443,16 +467,8 @@ def _our_node(node: _Node) -> dict[str, Any]:
         "name": node.name[:200],
         "parameters": node.mapped.parameters,
     }
-    position = node.raw.get("position")
-    if (
-        isinstance(position, list)
-        and len(position) == 2
-        and all(
-            isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c)
-            for c in position
-        )
-    ):
-        ours["position"] = position
+    if "position" in node.raw:  # checked by _shape
+        ours["position"] = node.raw["position"]
     if node.mapped.on_error is not None:
         ours["on_error"] = node.mapped.on_error
     if node.mapped.retry is not None:

@@ -48,7 +48,7 @@ _ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 _WORKFLOW_COMMANDS = (
     "^(POST /v1/workflows|PATCH /v1/workflows/\\{workflow_id\\}"
     "|DELETE /v1/workflows/\\{workflow_id\\}|POST /v1/workflows/\\{workflow_id\\}/.+"
-    "|POST /v1/executions/.+)$"
+    "|POST /v1/executions/.+|POST /v1/import/n8n)$"
 )
 EXCLUSIONS: list[dict[str, Any]] = [
     {

@@ -367,6 +367,14 @@ def test_a_loop_is_refused_naming_its_nodes_in_order() -> None:
             "nodes[1].name",
         ),
         ({"nodes": [{"name": "a", "type": "t"}] * 501}, "nodes"),
+        ({"name": 5, "nodes": []}, "name"),
+        ({"nodes": [], "settings": []}, "settings"),
+        ({"nodes": [{"name": "a", "type": "t", "position": [1]}]}, "nodes[0].position"),
+        ({"nodes": [{"name": "a", "type": "t", "disabled": "yes"}]}, "nodes[0].disabled"),
+        (
+            {"nodes": [{"name": "a", "type": "t"}], "connections": {"a": {"main": [7]}}},
+            "connections.a.main[0]",
+        ),
         (
             {"nodes": [{"name": "a", "type": "t"}], "connections": {"a": {"main": [[3]]}}},
             "connections.a.main[0]",
