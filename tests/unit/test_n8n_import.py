@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -511,3 +512,56 @@ def test_a_json_path_translates_to_cel_reading_the_same_value(path: list[str], v
     assert isinstance(parsed, Expression)
     assert parsed.path == tuple(path)
     assert compile_expression(parsed.cel).evaluate(item) == value
+
+
+# -- graphs ---------------------------------------------------------------------------
+
+_NAMES = st.lists(
+    st.text(
+        alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12
+    ),
+    min_size=1,
+    max_size=8,
+    unique=True,
+)
+
+
+def _export(names: list[str], edges: set[tuple[int, int]]) -> dict[str, Any]:
+    nodes = [{"name": "Start", "type": "n8n-nodes-base.manualTrigger", "typeVersion": 1}]
+    nodes += [
+        {"name": f"n {name}", "type": "n8n-nodes-base.noOp", "typeVersion": 1} for name in names
+    ]
+    connections: dict[str, Any] = {
+        "Start": {"main": [[{"node": f"n {names[0]}", "type": "main", "index": 0}]]}
+    }
+    for source, target in sorted(edges):
+        targets = connections.setdefault(f"n {names[source]}", {"main": [[]]})["main"][0]
+        targets.append({"node": f"n {names[target]}", "type": "main", "index": 0})
+    return {"name": "graph", "nodes": nodes, "connections": connections}
+
+
+@given(names=_NAMES, data=st.data())
+def test_any_acyclic_graph_imports_with_every_node_and_connection(
+    names: list[str], data: Any
+) -> None:
+    pairs = [(a, b) for a in range(len(names)) for b in range(a + 1, len(names))]
+    edges = set(data.draw(st.lists(st.sampled_from(pairs), max_size=12))) if pairs else set()
+    translation = translate_export(_export(names, edges))
+    validate_definition(**translation.definition)
+    ids = [node["id"] for node in translation.definition["nodes"]]
+    assert len(set(ids)) == len(names) + 1
+    assert len(translation.definition["connections"]) == len(edges) + 1
+
+
+@given(names=_NAMES, data=st.data())
+def test_a_back_edge_is_refused_naming_a_real_cycle(names: list[str], data: Any) -> None:
+    pairs = [(a, b) for a in range(len(names)) for b in range(a + 1, len(names))]
+    edges = set(data.draw(st.lists(st.sampled_from(pairs), max_size=12))) if pairs else set()
+    back = data.draw(st.sampled_from(sorted(edges))) if edges else (0, 0)
+    edges.add((back[1], back[0]))
+    with pytest.raises(LoopRefused) as refused:
+        translate_export(_export(names, edges))
+    cycle = refused.value.cycle
+    assert cycle[0] == cycle[-1] and len(cycle) >= 2
+    followed = {(f"n {names[a]}", f"n {names[b]}") for a, b in edges}
+    assert all(step in followed for step in itertools.pairwise(cycle))
