@@ -185,3 +185,19 @@ def test_a_project_is_refused_until_projects_exist(
         {"loc": "project_id", "msg": "projects are not available on this server"}
     ]
     assert _max_position(workflow_app) == before
+
+
+def test_an_imported_webhook_answers_with_the_run_where_n8n_used_respond_to_webhook(
+    client: httpx.Client, owner: dict[str, str], org: str
+) -> None:
+    imported = _import(client, owner, _fixture("webhook_v2_respond"))
+    assert imported.status_code == 201, imported.text
+    workflow_id = imported.json()["id"]
+    activated = client.post(
+        f"/v1/workflows/{workflow_id}/activate", headers={**owner, "If-Match": '"1"'}
+    )
+    assert activated.status_code == 200, activated.text
+    called = client.post(f"/hooks/{org}/intake", json={"order": 7})
+    assert called.status_code == 200, called.text
+    [item] = called.json()["output"]["respond"]
+    assert item["received"] is True and item["body"] == {"order": 7}
