@@ -124,15 +124,6 @@ _EXPORT_SCHEMA: dict[str, Any] = {
 }
 
 
-# Where the new workflow's id leads (clients and schemathesis follow them).
-_WORKFLOW_ID = {"workflow_id": "$response.body#/id"}
-_LINKS = {
-    "GetWorkflow": {"operationId": "get_workflow", "parameters": _WORKFLOW_ID},
-    "Run": {"operationId": "run_workflow", "parameters": _WORKFLOW_ID},
-    "History": {"operationId": "workflow_history", "parameters": _WORKFLOW_ID},
-}
-
-
 @router.post(
     "/import/n8n",
     status_code=201,
@@ -151,8 +142,7 @@ _LINKS = {
                 "ETag": {"schema": {"type": "string"}},
                 "X-Log-Position": {"schema": {"type": "string"}},
                 "Location": {"schema": {"type": "string"}},
-            },
-            "links": _LINKS,
+            }
         },
         **problems(400, 409, 413, 422),
     },
