@@ -31,7 +31,7 @@ from commands.n8n_import.nodes import (
     is_trigger_type,
 )
 from domain.definition import MAX_NODES, MAX_TAG_CHARS, MAX_TAGS, MAX_WORKFLOW_TIMEOUT_MS
-from domain.nodes import DEFAULT_OUTPUT, ERROR_OUTPUT
+from domain.nodes import ERROR_OUTPUT
 
 __all__ = [
     "MAX_EXPORT_BYTES",
@@ -345,10 +345,10 @@ def _edges(connections: Mapping[str, Any], by_name: Mapping[str, _Node]) -> list
 
 def _find_cycle(names: list[str], edges: list[_Edge]) -> list[str] | None:
     """The first loop met by a depth-first walk in node order, as names (first one repeated)."""
-    successors: dict[str, list[str]] = {name: [] for name in names}
+    # Successors in connection order, without duplicates (a dict keeps order).
+    successors: dict[str, dict[str, None]] = {name: {} for name in names}
     for source, _, target, _ in edges:
-        if target not in successors[source]:
-            successors[source].append(target)
+        successors[source][target] = None
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     for root in names:
         if root in state:
@@ -487,8 +487,6 @@ def _connections(
         node = by_name[source]
         assert node.mapped is not None
         outputs = node.mapped.outputs.get(index)
-        if outputs is None and node.mapped.type in ("noop", "stop_and_error", "manual_trigger"):
-            outputs = [DEFAULT_OUTPUT] if index == 0 else None
         if outputs is None:
             dropped.setdefault(source, []).append(f"output {index} -> '{target}'")
             continue
