@@ -26,8 +26,10 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import get_topic
 from pydantic import BaseModel, ConfigDict, Field
 
+from commands.application import WorkflowApplication
 from commands.handlers import WorkflowCommands, _meta
 from commands.models import CommandContext, CommandResult, CreateWorkflow, JsonInt
 from domain.definition import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
@@ -37,10 +39,14 @@ from domain.template import (
     Template,
     TemplateNotVisible,
     TemplateParametersInvalid,
+    TemplatePublishedEvent,
+    TemplateUnpublishedEvent,
     blame,
 )
 from domain.transfer import FORMAT
-from infrastructure.eventstore import SideStatement
+from infrastructure.eventstore import EVENTS_TABLE, SideStatement, decode_event
+
+MAX_REVISION = 2**63 - 1  # what the log's integers hold
 
 # ``project_id`` is accepted now and handed to workflow creation once
 # workflows belong to projects (projects arrive separately).
@@ -71,6 +77,7 @@ class PublishTemplate(BaseModel):
     workflow_id: UUID
     version: JsonInt | None = Field(
         None,
+        le=MAX_REVISION,
         ge=1,
         description="The workflow's version (revision) to publish; its latest if left out.",
     )
@@ -233,6 +240,54 @@ class TemplateCommands:
         # every workflow is its organisation's.
         del project_id
         return self.workflows.create(command, ctx, origin=origin)
+
+
+# Reading the log for a rebuild, a page of template events at a time.
+_REBUILD_PAGE = 500
+
+
+def rebuild_catalogue(app: WorkflowApplication) -> int:
+    """Rewrite the ``templates`` table from the log's Template events; how many templates.
+
+    The table is derived, like every view: this is how it is checked or
+    restored. One transaction, so readers see the old catalogue or the new.
+    """
+    topics = [get_topic(TemplatePublishedEvent), get_topic(TemplateUnpublishedEvent)]
+    templates: dict[UUID, Template] = {}
+    after = 0
+    with app.event_store.datastore.get_connection() as conn:
+        while True:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT notification_id, originator_id, originator_version, topic, state "
+                    f"FROM {EVENTS_TABLE} WHERE notification_id > %s AND topic = ANY(%s) "
+                    "ORDER BY notification_id LIMIT %s",
+                    (after, topics, _REBUILD_PAGE),
+                )
+                rows = cur.fetchall()
+            for row in rows:
+                after = int(row["notification_id"])
+                event = decode_event(
+                    app.mapper,
+                    row["originator_id"],
+                    row["originator_version"],
+                    row["topic"],
+                    row["state"],
+                )
+                templates[event.originator_id] = event.mutate(templates.get(event.originator_id))
+            if len(rows) < _REBUILD_PAGE:
+                break
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("DELETE FROM templates")
+            for template in templates.values():
+                insert = _catalogue_insert(template)
+                cur.execute(insert.sql, insert.params)
+                if template.unpublished:
+                    cur.execute(
+                        "UPDATE templates SET unpublished_at = %s WHERE template_id = %s",
+                        (template.modified_on, template.id),
+                    )
+    return len(templates)
 
 
 def template_summary(template: Template) -> dict[str, Any]:

@@ -165,7 +165,8 @@ def parse_parameters(raw: Any) -> list[Parameter]:
         unknown = sorted(set(item) - PARAMETER_KEYS)
         if unknown:
             problems.append(
-                Problem(loc, f"unknown keys {unknown}; allowed: {sorted(PARAMETER_KEYS)}")
+                # ascii(): a key may hold anything, and the answer must still encode.
+                Problem(loc, f"unknown keys {unknown!a}; allowed: {sorted(PARAMETER_KEYS)}")
             )
         name, kind = item.get("name"), item.get("type")
         if not isinstance(name, str) or not _PARAMETER_NAME.fullmatch(name):
@@ -275,7 +276,7 @@ def check_parameter_values(parameters: list[Parameter], given: Any) -> dict[str,
     declared = {parameter.name for parameter in parameters}
     problems = [
         Problem(
-            f"parameters.{name}",
+            format_path(("parameters", name)),  # quoted and escaped unless an identifier
             f"is not a parameter of this template; it has {sorted(declared) or 'none'}",
         )
         for name in sorted(set(given) - declared)
@@ -363,6 +364,9 @@ class Template(Aggregate):
             problems.append(Problem("visibility", f"must be one of {list(VISIBILITIES)}"))
         if not name.strip():
             problems.append(Problem("name", "must not be empty or only whitespace"))
+        # What the log cannot carry (NUL, a lone surrogate) is named, never stored.
+        problems += [Problem("name", p.msg) for p in check_value(name)]
+        problems += [Problem("description", p.msg) for p in check_value(description)]
         if problems:
             raise TemplateParametersInvalid(problems)
         declared = parse_parameters(parameters)

@@ -240,3 +240,15 @@ def test_a_whole_string_placeholder_becomes_exactly_the_value(value: Any) -> Non
 def test_strings_without_placeholders_are_left_as_they_are(text: str) -> None:
     assert substitute({"s": text}, {}) == {"s": text}
     assert list(parameter_references({"s": text})) == []
+
+
+def test_problems_never_echo_what_an_answer_cannot_encode() -> None:
+    with pytest.raises(TemplateParametersInvalid) as exc:
+        parse_parameters([{"name": "a", "type": "string", "\ud800": 1}])
+    with pytest.raises(TemplateParametersInvalid) as unknown:
+        check_parameter_values([], {"\ud800x": 1})
+    with pytest.raises(TemplateParametersInvalid) as stored:
+        publish(name="a\x00", description="\udc00")
+    for problem in [*exc.value.problems, *unknown.value.problems, *stored.value.problems]:
+        f"{problem.loc} {problem.msg}".encode()  # no lone surrogate left to fail on
+    assert locs(stored)[:2] == ["name", "description"]
