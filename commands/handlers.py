@@ -137,9 +137,16 @@ class WorkflowCommands:
         self.app = app
         self.last_committed = LastCommitted()
 
-    def create(self, command: CreateWorkflow, ctx: CommandContext) -> CommandResult:
+    def create(
+        self,
+        command: CreateWorkflow,
+        ctx: CommandContext,
+        origin: dict[str, Any] | None = None,
+    ) -> CommandResult:
+        """A new workflow; ``origin`` (a template, an import) goes into its ``Created``."""
         payload = command.model_dump()
-        fingerprint = request_fingerprint(ctx, "create", None, None, payload)
+        asked = payload if origin is None else {"definition": payload, "origin": origin}
+        fingerprint = request_fingerprint(ctx, "create", None, None, asked)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -147,7 +154,9 @@ class WorkflowCommands:
             workflow_id = idempotent_workflow_id(ctx.org_id, ctx.idempotency_key)
         else:
             workflow_id = uuid.uuid4()
-        workflow = Workflow.create(workflow_id=workflow_id, definition=payload, meta=_meta(ctx))
+        workflow = Workflow.create(
+            workflow_id=workflow_id, definition=payload, meta=_meta(ctx), origin=origin
+        )
         try:
             return self._save(workflow, ctx, fingerprint, status_code=201)
         except IntegrityError:

@@ -112,6 +112,9 @@ class History:
         for position, event in rows:
             workflow, changes = apply_with_patch(workflow, event)
             extra: dict[str, Any] = {"revision": workflow.revision}
+            if event_type(event) == "Workflow.Created" and getattr(event, "origin", None):
+                # Made from a template (which one, from which revision) or imported.
+                extra["origin"] = event.origin
             if event_type(event) == "Workflow.Executed":
                 extra["execution"] = {
                     "id": event.execution_id,

@@ -57,10 +57,15 @@ class Workflow(Aggregate):
         workflow_id: UUID,
         definition: dict[str, Any],
         meta: EventMeta,
+        origin: dict[str, Any] | None = None,
     ) -> Workflow:
-        """Validate a complete definition and start a new workflow's history."""
+        """Validate a complete definition and start a new workflow's history.
+
+        ``origin``: where the definition came from (a template and its
+        revision, an import); None when a client sent it as it is.
+        """
         validate_definition(**_complete(definition))
-        return cls(id=workflow_id, **_complete(definition), meta=meta.as_dict())
+        return cls(id=workflow_id, **_complete(definition), meta=meta.as_dict(), origin=origin)
 
     @event("Created")
     def __init__(
@@ -74,8 +79,11 @@ class Workflow(Aggregate):
         tags: list[str],
         settings: dict[str, Any],
         meta: dict[str, Any],
+        origin: dict[str, Any] | None = None,
     ) -> None:
+        # ``origin`` defaults for the Created events recorded before it existed.
         self.org_id: str = meta["org_id"]
+        self.origin = origin
         self.name: str = name
         self.description = description
         self.nodes = nodes

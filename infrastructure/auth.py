@@ -36,6 +36,7 @@ class Permission(StrEnum):
     WRITE_WORKFLOWS = "workflows:write"
     EXECUTE_WORKFLOWS = "workflows:execute"
     READ_AUDIT = "audit:read"
+    PUBLISH_TEMPLATES = "templates:publish"  # owners only: what every organisation may see
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {

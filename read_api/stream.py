@@ -47,6 +47,7 @@ from starlette.types import Receive, Scope, Send
 from commands.application import WorkflowApplication
 from commands.history import apply_with_patch, event_type, meta_is
 from domain.execution import Execution
+from domain.template import Template
 from domain.timetable import Timetable
 from domain.workflow import Workflow
 from infrastructure.auth import Permission
@@ -82,7 +83,7 @@ HEARTBEAT = b": keep-alive\n\n"
 # aggregate whose first event has another name, Execution.Queued, also gets a
 # default ``Created`` class from eventsourcing: it declares no field of its
 # own and is never recorded.)
-_AGGREGATES: tuple[type[Any], ...] = (Workflow, Execution, Timetable)
+_AGGREGATES: tuple[type[Any], ...] = (Workflow, Execution, Timetable, Template)
 EVENT_TYPES = frozenset(
     f"{aggregate.__name__}.{name}"
     for aggregate in _AGGREGATES

@@ -69,6 +69,8 @@ from read_api.executions import router as executions_router
 from read_api.history import router as history_router
 from read_api.stream import StreamHub
 from read_api.stream import router as stream_router
+from read_api.templates import router as templates_router
+from read_api.transfer import router as transfer_router
 from reporunner.scheduler import Scheduler, start_scheduler
 from reporunner.worker import Worker
 from write_api import COMMAND_PROBLEMS, include_write_api
@@ -505,6 +507,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(audit_router)
         app.include_router(executions_router)
         app.include_router(stream_router)
+        app.include_router(templates_router)
+        app.include_router(transfer_router)
         install_console(app)
     return app
 

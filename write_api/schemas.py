@@ -66,3 +66,11 @@ class HookAccepted(BaseModel):
 
     execution_id: UUID
     status: ExecutionStatus
+
+
+class TemplateAnswer(BaseModel):
+    """A template command's answer: its version now, and where its last event is in the log."""
+
+    id: UUID
+    version: int = Field(ge=1, description="The template's version: 1 published, 2 unpublished.")
+    position: int = Field(ge=0, description="Send as X-Min-Position to read your own write.")

@@ -48,7 +48,10 @@ _ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 _WORKFLOW_COMMANDS = (
     "^(POST /v1/workflows|PATCH /v1/workflows/\\{workflow_id\\}"
     "|DELETE /v1/workflows/\\{workflow_id\\}|POST /v1/workflows/\\{workflow_id\\}/.+"
-    "|POST /v1/executions/.+|POST /v1/import/n8n)$"
+    "|POST /v1/executions/.+|POST /v1/import/n8n"
+    # A template's declarations and placeholders, its parameters' values, and an
+    # imported definition are the domain's rules too (README, Templates).
+    "|POST /v1/templates|POST /v1/templates/\\{template_id\\}/.+|POST /v1/import)$"
 )
 EXCLUSIONS: list[dict[str, Any]] = [
     {
@@ -62,8 +65,8 @@ EXCLUSIONS: list[dict[str, Any]] = [
         # 400 bad-cursor: a cursor is opaque, only a next_cursor this API returned is
         # one; 400 bad-query: a filter's operators and values are the query
         # language's (README, Filters and pipelines), checked by projections/filters.
-        "include-name-regex": "^GET /v1/(workflows|executions|workflows/\\{workflow_id\\}/"
-        "(executions|versions))$",
+        "include-name-regex": "^GET /v1/(workflows|executions|templates"
+        "|workflows/\\{workflow_id\\}/(executions|versions))$",
         "checks": {"positive_data_acceptance": {"expected-statuses": [*_ACCEPTED, "400"]}},
     },
     {
