@@ -105,11 +105,12 @@ class DataSubject(Aggregate):
         made); False, recording nothing, when it was erased before."""
         if self.is_erased:
             return False
-        self._erased(key_id=key_id, meta=meta.as_dict())
+        # The scope again: the Erased event alone says whose key went, for readers of the log.
+        self._erased(scope=self.scope, key_id=key_id, meta=meta.as_dict())
         return True
 
     @event("Erased")
-    def _erased(self, key_id: str | None, meta: dict[str, Any]) -> None:
+    def _erased(self, scope: str, key_id: str | None, meta: dict[str, Any]) -> None:
         self.erased_by = meta["actor"]
         self.erased_key_id = key_id
 
