@@ -99,7 +99,7 @@ class DataSubjectErasure:
         org_id = ctx.org_id
         scope = self.payloads.subject_scope(org_id, subject)
         destroyed = keyring.destroy(org_id, KeyPurpose.SUBJECT, scope, ctx.actor)
-        self.payloads.forget(org_id, KeyPurpose.SUBJECT, scope)
+        self.payloads.forget_subject(org_id, subject, scope)
         key_id = destroyed or self._key_id(org_id, scope)
         if key_id is not None:
             for forget in self.forget_hooks:

@@ -47,8 +47,6 @@ def check_data_subject_path(path: object) -> str | None:
         json_path({}, path)
     except ValueError:
         return f"{path!r} is not a supported JSON path: write it like $.customer.id or $[0].email"
-    if path == "$":
-        return "must point inside the input, such as '$.customer.id'"
     return None
 
 

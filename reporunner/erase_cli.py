@@ -47,8 +47,8 @@ def erase(
     except InvalidOrgId as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    if not subject or len(subject) > MAX_SUBJECT_CHARS or not subject.isprintable():
-        console.print(f"[red]--subject must be 1-{MAX_SUBJECT_CHARS} printable characters[/red]")
+    if not subject or len(subject) > MAX_SUBJECT_CHARS:
+        console.print(f"[red]--subject must be 1-{MAX_SUBJECT_CHARS} characters[/red]")
         raise typer.Exit(2)
     target = resolve_database(settings).target
     migrations.upgrade(target)

@@ -229,6 +229,8 @@ def test_erasing_a_subject_leaves_their_payloads_unreadable_everywhere_and_other
         for value in ADA_VALUES + BOB_VALUES:
             assert value not in raw, f"{value!r} in the {where}"
     assert b"$sealed" in stores["export"] and b"$sealed" in stores["views"]
+    # The relay's envelopes are payload-free: no ciphertext either.
+    assert b"$sealed" not in stores["streams"] and b"sealed_fields" in stores["streams"]
 
     # Only owners erase.
     editor = _headers(make_key, org, "editor")
