@@ -38,7 +38,7 @@ from projections.relay import BusConfig, Relay
 from projections.runner import Projector, start_in_thread
 from projections.store import collection_table
 from reporunner.wiring import create_app
-from tests.helpers import serving, trigger, workflow_body
+from tests.helpers import serving, trigger, webhook_body, workflow_body
 from tests.integration.test_cli import ROOT, _url
 
 ADA_EMAIL = "ada.lovelace.7731@example.org"
@@ -329,3 +329,37 @@ def test_erasing_a_subject_leaves_their_payloads_unreadable_everywhere_and_other
             (org,),
         ).fetchone()
     assert row == (2,)
+
+
+def test_a_webhook_body_is_sealed_under_its_subject_and_answered_in_clear(
+    api: httpx.Client,
+    make_key: Callable[[str, str], str],
+    workflow_app: WorkflowApplication,
+    db_target: PgTarget,
+    org: str,
+) -> None:
+    owner = _headers(make_key, org, "owner")
+    body = webhook_body(path="signups/new")
+    body["nodes"][0]["parameters"] |= {"response": "when_finished"}
+    body["settings"] = {"data_subject": "$.body.customer.id"}
+    created = api.post("/v1/workflows", json=body, headers=owner)
+    assert created.status_code == 201, created.text
+    workflow_id = created.json()["id"]
+    activated = api.post(
+        f"/v1/workflows/{workflow_id}/activate", headers={**owner, "If-Match": '"1"'}
+    )
+    assert activated.status_code == 200, activated.text
+    called = api.post(f"/hooks/{org}/signups/new", json=ADA)
+    assert called.status_code == 200, called.text
+    assert called.json()["output"]["a"][0]["body"] == ADA  # the caller reads it in clear
+    execution_id = called.json()["execution_id"]
+    with psycopg.connect(db_target.conninfo()) as conn:
+        rows = conn.execute(
+            "SELECT state FROM reporunner_events WHERE originator_id = %s", (execution_id,)
+        ).fetchall()
+    raw = b"".join(bytes(row[0]) for row in rows)
+    for value in ADA_VALUES:
+        assert value not in raw
+    recorded = workflow_app.repository.get(uuid.UUID(execution_id))
+    # Sealed under the day's key and the subject's (the id found in the body).
+    assert len(recorded.input["$sealed"]["keys"]) == 2  # type: ignore[attr-defined]
