@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from domain.data_subjects import check_data_subject_path
 from domain.errors import Problem, WorkflowInvalid
 from domain.nodes import DEFAULT_OUTPUT, ERROR_OUTPUT, NODE_TYPES, TRIGGER_TYPES
 from domain.values import check_value
@@ -66,7 +67,7 @@ MAX_AUTO_RETRY_BACKOFF_MS: Final = 3_600_000
 NODE_KEYS: Final = frozenset({"id", "type", "name", "parameters", "position", "retry", "on_error"})
 CONNECTION_KEYS: Final = frozenset({"from", "to", "output"})
 RETRY_KEYS: Final = frozenset({"max_tries", "wait_ms"})
-SETTINGS_KEYS: Final = frozenset({"timeout_ms", "retry"})
+SETTINGS_KEYS: Final = frozenset({"timeout_ms", "retry", "data_subject"})
 AUTO_RETRY_KEYS: Final = frozenset({"max_attempts", "backoff_ms", "on"})
 AUTO_RETRY_ON: Final = ("failed", "crashed")
 ON_ERROR_MODES: Final = ("stop", "continue", "continue_error_output")
@@ -228,6 +229,10 @@ class _Checker:
             self.integer("settings.timeout_ms", settings["timeout_ms"], 1, MAX_WORKFLOW_TIMEOUT_MS)
         if "retry" in settings:
             self.auto_retry("settings.retry", settings["retry"])
+        if "data_subject" in settings:
+            wrong = check_data_subject_path(settings["data_subject"])
+            if wrong is not None:
+                self.add("settings.data_subject", wrong)
 
     def auto_retry(self, loc: str, retry: object) -> None:
         """``settings.retry``: the execution's automatic retries (``domain/auto_retry.py``)."""

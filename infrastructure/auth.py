@@ -37,6 +37,8 @@ class Permission(StrEnum):
     EXECUTE_WORKFLOWS = "workflows:execute"
     READ_AUDIT = "audit:read"
     PUBLISH_TEMPLATES = "templates:publish"  # owners only: what every organisation may see
+    # Owners only: destroys a data subject's key (commands/erasure.py).
+    ERASE_DATA = "data:erase"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {

@@ -20,12 +20,14 @@ from sqlalchemy import text
 from commands import WorkflowApplication, WorkflowCommands
 from commands.auto_retries import NAME as AUTO_RETRIES_FOLLOWER
 from commands.auto_retries import AutoRetrier
+from commands.erasure import DataSubjectErasure
 from commands.executions import (
     ExecutionCommands,
     ExecutionRunner,
     RunnerSettings,
     default_worker_id,
 )
+from commands.payloads import ExecutionPayloads
 from commands.webhooks import HookDeliveries
 from commands.workflow_runs import NAME as RUNS_FOLLOWER
 from commands.workflow_runs import WorkflowRunsRecorder
@@ -33,10 +35,12 @@ from domain.engine import EngineLimits
 from infrastructure import tracing
 from infrastructure.auth import ApiKeyStore
 from infrastructure.cache import CacheConfig, ReadCache, connect_redis
+from infrastructure.crypto import MasterKey
 from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
+from infrastructure.keyring import AsyncKeyring, Keyring, load_master_key
 from infrastructure.metrics import DatabaseGauges, DatabaseSnapshot, ProcessSampler
 from infrastructure.openapi import install_openapi
 from infrastructure.org_slots import OrgSlots
@@ -131,6 +135,21 @@ class ExecutionServices:
         self.http.close()
 
 
+def payload_master_key(settings: Settings) -> MasterKey | None:
+    """The master key execution payloads are sealed with: when one is configured
+    (REPORUNNER_MASTER_KEY or _FILE); without one, payloads stay in clear."""
+    if settings.master_key is None and settings.master_key_file is None:
+        return None
+    return load_master_key(settings)
+
+
+def payload_keyring(workflow_app: WorkflowApplication, settings: Settings) -> Keyring | None:
+    master = payload_master_key(settings)
+    if master is None:
+        return None
+    return Keyring(master, workflow_app.event_store.datastore.get_connection)
+
+
 def create_execution_services(
     workflow_app: WorkflowApplication,
     workflows: WorkflowCommands,
@@ -139,6 +158,7 @@ def create_execution_services(
 ) -> ExecutionServices:
     queue = ExecutionQueue(workflow_app.event_store.datastore, target)
     http = AllowListedHttp(settings.allowed_http_hosts(), settings.http_max_response_bytes)
+    keyring = payload_keyring(workflow_app, settings)
     runner = ExecutionRunner(
         workflow_app,
         queue,
@@ -153,6 +173,7 @@ def create_execution_services(
             ),
         ),
         http,
+        ExecutionPayloads(keyring),
     )
     commands = ExecutionCommands(workflow_app, workflows, runner, default_worker_id("api"))
     return ExecutionServices(queue=queue, runner=runner, commands=commands, http=http)
@@ -294,6 +315,16 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             workflow_app, app.state.workflow_commands, target, settings
         )
         app.state.execution_commands = executions.commands
+        # Payloads are opened with keys read on the primary: a replica could
+        # still show a key an erasure just destroyed.
+        master = payload_master_key(settings)
+        app.state.payload_keys = None if master is None else AsyncKeyring(master, engine)
+        app.state.data_subject_erasure = DataSubjectErasure(
+            workflow_app,
+            executions.runner.payloads,
+            target,
+            [] if app.state.payload_keys is None else [app.state.payload_keys.forget],
+        )
         app.state.hook_deliveries = HookDeliveries(app.state.workflow_commands, executions.commands)
         stop = threading.Event()
         projector_threads = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from write_api.erasure import router as erasure_router
 from write_api.errors import COMMAND_PROBLEMS as _WORKFLOW_PROBLEMS
 from write_api.hooks import router as hooks_router
 from write_api.n8n_import import router as n8n_import_router
@@ -21,3 +22,4 @@ def include_write_api(app: FastAPI) -> None:
     app.include_router(hooks_router)
     app.include_router(n8n_import_router)
     app.include_router(templates_router)
+    app.include_router(erasure_router)

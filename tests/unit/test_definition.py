@@ -280,7 +280,11 @@ def test_settings() -> None:
         ({"timeout_ms": "60"}, "settings.timeout_ms", "string"),
         ({"timeout_ms": True}, "settings.timeout_ms", "boolean"),
         ({"timeout_ms": 1.5}, "settings.timeout_ms", "number"),
-        ({"retries": 3}, "settings.retries", "unknown setting 'retries' (allowed: retry,"),
+        (
+            {"retries": 3},
+            "settings.retries",
+            "unknown setting 'retries' (allowed: data_subject, retry,",
+        ),
         ({"odd key": 3}, 'settings["odd key"]', "'odd key'"),
         (None, "settings", "null"),
         ([], "settings", "array"),
