@@ -169,12 +169,14 @@ class Retention:
         return current.outcome
 
     def step(self, current: RetentionPass) -> RetentionOutcome:
-        """One batch of ``current``: destroy keys, else expire executions; advances it."""
+        """One batch of ``current`` (keys first, then executions), or what it takes to
+        find there is none left; advances it."""
         done = RetentionOutcome()
-        if current.phase == "keys":
-            done = self._destroy_keys(current)
-        elif current.phase == "executions":
-            done = self._expire_executions(current)
+        while not current.done and not done.batches:
+            if current.phase == "keys":
+                done = self._destroy_keys(current)
+            else:
+                done = self._expire_executions(current)
         current.outcome.add(done)
         return done
 
