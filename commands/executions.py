@@ -13,6 +13,7 @@ only one decides how an execution ends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import socket
@@ -22,7 +23,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -46,6 +47,8 @@ from commands.models import (
     RetryRevision,
     RunWorkflow,
 )
+from commands.payloads import ExecutionPayloads, Sealer
+from domain.data_subjects import data_subject_of
 from domain.engine import (
     EngineLimits,
     EnginePorts,
@@ -59,14 +62,16 @@ from domain.engine import (
     outputs_needed,
     run,
 )
-from domain.errors import RetryFromFailedNodeImpossible
+from domain.errors import ExecutionPayloadErased, RetryFromFailedNodeImpossible
 from domain.execution import Execution, ExecutionMode, ExecutionTrigger, truncate_items
 from domain.meta import EventMeta
+from domain.payloads import ERROR, INPUT, OUTPUT, node_error_field, node_outputs_field
 from domain.workflow import Workflow
 from infrastructure import tracing
 from infrastructure.eventstore import IdempotencyRecord, SideStatement
 from infrastructure.metrics import observe_execution_end
 from infrastructure.queue import ExecutionQueue, dequeue, enqueue
+from infrastructure.sealing import ERASED as ERASED_VALUE
 
 log = structlog.get_logger("reporunner.executions")
 
@@ -180,6 +185,8 @@ class _Recorder:
         self.meta = meta
         self.worker_id = worker_id
         self.first_save = first_save
+        # The engine runs on plaintext; what it reports is recorded sealed.
+        self.sealer: Sealer = runner.payloads.sealer_for(execution)
         self.stopped = threading.Event()
         self.lost = threading.Event()
         self._last_flush = time.monotonic()
@@ -194,7 +201,7 @@ class _Recorder:
         self.execution.record_node_succeeded(
             node_id=node_id,
             attempt=attempt,
-            outputs=kept,
+            outputs=self.sealer.seal(node_outputs_field(node_id), kept),
             outputs_truncated=truncated,
             meta=self.meta,
         )
@@ -202,7 +209,11 @@ class _Recorder:
 
     def node_failed(self, node_id: str, error: str, attempt: int, will_retry: bool) -> None:
         self.execution.record_node_failed(
-            node_id=node_id, attempt=attempt, error=error, will_retry=will_retry, meta=self.meta
+            node_id=node_id,
+            attempt=attempt,
+            error=self.sealer.seal(node_error_field(node_id, attempt), error),
+            will_retry=will_retry,
+            meta=self.meta,
         )
         self._maybe_flush()
 
@@ -244,11 +255,13 @@ class ExecutionRunner:
         queue: ExecutionQueue,
         settings: RunnerSettings,
         http: Callable[[HttpRequest], HttpResponse],
+        payloads: ExecutionPayloads | None = None,
     ) -> None:
         self.app = app
         self.queue = queue
         self.settings = settings
         self.http = http
+        self.payloads = payloads or ExecutionPayloads(None)
         self.leases = LeaseKeeper(queue, settings.lease_s)
         self._plans: OrderedDict[tuple[UUID, int], ExecutionPlan] = OrderedDict()
         self._plans_lock = threading.Lock()
@@ -366,17 +379,24 @@ class ExecutionRunner:
             ports = EnginePorts(
                 http=http, sleep=sleep, clock=time.monotonic, should_cancel=should_stop
             )
+            try:
+                input = self._opened_input(execution, recorder.sealer)
+                known_outputs = self._reused_outputs(execution)
+            except ExecutionPayloadErased as erased:
+                # Erased while it waited in the queue: nothing to run on.
+                execution.fail(error=str(erased), meta=meta)
+                return self.finish(execution, recorder.first_save)
             outcome = run(
                 plan,
-                execution.input,
+                input,
                 ports=ports,
                 listener=recorder,
                 limits=self.settings.limits,
-                known_outputs=self._reused_outputs(execution),
+                known_outputs=known_outputs,
             )
             if outcome.status == "canceled" or recorder.stopped.is_set():
                 return Finished(self._reloaded(execution), saved=False)
-            self._conclude(execution, outcome, meta)
+            self._conclude(execution, outcome, meta, recorder.sealer)
             return self.finish(execution, recorder.first_save)
         except Exception as exc:
             # A bug or an outage: record why rather than leave it running.
@@ -393,6 +413,11 @@ class ExecutionRunner:
             return Finished(current, saved=False)
         finally:
             self.leases.drop(execution.id)
+
+    def _opened_input(self, execution: Execution, sealer: Sealer) -> Any:
+        if sealer.keys == ():
+            raise ExecutionPayloadErased(execution.id, "input")
+        return self.payloads.open(execution.org_id, execution.id, INPUT, execution.input)
 
     def _reused_outputs(self, execution: Execution) -> dict[str, Outputs] | None:
         """For a retry from the failed node: the outputs it takes from the run it retries.
@@ -413,16 +438,28 @@ class ExecutionRunner:
         A reused node ran in an execution further up the retry chain: each
         step up is the run it retried, until the one where it ran (bounded by
         the chain's length; ``Execution.create`` keeps every step honest).
+        In clear; ``ExecutionPayloadErased`` if one of them was erased.
         """
-        outputs = execution.retry_outputs()
+        outputs = self._opened_outputs(execution)
         missing = [node_id for node_id in execution.reused_nodes if node_id not in outputs]
         current = execution
         while missing:
             current = self._retried(current)
-            recorded = current.retry_outputs()
+            recorded = self._opened_outputs(current)
             outputs |= {node_id: recorded[node_id] for node_id in missing if node_id in recorded}
             missing = [node_id for node_id in missing if node_id not in outputs]
         return outputs
+
+    def _opened_outputs(self, execution: Execution) -> dict[str, tuple[dict[str, list[Any]], bool]]:
+        """``retry_outputs`` in clear: each sealed in (and for) its own execution."""
+        opened = {}
+        for node_id, (outputs, truncated) in execution.retry_outputs().items():
+            field = node_outputs_field(node_id)
+            clear = self.payloads.open(execution.org_id, execution.id, field, outputs)
+            if clear == ERASED_VALUE:
+                raise ExecutionPayloadErased(execution.id, f"node '{node_id}' outputs")
+            opened[node_id] = (clear, truncated)
+        return opened
 
     def _retried(self, execution: Execution) -> Execution:
         """The execution ``execution`` retries."""
@@ -431,12 +468,16 @@ class ExecutionRunner:
             raise LookupError(f"execution {execution.retry_of} that {execution.id} retries")
         return retried
 
-    def _conclude(self, execution: Execution, outcome: ExecutionOutcome, meta: EventMeta) -> None:
+    def _conclude(
+        self, execution: Execution, outcome: ExecutionOutcome, meta: EventMeta, sealer: Sealer
+    ) -> None:
         if outcome.status == "succeeded":
             output, truncated = self.truncate_outputs(outcome.output)
-            execution.succeed(output=output, output_truncated=truncated, meta=meta)
+            execution.succeed(
+                output=sealer.seal(OUTPUT, output), output_truncated=truncated, meta=meta
+            )
         else:
-            execution.fail(error=outcome.error or "failed", meta=meta)
+            execution.fail(error=sealer.seal(ERROR, outcome.error or "failed"), meta=meta)
 
     def finish(self, execution: Execution, first_save: FirstSave | None = None) -> Finished:
         """Save a finished execution's events and remove its queue row, in one transaction.
@@ -551,17 +592,43 @@ class ExecutionCommands:
             workflow = self.workflows.get(workflow_id, ctx.org_id)
         workflow.ensure_not_deleted()
         self.runner.plan(workflow.id, workflow.version, workflow)
-        execution = Execution.create(
+        execution = self._queued(
+            workflow,
+            command.input,
             execution_id=execution_id,
-            workflow_id=workflow.id,
-            workflow_version=workflow.version,
-            workflow_revision=workflow.revision,
             mode=command.mode,
-            input=command.input,
             meta=self._queued_meta(ctx),
             trigger=trigger,
         )
         return self._submit(execution, ctx, fingerprint)
+
+    def _queued(
+        self, workflow: Workflow, input: Any, *, execution_id: UUID, meta: EventMeta, **create: Any
+    ) -> Execution:
+        """``Execution.create`` of a run of ``workflow`` (the version it runs) over
+        ``input`` in clear, recorded sealed under its queued day's and its data
+        subject's keys (``commands/payloads.py``)."""
+        subject = data_subject_of(workflow.settings, input)
+        day = datetime.now(UTC).date()
+        for _ in range(2):
+            sealer = self.runner.payloads.new_sealer(
+                meta.org_id, execution_id, workflow.id, day, subject
+            )
+            execution = Execution.create(
+                execution_id=execution_id,
+                workflow_id=workflow.id,
+                workflow_version=workflow.version,
+                workflow_revision=workflow.revision,
+                input=input,
+                meta=meta,
+                seal_input=functools.partial(sealer.seal, INPUT),
+                **create,
+            )
+            queued_day = execution.queued_at.astimezone(UTC).date()
+            if queued_day == day:
+                break
+            day = queued_day  # midnight passed between the two clock readings
+        return execution
 
     def retry(
         self, execution_id: UUID, command: RetryExecution, ctx: CommandContext
@@ -613,6 +680,9 @@ class ExecutionCommands:
             assert isinstance(loaded, Workflow)
             workflow = loaded
         plan = self.runner.plan(workflow.id, workflow.version, workflow)
+        if self.runner.payloads.sealer_for(old).keys == ():
+            raise ExecutionPayloadErased(old.id, "input")
+        input = self.runner.payloads.open(old.org_id, old.id, INPUT, old.input)
         reused: tuple[str, ...] = ()
         if from_ == "failed_node":
             recorded = self.runner.chain_outputs(old)
@@ -620,13 +690,12 @@ class ExecutionCommands:
             if truncated:
                 raise RetryFromFailedNodeImpossible(old.id, truncated)
             reused = tuple(node.id for node in plan.nodes if node.id in recorded)
-        return Execution.create(
+        # Sealed afresh: the retry is queued today, maybe about the same subject.
+        return self._queued(
+            workflow,
+            input,
             execution_id=execution_id,
-            workflow_id=workflow.id,
-            workflow_version=workflow.version,
-            workflow_revision=workflow.revision,
             mode=mode,
-            input=old.input,
             meta=meta,
             retry_of=old,
             reused_nodes=reused,
@@ -759,13 +828,15 @@ class ExecutionCommands:
         """The answer about ``execution``; ``position``: of its last event, if known."""
         if position is None:
             position = self.app.event_store.position_of(execution.id, execution.version)
+        payloads = self.runner.payloads
         return ExecutionResult(
             execution_id=execution.id,
             status=execution.status,
             position=position,
             status_code=status_code,
-            output=execution.output,
-            error=execution.error,
+            # A sync run's caller (and a keyed request's repeat) reads it in clear.
+            output=payloads.open(execution.org_id, execution.id, OUTPUT, execution.output),
+            error=payloads.open(execution.org_id, execution.id, ERROR, execution.error),
         )
 
     def _prior_answer(self, ctx: CommandContext, fingerprint: str) -> ExecutionResult | None:

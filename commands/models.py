@@ -232,4 +232,5 @@ class ExecutionResult:
     position: int
     status_code: int
     output: dict[str, Any] | None = None
-    error: str | None = None
+    # A message, or {"$erased": true} (commands/payloads.py).
+    error: str | dict[str, Any] | None = None

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from domain.data_subjects import check_data_subject_path
 from domain.errors import Problem, WorkflowInvalid
 from domain.nodes import DEFAULT_OUTPUT, ERROR_OUTPUT, NODE_TYPES, TRIGGER_TYPES
 from domain.values import check_value
@@ -68,7 +69,7 @@ MAX_RETENTION_DAYS: Final = 36_500  # a century: "for ever" is 0
 NODE_KEYS: Final = frozenset({"id", "type", "name", "parameters", "position", "retry", "on_error"})
 CONNECTION_KEYS: Final = frozenset({"from", "to", "output"})
 RETRY_KEYS: Final = frozenset({"max_tries", "wait_ms"})
-SETTINGS_KEYS: Final = frozenset({"timeout_ms", "retry", "retention_days"})
+SETTINGS_KEYS: Final = frozenset({"timeout_ms", "retry", "data_subject", "retention_days"})
 AUTO_RETRY_KEYS: Final = frozenset({"max_attempts", "backoff_ms", "on"})
 AUTO_RETRY_ON: Final = ("failed", "crashed")
 ON_ERROR_MODES: Final = ("stop", "continue", "continue_error_output")
@@ -235,6 +236,10 @@ class _Checker:
             self.integer(
                 "settings.retention_days", settings["retention_days"], 0, MAX_RETENTION_DAYS
             )
+        if "data_subject" in settings:
+            wrong = check_data_subject_path(settings["data_subject"])
+            if wrong is not None:
+                self.add("settings.data_subject", wrong)
 
     def auto_retry(self, loc: str, retry: object) -> None:
         """``settings.retry``: the execution's automatic retries (``domain/auto_retry.py``)."""

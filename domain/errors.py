@@ -187,3 +187,32 @@ class RetryFromFailedNodeImpossible(DomainError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.execution_id, self.node_ids))
+
+
+class ExecutionPayloadErased(DomainError):
+    """What a command needs from an execution (its input, a node's outputs) was erased."""
+
+    def __init__(self, execution_id: UUID | str, what: str) -> None:
+        self.execution_id = execution_id
+        self.what = what
+        super().__init__(
+            f"execution {execution_id} cannot be retried: its {what} was erased "
+            "(its data subject's or its day's key was destroyed)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.execution_id, self.what))
+
+
+class DataSubjectErased(DomainError):
+    """A new execution names a data subject whose key was destroyed by an erasure."""
+
+    def __init__(self, workflow_id: UUID | str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"the input names a data subject (settings.data_subject of workflow {workflow_id}) "
+            "that was erased: its personal data is not collected again"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.workflow_id,))

@@ -34,6 +34,7 @@ eventsourcing would treat as required; ``queued_at`` is the aggregate's
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, Literal
 from uuid import UUID
@@ -106,6 +107,7 @@ class Execution(Aggregate):
         reused_nodes: tuple[str, ...] = (),
         trigger: ExecutionTrigger | None = None,
         not_before: datetime | None = None,
+        seal_input: Callable[[Any], Any] | None = None,
     ) -> Execution:
         """Queue a run of ``workflow_version`` over ``input`` (an object or array of objects).
 
@@ -116,6 +118,9 @@ class Execution(Aggregate):
         ``reused_nodes``: its nodes whose recorded outputs this run takes
         instead of running them (same workflow version only).
         ``not_before``: no worker starts it earlier (an aware datetime).
+        ``seal_input``: the form ``input`` is recorded in, once checked (the
+        command layer seals personal data; ``domain/`` holds no keys), so
+        ``self.input`` is then the sealed form.
         """
         if mode not in EXECUTION_MODES:
             raise ValueError(f"mode must be one of {EXECUTION_MODES}, got {mode!r}")
@@ -152,7 +157,7 @@ class Execution(Aggregate):
             workflow_version=workflow_version,
             workflow_revision=workflow_revision,
             mode=mode,
-            input=input,
+            input=input if seal_input is None else seal_input(input),
             meta=meta.as_dict(),
             trigger=trigger,
             retry_of=None if retry_of is None else retry_of.id,
@@ -201,7 +206,8 @@ class Execution(Aggregate):
         self.started_at: datetime | None = None
         self.finished_at: datetime | None = None
         self.worker_id: str | None = None
-        self.error: str | None = None
+        # A message, or its sealed form (see commands/payloads.py).
+        self.error: Any = None
         self.output: dict[str, Any] | None = None
         self.output_truncated = False
         self.canceled_by: str | None = None
@@ -302,7 +308,8 @@ class Execution(Aggregate):
         outputs_truncated: bool,
         meta: EventMeta,
     ) -> None:
-        """``outputs`` as the caller chose to keep them (see ``truncate_items``)."""
+        """``outputs`` as the caller chose to keep them (see ``truncate_items``), or
+        their sealed form."""
         self._ensure_running_node("record a node result for", node_id, attempt)
         self._node_succeeded(
             node_id=node_id,
@@ -329,8 +336,9 @@ class Execution(Aggregate):
         run["outputs_truncated"] = outputs_truncated
 
     def record_node_failed(
-        self, *, node_id: str, attempt: int, error: str, will_retry: bool, meta: EventMeta
+        self, *, node_id: str, attempt: int, error: Any, will_retry: bool, meta: EventMeta
     ) -> None:
+        """``error``: the message, or its sealed form (it may quote data)."""
         self._ensure_running_node("record a node failure for", node_id, attempt)
         self._node_failed(
             node_id=node_id,
@@ -345,7 +353,7 @@ class Execution(Aggregate):
         self,
         node_id: str,
         attempt: int,
-        error: str,
+        error: Any,
         will_retry: bool,
         meta: dict[str, Any],
         timestamp: datetime | None = None,
@@ -375,13 +383,14 @@ class Execution(Aggregate):
         self.output = output
         self.output_truncated = output_truncated
 
-    def fail(self, *, error: str, meta: EventMeta) -> None:
-        """The run failed (a node failed, or it timed out)."""
+    def fail(self, *, error: Any, meta: EventMeta) -> None:
+        """The run failed (a node failed, or it timed out); ``error``: the message, or
+        its sealed form."""
         self._ensure_status("fail", "running")
         self._failed(error=error, meta=meta.as_dict())
 
     @event("Failed")
-    def _failed(self, error: str, meta: dict[str, Any], timestamp: datetime | None = None) -> None:
+    def _failed(self, error: Any, meta: dict[str, Any], timestamp: datetime | None = None) -> None:
         self._finish("failed", timestamp)
         self.error = error
 

@@ -104,7 +104,9 @@ class ExecutionItem(BaseModel):
     finished_at: datetime | None
     duration_ms: int | None
     worker_id: str | None
-    error: str | None
+    error: str | dict[str, Any] | None = Field(
+        description='Why it failed; {"$erased": true} once its payload keys were destroyed.'
+    )
     output_truncated: bool
     canceled_by: str | None
     node_summary: NodeSummary

@@ -26,6 +26,7 @@ from commands.executions import (
     RunnerSettings,
     default_worker_id,
 )
+from commands.payloads import ExecutionPayloads
 from commands.pins import PinCommands
 from commands.retention import PeriodicRetention, Retention
 from commands.webhooks import HookDeliveries
@@ -39,6 +40,7 @@ from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
+from infrastructure.keyring import Keyring, load_master_key
 from infrastructure.metrics import DatabaseGauges, DatabaseSnapshot, ProcessSampler
 from infrastructure.openapi import install_openapi
 from infrastructure.org_slots import OrgSlots
@@ -131,6 +133,16 @@ class ExecutionServices:
         self.http.close()
 
 
+def payload_keyring(workflow_app: WorkflowApplication, settings: Settings) -> Keyring | None:
+    """The keyring execution payloads are sealed with: when a master key is
+    configured (REPORUNNER_MASTER_KEY or _FILE); without one, payloads stay in clear."""
+    if settings.master_key is None and settings.master_key_file is None:
+        return None
+    master = load_master_key(settings)
+    assert master is not None
+    return Keyring(master, workflow_app.event_store.datastore.get_connection)
+
+
 def create_execution_services(
     workflow_app: WorkflowApplication,
     workflows: WorkflowCommands,
@@ -139,6 +151,7 @@ def create_execution_services(
 ) -> ExecutionServices:
     queue = ExecutionQueue(workflow_app.event_store.datastore, target)
     http = AllowListedHttp(settings.allowed_http_hosts(), settings.http_max_response_bytes)
+    keyring = payload_keyring(workflow_app, settings)
     runner = ExecutionRunner(
         workflow_app,
         queue,
@@ -153,6 +166,7 @@ def create_execution_services(
             ),
         ),
         http,
+        ExecutionPayloads(keyring),
     )
     commands = ExecutionCommands(workflow_app, workflows, runner, default_worker_id("api"))
     return ExecutionServices(queue=queue, runner=runner, commands=commands, http=http)

@@ -56,9 +56,13 @@ class ExecutionAnswer(BaseModel):
     status: ExecutionStatus
     position: int = Field(ge=0)
     output: dict[str, Any] | None = Field(
-        None, description="Each node's output items, by node id (finished runs only)."
+        None,
+        description="Each node's output items, by node id (finished runs only); "
+        '{"$erased": true} once its data subject was erased.',
     )
-    error: str | None = None
+    error: str | dict[str, Any] | None = Field(
+        None, description='Why it failed; {"$erased": true} once its data subject was erased.'
+    )
 
 
 class HookAccepted(BaseModel):

@@ -56,7 +56,7 @@ def test_windows_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match="at least 1 day"):
         first_kept_day(datetime(1990, 1, 1, tzinfo=UTC), 0)
     with pytest.raises(ValueError, match="aware"):
-        first_kept_day(datetime(1990, 1, 1), 3)  # noqa: DTZ001
+        first_kept_day(datetime(1990, 1, 1), 3)
 
 
 def test_a_workflows_setting_wins_and_zero_keeps_for_ever() -> None:
