@@ -28,9 +28,19 @@ from eventsourcing.persistence import IntegrityError
 
 from commands.executions import ExecutionCommands
 from commands.models import CommandContext
+from commands.payloads import ExecutionPayloads
 from domain.execution import Execution
 from domain.meta import EventMeta
+from domain.payloads import (
+    ERROR,
+    INPUT,
+    OUTPUT,
+    node_error_field,
+    node_outputs_field,
+    payload_context,
+)
 from infrastructure.keyring import KeyPurpose, Keyring
+from infrastructure.sealing import is_sealed, seal_value, sealed_key_ids
 
 log = structlog.get_logger("reporunner.pins")
 
@@ -38,6 +48,60 @@ _ATTEMPTS: Final = 5
 
 # (execution, pin key scope) -> the payload re-sealed for the pin, or None.
 PinSealer = Callable[[Execution, str], Any]
+
+PIN_FIELD: Final = "pin"  # the pinned copy's sealing context: <org>/<execution id>/pin
+# (read_api/pinned.py opens it under the same name)
+
+
+def pinned_payload(execution: Execution, payloads: ExecutionPayloads) -> dict[str, Any]:
+    """Every payload of ``execution`` in clear (erased ones as ``{"$erased": true}``)::
+
+        {input, output, error, node_runs: [{node_id, attempt, outputs, error}]}
+
+    (``node_runs`` in the execution's order, so a reader matches them by index.)"""
+
+    def opened(field: str, value: Any) -> Any:
+        return payloads.open(execution.org_id, execution.id, field, value)
+
+    return {
+        "input": opened(INPUT, execution.input),
+        "output": opened(OUTPUT, execution.output),
+        "error": opened(ERROR, execution.error) if execution.status == "failed" else None,
+        "node_runs": [
+            {
+                "node_id": run["node_id"],
+                "attempt": run["attempt"],
+                "outputs": opened(node_outputs_field(run["node_id"]), run["outputs"]),
+                "error": opened(node_error_field(run["node_id"], run["attempt"]), run["error"]),
+            }
+            for run in execution.node_runs
+        ],
+    }
+
+
+def payload_sealer(payloads: ExecutionPayloads) -> PinSealer | None:
+    """Re-seals a pinned execution's payload under its pin key plus the keys its
+    input was sealed under other than the day key (the data subject's), so
+    retention (day keys) cannot erase it and erasure (subject keys) still does.
+    None without a keyring: payloads are in clear, a pin needs no copy."""
+    keyring = payloads.keyring
+    if keyring is None:
+        return None
+
+    def seal(execution: Execution, scope: str) -> Any:
+        if not is_sealed(execution.input):
+            return None  # recorded in clear (before sealing): the log keeps it readable
+        pin_key = keyring.key_for(execution.org_id, KeyPurpose.PIN, scope)
+        assert pin_key is not None, "a pin scope is new for every pin"
+        # The day key comes first in a sealed value's keys (commands/payloads.py).
+        others = [keyring.find(key_id) for key_id in sealed_key_ids(execution.input)[1:]]
+        if any(key is None for key in others):
+            return None  # its subject was erased: nothing of it may be kept
+        keys = [pin_key, *(key for key in others if key is not None)]
+        context = payload_context(execution.org_id, execution.id, PIN_FIELD)
+        return seal_value(pinned_payload(execution, payloads), keys, context)
+
+    return seal
 
 
 @dataclass(frozen=True)
@@ -49,16 +113,12 @@ class PinResult:
 
 
 class PinCommands:
-    def __init__(
-        self,
-        executions: ExecutionCommands,
-        keyring: Keyring | None = None,
-        sealer: PinSealer | None = None,
-    ) -> None:
+    def __init__(self, executions: ExecutionCommands) -> None:
         self.executions = executions
         self.app = executions.app
-        self.keyring = keyring
-        self.sealer = sealer
+        payloads = executions.runner.payloads
+        self.keyring: Keyring | None = payloads.keyring
+        self.sealer = payload_sealer(payloads)
 
     def pin(self, execution_id: UUID, ctx: CommandContext) -> PinResult:
         meta = _meta(ctx)
@@ -67,10 +127,13 @@ class PinCommands:
             execution.ensure_pinnable()  # 409 or 410 before any key is made
             if execution.pinned:
                 return self._answer(execution, changed=False)
-            scope = execution.next_pin_scope if self.sealer is not None else None
-            payload = (
-                None if scope is None or self.sealer is None else self.sealer(execution, scope)
-            )
+            scope: str | None = None
+            payload: Any = None
+            if self.sealer is not None:
+                scope = execution.next_pin_scope
+                payload = self.sealer(execution, scope)
+                if payload is None:
+                    scope = None  # nothing sealed: no pin key was made
             execution.pin(payload=payload, key_scope=scope, meta=meta)
             try:
                 self.app.save(execution)

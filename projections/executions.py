@@ -13,7 +13,8 @@ was queued, ``updated`` = its last event)::
      node_runs: [{node_id, attempt, status, started_at, finished_at,
                   outputs, outputs_truncated, error, will_retry}],
      node_summary: {succeeded, failed},
-     pinned, pinned_at, pinned_by}   (only once it was pinned: absent means not pinned)
+     pinned, pinned_at, pinned_by, pinned_payload}   (only once it was pinned: absent
+                                                      means not pinned)
 
 An execution retention took (``Expired``) has no document: it is pruned,
 and its counters stay (they count what ran, not what is kept).
@@ -282,13 +283,17 @@ def _retry_of(event: Any) -> Any:
 
 
 def _pin_fields(event: Any, at: str) -> dict[str, Any]:
-    """``pinned`` and who pinned it when (null once unpinned).
-
-    The pin's re-sealed payload stays in the log only: the document's own
-    fields are what readers open (README: Retention and pins)."""
+    """``pinned``, who pinned it when, and ``pinned_payload``: the payload re-sealed
+    under the pin key (``commands/pins.py``; null where payloads are in clear),
+    what readers open once the day key is gone. All null again once unpinned."""
     if isinstance(event, ExecutionPinnedEvent):
-        return {"pinned": True, "pinned_at": at, "pinned_by": event.meta["actor"]}
-    return {"pinned": False, "pinned_at": None, "pinned_by": None}
+        return {
+            "pinned": True,
+            "pinned_at": at,
+            "pinned_by": event.meta["actor"],
+            "pinned_payload": event.payload,
+        }
+    return {"pinned": False, "pinned_at": None, "pinned_by": None, "pinned_payload": None}
 
 
 def _add_retry(view: ViewBatch, retried_id: str, retry_id: str, position: int) -> None:

@@ -542,7 +542,7 @@ def create_scheduler(
 def create_retention(workflow_app: WorkflowApplication, settings: Settings) -> Retention:
     return Retention(
         workflow_app,
-        None,  # no sealed payloads yet: no day keys to destroy
+        payload_keyring(workflow_app, settings),  # None: payloads in clear, no day keys
         global_days=settings.execution_retention_days,
         batch_size=settings.retention_batch_size,
     )
