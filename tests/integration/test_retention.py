@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ from projections.executions import ExecutionsProjection
 from projections.rebuild import verify
 from projections.runner import Projector
 from projections.workflows import WorkflowsProjection
+from reporunner.scheduler import Scheduler, start_scheduler
 from tests.helpers import workflow_body
 from tests.integration.test_cli import ROOT, _url
 
@@ -412,3 +415,40 @@ def test_pruned_views_equal_a_rebuild_and_counters_stay(
     }
     assert documents(db_target, org) == kept
     assert verify(projector).ok
+
+
+def test_the_scheduler_leader_runs_retention(
+    workflow_app: WorkflowApplication,
+    projector: Projector,
+    db_target: PgTarget,
+    org: str,
+    clock: Clock,
+) -> None:
+    workflow = uuid.uuid4()
+    executions = [run_execution(workflow_app, org, workflow, clock, DAY0) for _ in range(3)]
+    catch_up(projector)
+    scheduler = Scheduler(
+        workflow_app,
+        db_target,
+        tick_s=0.05,
+        grace=timedelta(seconds=60),
+        max_fires=10,
+        clock=lambda: DAY0 + timedelta(days=15),
+    )
+    scheduler.retention = PeriodicRetention(
+        Retention(workflow_app, None, global_days=10, batch_size=1), timedelta(hours=1)
+    )
+    stop = threading.Event()
+    thread = start_scheduler(scheduler, stop)
+    try:
+        deadline = time.monotonic() + 30  # a bound for a broken scheduler, not a timing claim
+        while time.monotonic() < deadline:
+            if all(topics(db_target, e.id)[-1][0] == "Expired" for e in executions):
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert all(topics(db_target, e.id)[-1][0] == "Expired" for e in executions)
+    catch_up(projector)
+    assert documents(db_target, org) == set()
