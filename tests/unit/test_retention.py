@@ -125,3 +125,10 @@ def test_an_expired_execution_is_neither_pinned_nor_retried() -> None:
         run.unpin(meta=META)
     with pytest.raises(ExecutionExpired):
         run.ensure_retryable()
+
+
+@given(day=st.dates(), workflow=st.uuids())
+def test_retention_names_the_day_keys_as_sealing_makes_them(day: date, workflow: uuid.UUID) -> None:
+    from commands.payloads import day_scope as sealing_day_scope
+
+    assert day_scope(day, workflow) == sealing_day_scope(day, workflow)
