@@ -52,7 +52,12 @@ from eventsourcing.utils import get_topic
 from commands.executions import ExecutionCommands
 from commands.log_follower import LogCommandFollower
 from domain.auto_retry import AutoRetry
-from domain.errors import RetryFromFailedNodeImpossible, WorkflowDeleted
+from domain.errors import (
+    DataSubjectErased,
+    ExecutionPayloadErased,
+    RetryFromFailedNodeImpossible,
+    WorkflowDeleted,
+)
 from domain.execution import (
     Execution,
     ExecutionCrashedEvent,
@@ -213,6 +218,9 @@ class AutoRetrier(LogCommandFollower):
             return self._prepare(old, current, "start", not_before)
         except WorkflowDeleted:
             log.info("no automatic retry: the workflow was deleted", execution_id=str(old.id))
+            return None
+        except (ExecutionPayloadErased, DataSubjectErased):
+            log.info("no automatic retry: its payload was erased", execution_id=str(old.id))
             return None
 
     def _prepare(

@@ -131,6 +131,11 @@ class ExecutionPayloads:
         """Drop a destroyed key from this process's caches (the keyring's included)."""
         self._scoped.pop((org_id, purpose, scope))
 
+    def forget_subject(self, org_id: str, subject: str, scope: str) -> None:
+        """Drop an erased subject's key, and their id, from this process's caches."""
+        self.forget(org_id, KeyPurpose.SUBJECT, scope)
+        self._scopes.pop((org_id, subject))
+
     def new_sealer(
         self,
         org_id: str,

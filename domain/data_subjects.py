@@ -47,8 +47,6 @@ def check_data_subject_path(path: object) -> str | None:
         json_path({}, path)
     except ValueError:
         return f"{path!r} is not a supported JSON path: write it like $.customer.id or $[0].email"
-    if path == "$":
-        return "must point inside the input, such as '$.customer.id'"
     return None
 
 
@@ -105,11 +103,12 @@ class DataSubject(Aggregate):
         made); False, recording nothing, when it was erased before."""
         if self.is_erased:
             return False
-        self._erased(key_id=key_id, meta=meta.as_dict())
+        # The scope again: the Erased event alone says whose key went, for readers of the log.
+        self._erased(scope=self.scope, key_id=key_id, meta=meta.as_dict())
         return True
 
     @event("Erased")
-    def _erased(self, key_id: str | None, meta: dict[str, Any]) -> None:
+    def _erased(self, scope: str, key_id: str | None, meta: dict[str, Any]) -> None:
         self.erased_by = meta["actor"]
         self.erased_key_id = key_id
 

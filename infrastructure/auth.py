@@ -36,6 +36,8 @@ class Permission(StrEnum):
     WRITE_WORKFLOWS = "workflows:write"
     EXECUTE_WORKFLOWS = "workflows:execute"
     READ_AUDIT = "audit:read"
+    # Owners only: destroys a data subject's key (commands/erasure.py).
+    ERASE_DATA = "data:erase"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {

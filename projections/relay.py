@@ -30,6 +30,12 @@
   after its retries, and the relay goes on (``projections/follower.py``).
 - One active relay per deployment, live wake-ups, reconnection: the follower
   loop, as for projectors.
+- Encrypted events travel payload-free: an attribute holding a sealed value
+  (an execution's input, outputs, output, error: ``commands/payloads.py``)
+  is left out of ``data``, whose ``sealed_fields`` names what was left out.
+  Ciphertext in a stream could outlive an erasure (trimming is approximate,
+  consumers copy it) and help nobody without the key; the read API gives
+  authorised readers the plaintext.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from infrastructure import metrics, tracing
 from infrastructure.bus import DEFAULT_PREFIX, connect, entry_id, events_stream
 from infrastructure.database import PgTarget
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
+from infrastructure.sealing import is_sealed
 from projections.dead_letters import skip_next
 from projections.follower import Follower, FollowerLoop, RetryPolicy
 
@@ -274,6 +281,12 @@ class Relay(Follower):
         event: Any = decode_event(self.app.mapper, originator_id, version, topic, state)
         meta = getattr(event, "meta", None) or {}
         attributes = {k: v for k, v in vars(event).items() if k not in _ENVELOPE}
+        sealed = sorted(name for name, value in attributes.items() if is_sealed(value))
+        if sealed:
+            # Payload-free: no ciphertext leaves the database for Redis, where
+            # nothing could erase it; consumers read payloads through the API.
+            attributes = {k: v for k, v in attributes.items() if k not in sealed}
+            attributes["sealed_fields"] = sealed
         return {
             "position": str(position),
             "aggregate_id": str(originator_id),

@@ -39,6 +39,7 @@ from projections.filters import compile_filter
 from projections.store import collection_table
 from read_api.bounded import until_disconnected
 from read_api.params import CursorKey, decode_cursor, encode_cursor, parse_instant
+from read_api.payloads import opened_execution, opened_items, payload_keys
 from read_api.queries import (
     Page,
     get_document,
@@ -65,7 +66,7 @@ from read_api.schemas import ExecutionDocument, ExecutionPage, Summary
 router = APIRouter(prefix="/v1", tags=["executions"])
 
 # Left out of list items: potentially large, and in the single execution's answer.
-LIST_OMITS = ("input", "output", "node_runs")
+LIST_OMITS = ("input", "output", "node_runs", "pinned_payload")
 
 Filter = Annotated[
     str | None,
@@ -112,7 +113,9 @@ async def _page(
             cursor=cursor,
         ),
     )
-    items = [_list_item(item) for item in page.items]
+    items = await opened_items(
+        [_list_item(item) for item in page.items], org_id, payload_keys(request)
+    )
     return _json({"items": items, "next_cursor": page.next_cursor}, position)
 
 
@@ -163,7 +166,10 @@ async def get_execution(
             type_=problem_type("not-found"),
             headers=position_header(position),
         )
-    return _json(document, position, {"ETag": f'"{document["version"]}"', **stale_header(document)})
+    headers = {"ETag": f'"{document["version"]}"', **stale_header(document)}
+    # Opened after stale_header: it reads the stored document's own fields.
+    document = await opened_execution(document, principal.org_id, payload_keys(request))
+    return _json(document, position, headers)
 
 
 @router.get(
@@ -196,7 +202,11 @@ async def list_workflow_executions(
             cursor=cursor,
         ),
     )
-    items = [_list_item(item) for item in page.items]
+    items = await opened_items(
+        [_list_item(item) for item in page.items],
+        principal.org_id,
+        payload_keys(request),
+    )
     return _json({"items": items, "next_cursor": page.next_cursor}, position)
 
 

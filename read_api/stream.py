@@ -57,6 +57,7 @@ from infrastructure.metrics import STREAM_EVENTS_SENT, STREAMS_DROPPED, STREAMS_
 from infrastructure.openapi import problems
 from infrastructure.org_slots import OrgSlots
 from infrastructure.problems import Problem, problem_type
+from infrastructure.sealing import is_sealed
 from infrastructure.settings import Settings
 from infrastructure.web import authorize
 from projections.follower import Backoff, connect
@@ -262,7 +263,12 @@ def render(position: int, event: Any, states: WorkflowStates) -> StreamEvent:
                 "revision": getattr(event, "revision", None),
             }
     else:
-        details = {key: getattr(event, key) for key in _DETAILS if hasattr(event, key)}
+        # A sealed error stays out, as on the relay: read it from /v1/executions/{id}.
+        details = {
+            key: getattr(event, key)
+            for key in _DETAILS
+            if hasattr(event, key) and not is_sealed(getattr(event, key))
+        }
         body["details"] = {key: _plain(value) for key, value in details.items()}
     frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (position, name.encode(), dumps_answer(body))
     return StreamEvent(

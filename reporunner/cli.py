@@ -24,6 +24,7 @@ from infrastructure.settings import get_settings
 from infrastructure.tracing import TracingConfigError, configure_tracing
 from reporunner.audit_cli import audit_app
 from reporunner.bus_cli import bus_app
+from reporunner.erase_cli import erase
 from reporunner.retention_cli import retention_app
 from reporunner.wiring import resolve_database
 
@@ -54,6 +55,7 @@ projections_app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(audit_app, name="audit")
 app.add_typer(bus_app, name="bus")
 app.add_typer(retention_app, name="retention")
+app.command("erase")(erase)
 
 # Human output (tables) goes to stderr so stdout stays machine-readable.
 console = Console(stderr=True)

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from commands import WorkflowApplication, WorkflowCommands
 from commands.auto_retries import NAME as AUTO_RETRIES_FOLLOWER
 from commands.auto_retries import AutoRetrier
+from commands.erasure import DataSubjectErasure
 from commands.executions import (
     ExecutionCommands,
     ExecutionRunner,
@@ -36,11 +37,12 @@ from domain.engine import EngineLimits
 from infrastructure import tracing
 from infrastructure.auth import ApiKeyStore
 from infrastructure.cache import CacheConfig, ReadCache, connect_redis
+from infrastructure.crypto import MasterKey
 from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
-from infrastructure.keyring import Keyring, load_master_key
+from infrastructure.keyring import AsyncKeyring, Keyring, load_master_key
 from infrastructure.metrics import DatabaseGauges, DatabaseSnapshot, ProcessSampler
 from infrastructure.openapi import install_openapi
 from infrastructure.org_slots import OrgSlots
@@ -133,13 +135,18 @@ class ExecutionServices:
         self.http.close()
 
 
-def payload_keyring(workflow_app: WorkflowApplication, settings: Settings) -> Keyring | None:
-    """The keyring execution payloads are sealed with: when a master key is
-    configured (REPORUNNER_MASTER_KEY or _FILE); without one, payloads stay in clear."""
+def payload_master_key(settings: Settings) -> MasterKey | None:
+    """The master key execution payloads are sealed with: when one is configured
+    (REPORUNNER_MASTER_KEY or _FILE); without one, payloads stay in clear."""
     if settings.master_key is None and settings.master_key_file is None:
         return None
-    master = load_master_key(settings)
-    assert master is not None
+    return load_master_key(settings)
+
+
+def payload_keyring(workflow_app: WorkflowApplication, settings: Settings) -> Keyring | None:
+    master = payload_master_key(settings)
+    if master is None:
+        return None
     return Keyring(master, workflow_app.event_store.datastore.get_connection)
 
 
@@ -308,6 +315,16 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             workflow_app, app.state.workflow_commands, target, settings
         )
         app.state.execution_commands = executions.commands
+        # Payloads are opened with keys read on the primary: a replica could
+        # still show a key an erasure just destroyed.
+        master = payload_master_key(settings)
+        app.state.payload_keys = None if master is None else AsyncKeyring(master, engine)
+        app.state.data_subject_erasure = DataSubjectErasure(
+            workflow_app,
+            executions.runner.payloads,
+            target,
+            [] if app.state.payload_keys is None else [app.state.payload_keys.forget],
+        )
         app.state.pin_commands = PinCommands(executions.commands)
         app.state.hook_deliveries = HookDeliveries(app.state.workflow_commands, executions.commands)
         stop = threading.Event()

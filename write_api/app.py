@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from write_api.erasure import router as erasure_router
 from write_api.errors import COMMAND_PROBLEMS
 from write_api.hooks import router as hooks_router
 from write_api.pins import router as pins_router
@@ -16,3 +17,4 @@ def include_write_api(app: FastAPI) -> None:
     app.include_router(router)
     app.include_router(hooks_router)
     app.include_router(pins_router)
+    app.include_router(erasure_router)

@@ -16,9 +16,11 @@ from commands.errors import (
     WorkflowBusy,
 )
 from domain.errors import (
+    DataSubjectErased,
     ExecutionFinished,
     ExecutionInputInvalid,
     ExecutionNotRetryable,
+    ExecutionPayloadErased,
     RetryFromFailedNodeImpossible,
     WorkflowInactive,
 )
@@ -96,6 +98,14 @@ def _not_from_failed_node(exc: RetryFromFailedNodeImpossible) -> Problem:
     )
 
 
+def _payload_erased(exc: ExecutionPayloadErased) -> Problem:
+    return Problem(409, str(exc), type_=problem_type("execution-payload-erased"))
+
+
+def _subject_erased(exc: DataSubjectErased) -> Problem:
+    return Problem(409, str(exc), type_=problem_type("data-subject-erased"))
+
+
 def _bad_input(exc: ExecutionInputInvalid) -> Problem:
     return Problem(
         422,
@@ -143,6 +153,8 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     ExecutionInputInvalid: _bad_input,
     ExecutionNotRetryable: _not_retryable,
     RetryFromFailedNodeImpossible: _not_from_failed_node,
+    ExecutionPayloadErased: _payload_erased,
+    DataSubjectErased: _subject_erased,
     VersionConflict: _conflict,
     HookRouteTaken: _route_taken,
     HookNotFound: _hook_not_found,

@@ -28,6 +28,7 @@ from infrastructure.settings import Settings
 from projections.executions import ExecutionsProjection
 from projections.rebuild import verify
 from projections.runner import Projector
+from read_api.payloads import opened_execution
 from read_api.pinned import open_pinned, overlay_pinned
 from reporunner.wiring import ExecutionServices, create_execution_services
 from tests.integration.test_execution_payloads import ADA, _ctx, subject_workflow
@@ -81,6 +82,22 @@ def pinned_copy(
         engine = create_engine(db_target, pool_size=1)
         try:
             return await open_pinned(org, data, AsyncKeyring(keyring.master, engine, 0))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def read_as_the_api(
+    built: ExecutionServices, db_target: PgTarget, org: str, data: dict[str, Any]
+) -> Any:
+    keyring = built.runner.payloads.keyring
+    assert keyring is not None
+
+    async def read() -> Any:
+        engine = create_engine(db_target, pool_size=1)
+        try:
+            return await opened_execution(data, org, AsyncKeyring(keyring.master, engine, 0))
         finally:
             await engine.dispose()
 
@@ -145,6 +162,10 @@ def test_past_the_window_payloads_are_erased_and_a_pinned_copy_stays_readable(
     shown = overlay_pinned(reader_view, pinned)
     assert shown["input"] == ADA
     assert shown["output"] == {"greet": [GREETED]}
+    # As the read API answers it (GET /v1/executions/{id}).
+    answered = read_as_the_api(services, db_target, org, kept_after)
+    assert answered["input"] == ADA and answered["output"] == {"greet": [GREETED]}
+    assert "pinned_payload" not in answered
     # The log keeps ciphertext of the pruned ones; it no longer opens.
     pruned = workflow_app.repository.get(gone.execution_id)
     assert services.runner.payloads.open(org, pruned.id, "input", pruned.input) == ERASED
