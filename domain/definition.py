@@ -36,6 +36,7 @@ __all__ = [
     "MAX_NAME_CHARS",
     "MAX_NODES",
     "MAX_NODE_NAME_CHARS",
+    "MAX_RETENTION_DAYS",
     "MAX_RETRY_TRIES",
     "MAX_RETRY_WAIT_MS",
     "MAX_TAGS",
@@ -63,11 +64,12 @@ MAX_RETRY_WAIT_MS: Final = 600_000
 MAX_WORKFLOW_TIMEOUT_MS: Final = 3_600_000
 MAX_AUTO_RETRY_ATTEMPTS: Final = 10
 MAX_AUTO_RETRY_BACKOFF_MS: Final = 3_600_000
+MAX_RETENTION_DAYS: Final = 36_500  # a century: "for ever" is 0
 
 NODE_KEYS: Final = frozenset({"id", "type", "name", "parameters", "position", "retry", "on_error"})
 CONNECTION_KEYS: Final = frozenset({"from", "to", "output"})
 RETRY_KEYS: Final = frozenset({"max_tries", "wait_ms"})
-SETTINGS_KEYS: Final = frozenset({"timeout_ms", "retry", "data_subject"})
+SETTINGS_KEYS: Final = frozenset({"timeout_ms", "retry", "data_subject", "retention_days"})
 AUTO_RETRY_KEYS: Final = frozenset({"max_attempts", "backoff_ms", "on"})
 AUTO_RETRY_ON: Final = ("failed", "crashed")
 ON_ERROR_MODES: Final = ("stop", "continue", "continue_error_output")
@@ -229,6 +231,11 @@ class _Checker:
             self.integer("settings.timeout_ms", settings["timeout_ms"], 1, MAX_WORKFLOW_TIMEOUT_MS)
         if "retry" in settings:
             self.auto_retry("settings.retry", settings["retry"])
+        if "retention_days" in settings:
+            # 0 keeps this workflow's executions for ever, whatever the global setting.
+            self.integer(
+                "settings.retention_days", settings["retention_days"], 0, MAX_RETENTION_DAYS
+            )
         if "data_subject" in settings:
             wrong = check_data_subject_path(settings["data_subject"])
             if wrong is not None:

@@ -103,6 +103,31 @@ class ExecutionFinished(InvalidExecutionTransition):
         )
 
 
+class ExecutionNotFinished(InvalidExecutionTransition):
+    """Pins are for finished executions: a queued or running one is refused."""
+
+    def _message(self) -> str:
+        return (
+            f"cannot {self.action} execution {self.execution_id}: it is {self.status}; "
+            "only a finished execution can be pinned"
+        )
+
+
+class ExecutionExpired(DomainError):
+    """Retention took the execution: its document is pruned and its payload erased."""
+
+    def __init__(self, execution_id: UUID | str, action: str) -> None:
+        self.execution_id = execution_id
+        self.action = action
+        super().__init__(
+            f"cannot {action} execution {execution_id}: retention pruned it "
+            "(past its workflow's retention window, not pinned)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.execution_id, self.action))
+
+
 class NodeRunNotStarted(DomainError):
     """A node result was reported for a node attempt that is not the one running."""
 

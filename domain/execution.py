@@ -42,8 +42,10 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from domain.errors import (
+    ExecutionExpired,
     ExecutionFinished,
     ExecutionInputInvalid,
+    ExecutionNotFinished,
     ExecutionNotRetryable,
     InvalidExecutionTransition,
     NodeRunNotStarted,
@@ -210,6 +212,12 @@ class Execution(Aggregate):
         self.output_truncated = False
         self.canceled_by: str | None = None
         self.node_runs: list[dict[str, Any]] = []
+        # Retention (``domain/retention.py``): a pinned execution is kept past
+        # its window; an expired one was pruned from the views.
+        self.pinned = False
+        self.pin_scope: str | None = None  # the pin key's scope while pinned
+        self.pin_payload: Any = None  # the payload re-sealed under it
+        self.expired = False
 
     @property
     def queued_at(self) -> datetime:
@@ -223,7 +231,10 @@ class Execution(Aggregate):
     # -- retrying --------------------------------------------------------
 
     def ensure_retryable(self) -> None:
-        """Refuse (``ExecutionNotRetryable``) unless it finished without succeeding."""
+        """Refuse (``ExecutionNotRetryable``) unless it finished without succeeding;
+        ``ExecutionExpired`` once retention pruned it (its payload is erased)."""
+        if self.expired:
+            raise ExecutionExpired(self.id, "retry")
         if self.status not in RETRYABLE_STATUSES:
             raise ExecutionNotRetryable(self.id, self.status)
 
@@ -413,6 +424,72 @@ class Execution(Aggregate):
             self.node_runs[-1]["status"] = "interrupted"
             self.node_runs[-1]["finished_at"] = timestamp
 
+    # -- retention: pins and expiry ---------------------------------------
+
+    def pin(self, *, payload: Any, key_scope: str | None, meta: EventMeta) -> bool:
+        """Keep this finished execution past its retention window; False (nothing
+        recorded) if it is pinned already. ``payload``: its payload re-sealed under
+        the pin key of ``key_scope`` (``commands/pins.py``), which retention does not
+        destroy; both None where payloads are not sealed."""
+        self.ensure_pinnable()
+        if self.pinned:
+            return False
+        self._pinned(payload=payload, key_scope=key_scope, meta=meta.as_dict())
+        return True
+
+    @property
+    def next_pin_scope(self) -> str:
+        """The pin key scope a pin now would use: new for every pin, because a
+        destroyed scope (an unpin destroys its key) is never keyed again."""
+        return f"{self.id}/{self.version}"
+
+    @event("Pinned")
+    def _pinned(self, payload: Any, key_scope: str | None, meta: dict[str, Any]) -> None:
+        self.pinned = True
+        self.pin_scope = key_scope
+        self.pin_payload = payload
+
+    def unpin(self, *, meta: EventMeta) -> bool:
+        """Let retention take it again; False (nothing recorded) if it was not pinned."""
+        if self.expired:
+            raise ExecutionExpired(self.id, "unpin")
+        if not self.pinned:
+            return False
+        self._unpinned(meta=meta.as_dict())
+        return True
+
+    @event("Unpinned")
+    def _unpinned(self, meta: dict[str, Any]) -> None:
+        self.pinned = False
+        self.pin_scope = None
+        self.pin_payload = None
+
+    @property
+    def expirable(self) -> bool:
+        """Whether retention may take it: finished, not pinned, not taken yet."""
+        return self.is_finished and not self.pinned and not self.expired
+
+    def expire(self, *, as_of: str, retention_days: int, meta: EventMeta) -> None:
+        """Retention took it: past ``retention_days`` at ``as_of`` (an ISO date, the
+        day the window ends). The views prune its document; the log keeps its events."""
+        if not self.expirable:
+            raise ValueError(f"execution {self.id} may not expire (finished, unpinned, once)")
+        if retention_days < 1:
+            raise ValueError(f"retention_days must be at least 1, got {retention_days}")
+        self._expired(as_of=as_of, retention_days=retention_days, meta=meta.as_dict())
+
+    @event("Expired")
+    def _expired(self, as_of: str, retention_days: int, meta: dict[str, Any]) -> None:
+        self.expired = True
+
+    def ensure_pinnable(self) -> None:
+        """Refuse a pin: ``ExecutionExpired`` once retention took it,
+        ``ExecutionNotFinished`` while it is queued or running."""
+        if self.expired:
+            raise ExecutionExpired(self.id, "pin")
+        if not self.is_finished:
+            raise ExecutionNotFinished(self.id, self.status, "pin")
+
     # -- rules -----------------------------------------------------------
 
     def _ensure_status(self, action: str, *allowed: ExecutionStatus) -> None:
@@ -478,3 +555,6 @@ ExecutionSucceededEvent: Any = Execution.Succeeded  # type: ignore[attr-defined]
 ExecutionFailedEvent: Any = Execution.Failed  # type: ignore[attr-defined]
 ExecutionCanceledEvent: Any = Execution.Canceled  # type: ignore[attr-defined]
 ExecutionCrashedEvent: Any = Execution.Crashed  # type: ignore[attr-defined]
+ExecutionPinnedEvent: Any = Execution.Pinned  # type: ignore[attr-defined]
+ExecutionUnpinnedEvent: Any = Execution.Unpinned  # type: ignore[attr-defined]
+ExecutionExpiredEvent: Any = Execution.Expired  # type: ignore[attr-defined]

@@ -7,6 +7,8 @@ organisation, its purpose and scope, and the key wrapped by the master key
 - ``org``: the organisation's key (scope ``""``): credentials' secrets.
 - ``day``: one per organisation and UTC day (scope ``YYYY-MM-DD``): execution
   payloads, destroyed by retention.
+- ``pin``: one per pinned execution (scope: the execution id): the payload a
+  pin keeps past retention, destroyed when it is unpinned.
 - ``subject``: one per data subject (scope: a keyed digest of the subject's id
   under the organisation key, so the table never names a person): destroyed by
   erasure.
@@ -54,6 +56,7 @@ class KeyPurpose(StrEnum):
     ORG = "org"
     DAY = "day"
     SUBJECT = "subject"
+    PIN = "pin"
 
 
 @dataclass(frozen=True, repr=False)

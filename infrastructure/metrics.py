@@ -159,6 +159,17 @@ SCHEDULER_LAST_TICK = Gauge(
 )
 SCHEDULER_OUTCOMES = ("fired", "skipped", "caught_up")
 
+# -- retention (the scheduler's leader runs it: commands/retention.py) ----------------------
+
+RETENTION_EXECUTIONS_PRUNED = Counter(
+    "reporunner_retention_executions_pruned_total",
+    "Executions retention expired (their documents pruned from the views).",
+)
+RETENTION_KEYS_DESTROYED = Counter(
+    "reporunner_retention_day_keys_destroyed_total",
+    "Day keys retention destroyed (the payloads sealed under them read as erased).",
+)
+
 # -- per process: pools and breakers, sampled ---------------------------------------------
 
 DB_POOL_IN_USE = Gauge(

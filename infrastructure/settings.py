@@ -176,6 +176,20 @@ class Settings(BaseSettings):
         description="How late an instant may fire and still count as on time (catch-up).",
     )
     scheduler_max_fires_per_tick: int = Field(default=100, ge=1, le=10_000)
+    # Retention (issue 17): run by the scheduler role's leader (commands/retention.py).
+    execution_retention_days: int = Field(
+        default=0,
+        ge=0,
+        le=36_500,
+        description="Days an execution's payload and document are kept (0: for ever); "
+        "a workflow's settings.retention_days wins.",
+    )
+    retention_interval_s: float = Field(
+        default=3600.0, ge=1, le=86_400, description="How often the scheduler runs retention."
+    )
+    retention_batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="Executions expired (or keys destroyed) at once."
+    )
     # Audit chain (tamper evidence over the log)
     audit_key: str | None = Field(
         default=None,

@@ -12,7 +12,12 @@ was queued, ``updated`` = its last event)::
      worker_id, error, output, output_truncated, canceled_by,
      node_runs: [{node_id, attempt, status, started_at, finished_at,
                   outputs, outputs_truncated, error, will_retry}],
-     node_summary: {succeeded, failed}}
+     node_summary: {succeeded, failed},
+     pinned, pinned_at, pinned_by, pinned_payload}   (only once it was pinned: absent
+                                                      means not pinned)
+
+An execution retention took (``Expired``) has no document: it is pruned,
+and its counters stay (they count what ran, not what is kept).
 
 ``workflow_revision`` is the revision that ran (what clients call the
 workflow's version); absent for executions queued before Queued recorded
@@ -69,13 +74,16 @@ from domain.execution import (
     EXECUTION_STATUSES,
     ExecutionCanceledEvent,
     ExecutionCrashedEvent,
+    ExecutionExpiredEvent,
     ExecutionFailedEvent,
     ExecutionNodeFailedEvent,
     ExecutionNodeStartedEvent,
     ExecutionNodeSucceededEvent,
+    ExecutionPinnedEvent,
     ExecutionQueuedEvent,
     ExecutionStartedEvent,
     ExecutionSucceededEvent,
+    ExecutionUnpinnedEvent,
 )
 from projections.store import Document, ViewBatch, collection_table
 
@@ -186,6 +194,9 @@ class ExecutionsProjection:
         ExecutionFailedEvent,
         ExecutionCanceledEvent,
         ExecutionCrashedEvent,
+        ExecutionPinnedEvent,
+        ExecutionUnpinnedEvent,
+        ExecutionExpiredEvent,
     )
 
     def partition(self, event: Any) -> str:
@@ -229,12 +240,20 @@ class ExecutionsProjection:
         existing = view.get(EXECUTIONS, execution_id)
         if existing is None:
             raise LookupError(f"{type(event).__qualname__} for unknown execution {execution_id}")
+        if isinstance(event, ExecutionExpiredEvent):
+            # Retention pruned it. Its counters stay as they are: they count what
+            # ran, not what is kept. A rebuild meets this event after the others
+            # and prunes the document again, so it equals the live view.
+            view.delete(EXECUTIONS, execution_id)
+            return
         at = event.timestamp.isoformat()
         data = {**existing.data, "version": event.originator_version, "updated_at": at}
         if isinstance(event, ExecutionStartedEvent):
             data |= {"status": "running", "worker_id": event.worker_id, "started_at": at}
         elif isinstance(event, ExecutionNodeStartedEvent):
             data["node_runs"] = [*data["node_runs"], _node_run(event.node_id, event.attempt, at)]
+        elif isinstance(event, ExecutionPinnedEvent | ExecutionUnpinnedEvent):
+            data |= _pin_fields(event, at)
         elif isinstance(event, ExecutionNodeSucceededEvent | ExecutionNodeFailedEvent):
             data["node_runs"] = _finish_last_node_run(data["node_runs"], event, at)
             data["node_summary"] = _node_summary(data["node_runs"])
@@ -263,10 +282,27 @@ def _retry_of(event: Any) -> Any:
     return getattr(event, "retry_of", None)
 
 
+def _pin_fields(event: Any, at: str) -> dict[str, Any]:
+    """``pinned``, who pinned it when, and ``pinned_payload``: the payload re-sealed
+    under the pin key (``commands/pins.py``; null where payloads are in clear),
+    what readers open once the day key is gone. All null again once unpinned."""
+    if isinstance(event, ExecutionPinnedEvent):
+        return {
+            "pinned": True,
+            "pinned_at": at,
+            "pinned_by": event.meta["actor"],
+            "pinned_payload": event.payload,
+        }
+    return {"pinned": False, "pinned_at": None, "pinned_by": None, "pinned_payload": None}
+
+
 def _add_retry(view: ViewBatch, retried_id: str, retry_id: str, position: int) -> None:
     retried = view.get(EXECUTIONS, retried_id)
     if retried is None:
-        raise LookupError(f"execution {retry_id} retries unknown execution {retried_id}")
+        # Retention pruned it between the retry's decision and its Queued event
+        # (a retry of an expired execution is refused, but the retry does not
+        # write to the retried stream, so the two can cross): nothing to link.
+        return
     data = {**retried.data, "retried_by": [*retried.data.get("retried_by", []), retry_id]}
     view.put(EXECUTIONS, replace(retried, data=data, position=position))
 

@@ -125,6 +125,16 @@ class DocumentCache:
                     self._stored.setdefault(collection, set()).add(doc_id)
         return evicted
 
+    def delete(self, collection: str, doc_id: str) -> bool:
+        """Forget ``doc_id`` (it reads as absent); True if the table holds a row
+        for it, which the caller must delete."""
+        self._docs.setdefault(collection, OrderedDict())[doc_id] = None
+        self._dirty.setdefault(collection, set()).discard(doc_id)
+        stored = self._stored.setdefault(collection, set())
+        held = doc_id in stored
+        stored.discard(doc_id)
+        return held
+
     def drain(self) -> dict[str, tuple[list[Document], list[Document]]]:
         """Every dirty document, per collection, as (new, stored before); they
         count as written afterwards."""
@@ -157,6 +167,7 @@ class ViewBatch:
     _loaded: dict[str, dict[str, Document | None]] = field(default_factory=dict)
     _dirty: dict[str, dict[str, Document]] = field(default_factory=dict)
     _new: dict[str, list[Document]] = field(default_factory=dict)
+    _deleted: dict[str, set[str]] = field(default_factory=dict)
 
     def prefetch(self, collection: str, ids: Iterable[str]) -> None:
         loaded = self._loaded.setdefault(collection, {})
@@ -194,11 +205,19 @@ class ViewBatch:
 
     def put(self, collection: str, document: Document) -> None:
         self._loaded.setdefault(collection, {})[document.id] = document
+        self._deleted.get(collection, set()).discard(document.id)
         if self.cache is None:
             self._dirty.setdefault(collection, {})[document.id] = document
             return
         for evicted in self.cache.put(collection, document):
             self._dirty.setdefault(collection, {})[evicted.id] = evicted
+
+    def delete(self, collection: str, doc_id: str) -> None:
+        """Remove a document (retention prunes executions); later reads find none."""
+        self._loaded.setdefault(collection, {})[doc_id] = None
+        self._dirty.get(collection, {}).pop(doc_id, None)
+        if self.cache is None or self.cache.delete(collection, doc_id):
+            self._deleted.setdefault(collection, set()).add(doc_id)
 
     def write(self, collection: str, documents: list[Document], *, new: bool = False) -> None:
         """Queue documents for the next flush (a bulk load's final write-behind);
@@ -249,4 +268,12 @@ class ViewBatch:
             )
             written += len(documents)
         self._dirty.clear()
+        for collection, ids in self._deleted.items():
+            if ids:
+                self.cursor.execute(
+                    sql.SQL("DELETE FROM {} WHERE _id = ANY(%s)").format(self.tables[collection]),
+                    (sorted(ids),),
+                )
+                written += len(ids)
+        self._deleted.clear()
         return written

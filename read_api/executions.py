@@ -66,7 +66,7 @@ from read_api.schemas import ExecutionDocument, ExecutionPage, Summary
 router = APIRouter(prefix="/v1", tags=["executions"])
 
 # Left out of list items: potentially large, and in the single execution's answer.
-LIST_OMITS = ("input", "output", "node_runs")
+LIST_OMITS = ("input", "output", "node_runs", "pinned_payload")
 
 Filter = Annotated[
     str | None,

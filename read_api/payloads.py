@@ -28,6 +28,7 @@ from domain.payloads import (
 )
 from infrastructure.keyring import AsyncKeyring, DataKey
 from infrastructure.sealing import is_sealed, open_value, sealed_key_ids
+from read_api.pinned import open_pinned, overlay_pinned
 
 __all__ = ["opened_execution", "opened_items", "payload_keys"]
 
@@ -88,7 +89,11 @@ async def opened_execution(
         }
         for run in runs
     ]
-    return opened
+    # A pinned execution's own payloads are erased once retention destroys their
+    # day key; its pinned copy (under the pin key) stands in for them.
+    pinned = await open_pinned(org_id, document, keyring)
+    opened.pop("pinned_payload", None)
+    return overlay_pinned(opened, pinned)
 
 
 async def opened_items(

@@ -110,6 +110,9 @@ class ExecutionItem(BaseModel):
     output_truncated: bool
     canceled_by: str | None
     node_summary: NodeSummary
+    pinned: bool = Field(
+        default=False, description="Kept past its retention window (POST .../pin)."
+    )
 
 
 class ExecutionDocument(ExecutionItem):

@@ -26,6 +26,7 @@ from reporunner.audit_cli import audit_app
 from reporunner.bus_cli import bus_app
 from reporunner.erase_cli import erase
 from reporunner.import_cli import import_app
+from reporunner.retention_cli import retention_app
 from reporunner.wiring import resolve_database
 
 
@@ -55,6 +56,7 @@ projections_app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(audit_app, name="audit")
 app.add_typer(bus_app, name="bus")
 app.add_typer(import_app, name="import")
+app.add_typer(retention_app, name="retention")
 app.command("erase")(erase)
 
 # Human output (tables) goes to stderr so stdout stays machine-readable.

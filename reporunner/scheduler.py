@@ -16,6 +16,10 @@
   waits behind a running one), oldest first, and stops after ``max_fires``
   executions or ``budget_s`` seconds; the rest wait for the next tick. One
   trigger that fails is logged and looked at again later; the others go on.
+- Retention (``commands/retention.py``) rides on the same leadership: after
+  each tick the leader takes one bounded retention batch when a pass is due
+  or under way, so exactly one process runs it and schedules never wait
+  long behind it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import structlog
 from eventsourcing.persistence import IntegrityError
 
 from commands.application import WorkflowApplication
+from commands.retention import PeriodicRetention
 from commands.schedules import ScheduleFiring, TickResult
 from infrastructure.database import PgTarget
 from infrastructure.metrics import FOLLOWER_ACTIVE, SCHEDULER_LAST_TICK, SCHEDULER_TICKS
@@ -82,6 +87,7 @@ class Scheduler:
         self.last_round = 0.0  # monotonic time of the last completed round, 0 before the first
         # When each trigger is next looked at; one not here is looked at now.
         self._checks: dict[tuple[UUID, str], datetime] = {}
+        self.retention: PeriodicRetention | None = None
 
     @property
     def leading(self) -> bool:
@@ -203,8 +209,11 @@ class Scheduler:
                 self._checks.clear()  # another leader may have decided meanwhile
                 log.info("scheduler active")
             if self.leading:
-                self.tick(self.clock())
+                now = self.clock()
+                self.tick(now)
                 SCHEDULER_LAST_TICK.set(time.time())
+                if self.retention is not None:
+                    self.retention.step(now)
             self.last_round = time.monotonic()
             backoff.reset()
             stop.wait(self.tick_s if self.leading else min(self.tick_s, STANDBY_RETRY_S))

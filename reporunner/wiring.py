@@ -28,6 +28,8 @@ from commands.executions import (
     default_worker_id,
 )
 from commands.payloads import ExecutionPayloads
+from commands.pins import PinCommands
+from commands.retention import PeriodicRetention, Retention
 from commands.webhooks import HookDeliveries
 from commands.workflow_runs import NAME as RUNS_FOLLOWER
 from commands.workflow_runs import WorkflowRunsRecorder
@@ -325,6 +327,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             target,
             [] if app.state.payload_keys is None else [app.state.payload_keys.forget],
         )
+        app.state.pin_commands = PinCommands(executions.commands)
         app.state.hook_deliveries = HookDeliveries(app.state.workflow_commands, executions.commands)
         stop = threading.Event()
         projector_threads = []
@@ -386,6 +389,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.state.scheduler = None
         if "scheduler" in roles:
             app.state.scheduler = create_scheduler(workflow_app, target, settings)
+            app.state.scheduler.retention = create_periodic_retention(workflow_app, settings)
             projector_threads.append(start_scheduler(app.state.scheduler, stop))
         breakers = {
             use: holder.breaker
@@ -553,6 +557,24 @@ def create_scheduler(
         tick_s=settings.scheduler_tick_s,
         grace=timedelta(seconds=settings.scheduler_grace_s),
         max_fires=settings.scheduler_max_fires_per_tick,
+    )
+
+
+def create_retention(workflow_app: WorkflowApplication, settings: Settings) -> Retention:
+    return Retention(
+        workflow_app,
+        payload_keyring(workflow_app, settings),  # None: payloads in clear, no day keys
+        global_days=settings.execution_retention_days,
+        batch_size=settings.retention_batch_size,
+    )
+
+
+def create_periodic_retention(
+    workflow_app: WorkflowApplication, settings: Settings
+) -> PeriodicRetention:
+    return PeriodicRetention(
+        create_retention(workflow_app, settings),
+        timedelta(seconds=settings.retention_interval_s),
     )
 
 

@@ -8,6 +8,7 @@ from write_api.erasure import router as erasure_router
 from write_api.errors import COMMAND_PROBLEMS as _WORKFLOW_PROBLEMS
 from write_api.hooks import router as hooks_router
 from write_api.n8n_import import router as n8n_import_router
+from write_api.pins import router as pins_router
 from write_api.routes import router
 from write_api.templates import TEMPLATE_PROBLEMS
 from write_api.templates import router as templates_router
@@ -22,4 +23,5 @@ def include_write_api(app: FastAPI) -> None:
     app.include_router(hooks_router)
     app.include_router(n8n_import_router)
     app.include_router(templates_router)
+    app.include_router(pins_router)
     app.include_router(erasure_router)

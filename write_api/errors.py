@@ -26,6 +26,7 @@ from domain.errors import (
 )
 from domain.webhooks import WebhookBodyInvalid, WebhookRefused
 from infrastructure.problems import Problem, problem_type
+from write_api.pins import PIN_PROBLEMS
 
 
 def _not_found(exc: WorkflowNotFound | ExecutionNotFound) -> Problem:
@@ -164,4 +165,5 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     IdempotencyKeyReused: _key_reused,
     ExecutionInProgress: _in_progress,
     ExecutionAnswerUnavailable: _answer_unavailable,
+    **PIN_PROBLEMS,
 }

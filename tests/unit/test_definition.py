@@ -270,6 +270,8 @@ def test_settings() -> None:
     accepts(settings={})
     accepts(settings={"timeout_ms": 1})
     accepts(settings={"timeout_ms": 3_600_000})
+    accepts(settings={"retention_days": 0})  # for ever, whatever the global setting
+    accepts(settings={"retention_days": 36_500})
 
 
 @pytest.mark.parametrize(
@@ -280,11 +282,11 @@ def test_settings() -> None:
         ({"timeout_ms": "60"}, "settings.timeout_ms", "string"),
         ({"timeout_ms": True}, "settings.timeout_ms", "boolean"),
         ({"timeout_ms": 1.5}, "settings.timeout_ms", "number"),
-        (
-            {"retries": 3},
-            "settings.retries",
-            "unknown setting 'retries' (allowed: data_subject, retry,",
-        ),
+        ({"retries": 3}, "settings.retries", "unknown setting 'retries' (allowed: "),
+        ({"retention_days": -1}, "settings.retention_days", "between 0 and 36500, got -1"),
+        ({"retention_days": 36_501}, "settings.retention_days", "36501"),
+        ({"retention_days": "30"}, "settings.retention_days", "string"),
+        ({"retention_days": 1.5}, "settings.retention_days", "number"),
         ({"odd key": 3}, 'settings["odd key"]', "'odd key'"),
         (None, "settings", "null"),
         ([], "settings", "array"),
