@@ -1,7 +1,7 @@
 """The template catalogue: what ``GET /v1/templates`` lists and searches.
 
 Revision ID: 0020_templates
-Revises: 0014_data_keys
+Revises: 0017_retention
 Create Date: 2026-12-02
 
 Written in the same transaction as each Template event (as ``webhook_routes``
@@ -13,7 +13,7 @@ views: a public template is read by every organisation.
 from alembic import op
 
 revision = "0020_templates"
-down_revision = "0014_data_keys"
+down_revision = "0017_retention"
 branch_labels = None
 depends_on = None
 
