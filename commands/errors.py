@@ -111,3 +111,12 @@ class HookNotFound(CommandError):
 
     def __init__(self, org_id: str, method: str, path: str) -> None:
         super().__init__(f"no active webhook {method} /hooks/{org_id}/{path}")
+
+
+class ShareNotFound(CommandError):
+    """The workflow grants the project nothing."""
+
+    def __init__(self, workflow_id: UUID, project_id: UUID) -> None:
+        super().__init__(f"workflow {workflow_id} is not shared with project {project_id}")
+        self.workflow_id = workflow_id
+        self.project_id = project_id

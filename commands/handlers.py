@@ -50,6 +50,7 @@ from commands.errors import (
     HookRouteTaken,
     IdempotencyKeyReused,
     NoSuchVersion,
+    ShareNotFound,
     VersionConflict,
     WorkflowBusy,
     WorkflowNotFound,
@@ -59,10 +60,14 @@ from commands.models import (
     CommandContext,
     CommandResult,
     CreateWorkflow,
+    MoveWorkflow,
     RevertWorkflow,
     RotateWebhookSecret,
+    ShareWorkflow,
     UpdateWorkflow,
 )
+from commands.projects import ProjectNotFound, ProjectScopeRefused, load_project
+from commands.scope import Access, ensure_access
 from domain.meta import EventMeta
 from domain.triggers import SECRET_AUTH, webhook_routes
 from domain.webhooks import hash_token
@@ -138,8 +143,11 @@ class WorkflowCommands:
         self.last_committed = LastCommitted()
 
     def create(self, command: CreateWorkflow, ctx: CommandContext) -> CommandResult:
-        payload = command.model_dump()
-        fingerprint = request_fingerprint(ctx, "create", None, None, payload)
+        payload = command.definition()
+        project_id = self._creation_project(command.project_id, ctx)
+        fingerprint = request_fingerprint(
+            ctx, "create", None, None, [payload, str(command.project_id)]
+        )
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -147,7 +155,9 @@ class WorkflowCommands:
             workflow_id = idempotent_workflow_id(ctx.org_id, ctx.idempotency_key)
         else:
             workflow_id = uuid.uuid4()
-        workflow = Workflow.create(workflow_id=workflow_id, definition=payload, meta=_meta(ctx))
+        workflow = Workflow.create(
+            workflow_id=workflow_id, definition=payload, meta=_meta(ctx), project_id=project_id
+        )
         try:
             return self._save(workflow, ctx, fingerprint, status_code=201)
         except IntegrityError:
@@ -160,6 +170,91 @@ class WorkflowCommands:
             current = self.get(workflow.id, ctx.org_id)
             current.ensure_not_deleted()
             raise VersionConflict(workflow.id, 0, current.revision) from None
+
+    def _creation_project(self, wanted: UUID | None, ctx: CommandContext) -> UUID | None:
+        """The project a new workflow goes to: the one named, else the key's (None: default).
+
+        A project-scoped key names only its own project (any other is not found).
+        """
+        if ctx.project_id is not None and wanted not in (None, ctx.project_id):
+            raise ProjectNotFound(wanted)  # type: ignore[arg-type]
+        target = wanted or ctx.project_id
+        if target is None:
+            return None
+        project = load_project(self.app, target, ctx.org_id)
+        if project is not None:
+            project.ensure_not_archived()
+        return target
+
+    def move(
+        self,
+        workflow_id: UUID,
+        command: MoveWorkflow,
+        expected_revision: int,
+        ctx: CommandContext,
+    ) -> CommandResult:
+        """Move a workflow to another project of its organisation (organisation-wide keys only).
+
+        A project's key sees one project: moving is deciding between two, so
+        it is the organisation's (403 for a scoped key that sees the workflow).
+        """
+        payload = {"project_id": str(command.project_id)}
+        fingerprint = request_fingerprint(ctx, "move", workflow_id, expected_revision, payload)
+        meta = _meta(ctx)
+        if ctx.project_id is None:
+            project = load_project(self.app, command.project_id, ctx.org_id)
+            if project is not None:
+                project.ensure_not_archived()
+
+        def decide(workflow: Workflow) -> bool:
+            if ctx.project_id is not None:
+                raise ProjectScopeRefused("move workflows between projects")
+            return workflow.move(command.project_id, meta)
+
+        return self._decide_and_save(
+            workflow_id, expected_revision, ctx, fingerprint, decide, access=Access.VIEW
+        )
+
+    def share(
+        self,
+        workflow_id: UUID,
+        command: ShareWorkflow,
+        expected_revision: int,
+        ctx: CommandContext,
+    ) -> CommandResult:
+        """Grant another project of the organisation ``viewer`` or ``editor`` on the workflow."""
+        payload = {"project_id": str(command.project_id), "role": command.role}
+        fingerprint = request_fingerprint(ctx, "share", workflow_id, expected_revision, payload)
+        meta = _meta(ctx)
+        project = load_project(self.app, command.project_id, ctx.org_id)
+        if project is not None:
+            project.ensure_not_archived()
+        return self._decide_and_save(
+            workflow_id,
+            expected_revision,
+            ctx,
+            fingerprint,
+            lambda workflow: workflow.share(command.project_id, command.role, meta),
+            access=Access.OWN,
+        )
+
+    def unshare(
+        self, workflow_id: UUID, project_id: UUID, expected_revision: int, ctx: CommandContext
+    ) -> CommandResult:
+        """Revoke a project's grant; a project holding none is a 404 naming it."""
+        fingerprint = request_fingerprint(
+            ctx, "unshare", workflow_id, expected_revision, str(project_id)
+        )
+        meta = _meta(ctx)
+
+        def decide(workflow: Workflow) -> bool:
+            if str(project_id) not in workflow.shares:
+                raise ShareNotFound(workflow_id, project_id)
+            return workflow.unshare(project_id, meta)
+
+        return self._decide_and_save(
+            workflow_id, expected_revision, ctx, fingerprint, decide, access=Access.OWN
+        )
 
     def update(
         self,
@@ -287,6 +382,7 @@ class WorkflowCommands:
         fingerprint: str,
         decide: Decision,
         renew: str | None = None,
+        access: Access = Access.EDIT,
     ) -> CommandResult:
         """Decide on the workflow at ``expected_revision`` and save at the version loaded.
 
@@ -309,8 +405,10 @@ class WorkflowCommands:
         if workflow is None or workflow.org_id != ctx.org_id:
             workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
         else:
+            ensure_access(workflow, ctx, Access.VIEW)  # outside the key's project: 404 first
             workflow.ensure_not_deleted()
         for _ in range(SAVE_ATTEMPTS):
+            ensure_access(workflow, ctx, access)
             was_active = workflow.active
             if not decide(workflow):
                 if fresh:
@@ -343,6 +441,7 @@ class WorkflowCommands:
     def _at_head(self, workflow_id: UUID, expected_revision: int, ctx: CommandContext) -> Workflow:
         """The workflow read from the log, if it is still at ``expected_revision``."""
         workflow = self.get(workflow_id, ctx.org_id)
+        ensure_access(workflow, ctx, Access.VIEW)  # outside the key's project: 404 first
         workflow.ensure_not_deleted()
         if workflow.revision != expected_revision:
             raise VersionConflict(workflow_id, expected_revision, workflow.revision)

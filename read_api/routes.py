@@ -187,6 +187,7 @@ async def list_workflows(
             limit=limit,
             cursor=cursor,
             hide_deleted=True,
+            project_id=principal.project_id,
         ),
     )
     return _json({"items": page.items, "next_cursor": page.next_cursor}, position)
@@ -220,10 +221,16 @@ async def get_workflow(
     principal = await _reader(request)
     if version is not None or as_of is not None:
         # Time travel reads the log itself, which is never behind.
-        return await workflow_then(request, workflow_id, principal.org_id, version, as_of)
+        return await workflow_then(
+            request, workflow_id, principal.org_id, version, as_of, principal.project_id
+        )
     position = await _views_position(request, min_position)
     document = await get_document(
-        request.app.state.read_engine, WORKFLOWS, principal.org_id, str(workflow_id)
+        request.app.state.read_engine,
+        WORKFLOWS,
+        principal.org_id,
+        str(workflow_id),
+        principal.project_id,
     )
     if document is None:
         raise _not_found(workflow_id, position)
@@ -247,7 +254,8 @@ async def list_versions(
     principal = await _reader(request)
     position = await _views_position(request, min_position)
     engine = request.app.state.read_engine
-    if await get_document(engine, WORKFLOWS, principal.org_id, str(workflow_id)) is None:
+    scope = principal.project_id
+    if await get_document(engine, WORKFLOWS, principal.org_id, str(workflow_id), scope) is None:
         raise _not_found(workflow_id, position)
     page = await list_documents(
         engine,
@@ -257,6 +265,7 @@ async def list_versions(
         sort=parse_sort("version", "version"),
         limit=limit,
         cursor=cursor,
+        project_id=scope,
     )
     return _json({"items": page.items, "next_cursor": page.next_cursor}, position)
 
@@ -277,7 +286,11 @@ async def get_version(
     principal = await _reader(request)
     position = await _views_position(request, min_position)
     document = await get_document(
-        request.app.state.read_engine, VERSIONS, principal.org_id, f"{workflow_id}:{version}"
+        request.app.state.read_engine,
+        VERSIONS,
+        principal.org_id,
+        f"{workflow_id}:{version}",
+        principal.project_id,
     )
     if document is None:
         raise Problem(

@@ -26,6 +26,7 @@ from commands.executions import (
     RunnerSettings,
     default_worker_id,
 )
+from commands.projects import ProjectCommands
 from commands.webhooks import HookDeliveries
 from commands.workflow_runs import NAME as RUNS_FOLLOWER
 from commands.workflow_runs import WorkflowRunsRecorder
@@ -67,6 +68,7 @@ from read_api.audit import router as audit_router
 from read_api.console import install_console
 from read_api.executions import router as executions_router
 from read_api.history import router as history_router
+from read_api.projects import router as projects_read_router
 from read_api.stream import StreamHub
 from read_api.stream import router as stream_router
 from reporunner.scheduler import Scheduler, start_scheduler
@@ -288,6 +290,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         )
         workflow_app = create_workflow_application(target, settings)
         app.state.workflow_commands = WorkflowCommands(workflow_app)
+        app.state.project_commands = ProjectCommands(workflow_app)
         executions = create_execution_services(
             workflow_app, app.state.workflow_commands, target, settings
         )
@@ -505,6 +508,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(audit_router)
         app.include_router(executions_router)
         app.include_router(stream_router)
+        app.include_router(projects_read_router)
         install_console(app)
     return app
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from write_api.errors import COMMAND_PROBLEMS
+from write_api.errors import COMMAND_PROBLEMS as _WORKFLOW_PROBLEMS
 from write_api.hooks import router as hooks_router
+from write_api.projects import PROJECT_PROBLEMS
+from write_api.projects import router as projects_router
 from write_api.routes import router
+
+COMMAND_PROBLEMS = {**_WORKFLOW_PROBLEMS, **PROJECT_PROBLEMS}
 
 __all__ = ["COMMAND_PROBLEMS", "include_write_api"]
 
 
 def include_write_api(app: FastAPI) -> None:
     app.include_router(router)
+    app.include_router(projects_router)
     app.include_router(hooks_router)

@@ -168,6 +168,7 @@ def _context(request: Request, principal: Principal) -> CommandContext:
         correlation_id=request.state.request_id,
         idempotency_key=idempotency_key(request),
         traceparent=current_traceparent(),
+        project_id=principal.project_id,
     )
 
 
