@@ -145,9 +145,11 @@ class WorkflowCommands:
     def create(self, command: CreateWorkflow, ctx: CommandContext) -> CommandResult:
         payload = command.definition()
         project_id = self._creation_project(command.project_id, ctx)
-        fingerprint = request_fingerprint(
-            ctx, "create", None, None, [payload, str(command.project_id)]
-        )
+        # The project it goes to, not the one named: a project's key retrying an
+        # organisation-wide key's request must not be answered with its workflow.
+        # (The default project's requests hash as before projects: retries span upgrades.)
+        fingerprinted = payload if project_id is None else [payload, str(project_id)]
+        fingerprint = request_fingerprint(ctx, "create", None, None, fingerprinted)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:

@@ -18,7 +18,7 @@ from eventsourcing.persistence import IntegrityError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from commands.application import WorkflowApplication
-from commands.errors import CommandError, VersionConflict
+from commands.errors import CommandError, IdempotencyKeyReused, VersionConflict
 from commands.models import CommandContext
 from domain.meta import EventMeta
 from domain.project import (
@@ -41,6 +41,12 @@ class CreateProject(BaseModel):
     name: str = Field(min_length=1, max_length=MAX_PROJECT_NAME_CHARS, json_schema_extra=_NAME)
     description: str = Field("", max_length=MAX_PROJECT_DESCRIPTION_CHARS)
 
+    @model_validator(mode="after")
+    def _named(self) -> CreateProject:
+        if not self.name.strip():
+            raise ValueError("name: must not be blank")
+        return self
+
 
 class UpdateProject(BaseModel):
     """Rename, describe or archive a project (only the fields present change)."""
@@ -55,14 +61,14 @@ class UpdateProject(BaseModel):
         None, min_length=1, max_length=MAX_PROJECT_NAME_CHARS, json_schema_extra=_NAME
     )
     description: str | None = Field(None, max_length=MAX_PROJECT_DESCRIPTION_CHARS)
-    archived: bool | None = Field(None, description="true archives it (there is no way back).")
+    archived: bool | None = Field(
+        None, description="true archives it; there is no way back (false on an archived one: 409)."
+    )
 
     @model_validator(mode="after")
     def _something(self) -> UpdateProject:
         if not self.model_fields_set:
             raise ValueError("give at least one of: name, description, archived")
-        if self.archived is False:
-            raise ValueError("archived: an archived project stays archived; send true or leave out")
         if self.name is not None and not self.name.strip():
             raise ValueError("name: must not be blank")
         return self
@@ -127,10 +133,17 @@ class ProjectCommands:
         try:
             return self._save(project, 201)
         except IntegrityError:
-            # The same key again: answer the project it made.
-            existing = load_project(self.app, project_id, ctx.org_id)
-            assert existing is not None
-            return ProjectResult(existing.id, existing.version, None, 201)
+            # The same key again: answer the project it made, if it made it of this request.
+            then: object = self.app.repository.get(project_id, version=1)
+            if not (
+                isinstance(then, Project)
+                and then.org_id == ctx.org_id
+                and (then.name, then.description) == (command.name, command.description)
+            ):
+                raise IdempotencyKeyReused(ctx.idempotency_key or "") from None
+            current = load_project(self.app, project_id, ctx.org_id)
+            assert current is not None
+            return ProjectResult(current.id, current.version, None, 201)
 
     def update(
         self,
@@ -154,6 +167,8 @@ class ProjectCommands:
             project = Project.create(
                 project_id=project_id, name=DEFAULT_PROJECT_NAME, description="", meta=meta
             )
+        if command.archived is False:
+            project.ensure_not_archived()  # an archived project stays archived
         project.rename(command.name, command.description, meta)
         if command.archived:
             project.archive(meta)

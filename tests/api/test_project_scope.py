@@ -499,3 +499,14 @@ def test_projects_are_created_renamed_and_archived(client: httpx.Client, world: 
         world.project_b,
     ]
     assert rest["next_cursor"] is None
+
+
+def test_a_keyed_project_creation_is_made_once(client: httpx.Client, world: World) -> None:
+    keyed = {**world.owner, "Idempotency-Key": f"project-{uuid.uuid4()}"}
+    first = client.post("/v1/projects", json={"name": "Once"}, headers=keyed)
+    again = client.post("/v1/projects", json={"name": "Once"}, headers=keyed)
+    other = client.post("/v1/projects", json={"name": "Twice"}, headers=keyed)
+    assert (first.status_code, again.status_code, other.status_code) == (201, 201, 422)
+    assert first.json()["id"] == again.json()["id"]
+    blank = client.post("/v1/projects", json={"name": "  "}, headers=world.owner)
+    assert blank.status_code == 422
