@@ -54,7 +54,10 @@ class UpdateProject(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"examples": [{"name": "Billing (EU)"}, {"archived": True}]},
+        json_schema_extra={
+            "examples": [{"name": "Billing (EU)"}, {"archived": True}],
+            "minProperties": 1,
+        },
     )
 
     name: str | None = Field(
