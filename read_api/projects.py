@@ -5,9 +5,9 @@ Projects are read from ``projects`` (written with each project event, see
 every list answers first even before it has an event (version 0). A key
 confined to a project sees that project only; any other is not found.
 
-A workflow's shares come from its document in the workflows view: its own
-project's keys and organisation-wide keys see every grant, a grantee
-project's key sees its own grant only.
+A workflow's shares come from its document in the workflows view, as every
+key that sees the workflow sees them there (its ``project_id`` and ``shares``
+are part of the workflow, as its name is).
 """
 
 from __future__ import annotations
@@ -227,8 +227,6 @@ async def list_shares(
         )
     owner = document.get("project_id") or str(default_project_id(principal.org_id))
     shares: dict[str, str] = document.get("shares") or {}
-    if principal.project_id is not None and str(principal.project_id) != owner:
-        shares = {p: r for p, r in shares.items() if p == str(principal.project_id)}
     body = {
         "workflow_id": str(workflow_id),
         "project_id": owner,
