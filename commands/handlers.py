@@ -48,6 +48,7 @@ from eventsourcing.persistence import IntegrityError
 from commands.application import WorkflowApplication
 from commands.errors import (
     HookRouteTaken,
+    HookRouteTakenOutsideProject,
     IdempotencyKeyReused,
     NoSuchVersion,
     ShareNotFound,
@@ -422,7 +423,7 @@ class WorkflowCommands:
             routes: Sequence[SideStatement] = ()
             generated: dict[str, str] = {}
             if was_active or workflow.active:
-                self._ensure_routes_free(workflow)
+                self._ensure_routes_free(workflow, ctx)
                 generated = self._hook_secrets(workflow, renew)
                 routes = _route_statements(workflow) + _secret_statements(workflow, generated)
             try:
@@ -449,8 +450,10 @@ class WorkflowCommands:
             raise VersionConflict(workflow_id, expected_revision, workflow.revision)
         return workflow
 
-    def _ensure_routes_free(self, workflow: Workflow) -> None:
-        """Raise ``HookRouteTaken`` if another workflow holds a route this one would hold."""
+    def _ensure_routes_free(self, workflow: Workflow, ctx: CommandContext) -> None:
+        """Raise ``HookRouteTaken`` if another workflow holds a route this one would hold
+        (``HookRouteTakenOutsideProject``, naming no workflow, if ``ctx``'s project does
+        not see the holder)."""
         if not workflow.active:
             return
         wanted = {(route.method, route.path) for route in webhook_routes(workflow.nodes)}
@@ -465,7 +468,16 @@ class WorkflowCommands:
             for row in curs.fetchall():
                 if (row["method"], row["path"]) in wanted:
                     method, path = row["method"], row["path"]
+                    if ctx.project_id is not None and not self._sees(row["workflow_id"], ctx):
+                        raise HookRouteTakenOutsideProject(workflow.id, method, path)
                     raise HookRouteTaken(workflow.id, method, path, row["workflow_id"])
+
+    def _sees(self, workflow_id: UUID, ctx: CommandContext) -> bool:
+        try:
+            ensure_access(self.get(workflow_id, ctx.org_id), ctx, Access.VIEW)
+        except WorkflowNotFound:
+            return False
+        return True
 
     def _hook_secrets(self, workflow: Workflow, renew: str | None = None) -> dict[str, str]:
         """New secrets for the active workflow's hooks that need one of a kind they lack,

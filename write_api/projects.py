@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from commands.errors import ShareNotFound
+from commands.errors import HookRouteTakenOutsideProject, ShareNotFound
 from commands.models import MoveWorkflow, ShareWorkflow
 from commands.projects import (
     CreateProject,
@@ -82,6 +82,9 @@ PROJECT_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     ProjectScopeRefused: _forbidden,
     ProjectAccessDenied: _forbidden,
     ProjectArchived: _project_conflict,
+    HookRouteTakenOutsideProject: lambda exc: Problem(
+        409, str(exc), type_=problem_type("webhook-route-taken"), method=exc.method, path=exc.path
+    ),
     DefaultProjectPermanent: lambda exc: Problem(
         409, str(exc), type_=problem_type("default-project")
     ),

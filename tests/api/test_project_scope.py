@@ -25,7 +25,7 @@ from domain.project import default_project_id
 from infrastructure.auth import ApiKeyStore, Role
 from infrastructure.database import PgTarget, create_engine
 from read_api.console import api as console_api
-from tests.helpers import workflow_body
+from tests.helpers import webhook_body, workflow_body
 
 pytestmark = pytest.mark.usefixtures("live_projector", "live_executions_projector")
 
@@ -510,3 +510,30 @@ def test_a_keyed_project_creation_is_made_once(client: httpx.Client, world: Worl
     assert first.json()["id"] == again.json()["id"]
     blank = client.post("/v1/projects", json={"name": "  "}, headers=world.owner)
     assert blank.status_code == 422
+
+
+def test_a_webhook_route_held_in_another_project_is_taken_without_naming_its_workflow(
+    client: httpx.Client, world: World
+) -> None:
+    path = f"hooks-{uuid.uuid4().hex[:8]}"
+    b = _created(
+        client.post(
+            "/v1/workflows",
+            json={**webhook_body("b-hook", path=path), "project_id": world.project_b},
+            headers=world.owner,
+        )
+    )
+    on = client.post(
+        f"/v1/workflows/{b['id']}/activate", headers={**world.owner, "If-Match": '"1"'}
+    )
+    assert on.status_code == 200, on.text
+    a = _created(client.post("/v1/workflows", json=webhook_body(path=path), headers=world.key_a))
+    taken = client.post(
+        f"/v1/workflows/{a['id']}/activate", headers={**world.key_a, "If-Match": '"1"'}
+    )
+    assert taken.status_code == 409, taken.text
+    assert taken.json()["path"] == path and b["id"] not in taken.text
+    named = client.post(
+        f"/v1/workflows/{a['id']}/activate", headers={**world.owner, "If-Match": '"1"'}
+    )
+    assert named.json()["conflicting_workflow_id"] == b["id"]  # the organisation sees it
