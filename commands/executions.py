@@ -546,6 +546,10 @@ class ExecutionCommands:
         request arrived (a hook's look-up); it is read, never mutated.
         """
         fingerprint = request_fingerprint(ctx, "execute", workflow_id, None, command.model_dump())
+        if ctx.project_id is not None and ctx.idempotency_key is not None and workflow is None:
+            # Keys are the organisation's: a replay answers nothing outside the project.
+            workflow = self.workflows.get(workflow_id, ctx.org_id)
+            ensure_access(workflow, ctx, Access.VIEW)
         prior, execution_id = self._claim_key(ctx, fingerprint)
         if prior is not None:
             return prior
@@ -578,6 +582,8 @@ class ExecutionCommands:
         """
         payload = command.model_dump(by_alias=True)
         fingerprint = request_fingerprint(ctx, "retry", execution_id, None, payload)
+        if ctx.project_id is not None and ctx.idempotency_key is not None:
+            self._in_scope(self.get(execution_id, ctx.org_id), ctx)  # before any replay
         prior, new_id = self._claim_key(ctx, fingerprint)
         if prior is not None:
             return prior

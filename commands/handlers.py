@@ -400,6 +400,9 @@ class WorkflowCommands:
         the same at the same revision, and the revision is checked anew.
         """
         if ctx.idempotency_key is not None:
+            if ctx.project_id is not None:
+                # Keys are the organisation's: a replay answers nothing outside the project.
+                ensure_access(self.get(workflow_id, ctx.org_id), ctx, Access.VIEW)
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
                 return prior

@@ -537,3 +537,31 @@ def test_a_webhook_route_held_in_another_project_is_taken_without_naming_its_wor
         f"/v1/workflows/{a['id']}/activate", headers={**world.owner, "If-Match": '"1"'}
     )
     assert named.json()["conflicting_workflow_id"] == b["id"]  # the organisation sees it
+
+
+def test_a_project_key_replaying_anothers_idempotency_key_gets_no_answer(
+    client: httpx.Client, world: World
+) -> None:
+    key = f"replay-{uuid.uuid4()}"
+    run = f"/v1/workflows/{world.workflow_b}/executions"
+    first = client.post(run, json={}, headers={**world.owner, "Idempotency-Key": key})
+    assert first.status_code == 200, first.text
+    replayed = client.post(run, json={}, headers={**world.key_a, "Idempotency-Key": key})
+    assert replayed.status_code == 404, replayed.text
+    retry = f"/v1/executions/{world.execution_b}/retry"
+    refused = client.post(retry, headers={**world.key_a, "Idempotency-Key": key})
+    assert refused.status_code == 404, refused.text
+    edit = f"/v1/workflows/{world.workflow_b}"
+    edited = client.patch(
+        edit,
+        json={"description": "x"},
+        headers={**world.owner, "Idempotency-Key": key + "e", "If-Match": '"1"'},
+    )
+    assert edited.status_code == 200, edited.text
+    again = client.patch(
+        edit,
+        json={"description": "x"},
+        headers={**world.key_a, "Idempotency-Key": key + "e", "If-Match": '"1"'},
+    )
+    assert again.status_code == 404, again.text
+    _no_leak(world, replayed, "a replayed run")
