@@ -106,8 +106,34 @@ class HookRouteTaken(CommandError):
         self.holder = holder
 
 
+class HookRouteTakenOutsideProject(CommandError):
+    """A webhook route is held by a workflow the caller's project does not see.
+
+    Routes are the organisation's (``/hooks/{org}/{path}``), so the route is
+    taken all the same; which workflow holds it is not the caller's to know.
+    """
+
+    def __init__(self, workflow_id: UUID, method: str, path: str) -> None:
+        super().__init__(
+            f"the webhook {method} {path} is held by another project's active workflow; "
+            f"change this workflow's path before activating {workflow_id}"
+        )
+        self.workflow_id = workflow_id
+        self.method = method
+        self.path = path
+
+
 class HookNotFound(CommandError):
     """No active workflow of the organisation holds this webhook route."""
 
     def __init__(self, org_id: str, method: str, path: str) -> None:
         super().__init__(f"no active webhook {method} /hooks/{org_id}/{path}")
+
+
+class ShareNotFound(CommandError):
+    """The workflow grants the project nothing."""
+
+    def __init__(self, workflow_id: UUID, project_id: UUID) -> None:
+        super().__init__(f"workflow {workflow_id} is not shared with project {project_id}")
+        self.workflow_id = workflow_id
+        self.project_id = project_id

@@ -37,6 +37,7 @@ from commands.errors import (
     ExecutionInProgress,
     ExecutionNotFound,
     IdempotencyKeyReused,
+    WorkflowNotFound,
 )
 from commands.handlers import WorkflowCommands, request_fingerprint
 from commands.models import (
@@ -48,6 +49,7 @@ from commands.models import (
     RunWorkflow,
 )
 from commands.payloads import ExecutionPayloads, Sealer
+from commands.scope import Access, ensure_access
 from domain.data_subjects import data_subject_of
 from domain.engine import (
     EngineLimits,
@@ -585,11 +587,17 @@ class ExecutionCommands:
         request arrived (a hook's look-up); it is read, never mutated.
         """
         fingerprint = request_fingerprint(ctx, "execute", workflow_id, None, command.model_dump())
+        if ctx.project_id is not None and ctx.idempotency_key is not None and workflow is None:
+            # Keys are the organisation's: a replay answers nothing outside the project.
+            workflow = self.workflows.get(workflow_id, ctx.org_id)
+            ensure_access(workflow, ctx, Access.VIEW)
         prior, execution_id = self._claim_key(ctx, fingerprint)
         if prior is not None:
             return prior
         if workflow is None:
             workflow = self.workflows.get(workflow_id, ctx.org_id)
+        ensure_access(workflow, ctx, Access.VIEW)  # outside the key's project: 404
+        ensure_access(workflow, ctx, Access.EDIT)
         workflow.ensure_not_deleted()
         self.runner.plan(workflow.id, workflow.version, workflow)
         execution = self._queued(
@@ -641,14 +649,17 @@ class ExecutionCommands:
         """
         payload = command.model_dump(by_alias=True)
         fingerprint = request_fingerprint(ctx, "retry", execution_id, None, payload)
+        if ctx.project_id is not None and ctx.idempotency_key is not None:
+            self._in_scope(self.get(execution_id, ctx.org_id), ctx)  # before any replay
         prior, new_id = self._claim_key(ctx, fingerprint)
         if prior is not None:
             return prior
         old = self.get(execution_id, ctx.org_id)
+        workflow = self._in_scope(old, ctx)
         old.ensure_retryable()
         execution = self.prepare_retry(
             old,
-            self.workflows.get(old.workflow_id, ctx.org_id),
+            workflow,
             execution_id=new_id,
             from_=command.from_,
             revision=command.revision,
@@ -809,12 +820,23 @@ class ExecutionCommands:
         )
         for _ in range(_CANCEL_ATTEMPTS):
             execution = self.get(execution_id, ctx.org_id)
+            self._in_scope(execution, ctx)
             execution.cancel(meta=meta)  # ExecutionFinished (409) once it has ended
             recorded, saved, position = self.runner.finish(execution)
             if saved:
                 return self._result(recorded, 200, position)
             # A runner recorded progress or its end first: look again.
         raise RuntimeError(f"could not cancel execution {execution_id}")
+
+    def _in_scope(self, execution: Execution, ctx: CommandContext) -> Workflow:
+        """The execution's workflow, if ``ctx``'s project may run it (else 404, or 403)."""
+        try:
+            workflow = self.workflows.get(execution.workflow_id, ctx.org_id)
+            ensure_access(workflow, ctx, Access.VIEW)
+        except WorkflowNotFound:
+            raise ExecutionNotFound(execution.id) from None
+        ensure_access(workflow, ctx, Access.EDIT)
+        return workflow
 
     def get(self, execution_id: UUID, org_id: str) -> Execution:
         execution = self.runner.load(execution_id)

@@ -48,8 +48,10 @@ from eventsourcing.persistence import IntegrityError
 from commands.application import WorkflowApplication
 from commands.errors import (
     HookRouteTaken,
+    HookRouteTakenOutsideProject,
     IdempotencyKeyReused,
     NoSuchVersion,
+    ShareNotFound,
     VersionConflict,
     WorkflowBusy,
     WorkflowNotFound,
@@ -59,10 +61,14 @@ from commands.models import (
     CommandContext,
     CommandResult,
     CreateWorkflow,
+    MoveWorkflow,
     RevertWorkflow,
     RotateWebhookSecret,
+    ShareWorkflow,
     UpdateWorkflow,
 )
+from commands.projects import ProjectNotFound, ProjectScopeRefused, load_project
+from commands.scope import Access, ensure_access
 from domain.meta import EventMeta
 from domain.triggers import SECRET_AUTH, webhook_routes
 from domain.webhooks import hash_token
@@ -144,9 +150,14 @@ class WorkflowCommands:
         origin: dict[str, Any] | None = None,
     ) -> CommandResult:
         """A new workflow; ``origin`` (a template, an import) goes into its ``Created``."""
-        payload = command.model_dump()
-        asked = payload if origin is None else {"definition": payload, "origin": origin}
-        fingerprint = request_fingerprint(ctx, "create", None, None, asked)
+        payload = command.definition()
+        project_id = self._creation_project(command.project_id, ctx)
+        asked: Any = payload if origin is None else {"definition": payload, "origin": origin}
+        # The project it goes to, not the one named: a project's key retrying an
+        # organisation-wide key's request must not be answered with its workflow.
+        # (The default project's requests hash as before projects: retries span upgrades.)
+        fingerprinted = asked if project_id is None else [asked, str(project_id)]
+        fingerprint = request_fingerprint(ctx, "create", None, None, fingerprinted)
         if ctx.idempotency_key is not None:
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
@@ -155,7 +166,11 @@ class WorkflowCommands:
         else:
             workflow_id = uuid.uuid4()
         workflow = Workflow.create(
-            workflow_id=workflow_id, definition=payload, meta=_meta(ctx), origin=origin
+            workflow_id=workflow_id,
+            definition=payload,
+            meta=_meta(ctx),
+            origin=origin,
+            project_id=project_id,
         )
         try:
             return self._save(workflow, ctx, fingerprint, status_code=201)
@@ -169,6 +184,91 @@ class WorkflowCommands:
             current = self.get(workflow.id, ctx.org_id)
             current.ensure_not_deleted()
             raise VersionConflict(workflow.id, 0, current.revision) from None
+
+    def _creation_project(self, wanted: UUID | None, ctx: CommandContext) -> UUID | None:
+        """The project a new workflow goes to: the one named, else the key's (None: default).
+
+        A project-scoped key names only its own project (any other is not found).
+        """
+        if ctx.project_id is not None and wanted not in (None, ctx.project_id):
+            raise ProjectNotFound(wanted)  # type: ignore[arg-type]
+        target = wanted or ctx.project_id
+        if target is None:
+            return None
+        project = load_project(self.app, target, ctx.org_id)
+        if project is not None:
+            project.ensure_not_archived()
+        return target
+
+    def move(
+        self,
+        workflow_id: UUID,
+        command: MoveWorkflow,
+        expected_revision: int,
+        ctx: CommandContext,
+    ) -> CommandResult:
+        """Move a workflow to another project of its organisation (organisation-wide keys only).
+
+        A project's key sees one project: moving is deciding between two, so
+        it is the organisation's (403 for a scoped key that sees the workflow).
+        """
+        payload = {"project_id": str(command.project_id)}
+        fingerprint = request_fingerprint(ctx, "move", workflow_id, expected_revision, payload)
+        meta = _meta(ctx)
+        if ctx.project_id is None:
+            project = load_project(self.app, command.project_id, ctx.org_id)
+            if project is not None:
+                project.ensure_not_archived()
+
+        def decide(workflow: Workflow) -> bool:
+            if ctx.project_id is not None:
+                raise ProjectScopeRefused("move workflows between projects")
+            return workflow.move(command.project_id, meta)
+
+        return self._decide_and_save(
+            workflow_id, expected_revision, ctx, fingerprint, decide, access=Access.VIEW
+        )
+
+    def share(
+        self,
+        workflow_id: UUID,
+        command: ShareWorkflow,
+        expected_revision: int,
+        ctx: CommandContext,
+    ) -> CommandResult:
+        """Grant another project of the organisation ``viewer`` or ``editor`` on the workflow."""
+        payload = {"project_id": str(command.project_id), "role": command.role}
+        fingerprint = request_fingerprint(ctx, "share", workflow_id, expected_revision, payload)
+        meta = _meta(ctx)
+        project = load_project(self.app, command.project_id, ctx.org_id)
+        if project is not None:
+            project.ensure_not_archived()
+        return self._decide_and_save(
+            workflow_id,
+            expected_revision,
+            ctx,
+            fingerprint,
+            lambda workflow: workflow.share(command.project_id, command.role, meta),
+            access=Access.OWN,
+        )
+
+    def unshare(
+        self, workflow_id: UUID, project_id: UUID, expected_revision: int, ctx: CommandContext
+    ) -> CommandResult:
+        """Revoke a project's grant; a project holding none is a 404 naming it."""
+        fingerprint = request_fingerprint(
+            ctx, "unshare", workflow_id, expected_revision, str(project_id)
+        )
+        meta = _meta(ctx)
+
+        def decide(workflow: Workflow) -> bool:
+            if str(project_id) not in workflow.shares:
+                raise ShareNotFound(workflow_id, project_id)
+            return workflow.unshare(project_id, meta)
+
+        return self._decide_and_save(
+            workflow_id, expected_revision, ctx, fingerprint, decide, access=Access.OWN
+        )
 
     def update(
         self,
@@ -296,6 +396,7 @@ class WorkflowCommands:
         fingerprint: str,
         decide: Decision,
         renew: str | None = None,
+        access: Access = Access.EDIT,
     ) -> CommandResult:
         """Decide on the workflow at ``expected_revision`` and save at the version loaded.
 
@@ -310,6 +411,9 @@ class WorkflowCommands:
         the same at the same revision, and the revision is checked anew.
         """
         if ctx.idempotency_key is not None:
+            if ctx.project_id is not None:
+                # Keys are the organisation's: a replay answers nothing outside the project.
+                ensure_access(self.get(workflow_id, ctx.org_id), ctx, Access.VIEW)
             prior = self._prior_answer(ctx, fingerprint)
             if prior is not None:
                 return prior
@@ -318,8 +422,10 @@ class WorkflowCommands:
         if workflow is None or workflow.org_id != ctx.org_id:
             workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
         else:
+            ensure_access(workflow, ctx, Access.VIEW)  # outside the key's project: 404 first
             workflow.ensure_not_deleted()
         for _ in range(SAVE_ATTEMPTS):
+            ensure_access(workflow, ctx, access)
             was_active = workflow.active
             if not decide(workflow):
                 if fresh:
@@ -331,7 +437,7 @@ class WorkflowCommands:
             routes: Sequence[SideStatement] = ()
             generated: dict[str, str] = {}
             if was_active or workflow.active:
-                self._ensure_routes_free(workflow)
+                self._ensure_routes_free(workflow, ctx)
                 generated = self._hook_secrets(workflow, renew)
                 routes = _route_statements(workflow) + _secret_statements(workflow, generated)
             try:
@@ -352,13 +458,16 @@ class WorkflowCommands:
     def _at_head(self, workflow_id: UUID, expected_revision: int, ctx: CommandContext) -> Workflow:
         """The workflow read from the log, if it is still at ``expected_revision``."""
         workflow = self.get(workflow_id, ctx.org_id)
+        ensure_access(workflow, ctx, Access.VIEW)  # outside the key's project: 404 first
         workflow.ensure_not_deleted()
         if workflow.revision != expected_revision:
             raise VersionConflict(workflow_id, expected_revision, workflow.revision)
         return workflow
 
-    def _ensure_routes_free(self, workflow: Workflow) -> None:
-        """Raise ``HookRouteTaken`` if another workflow holds a route this one would hold."""
+    def _ensure_routes_free(self, workflow: Workflow, ctx: CommandContext) -> None:
+        """Raise ``HookRouteTaken`` if another workflow holds a route this one would hold
+        (``HookRouteTakenOutsideProject``, naming no workflow, if ``ctx``'s project does
+        not see the holder)."""
         if not workflow.active:
             return
         wanted = {(route.method, route.path) for route in webhook_routes(workflow.nodes)}
@@ -373,7 +482,16 @@ class WorkflowCommands:
             for row in curs.fetchall():
                 if (row["method"], row["path"]) in wanted:
                     method, path = row["method"], row["path"]
+                    if ctx.project_id is not None and not self._sees(row["workflow_id"], ctx):
+                        raise HookRouteTakenOutsideProject(workflow.id, method, path)
                     raise HookRouteTaken(workflow.id, method, path, row["workflow_id"])
+
+    def _sees(self, workflow_id: UUID, ctx: CommandContext) -> bool:
+        try:
+            ensure_access(self.get(workflow_id, ctx.org_id), ctx, Access.VIEW)
+        except WorkflowNotFound:
+            return False
+        return True
 
     def _hook_secrets(self, workflow: Workflow, renew: str | None = None) -> dict[str, str]:
         """New secrets for the active workflow's hooks that need one of a kind they lack,

@@ -29,6 +29,7 @@ from eventsourcing.utils import get_topic
 
 from commands.application import WorkflowApplication
 from commands.errors import WorkflowNotFound
+from domain.project import Project
 from domain.timetable import Timetable
 from domain.workflow import DEFINITION_FIELDS, REVISION_EVENTS, Workflow
 from infrastructure.eventstore import EVENTS_TABLE, decode_event
@@ -96,9 +97,14 @@ class History:
     # -- one workflow ------------------------------------------------------------------
 
     def workflow_history(
-        self, workflow_id: UUID, org_id: str, after_version: int, limit: int
+        self,
+        workflow_id: UUID,
+        org_id: str,
+        after_version: int,
+        limit: int,
+        project_id: UUID | None = None,
     ) -> list[HistoryEntry]:
-        self._workflow(workflow_id, org_id)  # 404 unless it is the caller's
+        self._workflow(workflow_id, org_id, project_id)  # 404 unless it is the caller's
         rows = self._select(
             "WHERE originator_id = %s AND originator_version > %s "
             "ORDER BY originator_version LIMIT %s",
@@ -125,6 +131,7 @@ class History:
                     "retry_of": getattr(event, "retry_of", None),
                     "attempt": getattr(event, "attempt", None),
                 }
+            extra |= _tenancy(event)
             entries.append(_entry(position, event, changes, extra))
         return entries
 
@@ -135,12 +142,14 @@ class History:
         *,
         revision: int | None = None,
         as_of: datetime | None = None,
+        project_id: UUID | None = None,
     ) -> Workflow:
         """The workflow as ``revision`` made it, or as it stood at the instant ``as_of``.
 
-        ``WorkflowNotFound`` if it did not exist (yet) then.
+        ``WorkflowNotFound`` if it did not exist (yet) then, or if the key's
+        project ``project_id`` does not see it now.
         """
-        current = self._workflow(workflow_id, org_id)
+        current = self._workflow(workflow_id, org_id, project_id)
         if revision is not None:
             # Past the head there is nothing to look up (nor any bigint to send).
             version = (
@@ -178,14 +187,17 @@ class History:
         aggregate_id: UUID | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        project_id: UUID | None = None,
     ) -> list[HistoryEntry]:
         """The organisation's events after ``after_position``, in log order.
 
         Organisation, actor and aggregate filter in SQL (the stored state is
         JSON) and again on the decoded events (see ``meta_is``); type and
         time are checked on the decoded events, reading on until ``limit``
-        entries are found or the log ends.
+        entries are found or the log ends. ``project_id``: only the events
+        of aggregates that project sees now (``ProjectVisibility``).
         """
+        visible = None if project_id is None else ProjectVisibility(self.app, org_id, project_id)
         where = f"WHERE notification_id > %s AND {meta_is('org_id')}"
         params: list[Any] = [org_id]
         if actor is not None:
@@ -212,7 +224,10 @@ class History:
                     continue
                 if until is not None and event.timestamp >= until:
                     continue
-                entries.append(_entry(row_position, event, None, _decision(event)))
+                if visible is not None and not visible.sees(event.originator_id):
+                    continue
+                extra = _decision(event) | _tenancy(event)
+                entries.append(_entry(row_position, event, None, extra))
                 if len(entries) == limit:
                     break
             if len(rows) < MAX_PAGE:
@@ -221,12 +236,14 @@ class History:
 
     # -- reading ---------------------------------------------------------------------
 
-    def _workflow(self, workflow_id: UUID, org_id: str) -> Workflow:
+    def _workflow(self, workflow_id: UUID, org_id: str, project_id: UUID | None = None) -> Workflow:
         try:
             workflow: object = self.app.repository.get(workflow_id)
         except AggregateNotFoundError:
             raise WorkflowNotFound(workflow_id) from None
         if not isinstance(workflow, Workflow) or workflow.org_id != org_id:
+            raise WorkflowNotFound(workflow_id)
+        if project_id is not None and workflow.role_of(project_id) is None:
             raise WorkflowNotFound(workflow_id)
         return workflow
 
@@ -293,6 +310,58 @@ def _decision(event: Any) -> dict[str, Any]:
         return {}
     fields = {name: getattr(event, name) for name in _DECISION_FIELDS if hasattr(event, name)}
     return {"schedule": fields} if fields else {}
+
+
+class ProjectVisibility:
+    """Which aggregates a project's key sees, as they are now (one audit page's worth).
+
+    A workflow: its own project's or shared with it. A project: itself. Any
+    other aggregate (an execution, a schedule's timetable): if it names a
+    workflow the project sees. Membership now decides, as in every view: a
+    workflow moved away takes its past events with it.
+    """
+
+    def __init__(self, app: WorkflowApplication, org_id: str, project_id: UUID) -> None:
+        self.app = app
+        self.org_id = org_id
+        self.project_id = project_id
+        self._known: dict[UUID, bool] = {}
+
+    def sees(self, aggregate_id: UUID) -> bool:
+        known = self._known.get(aggregate_id)
+        if known is None:
+            known = self._known[aggregate_id] = self._decide(aggregate_id, depth=0)
+        return known
+
+    def _decide(self, aggregate_id: UUID, depth: int) -> bool:
+        try:
+            aggregate: object = self.app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return False
+        if getattr(aggregate, "org_id", None) != self.org_id:
+            return False
+        if isinstance(aggregate, Workflow):
+            return aggregate.role_of(self.project_id) is not None
+        if isinstance(aggregate, Project):
+            return aggregate.id == self.project_id
+        workflow_id = getattr(aggregate, "workflow_id", None)
+        if workflow_id is None or depth > 0:
+            return False
+        return self.sees(UUID(str(workflow_id)))
+
+
+def _tenancy(event: Any) -> dict[str, Any]:
+    """What a move or a share recorded, for history and audit entries."""
+    kind = event_type(event)
+    if kind == "Workflow.Moved":
+        return {
+            "move": {"from_project_id": event.from_project_id, "to_project_id": event.project_id}
+        }
+    if kind == "Workflow.Shared":
+        return {"share": {"project_id": event.project_id, "role": event.role}}
+    if kind == "Workflow.Unshared":
+        return {"share": {"project_id": event.project_id, "role": None}}
+    return {}
 
 
 def apply_with_patch(workflow: Any, event: Any) -> tuple[Workflow, list[dict[str, Any]]]:

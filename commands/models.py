@@ -87,6 +87,14 @@ class CreateWorkflow(BaseModel):
     connections: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra=_CONNECTIONS)
     tags: list[str] = Field(default_factory=list, json_schema_extra=_TAGS)
     settings: dict[str, Any] = Field(default_factory=dict)
+    project_id: UUID | None = Field(
+        None,
+        description="The project to create it in; default: the key's project, "
+        "or the organisation's default project for an organisation-wide key.",
+    )
+
+    def definition(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"project_id"})
 
 
 class UpdateWorkflow(BaseModel):
@@ -128,6 +136,33 @@ class RevertWorkflow(BaseModel):
     to_version: JsonInt = Field(ge=1)
 
 
+class MoveWorkflow(BaseModel):
+    """Move a workflow to another project of its organisation."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"project_id": "0b6f0c52-6d4e-4f4b-9c57-3f0ac1d7e9a1"}]},
+    )
+
+    project_id: UUID
+
+
+class ShareWorkflow(BaseModel):
+    """Grant another project of the organisation a role on one workflow."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"project_id": "0b6f0c52-6d4e-4f4b-9c57-3f0ac1d7e9a1", "role": "viewer"}]
+        },
+    )
+
+    project_id: UUID
+    role: Literal["viewer", "editor"]
+
+
 class RotateWebhookSecret(BaseModel):
     """Replace the token or HMAC secret of one webhook_trigger node of an active workflow."""
 
@@ -151,6 +186,9 @@ class CommandContext:
     # What a keyed request is told apart by, when not by its whole content
     # (a webhook delivery is the same one by its dedupe key, whatever its bytes).
     request_fingerprint: str | None = None
+    # The project the caller's key is confined to (None: the whole organisation):
+    # outside it a workflow is not found, as another organisation's is.
+    project_id: UUID | None = None
 
 
 @dataclass(frozen=True)

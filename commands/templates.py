@@ -48,9 +48,8 @@ from infrastructure.eventstore import EVENTS_TABLE, SideStatement, decode_event
 
 MAX_REVISION = 2**63 - 1  # what the log's integers hold
 
-# ``project_id`` is accepted now and handed to workflow creation once
-# workflows belong to projects (projects arrive separately).
-ProjectId = Annotated[str | None, Field(None, min_length=1, max_length=200)]
+# The project the new workflow goes to; None: the key's project, or the default one.
+ProjectId = Annotated[UUID | None, Field(None)]
 
 
 class PublishTemplate(BaseModel):
@@ -213,7 +212,7 @@ class TemplateCommands:
             raise TemplateParametersInvalid(blame(exc.problems, template.definition)) from None
 
     def import_workflow(
-        self, command: ImportWorkflow, ctx: CommandContext, project_id: str | None = None
+        self, command: ImportWorkflow, ctx: CommandContext, project_id: UUID | None = None
     ) -> CommandResult:
         origin = {"kind": "import", "format": FORMAT, "format_version": command.format_version}
         return self._create(command.workflow, ctx, origin, project_id)
@@ -234,11 +233,10 @@ class TemplateCommands:
         command: CreateWorkflow,
         ctx: CommandContext,
         origin: dict[str, Any],
-        project_id: str | None,
+        project_id: UUID | None,
     ) -> CommandResult:
-        # ``project_id`` is for workflow creation once projects exist; until then
-        # every workflow is its organisation's.
-        del project_id
+        if project_id is not None:
+            command = command.model_copy(update={"project_id": project_id})
         return self.workflows.create(command, ctx, origin=origin)
 
 

@@ -32,6 +32,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.definition import validate_definition
 from domain.errors import Problem, WorkflowDeleted, WorkflowInactive, WorkflowInvalid
 from domain.meta import EventMeta
+from domain.project import SHARE_ROLES, default_project_id
 from domain.triggers import SECRET_AUTH, activation_problems, webhook_routes
 
 
@@ -50,6 +51,15 @@ DEFINITION_FIELDS = ("name", "description", "nodes", "connections", "tags", "set
 class Workflow(Aggregate):
     """A workflow definition. Its event history is its audit trail."""
 
+    # 2: ``project_id``, ``shares`` and ``origin`` (snapshots taken before them are upcast).
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state["project_id"] = str(default_project_id(state["org_id"]))
+        state["shares"] = {}
+        state.setdefault("origin", None)
+
     @classmethod
     def create(
         cls,
@@ -58,14 +68,26 @@ class Workflow(Aggregate):
         definition: dict[str, Any],
         meta: EventMeta,
         origin: dict[str, Any] | None = None,
+        project_id: UUID | None = None,
     ) -> Workflow:
         """Validate a complete definition and start a new workflow's history.
 
         ``origin``: where the definition came from (a template and its
         revision, an import); None when a client sent it as it is.
+        ``project_id`` None: the organisation's default project (recorded as
+        no project, as every workflow from before projects was).
         """
         validate_definition(**_complete(definition))
-        return cls(id=workflow_id, **_complete(definition), meta=meta.as_dict(), origin=origin)
+        project = None
+        if project_id is not None and project_id != default_project_id(meta.org_id):
+            project = str(project_id)
+        return cls(
+            id=workflow_id,
+            **_complete(definition),
+            meta=meta.as_dict(),
+            origin=origin,
+            project_id=project,
+        )
 
     @event("Created")
     def __init__(
@@ -80,10 +102,15 @@ class Workflow(Aggregate):
         settings: dict[str, Any],
         meta: dict[str, Any],
         origin: dict[str, Any] | None = None,
+        project_id: str | None = None,
     ) -> None:
-        # ``origin`` defaults for the Created events recorded before it existed.
+        # ``origin`` and ``project_id`` default for the Created events recorded
+        # before they existed.
         self.org_id: str = meta["org_id"]
         self.origin = origin
+        self.project_id: str = project_id or str(default_project_id(self.org_id))
+        # Other projects' grants on this workflow: project id -> "viewer" | "editor".
+        self.shares: dict[str, str] = {}
         self.name: str = name
         self.description = description
         self.nodes = nodes
@@ -218,6 +245,60 @@ class Workflow(Aggregate):
             meta=meta.as_dict(),
         )
 
+    def move(self, project_id: UUID, meta: EventMeta) -> bool:
+        """Move to another project of the organisation; False if it is there already.
+
+        A share with the destination ends with the move (the project owns it now).
+        """
+        self.ensure_not_deleted()
+        if str(project_id) == self.project_id:
+            return False
+        self._moved(
+            project_id=str(project_id), from_project_id=self.project_id, meta=meta.as_dict()
+        )
+        return True
+
+    @event("Moved")
+    def _moved(self, project_id: str, from_project_id: str, meta: dict[str, Any]) -> None:
+        self.project_id = project_id
+        self.shares = {p: r for p, r in self.shares.items() if p != project_id}
+
+    def share(self, project_id: UUID, role: str, meta: EventMeta) -> bool:
+        """Grant another project ``role`` on this workflow; False if it holds exactly that."""
+        self.ensure_not_deleted()
+        if role not in SHARE_ROLES:
+            raise ValueError(f"share role must be one of {SHARE_ROLES}, not {role!r}")
+        if str(project_id) == self.project_id:
+            raise WorkflowInvalid(
+                [Problem("project_id", "the workflow's own project needs no share")]
+            )
+        if self.shares.get(str(project_id)) == role:
+            return False
+        self._shared(project_id=str(project_id), role=role, meta=meta.as_dict())
+        return True
+
+    @event("Shared")
+    def _shared(self, project_id: str, role: str, meta: dict[str, Any]) -> None:
+        self.shares = {**self.shares, project_id: role}
+
+    def unshare(self, project_id: UUID, meta: EventMeta) -> bool:
+        """Revoke a project's grant; False if it holds none."""
+        self.ensure_not_deleted()
+        if str(project_id) not in self.shares:
+            return False
+        self._unshared(project_id=str(project_id), meta=meta.as_dict())
+        return True
+
+    @event("Unshared")
+    def _unshared(self, project_id: str, meta: dict[str, Any]) -> None:
+        self.shares = {p: r for p, r in self.shares.items() if p != project_id}
+
+    def role_of(self, project_id: UUID | str) -> str | None:
+        """What a key of ``project_id`` may do here: "owner" (its own), a share's role, or None."""
+        if str(project_id) == self.project_id:
+            return "owner"
+        return self.shares.get(str(project_id))
+
     @event("Executed")
     def _executed(
         self,
@@ -271,6 +352,9 @@ WorkflowExecutedEvent: Any = Workflow.Executed  # type: ignore[attr-defined]
 WorkflowActivatedEvent: Any = Workflow.Activated  # type: ignore[attr-defined]
 WorkflowDeactivatedEvent: Any = Workflow.Deactivated  # type: ignore[attr-defined]
 WorkflowWebhookSecretRotatedEvent: Any = Workflow.WebhookSecretRotated  # type: ignore[attr-defined]
+WorkflowMovedEvent: Any = Workflow.Moved  # type: ignore[attr-defined]
+WorkflowSharedEvent: Any = Workflow.Shared  # type: ignore[attr-defined]
+WorkflowUnsharedEvent: Any = Workflow.Unshared  # type: ignore[attr-defined]
 
 # The events that move the revision: every definition change, not a run and
 # not (de)activation.

@@ -39,6 +39,7 @@ class Permission(StrEnum):
     PUBLISH_TEMPLATES = "templates:publish"  # owners only: what every organisation may see
     # Owners only: destroys a data subject's key (commands/erasure.py).
     ERASE_DATA = "data:erase"
+    MANAGE_PROJECTS = "projects:manage"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -59,6 +60,8 @@ class Principal:
     org_id: str
     role: Role
     name: str
+    # The one project this key is confined to; None: the whole organisation.
+    project_id: uuid.UUID | None = None
 
     @property
     def actor(self) -> str:
@@ -78,6 +81,7 @@ class ApiKeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    project_id: uuid.UUID | None = None
 
 
 class InvalidOrgId(ValueError):
@@ -116,13 +120,20 @@ class ApiKeyStore:
         self._cache: dict[bytes, tuple[Principal, float]] = {}
         self._lookups: dict[bytes, asyncio.Task[Principal | None]] = {}
 
-    async def create(self, org_id: str, role: Role, name: str = "") -> tuple[ApiKeyInfo, str]:
-        """Create a key; return its record and the plaintext, which is never stored."""
+    async def create(
+        self, org_id: str, role: Role, name: str = "", project_id: uuid.UUID | None = None
+    ) -> tuple[ApiKeyInfo, str]:
+        """Create a key; return its record and the plaintext, which is never stored.
+
+        ``project_id`` confines the key to that project (None: the whole organisation).
+        """
         check_org_id(org_id)
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         async with self._engine.begin() as conn:
             row = (
-                await conn.execute(_INSERT_KEY, _key_params(org_id, role, name, plaintext))
+                await conn.execute(
+                    _INSERT_KEY, _key_params(org_id, role, name, plaintext, project_id)
+                )
             ).one()
         return _info(row), plaintext
 
@@ -144,7 +155,10 @@ class ApiKeyStore:
         return _info(row), plaintext
 
     async def list(self, org_id: str | None = None) -> list[ApiKeyInfo]:
-        query = "SELECT id, org_id, role, name, key_prefix, created_at, revoked_at FROM api_keys"
+        query = (
+            "SELECT id, org_id, role, name, key_prefix, created_at, revoked_at, project_id "
+            "FROM api_keys"
+        )
         params: dict[str, str] = {}
         if org_id is not None:
             query += " WHERE org_id = :org"
@@ -199,7 +213,7 @@ class ApiKeyStore:
             row = (
                 await conn.execute(
                     text(
-                        "SELECT id, org_id, role, name FROM api_keys "
+                        "SELECT id, org_id, role, name, project_id FROM api_keys "
                         "WHERE key_hash = :hash AND revoked_at IS NULL"
                     ),
                     {"hash": key_hash},
@@ -207,18 +221,27 @@ class ApiKeyStore:
             ).first()
         if row is None:
             return None
-        return Principal(key_id=row.id, org_id=row.org_id, role=Role(row.role), name=row.name)
+        return Principal(
+            key_id=row.id,
+            org_id=row.org_id,
+            role=Role(row.role),
+            name=row.name,
+            project_id=row.project_id,
+        )
 
 
 _INSERT_KEY = text(
-    "INSERT INTO api_keys (id, org_id, role, name, key_hash, key_prefix) "
-    "VALUES (:id, :org, :role, :name, :hash, :prefix) "
-    "RETURNING id, org_id, role, name, key_prefix, created_at, revoked_at"
+    "INSERT INTO api_keys (id, org_id, role, name, key_hash, key_prefix, project_id) "
+    "VALUES (:id, :org, :role, :name, :hash, :prefix, :project) "
+    "RETURNING id, org_id, role, name, key_prefix, created_at, revoked_at, project_id"
 )
 
 
-def _key_params(org_id: str, role: Role, name: str, plaintext: str) -> dict[str, object]:
+def _key_params(
+    org_id: str, role: Role, name: str, plaintext: str, project_id: uuid.UUID | None = None
+) -> dict[str, object]:
     return {
+        "project": project_id,
         "id": uuid.uuid4(),
         "org": org_id,
         "role": role.value,
@@ -237,4 +260,5 @@ def _info(row: object) -> ApiKeyInfo:
         prefix=row.key_prefix,  # type: ignore[attr-defined]
         created_at=row.created_at,  # type: ignore[attr-defined]
         revoked_at=row.revoked_at,  # type: ignore[attr-defined]
+        project_id=row.project_id,  # type: ignore[attr-defined]
     )

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from domain.project import default_project_id
 from domain.workflow import (
     DEFINITION_FIELDS,
     WorkflowActivatedEvent,
@@ -25,6 +26,9 @@ from domain.workflow import (
     WorkflowDeactivatedEvent,
     WorkflowDeletedEvent,
     WorkflowExecutedEvent,
+    WorkflowMovedEvent,
+    WorkflowSharedEvent,
+    WorkflowUnsharedEvent,
     WorkflowUpdatedEvent,
 )
 from projections.store import Document, ViewBatch
@@ -44,6 +48,9 @@ class WorkflowsProjection:
         WorkflowExecutedEvent,
         WorkflowActivatedEvent,
         WorkflowDeactivatedEvent,
+        WorkflowMovedEvent,
+        WorkflowSharedEvent,
+        WorkflowUnsharedEvent,
     )
 
     def partition(self, event: Any) -> str:
@@ -71,6 +78,10 @@ class WorkflowsProjection:
                 "created_by": actor,
                 "updated_at": at.isoformat(),
                 "updated_by": actor,
+                # No project in the event: the organisation's default (domain/project.py).
+                "project_id": getattr(event, "project_id", None)
+                or str(default_project_id(event.meta["org_id"])),
+                "shares": {},
             }
             current = Document(
                 id=workflow_id,
@@ -94,6 +105,13 @@ class WorkflowsProjection:
                     existing.data, {"$set": {"last_execution": run}, "$inc": {"runs": 1}}
                 )
                 view.put(WORKFLOWS, replace(existing, data=data, position=position))
+                return
+            if isinstance(event, WorkflowMovedEvent | WorkflowSharedEvent | WorkflowUnsharedEvent):
+                # Membership, not definition: no new revision, no version document.
+                view.put(
+                    WORKFLOWS,
+                    replace(existing, data=_membership(existing.data, event), position=position),
+                )
                 return
             if isinstance(event, WorkflowActivatedEvent | WorkflowDeactivatedEvent):
                 # Triggers on or off: no definition change, so no new revision.
@@ -127,6 +145,19 @@ class WorkflowsProjection:
             changed = sorted(changes)
         view.put(WORKFLOWS, current)
         view.put(VERSIONS, _version_document(current, event, changed))
+
+
+def _membership(data: dict[str, Any], event: Any) -> dict[str, Any]:
+    """The document after a move or a (un)share: ``project_id`` and ``shares``."""
+    shares = dict(data.get("shares") or {})
+    if isinstance(event, WorkflowMovedEvent):
+        shares.pop(event.project_id, None)
+        return apply_update(data, {"$set": {"project_id": event.project_id, "shares": shares}})
+    if isinstance(event, WorkflowSharedEvent):
+        shares[event.project_id] = event.role
+    else:
+        shares.pop(event.project_id, None)
+    return apply_update(data, {"$set": {"shares": shares}})
 
 
 def _version_document(workflow: Document, event: Any, changed: list[str]) -> Document:

@@ -32,6 +32,7 @@ from projections.workflows import VERSIONS, WORKFLOWS
 from read_api.bounded import until_disconnected
 from read_api.routes import PROJECTION_HEADERS, MinPosition, _views_position
 from read_api.schemas import AggregateAnswer
+from read_api.scope import cache_scope, visible_in
 
 router = APIRouter(prefix="/v1", tags=["queries"])
 
@@ -72,10 +73,13 @@ async def aggregate(
     limits = PipelineLimits(
         max_unwind_rows=settings.query_max_unwind_rows, max_results=settings.query_max_results
     )
+    in_scope, scope_params = visible_in(collection, principal.project_id, principal.org_id)
     fragment = compile_pipeline(
         body.pipeline,
-        source_sql=f"SELECT data FROM {collection_table(collection)} WHERE org_id = :org",
-        source_params={"org": principal.org_id},
+        source_sql=(
+            f"SELECT data FROM {collection_table(collection)} WHERE org_id = :org AND {in_scope}"
+        ),
+        source_params={"org": principal.org_id, **scope_params},
         limits=limits,
     )
     position = await _views_position(request, min_position)
@@ -95,7 +99,7 @@ async def aggregate(
 
     return await cached_json(
         request,
-        principal.org_id,
+        cache_scope(principal.org_id, principal.project_id),
         position,
         run_pipeline,
         body.pipeline,

@@ -40,10 +40,18 @@ def _target(request: Request) -> PgTarget:
     "links and the signed checkpoints. `ok` false names the first bad `position` and a "
     "`problem`: altered, deleted, inserted, rewritten or signature.",
     response_model=AuditVerification,
-    responses=problems(429),
+    responses=problems(403, 429),
 )
 async def audit_verify(request: Request) -> Response:
-    await authorize(request, Permission.READ_AUDIT)
+    principal = await authorize(request, Permission.READ_AUDIT)
+    if principal.project_id is not None:
+        # The chain spans every project's events (its counts and positions say
+        # how busy the others are): it is the organisation's to verify.
+        raise Problem(
+            403,
+            "a project-scoped key may not verify the whole log: use an organisation-wide key",
+            type_=problem_type("forbidden"),
+        )
     if not _verifying.acquire(blocking=False):
         raise Problem(
             429,

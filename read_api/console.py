@@ -90,6 +90,7 @@ async def console_session(request: Request) -> Response:
     return _json(
         {
             "org_id": principal.org_id,
+            "project_id": None if principal.project_id is None else str(principal.project_id),
             "role": str(principal.role),
             "key_name": principal.name,
             "permissions": sorted(p.value for p in Permission if principal.may(p)),
@@ -134,7 +135,11 @@ def trigger_summary(
 async def console_triggers(workflow_id: UUID, request: Request) -> Response:
     principal = await authorize(request, Permission.READ_WORKFLOWS)
     document = await get_document(
-        request.app.state.engine, WORKFLOWS, principal.org_id, str(workflow_id)
+        request.app.state.engine,
+        WORKFLOWS,
+        principal.org_id,
+        str(workflow_id),
+        principal.project_id,
     )
     if document is None:
         raise Problem(404, f"workflow {workflow_id} not found", type_=problem_type("not-found"))

@@ -45,6 +45,7 @@ from read_api.queries import (
     get_document,
     list_documents,
     parse_sort,
+    projection_position,
 )
 from read_api.routes import (
     _MIN_POSITION_DOC,
@@ -62,6 +63,7 @@ from read_api.routes import (
     stale_header,
 )
 from read_api.schemas import ExecutionDocument, ExecutionPage, Summary
+from read_api.scope import cache_scope, visible_in
 
 router = APIRouter(prefix="/v1", tags=["executions"])
 
@@ -94,7 +96,7 @@ def _list_item(document: dict[str, Any]) -> dict[str, Any]:
 
 async def _page(
     request: Request,
-    org_id: str,
+    principal: Principal,
     filter_: Any,
     sort: str | None,
     limit: int,
@@ -106,15 +108,16 @@ async def _page(
         list_documents(
             request.app.state.read_engine,
             EXECUTIONS,
-            org_id,
+            principal.org_id,
             filter_=filter_,
             sort=parse_sort(sort, "-created_at"),
             limit=limit,
             cursor=cursor,
+            project_id=principal.project_id,
         ),
     )
     items = await opened_items(
-        [_list_item(item) for item in page.items], org_id, payload_keys(request)
+        [_list_item(item) for item in page.items], principal.org_id, payload_keys(request)
     )
     return _json({"items": items, "next_cursor": page.next_cursor}, position)
 
@@ -139,9 +142,7 @@ async def list_executions(
 ) -> Response:
     principal = await _reader(request)
     position = await _views_position(request, min_position, EXECUTION_VIEWS)
-    return await _page(
-        request, principal.org_id, _parse_filter(filter), sort, limit, cursor, position
-    )
+    return await _page(request, principal, _parse_filter(filter), sort, limit, cursor, position)
 
 
 @router.get(
@@ -157,7 +158,11 @@ async def get_execution(
     principal = await _reader(request)
     position = await _views_position(request, min_position, EXECUTION_VIEWS)
     document = await get_document(
-        request.app.state.read_engine, EXECUTIONS, principal.org_id, str(execution_id)
+        request.app.state.read_engine,
+        EXECUTIONS,
+        principal.org_id,
+        str(execution_id),
+        principal.project_id,
     )
     if document is None:
         raise Problem(
@@ -200,6 +205,7 @@ async def list_workflow_executions(
             filter_=_parse_filter(filter),
             limit=limit,
             cursor=cursor,
+            project_id=principal.project_id,
         ),
     )
     items = await opened_items(
@@ -218,6 +224,7 @@ async def workflow_executions_page(
     filter_: Any,
     limit: int,
     cursor: str | None,
+    project_id: UUID | None = None,
 ) -> Page:
     """One page of a workflow's executions, newest first, keyset-paginated on (created, _id).
 
@@ -228,9 +235,11 @@ async def workflow_executions_page(
     created) index newest first and stops after one page.
     """
     fragment = compile_filter(filter_, param_prefix="f")
-    where = ["org_id = :org", "data->>'workflow_id' = :workflow", f"({fragment.sql})"]
+    in_scope, scope_params = visible_in(EXECUTIONS, project_id, org_id)
+    where = ["org_id = :org", "data->>'workflow_id' = :workflow", in_scope, f"({fragment.sql})"]
     params: dict[str, Any] = {
         "org": org_id,
+        **scope_params,
         "workflow": workflow_id,
         **fragment.params,
         "limit": limit + 1,
@@ -522,9 +531,18 @@ def _series(period: Period, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def load_summary(
-    engine: AsyncEngine, org_id: str, period: Period, workflow_id: str | None = None
+    engine: AsyncEngine,
+    org_id: str,
+    period: Period,
+    workflow_id: str | None = None,
+    project_id: UUID | None = None,
 ) -> dict[str, Any]:
-    """The dashboard summary of ``period`` (and the one before it), from the counters."""
+    """The dashboard summary of ``period`` (and the one before it), from the counters.
+
+    ``project_id``: a project's figures are the sum of the per-workflow
+    counters of the workflows it sees (the organisation's totals hold every
+    workflow's runs, so a scoped summary never reads them).
+    """
     unit = period.series_granularity
     coarsest = "month" if unit == "day" else "hour"
     current_pieces = period.pieces(coarsest)
@@ -544,11 +562,16 @@ async def load_summary(
         params |= {f"p{i}": label, f"g{i}": granularity, f"s{i}": starts, f"e{i}": ends}
     if not values:  # both periods within one hour: no bucket starts in them
         values.append("(NULL::text, NULL::text, NULL::timestamptz, NULL::timestamptz)")
-    if workflow_id is None:
+    if workflow_id is None and project_id is None:
         scope, workflows = "data->>'workflow_id' IS NULL", "data->>'workflow_id' IS NOT NULL"
+    elif workflow_id is None:
+        in_scope, scope_params = visible_in(STATS, project_id, org_id)
+        scope = workflows = f"data->>'workflow_id' IS NOT NULL AND {in_scope}"
+        params |= scope_params
     else:
-        scope = workflows = "data->>'workflow_id' = :workflow"
-        params["workflow"] = workflow_id
+        in_scope, scope_params = visible_in(STATS, project_id, org_id)
+        scope = workflows = f"data->>'workflow_id' = :workflow AND {in_scope}"
+        params |= {"workflow": workflow_id, **scope_params}
     query = _SUMMARY_SQL.format(values=", ".join(values), scope=scope, workflows=workflows)
     async with engine.connect() as conn:
         row = (await conn.execute(text(query), params)).one()
@@ -629,9 +652,30 @@ async def dashboard_summary(
 
     async def summarise() -> dict[str, Any]:
         workflow = None if workflow_id is None else str(workflow_id)
-        return await load_summary(request.app.state.read_engine, principal.org_id, period, workflow)
+        return await load_summary(
+            request.app.state.read_engine, principal.org_id, period, workflow, principal.project_id
+        )
 
     # A default period ends "now": key on the hour buckets it covers, so a hit
     # holds exactly the figures a miss would compute.
     buckets = (period.hours(), period.previous.hours(), period.series_granularity)
-    return await cached_json(request, principal.org_id, position, summarise, buckets)
+    membership = await scoped_membership(request, principal.project_id)
+    return await cached_json(
+        request,
+        cache_scope(principal.org_id, principal.project_id),
+        position,
+        summarise,
+        buckets,
+        *membership,
+    )
+
+
+async def scoped_membership(request: Request, project_id: UUID | None) -> tuple[int, ...]:
+    """For a scoped answer's cache key: how far the workflows view (membership) is.
+
+    A move or share changes what a project sees without moving the
+    executions view: the key must change with it.
+    """
+    if project_id is None:
+        return ()
+    return (await projection_position(request.app.state.read_engine, ["workflows"]),)

@@ -69,7 +69,12 @@ async def workflow_history(
     principal = await authorize(request, Permission.READ_WORKFLOWS)
     after = 0 if cursor is None else parse_position("cursor", cursor)
     entries = await run_in_threadpool(
-        _history(request).workflow_history, workflow_id, principal.org_id, after, limit
+        _history(request).workflow_history,
+        workflow_id,
+        principal.org_id,
+        after,
+        limit,
+        principal.project_id,
     )
     return _page(entries, limit, lambda entry: entry.version)
 
@@ -103,13 +108,19 @@ async def audit_events(
             aggregate_id=aggregate_id,
             since=None if since is None else parse_instant("since", since),
             until=None if until is None else parse_instant("until", until),
+            project_id=principal.project_id,
         )
     )
     return _page(entries, limit, lambda entry: entry.position)
 
 
 async def workflow_then(
-    request: Request, workflow_id: UUID, org_id: str, version: int | None, as_of: str | None
+    request: Request,
+    workflow_id: UUID,
+    org_id: str,
+    version: int | None,
+    as_of: str | None,
+    project_id: UUID | None = None,
 ) -> Response:
     """``GET /v1/workflows/{id}?version=N|as_of=T``: the workflow exactly as it was.
 
@@ -120,7 +131,7 @@ async def workflow_then(
     instant = parse_instant("as_of", as_of) if as_of is not None else None
     workflow = await run_in_threadpool(
         lambda: _history(request).workflow_as_of(
-            workflow_id, org_id, revision=version, as_of=instant
+            workflow_id, org_id, revision=version, as_of=instant, project_id=project_id
         )
     )
     return Response(
@@ -141,4 +152,5 @@ def workflow_document(workflow: Workflow) -> dict[str, Any]:
         "created_by": workflow.created_by,
         "updated_at": workflow.modified_on.isoformat(),
         "updated_by": workflow.updated_by,
+        "project_id": workflow.project_id,
     }

@@ -1,7 +1,8 @@
 """Queries over the document views: async SQLAlchemy on asyncpg.
 
-Every query is confined to one organisation by the ``org_id`` column, whatever
-the client's filter says. Values always travel as bind parameters.
+Every query is confined to one organisation by the ``org_id`` column, and a
+project-scoped key's to what its project sees (``read_api/scope.py``),
+whatever the client's filter says. Values always travel as bind parameters.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import orjson
 from sqlalchemy import text
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from projections.filters import compile_filter
 from projections.store import collection_table
 from read_api.params import CursorKey, decode_cursor, encode_cursor
+from read_api.scope import visible_in
 
 MAX_LIMIT = 500
 _PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
@@ -103,11 +106,21 @@ async def list_documents(
     limit: int,
     cursor: str | None,
     hide_deleted: bool = False,
+    project_id: UUID | None = None,
 ) -> Page:
-    """One page, keyset-paginated on (sort keys, _id): stable while writes land."""
+    """One page, keyset-paginated on (sort keys, _id): stable while writes land.
+
+    ``project_id``: only what that project sees (a project-scoped key's reads).
+    """
     fragment = compile_filter(filter_, param_prefix="f")
-    where = ["org_id = :org", f"({fragment.sql})"]
-    params: dict[str, Any] = {"org": org_id, **fragment.params, "limit": limit + 1}
+    in_scope, scope_params = visible_in(collection, project_id, org_id)
+    where = ["org_id = :org", in_scope, f"({fragment.sql})"]
+    params: dict[str, Any] = {
+        "org": org_id,
+        **scope_params,
+        **fragment.params,
+        "limit": limit + 1,
+    }
     if hide_deleted and not _mentions(filter_, "deleted"):
         where.append("NOT (data @> '{\"deleted\": true}')")
     expressions = [key.expression() for key in sort]
@@ -151,16 +164,22 @@ async def list_documents(
 
 
 async def get_document(
-    engine: AsyncEngine, collection: str, org_id: str, doc_id: str
+    engine: AsyncEngine,
+    collection: str,
+    org_id: str,
+    doc_id: str,
+    project_id: UUID | None = None,
 ) -> dict[str, Any] | None:
+    """One document of the organisation (and seen by ``project_id``), or None."""
+    in_scope, scope_params = visible_in(collection, project_id, org_id)
     async with engine.connect() as conn:
         row = (
             await conn.execute(
                 text(
                     f"SELECT data FROM {collection_table(collection)} "
-                    "WHERE _id = :id AND org_id = :org"
+                    f"WHERE _id = :id AND org_id = :org AND {in_scope}"
                 ),
-                {"id": doc_id, "org": org_id},
+                {"id": doc_id, "org": org_id, **scope_params},
             )
         ).first()
     return None if row is None else row[0]

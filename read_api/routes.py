@@ -187,6 +187,7 @@ async def list_workflows(
             limit=limit,
             cursor=cursor,
             hide_deleted=True,
+            project_id=principal.project_id,
         ),
     )
     return _json({"items": page.items, "next_cursor": page.next_cursor}, position)
@@ -223,10 +224,16 @@ async def get_workflow(
         # X-Min-Position is refused all the same, as on every other read.
         if (raw := request.headers.get("x-min-position")) is not None:
             parse_position("X-Min-Position", raw)
-        return await workflow_then(request, workflow_id, principal.org_id, version, as_of)
+        return await workflow_then(
+            request, workflow_id, principal.org_id, version, as_of, principal.project_id
+        )
     position = await _views_position(request, min_position)
     document = await get_document(
-        request.app.state.read_engine, WORKFLOWS, principal.org_id, str(workflow_id)
+        request.app.state.read_engine,
+        WORKFLOWS,
+        principal.org_id,
+        str(workflow_id),
+        principal.project_id,
     )
     if document is None:
         raise _not_found(workflow_id, position)
@@ -250,7 +257,8 @@ async def list_versions(
     principal = await _reader(request)
     position = await _views_position(request, min_position)
     engine = request.app.state.read_engine
-    if await get_document(engine, WORKFLOWS, principal.org_id, str(workflow_id)) is None:
+    scope = principal.project_id
+    if await get_document(engine, WORKFLOWS, principal.org_id, str(workflow_id), scope) is None:
         raise _not_found(workflow_id, position)
     page = await list_documents(
         engine,
@@ -260,6 +268,7 @@ async def list_versions(
         sort=parse_sort("version", "version"),
         limit=limit,
         cursor=cursor,
+        project_id=scope,
     )
     return _json({"items": page.items, "next_cursor": page.next_cursor}, position)
 
@@ -280,7 +289,11 @@ async def get_version(
     principal = await _reader(request)
     position = await _views_position(request, min_position)
     document = await get_document(
-        request.app.state.read_engine, VERSIONS, principal.org_id, f"{workflow_id}:{version}"
+        request.app.state.read_engine,
+        VERSIONS,
+        principal.org_id,
+        f"{workflow_id}:{version}",
+        principal.project_id,
     )
     if document is None:
         raise Problem(

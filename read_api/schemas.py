@@ -49,6 +49,10 @@ class WorkflowDocument(BaseModel):
     created_by: str
     updated_at: datetime
     updated_by: str
+    project_id: UUID | None = Field(None, description="The project that holds it.")
+    shares: dict[str, str] | None = Field(
+        None, description="Other projects' grants on it: project id -> viewer | editor."
+    )
 
 
 class WorkflowPage(BaseModel):

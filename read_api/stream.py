@@ -47,6 +47,7 @@ from starlette.types import Receive, Scope, Send
 from commands.application import WorkflowApplication
 from commands.history import apply_with_patch, event_type, meta_is
 from domain.execution import Execution
+from domain.project import Project
 from domain.template import Template
 from domain.timetable import Timetable
 from domain.workflow import Workflow
@@ -84,7 +85,7 @@ HEARTBEAT = b": keep-alive\n\n"
 # aggregate whose first event has another name, Execution.Queued, also gets a
 # default ``Created`` class from eventsourcing: it declares no field of its
 # own and is never recorded.)
-_AGGREGATES: tuple[type[Any], ...] = (Workflow, Execution, Timetable, Template)
+_AGGREGATES: tuple[type[Any], ...] = (Workflow, Execution, Timetable, Template, Project)
 EVENT_TYPES = frozenset(
     f"{aggregate.__name__}.{name}"
     for aggregate in _AGGREGATES
@@ -137,18 +138,30 @@ class StreamEvent:
     type: str
     aggregate_id: str
     frame: bytes | None
+    # The projects that see the event (``Membership``); None when not rendered.
+    projects: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
 class StreamFilter:
-    """What a stream asked for: event types (exact, or ``Workflow.*``) and one aggregate."""
+    """What a stream asked for: event types (exact, or ``Workflow.*``) and one aggregate;
+    and, for a project-scoped key, its project."""
 
     types: frozenset[str] = frozenset()
     aggregates: frozenset[str] = frozenset()
     aggregate_id: UUID | None = None
+    project_id: UUID | None = None
 
     def accepts(self, event: StreamEvent) -> bool:
         if self.aggregate_id is not None and event.aggregate_id != str(self.aggregate_id):
+            return False
+        # An unrendered event (projects None) is never sent as is: the stream reads
+        # it from the log, rendered, and this test runs again then.
+        if (
+            self.project_id is not None
+            and event.projects is not None
+            and str(self.project_id) not in event.projects
+        ):
             return False
         if not self.types and not self.aggregates:
             return True
@@ -208,6 +221,11 @@ class WorkflowStates:
 
     def apply(self, event: Any) -> tuple[int, list[dict[str, Any]]]:
         """(the workflow's revision after ``event``, the JSON Patch of what it changed)."""
+        workflow, patch = self.apply_full(event)
+        return workflow.revision, patch
+
+    def apply_full(self, event: Any) -> tuple[Workflow, list[dict[str, Any]]]:
+        """(the workflow after ``event``, the JSON Patch of what it changed)."""
         workflow_id, version = event.originator_id, event.originator_version
         with self._lock:
             workflow = self._states.pop(workflow_id, None)
@@ -220,7 +238,97 @@ class WorkflowStates:
             self._states[workflow_id] = workflow
             while len(self._states) > self.size:
                 self._states.popitem(last=False)
-        return workflow.revision, patch
+        return workflow, patch
+
+
+def _seen_by(workflow: Workflow) -> frozenset[str]:
+    return frozenset({workflow.project_id, *workflow.shares})
+
+
+class Membership:
+    """Which projects see each event, for project-scoped streams.
+
+    A workflow's event: its project and the projects it is shared with, just
+    after the event (a move: the project it left too, so that stream learns
+    it left). A project's event: that project. Any other (an execution's, a
+    schedule's): the projects that see its workflow as this process last saw
+    it. Bounded LRU maps; a miss reads the log. Used by the tailer and the
+    catch-up threads: one lock.
+    """
+
+    def __init__(self, app: WorkflowApplication, size: int = 10_000) -> None:
+        self.app = app
+        self.size = size
+        self._lock = threading.Lock()
+        # workflow id -> (its version then, the projects that see it): a catch-up
+        # rendering an old event never replaces what a newer one said.
+        self._workflows: OrderedDict[str, tuple[int, frozenset[str]]] = OrderedDict()
+        self._owners: OrderedDict[str, str] = OrderedDict()  # aggregate id -> its workflow's
+
+    def after_workflow_event(self, event: Any, workflow: Workflow) -> frozenset[str]:
+        seen = _seen_by(workflow)
+        self._remember(str(workflow.id), workflow.version, seen)
+        moved_from = getattr(event, "from_project_id", None)
+        return seen | {moved_from} if moved_from else seen
+
+    def of_event(self, event: Any, name: str) -> frozenset[str]:
+        aggregate = name.partition(".")[0]
+        if aggregate == "Project":
+            return frozenset({str(event.originator_id)})
+        workflow_id = self._workflow_of(event)
+        return frozenset() if workflow_id is None else self._projects_of(workflow_id)
+
+    def _workflow_of(self, event: Any) -> str | None:
+        originator = str(event.originator_id)
+        named = getattr(event, "workflow_id", None)
+        if named is not None:
+            self._keep(self._owners, originator, str(named))
+            return str(named)
+        with self._lock:
+            known = self._owners.get(originator)
+        if known is not None:
+            return known
+        try:
+            aggregate: Any = self.app.repository.get(event.originator_id)
+        except Exception:  # no such aggregate: no project sees it
+            return None
+        found = getattr(aggregate, "workflow_id", None)
+        if found is None:
+            return None
+        self._keep(self._owners, originator, str(found))
+        return str(found)
+
+    def _projects_of(self, workflow_id: str) -> frozenset[str]:
+        with self._lock:
+            known = self._workflows.get(workflow_id)
+        if known is not None:
+            return known[1]
+        try:
+            workflow: Any = self.app.repository.get(UUID(workflow_id))
+        except Exception:
+            return frozenset()
+        if not isinstance(workflow, Workflow):
+            return frozenset()
+        seen = _seen_by(workflow)
+        self._remember(workflow_id, workflow.version, seen)
+        return seen
+
+    def _remember(self, workflow_id: str, version: int, seen: frozenset[str]) -> None:
+        with self._lock:
+            known = self._workflows.get(workflow_id)
+            if known is not None and known[0] > version:
+                return
+            self._workflows[workflow_id] = (version, seen)
+            self._workflows.move_to_end(workflow_id)
+            while len(self._workflows) > self.size:
+                self._workflows.popitem(last=False)
+
+    def _keep(self, table: OrderedDict[str, Any], key: str, value: Any) -> None:
+        with self._lock:
+            table[key] = value
+            table.move_to_end(key)
+            while len(table) > self.size:
+                table.popitem(last=False)
 
 
 def unrendered(position: int, event: Any) -> StreamEvent:
@@ -235,7 +343,9 @@ def unrendered(position: int, event: Any) -> StreamEvent:
     )
 
 
-def render(position: int, event: Any, states: WorkflowStates) -> StreamEvent:
+def render(
+    position: int, event: Any, states: WorkflowStates, membership: Membership | None = None
+) -> StreamEvent:
     """An event of the log as one SSE message (``id``, ``event``, one-line JSON ``data``)."""
     name = event_type(event)
     aggregate = name.partition(".")[0]
@@ -251,9 +361,13 @@ def render(position: int, event: Any, states: WorkflowStates) -> StreamEvent:
         "actor": meta.get("actor"),
         "correlation_id": meta.get("correlation_id"),
     }
+    projects: frozenset[str] = frozenset()  # unknown: no project-scoped stream takes it
     if aggregate == "Workflow":
         try:
-            body["revision"], body["patch"] = states.apply(event)
+            workflow, body["patch"] = states.apply_full(event)
+            body["revision"] = workflow.revision
+            if membership is not None:
+                projects = membership.after_workflow_event(event, workflow)
         except Exception as exc:  # one odd workflow never stops the stream
             log.warning("no patch for a workflow event", position=position, error=repr(exc))
             body["patch"] = None
@@ -271,6 +385,8 @@ def render(position: int, event: Any, states: WorkflowStates) -> StreamEvent:
             if hasattr(event, key) and not is_sealed(getattr(event, key))
         }
         body["details"] = {key: _plain(value) for key, value in details.items()}
+        if membership is not None:
+            projects = membership.of_event(event, name)
     frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (position, name.encode(), dumps_answer(body))
     return StreamEvent(
         position=position,
@@ -278,6 +394,7 @@ def render(position: int, event: Any, states: WorkflowStates) -> StreamEvent:
         type=name,
         aggregate_id=str(event.originator_id),
         frame=frame,
+        projects=projects,
     )
 
 
@@ -333,6 +450,7 @@ class StreamHub:
             "REPORUNNER_STREAM_CONNECTIONS_PER_ORG",
         )
         self.states = WorkflowStates(app)
+        self.membership = Membership(app)
         self.catch_up_limiter = anyio.CapacityLimiter(CATCH_UP_THREADS)
         # On the event loop: the last position fanned out (None until the tailer
         # has read the log's head), the open streams, those that take the fan-out.
@@ -480,7 +598,7 @@ class StreamHub:
                 if only is not None and org_id not in only:
                     events.append(unrendered(int(position), event))
                 else:
-                    events.append(render(int(position), event, self.states))
+                    events.append(render(int(position), event, self.states, self.membership))
             except Exception as exc:  # the history API cannot read it either
                 log.error("stream cannot decode an event", position=position, error=repr(exc))
         return events
@@ -712,7 +830,9 @@ async def stream_events(
     elif after is not None:
         start = parse_position("after", after)
     hub: StreamHub = request.app.state.stream_hub
-    subscriber = hub.subscribe(principal.org_id, StreamFilter(exact, aggregates, aggregate_id))
+    subscriber = hub.subscribe(
+        principal.org_id, StreamFilter(exact, aggregates, aggregate_id, principal.project_id)
+    )
     log.info(
         "stream opened",
         after=start,

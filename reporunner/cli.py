@@ -211,15 +211,27 @@ def keys_create(
     org: Annotated[str, typer.Option(help="Organisation id, e.g. 'acme'.")],
     role: Annotated[Role, typer.Option(help="owner, editor, viewer or auditor.")],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    project: Annotated[
+        str | None,
+        typer.Option(help="Confine the key to this project (its id); default: the whole org."),
+    ] = None,
 ) -> None:
     """Create an API key; the key is printed alone on the last line of stdout."""
     try:
-        info, plaintext = _key_store_call(lambda store: store.create(org, role, name))
+        project_id = None if project is None else uuid.UUID(project)
+    except ValueError:
+        console.print(f"[red]error:[/red] --project {project!r} is not a project id (a UUID)")
+        raise typer.Exit(2) from None
+    try:
+        info, plaintext = _key_store_call(
+            lambda store: store.create(org, role, name, project_id=project_id)
+        )
     except InvalidOrgId as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    scope = f", project {info.project_id}" if info.project_id else ""
     console.print(
-        f"created key {info.id} ({info.role}) for organisation '{info.org_id}'; "
+        f"created key {info.id} ({info.role}) for organisation '{info.org_id}'{scope}; "
         "it is shown only once"
     )
     print(plaintext, flush=True)
@@ -248,11 +260,12 @@ def keys_list(
     if as_json:
         print_json_lines([dataclasses.asdict(info) for info in infos])
         return
-    table = Table("id", "org", "role", "name", "prefix", "created", "revoked")
+    table = Table("id", "org", "project", "role", "name", "prefix", "created", "revoked")
     for info in infos:
         table.add_row(
             str(info.id),
             info.org_id,
+            str(info.project_id or ""),
             info.role.value,
             info.name,
             info.prefix + "…",

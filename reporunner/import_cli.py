@@ -45,7 +45,7 @@ def import_n8n_file(
     partial: Annotated[
         bool, typer.Option(help="Turn unsupported nodes into placeholders instead of refusing.")
     ] = False,
-    project: Annotated[str | None, typer.Option(help="The project to create it in.")] = None,
+    project: Annotated[uuid.UUID | None, typer.Option(help="The project to create it in.")] = None,
 ) -> None:
     """Create a workflow from an n8n export; prints the answer as JSON."""
     import migrations

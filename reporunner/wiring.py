@@ -29,6 +29,7 @@ from commands.executions import (
 )
 from commands.payloads import ExecutionPayloads
 from commands.pins import PinCommands
+from commands.projects import ProjectCommands
 from commands.retention import PeriodicRetention, Retention
 from commands.webhooks import HookDeliveries
 from commands.workflow_runs import NAME as RUNS_FOLLOWER
@@ -73,6 +74,7 @@ from read_api.audit import router as audit_router
 from read_api.console import install_console
 from read_api.executions import router as executions_router
 from read_api.history import router as history_router
+from read_api.projects import router as projects_read_router
 from read_api.stream import StreamHub
 from read_api.stream import router as stream_router
 from read_api.templates import router as templates_router
@@ -313,6 +315,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         )
         workflow_app = create_workflow_application(target, settings)
         app.state.workflow_commands = WorkflowCommands(workflow_app)
+        app.state.project_commands = ProjectCommands(workflow_app)
         executions = create_execution_services(
             workflow_app, app.state.workflow_commands, target, settings
         )
@@ -544,6 +547,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(stream_router)
         app.include_router(templates_router)
         app.include_router(transfer_router)
+        app.include_router(projects_read_router)
         install_console(app)
     return app
 

@@ -8,6 +8,7 @@ a foreign document is a problem naming what in it cannot be carried over.
 from __future__ import annotations
 
 from typing import Annotated, Any
+from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -167,9 +168,7 @@ async def import_from_n8n(
     partial: Annotated[
         bool, Query(description="Turn unsupported nodes into placeholders instead of refusing.")
     ] = False,
-    project_id: Annotated[
-        str | None, Query(min_length=1, max_length=200, description="The project to create it in.")
-    ] = None,
+    project_id: Annotated[UUID | None, Query(description="The project to create it in.")] = None,
 ) -> Response:
     principal = await authorize(request, Permission.WRITE_WORKFLOWS)
     try:

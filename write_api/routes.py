@@ -168,6 +168,7 @@ def _context(request: Request, principal: Principal) -> CommandContext:
         correlation_id=request.state.request_id,
         idempotency_key=idempotency_key(request),
         traceparent=current_traceparent(),
+        project_id=principal.project_id,
     )
 
 
@@ -201,7 +202,8 @@ def _respond(result: CommandResult, *, location: bool = False) -> Response:
             "headers": {**_COMMAND_HEADERS, "Location": {"schema": {"type": "string"}}},
             "links": _WORKFLOW_LINKS,
         },
-        **problems(400, 409, 422),
+        # 404: no such project (or not the key's); 409: an archived project too.
+        **problems(400, 404, 409, 422),
     },
     openapi_extra=_documented(CreateWorkflow, _IDEMPOTENCY_DOC),
 )

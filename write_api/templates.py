@@ -170,10 +170,7 @@ async def instantiate_template(template_id: UUID, request: Request) -> Response:
 )
 async def import_workflow(
     request: Request,
-    project_id: Annotated[
-        str | None,
-        Query(min_length=1, max_length=200, description="The project to create it in."),
-    ] = None,
+    project_id: Annotated[UUID | None, Query(description="The project to create it in.")] = None,
 ) -> Response:
     principal = await authorize(request, Permission.WRITE_WORKFLOWS)
     command = await _parse(request, ImportWorkflow)

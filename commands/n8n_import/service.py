@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import structlog
 
@@ -12,7 +13,6 @@ from commands.handlers import WorkflowCommands
 from commands.models import CommandContext, CommandResult, CreateWorkflow
 from commands.n8n_import.translate import (
     MAX_EXPORT_BYTES,
-    ExportInvalid,
     Translation,
     translate_export,
 )
@@ -70,7 +70,7 @@ def import_n8n(
     ctx: CommandContext,
     *,
     partial: bool = False,
-    project_id: str | None = None,
+    project_id: UUID | None = None,
 ) -> ImportAnswer:
     """Translate ``document`` and create the workflow with the ordinary create command.
 
@@ -80,11 +80,6 @@ def import_n8n(
     translation = translate_export(document, partial=partial)
     payload = dict(translation.definition)
     if project_id is not None:
-        # Projects come with their own change; until then a project is refused, not ignored.
-        if "project_id" not in CreateWorkflow.model_fields:
-            raise ExportInvalid(
-                [{"loc": "project_id", "msg": "projects are not available on this server"}]
-            )
         payload["project_id"] = project_id
     command = CreateWorkflow.model_validate(payload)
     result = commands.create(command, ctx)

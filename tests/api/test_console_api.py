@@ -42,6 +42,7 @@ def test_session_says_what_the_role_may_do(
     assert answer.status_code == 200
     assert answer.json() | {"key_name": "test"} == {
         "org_id": org,
+        "project_id": None,
         "role": "viewer",
         "key_name": "test",
         "permissions": ["workflows:read"],

@@ -65,7 +65,7 @@ EXCLUSIONS: list[dict[str, Any]] = [
         # 400 bad-cursor: a cursor is opaque, only a next_cursor this API returned is
         # one; 400 bad-query: a filter's operators and values are the query
         # language's (README, Filters and pipelines), checked by projections/filters.
-        "include-name-regex": "^GET /v1/(workflows|executions|templates"
+        "include-name-regex": "^GET /v1/(workflows|executions|templates|projects"
         "|workflows/\\{workflow_id\\}/(executions|versions))$",
         "checks": {"positive_data_acceptance": {"expected-statuses": [*_ACCEPTED, "400"]}},
     },

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from commands import CreateWorkflow, WorkflowApplication, WorkflowCommands
+from commands import WorkflowApplication, WorkflowCommands
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "n8n"
 
@@ -174,16 +174,20 @@ def test_a_retried_import_with_its_key_answers_the_same_and_writes_nothing(
     assert _max_position(workflow_app) == position
 
 
-def test_a_project_is_refused_until_projects_exist(
+def test_an_import_goes_into_the_project_named_and_an_unknown_one_is_refused(
     client: httpx.Client, owner: dict[str, str], workflow_app: WorkflowApplication
 ) -> None:
-    if "project_id" in CreateWorkflow.model_fields:
-        pytest.skip("projects exist: the import passes project_id to the create command")
+    made = client.post("/v1/projects", json={"name": "imports"}, headers=owner)
+    assert made.status_code == 201, made.text
+    project_id = made.json()["id"]
+    created = _import(client, owner, _fixture("set_v1"), project_id=project_id)
+    assert created.status_code == 201, created.text
+    workflow = workflow_app.repository.get(uuid.UUID(created.json()["id"]))
+    assert workflow.project_id == project_id
     before = _max_position(workflow_app)
-    problem = _problem(_import(client, owner, _fixture("set_v1"), project_id="p1"), 422)
-    assert problem["errors"] == [
-        {"loc": "project_id", "msg": "projects are not available on this server"}
-    ]
+    unknown = _import(client, owner, _fixture("set_v1"), project_id=str(uuid.uuid4()))
+    assert unknown.status_code == 404, unknown.text
+    assert _problem(_import(client, owner, _fixture("set_v1"), project_id="p1"), 422)
     assert _max_position(workflow_app) == before
 
 

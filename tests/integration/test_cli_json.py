@@ -56,3 +56,14 @@ def test_bus_status_json_has_a_line_per_stream_with_its_groups(db_target: PgTarg
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_keys_create_with_a_project_confines_the_key(db_target: PgTarget, org: str) -> None:
+    project = str(uuid.uuid4())
+    made = _cli(db_target, "keys", "create", "--org", org, "--role", "viewer", "--project", project)
+    assert made.returncode == 0, made.stderr
+    listed = _cli(db_target, "keys", "list", "--org", org, "--json")
+    (key,) = _lines(listed.stdout)
+    assert key["project_id"] == project
+    refused = _cli(db_target, "keys", "create", "--org", org, "--role", "viewer", "--project", "x")
+    assert refused.returncode == 2 and "not a project id" in refused.stdout + refused.stderr

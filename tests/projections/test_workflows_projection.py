@@ -19,6 +19,9 @@ from commands import (
     WorkflowApplication,
     WorkflowCommands,
 )
+from commands.models import MoveWorkflow, ShareWorkflow
+from commands.projects import CreateProject, ProjectCommands
+from domain.project import default_project_id
 from infrastructure.database import PgTarget
 from projections.rebuild import rebuild, verify
 from projections.runner import Projector, status
@@ -228,7 +231,11 @@ def test_verify_reports_a_tampered_view(
 
 @settings(max_examples=15)
 @given(
-    steps=st.lists(st.sampled_from(["create", "update", "run", "delete"]), min_size=1, max_size=12),
+    steps=st.lists(
+        st.sampled_from(["create", "update", "run", "delete", "move", "share", "unshare"]),
+        min_size=1,
+        max_size=12,
+    ),
     batch_size=st.integers(1, 7),
     processes=st.sampled_from([1, 2]),
 )
@@ -242,9 +249,24 @@ def test_incremental_view_equals_a_rebuild(
 ) -> None:
     org = f"prop-{uuid.uuid4().hex[:8]}"
     projector = Projector(workflow_app, db_target, WorkflowsProjection(), batch_size=batch_size)
+    other = ProjectCommands(workflow_app).create(CreateProject(name="other"), _ctx(org))
+    projects = [other.project_id, default_project_id(org)]
     live: dict[Any, int] = {}
     for step in steps:
-        if step == "create" or not live:
+        if step in ("move", "share", "unshare") and live:
+            # Membership changes leave the revision (the If-Match) where it is.
+            workflow_id, version = next(iter(live.items()))
+            workflow = commands.get(workflow_id, org)
+            there = next(p for p in projects if str(p) != workflow.project_id)
+            if step == "move":
+                commands.move(workflow_id, MoveWorkflow(project_id=there), version, _ctx(org))
+            elif step == "share":
+                role = "editor" if version % 2 else "viewer"
+                share = ShareWorkflow(project_id=there, role=role)
+                commands.share(workflow_id, share, version, _ctx(org))
+            elif str(there) in workflow.shares:
+                commands.unshare(workflow_id, there, version, _ctx(org))
+        elif step == "create" or not live:
             result = commands.create(CreateWorkflow(**workflow_body()), _ctx(org))
             live[result.workflow_id] = result.version
         elif step == "update":
