@@ -650,12 +650,12 @@ class ExecutionCommands:
         payload = command.model_dump(by_alias=True)
         fingerprint = request_fingerprint(ctx, "retry", execution_id, None, payload)
         if ctx.project_id is not None and ctx.idempotency_key is not None:
-            self._in_scope(self.get(execution_id, ctx.org_id), ctx)  # before any replay
+            self.in_scope(self.get(execution_id, ctx.org_id), ctx)  # before any replay
         prior, new_id = self._claim_key(ctx, fingerprint)
         if prior is not None:
             return prior
         old = self.get(execution_id, ctx.org_id)
-        workflow = self._in_scope(old, ctx)
+        workflow = self.in_scope(old, ctx)
         old.ensure_retryable()
         execution = self.prepare_retry(
             old,
@@ -820,7 +820,7 @@ class ExecutionCommands:
         )
         for _ in range(_CANCEL_ATTEMPTS):
             execution = self.get(execution_id, ctx.org_id)
-            self._in_scope(execution, ctx)
+            self.in_scope(execution, ctx)
             execution.cancel(meta=meta)  # ExecutionFinished (409) once it has ended
             recorded, saved, position = self.runner.finish(execution)
             if saved:
@@ -828,7 +828,7 @@ class ExecutionCommands:
             # A runner recorded progress or its end first: look again.
         raise RuntimeError(f"could not cancel execution {execution_id}")
 
-    def _in_scope(self, execution: Execution, ctx: CommandContext) -> Workflow:
+    def in_scope(self, execution: Execution, ctx: CommandContext) -> Workflow:
         """The execution's workflow, if ``ctx``'s project may run it (else 404, or 403)."""
         try:
             workflow = self.workflows.get(execution.workflow_id, ctx.org_id)

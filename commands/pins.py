@@ -124,6 +124,7 @@ class PinCommands:
         meta = _meta(ctx)
         for _ in range(_ATTEMPTS):
             execution = self.executions.get(execution_id, ctx.org_id)
+            self.executions.in_scope(execution, ctx)  # another project's: 404
             execution.ensure_pinnable()  # 409 or 410 before any key is made
             if execution.pinned:
                 return self._answer(execution, changed=False)
@@ -147,6 +148,7 @@ class PinCommands:
         meta = _meta(ctx)
         for _ in range(_ATTEMPTS):
             execution = self.executions.get(execution_id, ctx.org_id)
+            self.executions.in_scope(execution, ctx)  # another project's: 404
             scope = execution.pin_scope
             if not execution.unpin(meta=meta):
                 return self._answer(execution, changed=False)

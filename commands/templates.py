@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from commands.application import WorkflowApplication
 from commands.handlers import WorkflowCommands, _meta
 from commands.models import CommandContext, CommandResult, CreateWorkflow, JsonInt
+from commands.projects import ProjectScopeRefused
 from domain.definition import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
 from domain.errors import DomainError, WorkflowInvalid
 from domain.template import (
@@ -149,6 +150,9 @@ class TemplateCommands:
         self.app = workflows.app
 
     def publish(self, command: PublishTemplate, ctx: CommandContext) -> TemplateResult:
+        if ctx.project_id is not None:
+            # Publishing shows a workflow to every project (or organisation).
+            raise ProjectScopeRefused("publish templates")
         workflow = self.workflows.get(command.workflow_id, ctx.org_id, revision=command.version)
         if command.version is None:
             workflow.ensure_not_deleted()  # an earlier version of it may still be published
@@ -169,6 +173,8 @@ class TemplateCommands:
         return TemplateResult(template.id, template.version, recordings[-1].notification.id, 201)
 
     def unpublish(self, template_id: UUID, ctx: CommandContext) -> TemplateResult:
+        if ctx.project_id is not None:
+            raise ProjectScopeRefused("unpublish templates")
         for _ in range(2):  # a racing unpublish wins at most once
             template = self.get(template_id, ctx.org_id)
             if template.org_id != ctx.org_id:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from commands.errors import WorkflowNotFound
 from commands.handlers import WorkflowCommands
 from domain.transfer import export_document
 from infrastructure.auth import Permission
@@ -50,6 +51,8 @@ async def export_workflow(
 
     def read() -> dict[str, object]:
         workflow = commands.get(workflow_id, principal.org_id, revision=version)
+        if principal.project_id is not None and workflow.role_of(principal.project_id) is None:
+            raise WorkflowNotFound(workflow_id)  # another project's: as if it did not exist
         if version is None:
             workflow.ensure_not_deleted()  # its earlier versions are still exportable
         return export_document(

@@ -55,13 +55,20 @@ Subject = Annotated[
     response_model=ErasureAnswer,
     responses={
         200: {"headers": {"X-Log-Position": {"schema": {"type": "string"}}}},
-        **problems(422, 503),  # 422: longer than 255 characters
+        **problems(403, 422, 503),  # 422: longer than 255 characters
     },
 )
 async def erase_data_subject(subject: Subject, request: Request) -> Response:
     # Any string settings.data_subject could have found is a subject (a "/" in
     # one cannot travel in this path: `reporunner erase` takes it).
     principal = await authorize(request, Permission.ERASE_DATA)
+    if principal.project_id is not None:
+        # A data subject's executions span projects: erasure is the organisation's act.
+        raise Problem(
+            403,
+            "a project-scoped key may not erase a data subject: use an organisation-wide key",
+            type_=problem_type("forbidden"),
+        )
     erasure: DataSubjectErasure = request.app.state.data_subject_erasure
     context = CommandContext(
         org_id=principal.org_id,

@@ -145,7 +145,7 @@ _EXPORT_SCHEMA: dict[str, Any] = {
                 "Location": {"schema": {"type": "string"}},
             }
         },
-        **problems(400, 409, 413, 422),
+        **problems(400, 403, 404, 409, 413, 422),
     },
     openapi_extra={
         "requestBody": {
@@ -183,6 +183,7 @@ async def import_from_n8n(
         correlation_id=request.state.request_id,
         idempotency_key=idempotency_key(request),
         traceparent=current_traceparent(),
+        project_id=principal.project_id,
     )
     commands: WorkflowCommands = request.app.state.workflow_commands
     try:

@@ -45,7 +45,7 @@ _HEADERS = {
 # 410: retention already took it; 422: the id is not a UUID.
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"headers": _HEADERS},
-    **problems(404, 409, 410, 422),
+    **problems(403, 404, 409, 410, 422),
 }
 
 
@@ -60,6 +60,7 @@ async def _context(request: Request) -> CommandContext:
         actor=principal.actor,
         correlation_id=request.state.request_id,
         traceparent=current_traceparent(),
+        project_id=principal.project_id,
     )
 
 

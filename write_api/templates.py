@@ -141,7 +141,7 @@ async def unpublish_template(template_id: UUID, request: Request) -> Response:
     tags=["templates"],
     summary="Create a workflow from a template, its parameters substituted",
     response_model=CommandAnswer,
-    responses={**_CREATED_WORKFLOW, **problems(400, 404, 409, 410, 422)},
+    responses={**_CREATED_WORKFLOW, **problems(400, 403, 404, 409, 410, 422)},
     openapi_extra=_documented(InstantiateTemplate, _IDEMPOTENCY_DOC),
 )
 async def instantiate_template(template_id: UUID, request: Request) -> Response:
@@ -165,7 +165,7 @@ async def instantiate_template(template_id: UUID, request: Request) -> Response:
     tags=["workflows"],
     summary="Create a workflow from our export document (GET /v1/workflows/{id}/export)",
     response_model=CommandAnswer,
-    responses={**_CREATED_WORKFLOW, **problems(400, 409, 422)},
+    responses={**_CREATED_WORKFLOW, **problems(400, 403, 404, 409, 422)},
     openapi_extra=_inlined(_documented(ImportWorkflow, _IDEMPOTENCY_DOC)),
 )
 async def import_workflow(

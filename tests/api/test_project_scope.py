@@ -34,7 +34,9 @@ pytestmark = pytest.mark.usefixtures("live_projector", "live_executions_projecto
 # - "scoped": answers only what the key's project sees; another project's ids are 404
 #   (lists and figures simply leave them out);
 # - "stream": the SSE stream, scoped (walked separately);
-# - "org-only": 403, whatever it names (the organisation's decisions, or the whole log).
+# - "org-only": 403, whatever it names (the organisation's decisions, or the whole log);
+# - "catalogue": the organisation's template catalogue, the same for every key of it
+#   (publishing, an organisation-wide key's act, is what puts a workflow there).
 ENDPOINTS: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): "public",
     ("GET", "/readyz"): "public",
@@ -74,6 +76,17 @@ ENDPOINTS: dict[tuple[str, str], str] = {
     ("GET", "/v1/executions/{execution_id}"): "scoped",
     ("GET", "/v1/dashboards/summary"): "scoped",
     ("GET", "/v1/stream"): "stream",
+    ("POST", "/v1/executions/{execution_id}/pin"): "scoped",
+    ("DELETE", "/v1/executions/{execution_id}/pin"): "scoped",
+    ("GET", "/v1/workflows/{workflow_id}/export"): "scoped",
+    ("POST", "/v1/import"): "scoped",
+    ("POST", "/v1/import/n8n"): "scoped",
+    ("POST", "/v1/templates/{template_id}/instantiate"): "scoped",
+    ("GET", "/v1/templates"): "catalogue",
+    ("GET", "/v1/templates/{template_id}"): "catalogue",
+    ("POST", "/v1/templates"): "org-only",
+    ("POST", "/v1/templates/{template_id}/unpublish"): "org-only",
+    ("POST", "/v1/data-subjects/{subject}/erase"): "org-only",
     # The console's API (not in the OpenAPI document).
     ("GET", "/ui/api/session"): "scoped",
     ("GET", "/ui/api/workflows/{workflow_id}/triggers"): "scoped",
@@ -241,6 +254,7 @@ def _reads(world: World, own: bool) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", f"/v1/workflows/{wf}/versions/1", {}),
         ("GET", f"/v1/workflows/{wf}/history", {}),
         ("GET", f"/v1/workflows/{wf}/shares", {}),
+        ("GET", f"/v1/workflows/{wf}/export", {}),
         ("GET", f"/v1/executions/{ex}", {}),
         ("GET", f"/v1/projects/{project}", {}),
         ("GET", f"/ui/api/workflows/{wf}/triggers", {}),
@@ -337,6 +351,8 @@ def test_a_project_key_acts_on_nothing_outside_its_project(
         ("DELETE", f"/v1/workflows/{wf}/shares/{world.project_a}", {}),
         ("POST", f"/v1/executions/{ex}/cancel", {}),
         ("POST", f"/v1/executions/{ex}/retry", {}),
+        ("POST", f"/v1/executions/{ex}/pin", {}),
+        ("DELETE", f"/v1/executions/{ex}/pin", {}),
         ("PATCH", f"/v1/projects/{world.project_b}", {"json": {"name": "taken"}}),
         ("POST", "/v1/workflows", {"json": workflow_body(project_id=world.project_b)}),
     ]
@@ -344,8 +360,15 @@ def test_a_project_key_acts_on_nothing_outside_its_project(
         response = client.request(method, path, headers=if_match, **kwargs)
         assert response.status_code == 404, f"{method} {path}: {response.text}"
         _no_leak(world, response, f"{method} {path}")
-    for method, path in [("POST", "/v1/projects"), ("GET", "/v1/audit/verify")]:
-        response = client.request(method, path, headers=world.key_a, json={"name": "mine"})
+    org_only = [
+        ("POST", "/v1/projects", {"name": "mine"}),
+        ("GET", "/v1/audit/verify", None),
+        ("POST", "/v1/templates", {"workflow_id": world.workflow_a, "visibility": "public"}),
+        ("POST", f"/v1/templates/{uuid.uuid4()}/unpublish", None),
+        ("POST", "/v1/data-subjects/someone/erase", None),
+    ]
+    for method, path, body in org_only:
+        response = client.request(method, path, headers=world.key_a, json=body)
         assert response.status_code == 403, f"{method} {path}: {response.text}"
     # Nothing of B's changed.
     b = client.get(f"/v1/workflows/{wf}", headers=world.owner).json()
