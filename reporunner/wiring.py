@@ -20,6 +20,7 @@ from sqlalchemy import text
 from commands import WorkflowApplication, WorkflowCommands
 from commands.auto_retries import NAME as AUTO_RETRIES_FOLLOWER
 from commands.auto_retries import AutoRetrier
+from commands.credentials import CredentialCommands
 from commands.executions import (
     ExecutionCommands,
     ExecutionRunner,
@@ -37,6 +38,7 @@ from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
+from infrastructure.keyring import ConnectionSource, Keyring, load_master_key
 from infrastructure.metrics import DatabaseGauges, DatabaseSnapshot, ProcessSampler
 from infrastructure.openapi import install_openapi
 from infrastructure.org_slots import OrgSlots
@@ -65,6 +67,7 @@ from read_api import router as read_router
 from read_api.aggregate import router as aggregate_router
 from read_api.audit import router as audit_router
 from read_api.console import install_console
+from read_api.credentials import router as credentials_router
 from read_api.executions import router as executions_router
 from read_api.history import router as history_router
 from read_api.stream import StreamHub
@@ -129,12 +132,21 @@ class ExecutionServices:
         self.http.close()
 
 
+def keyring_for(settings: Settings, connect: ConnectionSource) -> Keyring | None:
+    """The process's one keyring (None: no master key, external database; the
+    start checks refuse that before any service is built: reporunner/keys.py)."""
+    master = load_master_key(settings)
+    return None if master is None else Keyring(master, connect)
+
+
 def create_execution_services(
     workflow_app: WorkflowApplication,
     workflows: WorkflowCommands,
     target: PgTarget,
     settings: Settings,
+    keyring: Keyring | None = None,
 ) -> ExecutionServices:
+    credentials = None if keyring is None else CredentialCommands(workflow_app, keyring)
     queue = ExecutionQueue(workflow_app.event_store.datastore, target)
     http = AllowListedHttp(settings.allowed_http_hosts(), settings.http_max_response_bytes)
     runner = ExecutionRunner(
@@ -151,6 +163,7 @@ def create_execution_services(
             ),
         ),
         http,
+        credentials,
     )
     commands = ExecutionCommands(workflow_app, workflows, runner, default_worker_id("api"))
     return ExecutionServices(queue=queue, runner=runner, commands=commands, http=http)
@@ -288,8 +301,12 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         )
         workflow_app = create_workflow_application(target, settings)
         app.state.workflow_commands = WorkflowCommands(workflow_app)
+        keyring = keyring_for(settings, workflow_app.event_store.datastore.get_connection)
+        app.state.credential_commands = (
+            None if keyring is None else CredentialCommands(workflow_app, keyring)
+        )
         executions = create_execution_services(
-            workflow_app, app.state.workflow_commands, target, settings
+            workflow_app, app.state.workflow_commands, target, settings, keyring
         )
         app.state.execution_commands = executions.commands
         app.state.hook_deliveries = HookDeliveries(app.state.workflow_commands, executions.commands)
@@ -504,6 +521,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(history_router)
         app.include_router(audit_router)
         app.include_router(executions_router)
+        app.include_router(credentials_router)
         app.include_router(stream_router)
         install_console(app)
     return app

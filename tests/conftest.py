@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 
 from commands import WorkflowApplication, WorkflowCommands
 from infrastructure.auth import ApiKeyStore, Role
+from infrastructure.crypto import MasterKey
 from infrastructure.database import DatabaseUrlError, PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.logs import configure_logging
@@ -82,6 +83,8 @@ def app_settings() -> Iterator[Settings]:
         http_allowed_hosts="127.0.0.1",
         # Short leases, so a killed worker's execution is settled quickly.
         execution_lease_s=2,
+        # One master key for the run (the database is external: none would be made).
+        master_key=MasterKey.generate().encoded(),
     )
     yield settings
     if settings.redis_url:
