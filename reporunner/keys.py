@@ -29,7 +29,7 @@ from infrastructure.keyring import Keyring, load_master_key
 from infrastructure.settings import Settings
 
 log = structlog.get_logger("reporunner.keys")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one line per message, never wrapped
 
 NO_KEY = (
     "no master key: with an external DATABASE_URL set REPORUNNER_MASTER_KEY (or "
