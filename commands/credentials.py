@@ -20,22 +20,28 @@ import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import orjson
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from commands.application import WorkflowApplication
 from commands.models import CommandContext
 from domain.credentials import (
     CREDENTIAL_TYPES,
+    HEADER_NAME_PATTERN,
     MAX_NAME_CHARS,
+    MAX_SECRET_CHARS,
+    NAME_PATTERN,
     SECRET_FIELDS,
+    SECRET_PATTERN,
+    USERNAME_PATTERN,
     Credential,
     CredentialInvalid,
+    check_name,
     check_secret,
 )
 from domain.engine import HttpRequest
@@ -50,27 +56,66 @@ from infrastructure.sealing import open_value, seal_value, sealed_key_ids
 
 SAVE_ATTEMPTS = 5
 
-_SECRET_DOC: Any = {
+
+def _text(pattern: str, max_length: int = MAX_SECRET_CHARS) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": pattern}
+
+
+_SECRET_TEXT = _text(SECRET_PATTERN)
+_NAME_DOC = _text(NAME_PATTERN, MAX_NAME_CHARS)
+# Each type's secret, exactly (write-only: no answer ever holds it).
+SECRET_SCHEMAS: dict[str, dict[str, Any]] = {
+    kind: {
+        "type": "object",
+        "required": list(fields),
+        "additionalProperties": False,
+        "writeOnly": True,
+        "properties": {
+            field: (
+                {**_text(HEADER_NAME_PATTERN), "maxLength": 256}
+                if (kind, field) == ("header", "name")
+                else _text(USERNAME_PATTERN)
+                if (kind, field) == ("basic", "username")
+                else _SECRET_TEXT
+            )
+            for field in fields
+        },
+    }
+    for kind, fields in SECRET_FIELDS.items()
+}
+# The OpenAPI bodies, written out: a secret's shape depends on the type, which
+# pydantic's schema of a dict cannot say (the domain checks the same rules).
+CREATE_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {
+            "type": "object",
+            "title": f"CreateCredential ({kind})",
+            "required": ["name", "type", "secret"],
+            "additionalProperties": False,
+            "properties": {"name": _NAME_DOC, "type": {"const": kind}, "secret": schema},
+        }
+        for kind, schema in SECRET_SCHEMAS.items()
+    ],
+    "examples": [{"name": "CRM API", "type": "bearer", "secret": {"token": "sk-..."}}],
+}
+UPDATE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "The secret's fields, by type: bearer {token}; header {name, value}; "
-    "basic {username, password}; hmac_secret {secret}. Write-only: never answered.",
-    "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 4096},
-    "writeOnly": True,
+    "description": "Rename, or replace the whole secret (in the shape of the credential's "
+    "type: another type's shape is 409), or both.",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {"name": _NAME_DOC, "secret": {"oneOf": list(SECRET_SCHEMAS.values())}},
 }
 
 
 class CreateCredential(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={
-            "examples": [{"name": "CRM API", "type": "bearer", "secret": {"token": "sk-..."}}]
-        },
-    )
+    """Shape and types only; ``check_name`` and ``check_secret`` say what else is wrong."""
 
-    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
     type: Literal["bearer", "header", "basic", "hmac_secret"]
-    secret: dict[str, Any] = Field(json_schema_extra=_SECRET_DOC)
+    secret: dict[str, Any]
 
 
 class UpdateCredential(BaseModel):
@@ -78,15 +123,28 @@ class UpdateCredential(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: Annotated[str | None, Field(min_length=1, max_length=MAX_NAME_CHARS)] = None
-    secret: dict[str, Any] | None = Field(None, json_schema_extra=_SECRET_DOC)
+    name: str | None = None
+    secret: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _something(self) -> UpdateCredential:
-        given = {f for f in self.model_fields_set if getattr(self, f) is not None}
-        if not given:
-            raise ValueError("give at least one of: name, secret (not null)")
+    def _present_and_not_null(self) -> UpdateCredential:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of: name, secret")
+        nulls = sorted(f for f in self.model_fields_set if getattr(self, f) is None)
+        if nulls:
+            raise ValueError(f"may not be null: {', '.join(nulls)}")
         return self
+
+
+class CredentialTypeMismatch(Exception):
+    """A new secret in the shape of another type than the credential's own."""
+
+    def __init__(self, credential_id: UUID, credential_type: str, given: str) -> None:
+        super().__init__(
+            f"credential {credential_id} is of type '{credential_type}': its secret has "
+            f"{', '.join(SECRET_FIELDS[credential_type])}, not the fields of '{given}' "
+            "(a credential's type never changes: create another)"
+        )
 
 
 class CredentialNotFound(Exception):
@@ -154,7 +212,8 @@ class CredentialCommands:
         self.keyring = keyring
 
     def create(self, command: CreateCredential, ctx: CommandContext) -> CredentialResult:
-        _raise_if_invalid(check_secret(command.type, command.secret))
+        # Before sealing: a refused request must not make the organisation a key.
+        _raise_if_invalid(check_name(command.name) + check_secret(command.type, command.secret))
         credential_id = uuid.uuid4()
         sealed, key_id, fingerprint = self._seal(ctx.org_id, credential_id, command)
         credential = Credential.create(
@@ -175,6 +234,7 @@ class CredentialCommands:
             credential = self.get(credential_id, ctx.org_id)
             sealed = key_id = fingerprint = None
             if command.secret is not None:
+                _refuse_another_types_secret(credential, command.secret)
                 _raise_if_invalid(check_secret(credential.credential_type, command.secret))
                 sealed, key_id, fingerprint = self._seal(
                     ctx.org_id, credential_id, command, credential.credential_type
@@ -252,6 +312,12 @@ class CredentialCommands:
         return CredentialResult(credential.id, position, status_code, metadata(credential))
 
 
+def _refuse_another_types_secret(credential: Credential, secret: dict[str, Any]) -> None:
+    shapes = [kind for kind, fields in SECRET_FIELDS.items() if set(fields) == set(secret)]
+    if shapes and credential.credential_type not in shapes:
+        raise CredentialTypeMismatch(credential.id, credential.credential_type, shapes[0])
+
+
 def _raise_if_invalid(problems: Sequence[Problem]) -> None:
     if problems:
         raise CredentialInvalid(list(problems))
@@ -302,6 +368,7 @@ __all__ = [
     "CredentialCommands",
     "CredentialNotFound",
     "CredentialResult",
+    "CredentialTypeMismatch",
     "CredentialUnusable",
     "OpenCredential",
     "UpdateCredential",

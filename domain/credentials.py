@@ -55,7 +55,14 @@ SECRET_LOOKING_HEADERS: Final = frozenset(
         "x-amz-security-token",
     }
 )
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+# The same character classes as the OpenAPI patterns (``NAME_PATTERN`` ...), so what
+# the document calls valid is valid here: a visible character, no NUL.
+NAME_PATTERN: Final = r"^[^\x00]*[^\x00-\x20\x7f][^\x00]*$"
+SECRET_PATTERN: Final = r"^[^\x00-\x1f\x7f]+$"
+USERNAME_PATTERN: Final = r"^[^\x00-\x1f\x7f:]+$"
+HEADER_NAME_PATTERN: Final = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$"
+_NAME = re.compile(NAME_PATTERN[1:-1])
+_HEADER_NAME = re.compile(HEADER_NAME_PATTERN[1:-1])
 # CR, LF or NUL in a value would let it inject headers; other controls have no place either.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -81,10 +88,10 @@ class CredentialDeleted(DomainError):
 
 
 def check_name(name: object) -> list[Problem]:
-    if not isinstance(name, str) or not name.strip():
-        return [Problem("name", "must be a non-empty string")]
-    if len(name) > MAX_NAME_CHARS or _CONTROL.search(name):
-        return [Problem("name", f"must be at most {MAX_NAME_CHARS} characters, no controls")]
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        return [Problem("name", "must be a string with a visible character and no NUL")]
+    if len(name) > MAX_NAME_CHARS:
+        return [Problem("name", f"must be at most {MAX_NAME_CHARS} characters")]
     return []
 
 

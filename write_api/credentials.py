@@ -19,10 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from commands.credentials import (
+    CREATE_SCHEMA,
+    UPDATE_SCHEMA,
     CreateCredential,
     CredentialCommands,
     CredentialNotFound,
     CredentialResult,
+    CredentialTypeMismatch,
     UpdateCredential,
 )
 from commands.models import CommandContext
@@ -44,13 +47,8 @@ _LOG_POSITION = {
 }
 
 
-def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
+def _body_doc(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 async def _parse(request: Request, model: type[ModelT]) -> ModelT:
@@ -93,6 +91,8 @@ async def _run(
             type_=problem_type("invalid-credential"),
             errors=[{"loc": ["body", *p.loc.split(".")], "msg": p.msg} for p in exc.problems],
         ) from None
+    except CredentialTypeMismatch as exc:
+        raise Problem(409, str(exc), type_=problem_type("credential-type-mismatch")) from None
     except (CredentialNotFound, CredentialDeleted) as exc:
         raise Problem(404, str(exc), type_=problem_type("not-found")) from None
     except IntegrityError:
@@ -124,7 +124,7 @@ _ANSWER = {"model": CredentialInfo, "headers": {"X-Log-Position": _LOG_POSITION}
     summary="Create a credential; its secret is sealed and never answered",
     response_model=CredentialInfo,
     responses={201: _ANSWER, **problems(400, 422, 503)},
-    openapi_extra=_body_doc(CreateCredential),
+    openapi_extra=_body_doc(CREATE_SCHEMA),
 )
 async def create_credential(request: Request) -> Response:
     principal = await _writer(request)
@@ -136,8 +136,8 @@ async def create_credential(request: Request) -> Response:
     "/credentials/{credential_id}",
     summary="Rename a credential and/or replace its secret",
     response_model=CredentialInfo,
-    responses={200: _ANSWER, **problems(400, 404, 422, 503)},
-    openapi_extra=_body_doc(UpdateCredential),
+    responses={200: _ANSWER, **problems(400, 404, 409, 422, 503)},
+    openapi_extra=_body_doc(UPDATE_SCHEMA),
 )
 async def update_credential(credential_id: UUID, request: Request) -> Response:
     principal = await _writer(request)
