@@ -116,7 +116,7 @@ def worker(
 
     import migrations
     from commands import WorkflowCommands
-    from reporunner.keys import checked_master_key
+    from reporunner.keys import start_keys
     from reporunner.server import check_connection_budget
     from reporunner.wiring import (
         create_execution_services,
@@ -136,7 +136,7 @@ def worker(
     database = resolve_database(settings)
     if migrate:
         migrations.upgrade(database.target)
-    checked_master_key(settings, database.target)
+    start_keys(settings, database.target)
     check_connection_budget(settings, database.target, workers=1)
     if settings.metrics_port is not None:
         _serve_worker_with_metrics(settings, database.target, host)

@@ -67,6 +67,16 @@ def checked_master_key(settings: Settings, target: PgTarget) -> MasterKey:
     return master
 
 
+def start_keys(settings: Settings, target: PgTarget) -> MasterKey:
+    """At a process's start: check the master key (exit 2 if wrong), then seal the
+    hook secrets still in clear from before migration 0015."""
+    from commands.webhook_secrets import seal_clear_secrets
+
+    master = checked_master_key(settings, target)
+    seal_clear_secrets(Keyring(master, connection_source(target)), connection_source(target))
+    return master
+
+
 def generate() -> None:
     """Print a new random master key (stdout, alone on its line)."""
     key = MasterKey.generate()
@@ -149,4 +159,4 @@ def register(keys_app: typer.Typer) -> None:
     keys_app.command("rotate-master")(rotate_master)
 
 
-__all__ = ["checked_master_key", "connection_source", "register"]
+__all__ = ["checked_master_key", "connection_source", "register", "start_keys"]

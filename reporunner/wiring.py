@@ -300,8 +300,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             else None
         )
         workflow_app = create_workflow_application(target, settings)
-        app.state.workflow_commands = WorkflowCommands(workflow_app)
         keyring = keyring_for(settings, workflow_app.event_store.datastore.get_connection)
+        app.state.workflow_commands = WorkflowCommands(workflow_app, keyring)
         app.state.credential_commands = (
             None if keyring is None else CredentialCommands(workflow_app, keyring)
         )

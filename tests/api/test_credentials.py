@@ -15,6 +15,7 @@ import io
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,10 +26,15 @@ import pytest
 import redis
 
 from commands import WorkflowApplication
+from commands.webhook_secrets import seal_clear_secrets
+from domain.webhooks import sign
+from infrastructure.crypto import MasterKey
 from infrastructure.database import PgTarget
+from infrastructure.keyring import Keyring
 from infrastructure.logs import configure_logging
 from projections.relay import BusConfig, Relay
-from tests.helpers import trigger, workflow_body
+from reporunner.keys import connection_source
+from tests.helpers import trigger, webhook_body, workflow_body
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -393,3 +399,67 @@ def test_a_credential_id_must_look_like_one(client: httpx.Client, owner: dict[st
     response = client.post("/v1/workflows", json=body, headers=owner)
     assert response.status_code == 422
     assert "credential" in response.text
+
+
+def _signed_delivery(
+    client: httpx.Client, org: str, path: str, secret: str, n: int
+) -> httpx.Response:
+    body = json.dumps({"n": n}).encode()
+    now = int(time.time())
+    return client.post(
+        f"/hooks/{org}/{path}",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Webhook-Signature": sign(secret.encode(), now, body),
+            "X-Webhook-Timestamp": str(now),
+        },
+    )
+
+
+def test_a_hook_hmac_secret_is_kept_sealed_and_older_clear_ones_are_sealed_at_start(
+    client: httpx.Client,
+    owner: dict[str, str],
+    org: str,
+    db_target: PgTarget,
+    app_settings: Any,
+) -> None:
+    body = webhook_body(path="sealed/in", method="POST")
+    body["nodes"][0]["parameters"] |= {"auth": {"type": "hmac_sha256"}}
+    workflow_id = client.post("/v1/workflows", json=body, headers=owner).json()["id"]
+    activated = client.post(
+        f"/v1/workflows/{workflow_id}/activate", headers={**owner, "If-Match": '"1"'}
+    )
+    assert activated.status_code == 200, activated.text
+    secret = activated.json()["webhook_secrets"]["hook"]
+
+    def stored() -> tuple[Any, Any]:
+        with psycopg.connect(db_target.conninfo()) as conn:
+            row = conn.execute(
+                "SELECT hmac_secret, hmac_sealed::text FROM webhook_secrets WHERE workflow_id = %s",
+                (workflow_id,),
+            ).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    clear, sealed = stored()
+    assert clear is None and sealed is not None and secret not in sealed
+    assert _signed_delivery(client, org, "sealed/in", secret, 1).status_code == 202
+
+    # A row as migration 0010 kept it (in clear) still checks signatures ...
+    with psycopg.connect(db_target.conninfo()) as conn:
+        conn.execute(
+            "UPDATE webhook_secrets SET hmac_secret = %s, hmac_sealed = NULL "
+            "WHERE workflow_id = %s",
+            (secret, workflow_id),
+        )
+    assert _signed_delivery(client, org, "sealed/in", secret, 2).status_code == 202
+    # ... until a process starts: it seals every such row.
+    keyring = Keyring(
+        MasterKey.parse(app_settings.master_key.get_secret_value()), connection_source(db_target)
+    )
+    assert seal_clear_secrets(keyring, connection_source(db_target)) >= 1
+    clear, sealed = stored()
+    assert clear is None and sealed is not None and secret not in sealed
+    assert _signed_delivery(client, org, "sealed/in", secret, 3).status_code == 202
+    assert _signed_delivery(client, org, "sealed/in", "wrong", 4).status_code == 401
