@@ -55,6 +55,11 @@ from infrastructure.keyring import DataKey, Keyring
 from infrastructure.sealing import open_value, seal_value, sealed_key_ids
 
 SAVE_ATTEMPTS = 5
+# The headers an hmac_secret credential signs with: those our own hooks read by default.
+SIGNATURE_HEADER = "X-Webhook-Signature"
+SIGNED_AT_HEADER = "X-Webhook-Timestamp"
+assert SIGNATURE_HEADER.lower() == DEFAULT_SIGNATURE_HEADER
+assert SIGNED_AT_HEADER.lower() == DEFAULT_TIMESTAMP_HEADER
 
 
 def _text(pattern: str, max_length: int = MAX_SECRET_CHARS) -> dict[str, Any]:
@@ -396,8 +401,8 @@ def apply_credential(request: HttpRequest, opened: OpenCredential, now: float) -
         timestamp = int(now)
         body = encode_body(request.body) or b""
         added = {
-            DEFAULT_TIMESTAMP_HEADER: str(timestamp),
-            DEFAULT_SIGNATURE_HEADER: sign(secret["secret"].encode(), timestamp, body),
+            SIGNED_AT_HEADER: str(timestamp),
+            SIGNATURE_HEADER: sign(secret["secret"].encode(), timestamp, body),
         }
     else:
         raise CredentialUnusable(f"credential type '{kind}' is not known to this version")
