@@ -12,6 +12,7 @@ key on first start: ``infrastructure/keyring.py: load_master_key``.)
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,10 +102,13 @@ def rotate_master(
     import os
 
     import migrations
+    from infrastructure.logs import configure_logging
     from infrastructure.settings import get_settings
     from reporunner.wiring import resolve_database
 
     settings = get_settings()
+    # Log lines to stderr, as the other commands do: stdout stays the commands' output.
+    configure_logging(settings.log_level, settings.log_format, stream=sys.stderr)
     try:
         if new_key_file is not None:
             new = MasterKey.parse(new_key_file.read_text())
