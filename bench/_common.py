@@ -17,10 +17,14 @@ import httpx
 import psycopg
 
 import migrations
+from infrastructure.crypto import MasterKey
 from infrastructure.database import DatabaseUrlError, PgTarget
 from infrastructure.embedded import start_embedded_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
+# One master key for the benchmark's processes (an external database needs one);
+# every child process inherits it from the environment.
+os.environ.setdefault("REPORUNNER_MASTER_KEY", MasterKey.generate().encoded())
 
 
 @contextmanager

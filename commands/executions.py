@@ -32,6 +32,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from commands.application import WorkflowApplication
+from commands.credentials import CredentialCommands, CredentialUnusable, apply_credential
 from commands.errors import (
     ExecutionAnswerUnavailable,
     ExecutionInProgress,
@@ -56,6 +57,7 @@ from domain.engine import (
     EnginePorts,
     ExecutionOutcome,
     ExecutionPlan,
+    HttpFailure,
     HttpRequest,
     HttpResponse,
     Outputs,
@@ -258,12 +260,14 @@ class ExecutionRunner:
         settings: RunnerSettings,
         http: Callable[[HttpRequest], HttpResponse],
         payloads: ExecutionPayloads | None = None,
+        credentials: CredentialCommands | None = None,
     ) -> None:
         self.app = app
         self.queue = queue
         self.settings = settings
         self.http = http
         self.payloads = payloads or ExecutionPayloads(None)
+        self.credentials = credentials
         self.leases = LeaseKeeper(queue, settings.lease_s)
         self._plans: OrderedDict[tuple[UUID, int], ExecutionPlan] = OrderedDict()
         self._plans_lock = threading.Lock()
@@ -374,9 +378,12 @@ class ExecutionRunner:
                     raise RunStopped
                 # The flush spent some of the time the engine granted the call.
                 spent_ms = math.ceil((time.monotonic() - began) * 1000)
-                return self.http(
-                    dataclasses.replace(request, timeout_ms=max(1, request.timeout_ms - spent_ms))
+                request = dataclasses.replace(
+                    request, timeout_ms=max(1, request.timeout_ms - spent_ms)
                 )
+                if request.credential is not None:
+                    request = self._authenticated(execution.org_id, request)
+                return self.http(request)
 
             ports = EnginePorts(
                 http=http, sleep=sleep, clock=time.monotonic, should_cancel=should_stop
@@ -420,6 +427,18 @@ class ExecutionRunner:
         if sealer.keys == ():
             raise ExecutionPayloadErased(execution.id, "input")
         return self.payloads.open(execution.org_id, execution.id, INPUT, execution.input)
+
+    def _authenticated(self, org_id: str, request: HttpRequest) -> HttpRequest:
+        """The request with its credential's secret applied, in memory only: a
+        credential that cannot be used fails the node (the message names the id)."""
+        assert request.credential is not None
+        if self.credentials is None:
+            raise HttpFailure("credentials need a master key, and this process has none")
+        try:
+            opened = self.credentials.open(org_id, request.credential)
+            return apply_credential(request, opened, time.time())
+        except CredentialUnusable as exc:
+            raise HttpFailure(str(exc)) from None
 
     def _reused_outputs(self, execution: Execution) -> dict[str, Outputs] | None:
         """For a retry from the failed node: the outputs it takes from the run it retries.

@@ -69,11 +69,13 @@ from commands.models import (
 )
 from commands.projects import ProjectNotFound, ProjectScopeRefused, load_project
 from commands.scope import Access, ensure_access
+from commands.webhook_secrets import seal_secret
 from domain.meta import EventMeta
 from domain.triggers import SECRET_AUTH, webhook_routes
 from domain.webhooks import hash_token
 from domain.workflow import Workflow
 from infrastructure.eventstore import IdempotencyRecord, SideStatement
+from infrastructure.keyring import Keyring
 
 _IDEMPOTENT_ID_NAMESPACE = uuid.UUID("6f1c8e52-3a7d-4c1e-9b8a-52d0c6a1e7f3")
 
@@ -139,9 +141,12 @@ class LastCommitted:
 class WorkflowCommands:
     """The write side's use cases for workflows."""
 
-    def __init__(self, app: WorkflowApplication) -> None:
+    def __init__(self, app: WorkflowApplication, keyring: Keyring | None = None) -> None:
         self.app = app
         self.last_committed = LastCommitted()
+        # Seals hook HMAC secrets (commands/webhook_secrets.py); without one
+        # (tests that never activate an hmac hook) they are kept as before.
+        self.keyring = keyring
 
     def create(
         self,
@@ -439,7 +444,8 @@ class WorkflowCommands:
             if was_active or workflow.active:
                 self._ensure_routes_free(workflow, ctx)
                 generated = self._hook_secrets(workflow, renew)
-                routes = _route_statements(workflow) + _secret_statements(workflow, generated)
+                hook_secrets = _secret_statements(workflow, generated, self.keyring)
+                routes = _route_statements(workflow) + hook_secrets
             try:
                 result = self._save(workflow, ctx, fingerprint, status_code=200, side=routes)
                 return replace(result, webhook_secrets=generated)
@@ -633,21 +639,29 @@ def _route_statements(workflow: Workflow) -> list[SideStatement]:
     return statements
 
 
-def _secret_statements(workflow: Workflow, generated: dict[str, str]) -> list[SideStatement]:
-    """Keep each new hook secret (a token as its SHA-256), replacing the node's old one."""
+def _secret_statements(
+    workflow: Workflow, generated: dict[str, str], keyring: Keyring | None
+) -> list[SideStatement]:
+    """Keep each new hook secret (a token as its SHA-256, an HMAC secret sealed under
+    the organisation's key), replacing the node's old one."""
     auth = {route.node_id: route.parameters.auth.type for route in webhook_routes(workflow.nodes)}
     statements = []
     for node_id, secret in generated.items():
-        token_sha256, hmac_secret = (
-            (hash_token(secret), None) if auth[node_id] == "header_token" else (None, secret)
-        )
+        token_sha256 = hmac_secret = hmac_sealed = None
+        if auth[node_id] == "header_token":
+            token_sha256 = hash_token(secret)
+        elif keyring is not None:
+            hmac_sealed = seal_secret(keyring, workflow.org_id, workflow.id, node_id, secret)
+        else:
+            hmac_secret = secret
         statements.append(
             SideStatement(
-                "INSERT INTO webhook_secrets (workflow_id, node_id, token_sha256, hmac_secret) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (workflow_id, node_id) DO UPDATE "
+                "INSERT INTO webhook_secrets "
+                "(workflow_id, node_id, token_sha256, hmac_secret, hmac_sealed) "
+                "VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT (workflow_id, node_id) DO UPDATE "
                 "SET token_sha256 = excluded.token_sha256, hmac_secret = excluded.hmac_secret, "
-                "created_at = now()",
-                (workflow.id, node_id, token_sha256, hmac_secret),
+                "hmac_sealed = excluded.hmac_sealed, created_at = now()",
+                (workflow.id, node_id, token_sha256, hmac_secret, hmac_sealed),
             )
         )
     return statements

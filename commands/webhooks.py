@@ -39,6 +39,7 @@ from commands.errors import HookNotFound
 from commands.executions import ExecutionCommands
 from commands.handlers import WorkflowCommands
 from commands.models import CommandContext, ExecutionResult, RunWorkflow
+from commands.webhook_secrets import open_secret
 from domain.triggers import WebhookTriggerParameters
 from domain.webhooks import (
     ResponseMode,
@@ -58,7 +59,7 @@ _KEPT_LIMIT = 1000
 
 _ROUTE_QUERY = (
     "SELECT r.workflow_id, r.node_id, r.parameters::text AS parameters, "
-    "s.token_sha256, s.hmac_secret, "
+    "s.token_sha256, s.hmac_secret, s.hmac_sealed::text AS hmac_sealed, "
     f"(SELECT max(e.originator_version) FROM {EVENTS_TABLE} e "
     " WHERE e.originator_id = r.workflow_id) AS head "
     "FROM webhook_routes r LEFT JOIN webhook_secrets s "
@@ -126,7 +127,7 @@ class HookDeliveries:
             check_token(delivery.headers.get(auth.header), token_sha256)
             secret_headers = frozenset({auth.header})
         elif auth.type == "hmac_sha256":
-            hmac_secret = route.hmac_secret
+            hmac_secret = self._hmac_secret(delivery.org_id, route)
             if hmac_secret is None:
                 raise WebhookRefused("this hook has no secret: activate the workflow again")
             check_signature(
@@ -251,8 +252,18 @@ class HookDeliveries:
             parameters=self._parsed(row["parameters"]),
             token_sha256=row["token_sha256"],
             hmac_secret=row["hmac_secret"],
+            hmac_sealed=row["hmac_sealed"],
             head=row["head"],
         )
+
+    def _hmac_secret(self, org_id: str, route: _Route) -> str | None:
+        """The hook's HMAC secret: sealed (opened here, in memory), or from before 0015."""
+        if route.hmac_sealed is None:
+            return route.hmac_secret
+        keyring = self.workflows.keyring
+        if keyring is None:
+            raise WebhookRefused("this process has no master key to check the signature with")
+        return open_secret(keyring, org_id, route.workflow_id, route.node_id, route.hmac_sealed)
 
 
 @dataclass(frozen=True)
@@ -262,4 +273,5 @@ class _Route:
     parameters: WebhookTriggerParameters
     token_sha256: str | None
     hmac_secret: str | None
+    hmac_sealed: str | None  # jsonb text of the sealed secret (commands/webhook_secrets.py)
     head: int  # the workflow's stream version in the look-up's snapshot

@@ -19,9 +19,16 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from domain.credentials import SECRET_LOOKING_HEADERS
 from domain.data_subjects import check_data_subject_path
 from domain.errors import Problem, WorkflowInvalid
-from domain.nodes import DEFAULT_OUTPUT, ERROR_OUTPUT, NODE_TYPES, TRIGGER_TYPES
+from domain.nodes import (
+    DEFAULT_OUTPUT,
+    ERROR_OUTPUT,
+    NODE_TYPES,
+    TRIGGER_TYPES,
+    HttpRequestParameters,
+)
 from domain.values import check_value
 
 __all__ = [
@@ -393,7 +400,20 @@ class _Checker:
         except ValidationError as exc:
             self.problems.extend(_pydantic_problems(loc, exc))
             return None
+        if isinstance(model, HttpRequestParameters):
+            self.inline_secrets(loc, model)
         return node_type.outputs(model)
+
+    def inline_secrets(self, loc: str, params: HttpRequestParameters) -> None:
+        """A secret-looking header written into the definition would sit in the log
+        for ever: refuse it and point to credentials."""
+        for name in params.headers:
+            if name.lower() in SECRET_LOOKING_HEADERS:
+                self.add(
+                    f"{loc}.headers.{name}",
+                    f"'{name}' carries a secret: keep it in a credential "
+                    "(POST /v1/credentials) and name its id in the node's 'credential'",
+                )
 
     def node_extras(self, loc: str, node: dict[Any, Any]) -> None:
         """The optional keys: name, position, retry, on_error."""

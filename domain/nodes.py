@@ -97,6 +97,7 @@ MAX_HEADERS: Final = 100
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 # RFC 9110 token characters: anything else would corrupt the request line.
+_CREDENTIAL_ID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 
@@ -422,6 +423,11 @@ class HttpRequestParameters(BaseModel):
     )
     body: JsonData = None
     timeout_ms: Annotated[int, Field(ge=1, le=300_000)] = 10_000
+    credential: Annotated[str, StringConstraints(pattern=_CREDENTIAL_ID)] | None = Field(
+        default=None,
+        description="A credential's id (POST /v1/credentials): its secret is applied to "
+        "the request when the node runs, never stored in the definition.",
+    )
 
 
 class CodeParameters(BaseModel):

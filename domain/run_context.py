@@ -52,6 +52,8 @@ class HttpRequest:
     headers: Mapping[str, str]
     body: Any
     timeout_ms: int
+    credential: str | None = None
+    """A credential's id: the runner applies its secret just before the call."""
 
 
 @dataclass(frozen=True)

@@ -308,6 +308,7 @@ def _build_http_request(params: HttpRequestParameters, outputs: tuple[str, ...])
                 headers=headers,
                 body=params.body,
                 timeout_ms=max(1, min(params.timeout_ms, math.ceil(left_ms))),
+                credential=params.credential,
             )
             try:
                 response = context.ports.http(request)

@@ -51,7 +51,7 @@ class AllowListedHttp:
         host = (urlsplit(request.url).hostname or "").lower()
         if host not in self.allowed_hosts:
             raise HttpFailure(f"host '{host}' is not on the allow-list")
-        body = None if request.body is None else json.dumps(request.body).encode()
+        body = encode_body(request.body)
         headers = dict(request.headers)
         if body is not None:
             headers.setdefault("content-type", "application/json")
@@ -93,6 +93,11 @@ class AllowListedHttp:
 
     def close(self) -> None:
         self._client.close()
+
+
+def encode_body(body: Any) -> bytes | None:
+    """The bytes a request's JSON body is sent as (an HMAC credential signs these)."""
+    return None if body is None else json.dumps(body).encode()
 
 
 def _timed_out(request: HttpRequest) -> HttpFailure:

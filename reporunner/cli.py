@@ -26,6 +26,7 @@ from reporunner.audit_cli import audit_app
 from reporunner.bus_cli import bus_app
 from reporunner.erase_cli import erase
 from reporunner.import_cli import import_app
+from reporunner.keys import register as register_master_key_commands
 from reporunner.retention_cli import retention_app
 from reporunner.wiring import resolve_database
 
@@ -44,8 +45,9 @@ class ServeRole(StrEnum):
 app = typer.Typer(
     help="Reporunner: event-sourced workflow automation backend.", no_args_is_help=True
 )
-keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys and the master key.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+register_master_key_commands(keys_app)
 projections_app = typer.Typer(help="Inspect, rebuild and verify projections.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
 dead_letters_app = typer.Typer(
@@ -120,10 +122,12 @@ def worker(
 
     import migrations
     from commands import WorkflowCommands
+    from reporunner.keys import start_keys
     from reporunner.server import check_connection_budget
     from reporunner.wiring import (
         create_execution_services,
         create_workflow_application,
+        keyring_for,
         start_workers,
     )
 
@@ -138,13 +142,15 @@ def worker(
     database = resolve_database(settings)
     if migrate:
         migrations.upgrade(database.target)
+    start_keys(settings, database.target)
     check_connection_budget(settings, database.target, workers=1)
     if settings.metrics_port is not None:
         _serve_worker_with_metrics(settings, database.target, host)
         return
     workflow_app = create_workflow_application(database.target, settings)
+    keyring = keyring_for(settings, workflow_app.event_store.datastore.get_connection)
     services = create_execution_services(
-        workflow_app, WorkflowCommands(workflow_app), database.target, settings
+        workflow_app, WorkflowCommands(workflow_app), database.target, settings, keyring
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -348,10 +354,13 @@ def _auto_retrier(projector: Any) -> Any:
     """The auto-retrier on a projector's application and database."""
     from commands import WorkflowCommands
     from commands.auto_retries import AutoRetrier
-    from reporunner.wiring import create_execution_services
+    from reporunner.wiring import create_execution_services, keyring_for
 
+    settings = get_settings()
+    # A retry re-seals its run's payloads: it needs the process's keyring.
+    keyring = keyring_for(settings, projector.app.event_store.datastore.get_connection)
     services = create_execution_services(
-        projector.app, WorkflowCommands(projector.app), projector.target, get_settings()
+        projector.app, WorkflowCommands(projector.app, keyring), projector.target, settings, keyring
     )
     return AutoRetrier(services.commands)
 

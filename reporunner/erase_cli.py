@@ -34,9 +34,11 @@ def erase(
     from commands.erasure import DataSubjectErasure, ErasureUnavailable
     from commands.models import CommandContext
     from domain.data_subjects import MAX_SUBJECT_CHARS
+    from reporunner.keys import start_keys
     from reporunner.wiring import (
         create_execution_services,
         create_workflow_application,
+        keyring_for,
         resolve_database,
     )
 
@@ -53,8 +55,10 @@ def erase(
     target = resolve_database(settings).target
     migrations.upgrade(target)
     workflow_app = create_workflow_application(target, settings)
+    start_keys(settings, target)  # a wrong master key stops here (exit 2)
+    keyring = keyring_for(settings, workflow_app.event_store.datastore.get_connection)
     services = create_execution_services(
-        workflow_app, WorkflowCommands(workflow_app), target, settings
+        workflow_app, WorkflowCommands(workflow_app, keyring), target, settings, keyring
     )
     try:
         erasure = DataSubjectErasure(workflow_app, services.runner.payloads, target)

@@ -34,6 +34,7 @@ from infrastructure.logs import configure_logging
 from infrastructure.problems import Problem
 from infrastructure.settings import Settings, get_settings
 from infrastructure.tracing import configure_tracing
+from reporunner.keys import start_keys
 from reporunner.wiring import create_app, ping_redis, resolve_database
 
 log = structlog.get_logger("reporunner")
@@ -56,6 +57,8 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
                 head=head,
             )
             raise SystemExit(2)
+    # A wrong or missing master key stops here (exit 2), before anything serves.
+    start_keys(settings, database.target)
     http_workers = workers if HTTP_ROLES & set(settings.role_list()) else 1
     check_connection_budget(settings, database.target, http_workers)
     asyncio.run(_announce(settings, database.target, host, port))

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from commands import WorkflowApplication, WorkflowCommands
 from commands.auto_retries import NAME as AUTO_RETRIES_FOLLOWER
 from commands.auto_retries import AutoRetrier
+from commands.credentials import CredentialCommands
 from commands.erasure import DataSubjectErasure
 from commands.executions import (
     ExecutionCommands,
@@ -38,12 +39,11 @@ from domain.engine import EngineLimits
 from infrastructure import tracing
 from infrastructure.auth import ApiKeyStore
 from infrastructure.cache import CacheConfig, ReadCache, connect_redis
-from infrastructure.crypto import MasterKey
 from infrastructure.database import PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
-from infrastructure.keyring import AsyncKeyring, Keyring, load_master_key
+from infrastructure.keyring import AsyncKeyring, ConnectionSource, Keyring, load_master_key
 from infrastructure.metrics import DatabaseGauges, DatabaseSnapshot, ProcessSampler
 from infrastructure.openapi import install_openapi
 from infrastructure.org_slots import OrgSlots
@@ -72,6 +72,7 @@ from read_api import router as read_router
 from read_api.aggregate import router as aggregate_router
 from read_api.audit import router as audit_router
 from read_api.console import install_console
+from read_api.credentials import router as credentials_router
 from read_api.executions import router as executions_router
 from read_api.history import router as history_router
 from read_api.projects import router as projects_read_router
@@ -139,19 +140,11 @@ class ExecutionServices:
         self.http.close()
 
 
-def payload_master_key(settings: Settings) -> MasterKey | None:
-    """The master key execution payloads are sealed with: when one is configured
-    (REPORUNNER_MASTER_KEY or _FILE); without one, payloads stay in clear."""
-    if settings.master_key is None and settings.master_key_file is None:
-        return None
-    return load_master_key(settings)
-
-
-def payload_keyring(workflow_app: WorkflowApplication, settings: Settings) -> Keyring | None:
-    master = payload_master_key(settings)
-    if master is None:
-        return None
-    return Keyring(master, workflow_app.event_store.datastore.get_connection)
+def keyring_for(settings: Settings, connect: ConnectionSource) -> Keyring | None:
+    """The process's one keyring (None: no master key, external database; the
+    start checks refuse that before any service is built: reporunner/keys.py)."""
+    master = load_master_key(settings)
+    return None if master is None else Keyring(master, connect)
 
 
 def create_execution_services(
@@ -159,10 +152,11 @@ def create_execution_services(
     workflows: WorkflowCommands,
     target: PgTarget,
     settings: Settings,
+    keyring: Keyring | None = None,
 ) -> ExecutionServices:
+    credentials = None if keyring is None else CredentialCommands(workflow_app, keyring)
     queue = ExecutionQueue(workflow_app.event_store.datastore, target)
     http = AllowListedHttp(settings.allowed_http_hosts(), settings.http_max_response_bytes)
-    keyring = payload_keyring(workflow_app, settings)
     runner = ExecutionRunner(
         workflow_app,
         queue,
@@ -177,7 +171,9 @@ def create_execution_services(
             ),
         ),
         http,
+        # Without a keyring (a test's app without a master key) payloads stay in clear.
         ExecutionPayloads(keyring),
+        credentials,
     )
     commands = ExecutionCommands(workflow_app, workflows, runner, default_worker_id("api"))
     return ExecutionServices(queue=queue, runner=runner, commands=commands, http=http)
@@ -314,16 +310,19 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             else None
         )
         workflow_app = create_workflow_application(target, settings)
-        app.state.workflow_commands = WorkflowCommands(workflow_app)
+        keyring = keyring_for(settings, workflow_app.event_store.datastore.get_connection)
+        app.state.workflow_commands = WorkflowCommands(workflow_app, keyring)
+        app.state.credential_commands = (
+            None if keyring is None else CredentialCommands(workflow_app, keyring)
+        )
         app.state.project_commands = ProjectCommands(workflow_app)
         executions = create_execution_services(
-            workflow_app, app.state.workflow_commands, target, settings
+            workflow_app, app.state.workflow_commands, target, settings, keyring
         )
         app.state.execution_commands = executions.commands
         # Payloads are opened with keys read on the primary: a replica could
         # still show a key an erasure just destroyed.
-        master = payload_master_key(settings)
-        app.state.payload_keys = None if master is None else AsyncKeyring(master, engine)
+        app.state.payload_keys = None if keyring is None else AsyncKeyring(keyring.master, engine)
         app.state.data_subject_erasure = DataSubjectErasure(
             workflow_app,
             executions.runner.payloads,
@@ -544,6 +543,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(history_router)
         app.include_router(audit_router)
         app.include_router(executions_router)
+        app.include_router(credentials_router)
         app.include_router(stream_router)
         app.include_router(templates_router)
         app.include_router(transfer_router)
@@ -567,7 +567,7 @@ def create_scheduler(
 def create_retention(workflow_app: WorkflowApplication, settings: Settings) -> Retention:
     return Retention(
         workflow_app,
-        payload_keyring(workflow_app, settings),  # None: payloads in clear, no day keys
+        keyring_for(settings, workflow_app.event_store.datastore.get_connection),
         global_days=settings.execution_retention_days,
         batch_size=settings.retention_batch_size,
     )

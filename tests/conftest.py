@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 
 from commands import WorkflowApplication, WorkflowCommands
 from infrastructure.auth import ApiKeyStore, Role
+from infrastructure.crypto import MasterKey
 from infrastructure.database import DatabaseUrlError, PgTarget, create_engine
 from infrastructure.embedded import start_embedded_postgres
 from infrastructure.logs import configure_logging
@@ -50,6 +51,9 @@ def _test_database_target() -> PgTarget | None:
 def pytest_configure() -> None:
     # Before any test: a bad URL stops the run at once, naming the variable.
     _test_database_target()
+    # One master key for the run, inherited by every process a test starts
+    # (``serve`` on an external database refuses to start without one).
+    os.environ.setdefault("REPORUNNER_MASTER_KEY", MasterKey.generate().encoded())
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +86,7 @@ def app_settings() -> Iterator[Settings]:
         http_allowed_hosts="127.0.0.1",
         # Short leases, so a killed worker's execution is settled quickly.
         execution_lease_s=2,
+        master_key=os.environ["REPORUNNER_MASTER_KEY"],
     )
     yield settings
     if settings.redis_url:

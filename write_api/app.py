@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from write_api.credentials import router as credentials_router
 from write_api.erasure import router as erasure_router
 from write_api.errors import COMMAND_PROBLEMS as _WORKFLOW_PROBLEMS
 from write_api.hooks import router as hooks_router
@@ -28,3 +29,4 @@ def include_write_api(app: FastAPI) -> None:
     app.include_router(templates_router)
     app.include_router(pins_router)
     app.include_router(erasure_router)
+    app.include_router(credentials_router)

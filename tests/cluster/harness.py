@@ -36,6 +36,7 @@ import psycopg
 import redis
 
 import migrations
+from infrastructure.crypto import MasterKey
 from infrastructure.database import PgTarget
 from infrastructure.settings import Settings
 from tests.cluster.postgres import PostgresCluster
@@ -68,6 +69,9 @@ SERVICE_ENV = {
     "REPORUNNER_RATE_LIMIT_READ_PER_S": "10000",
     "REPORUNNER_RATE_LIMIT_READ_BURST": "10000",
     "REPORUNNER_BUS_PREFIX": BUS_PREFIX,
+    # Serving on an external database needs a master key: one for the whole cluster.
+    "REPORUNNER_MASTER_KEY": os.environ.get("REPORUNNER_MASTER_KEY")
+    or MasterKey.generate().encoded(),
 }
 
 
