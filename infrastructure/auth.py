@@ -29,6 +29,8 @@ class Role(StrEnum):
     EDITOR = "editor"
     VIEWER = "viewer"
     AUDITOR = "auditor"
+    # Manages organisations (/v1/admin); made by the CLI only; sees no workflow.
+    PLATFORM_ADMIN = "platform_admin"
 
 
 class Permission(StrEnum):
@@ -36,15 +38,20 @@ class Permission(StrEnum):
     WRITE_WORKFLOWS = "workflows:write"
     EXECUTE_WORKFLOWS = "workflows:execute"
     READ_AUDIT = "audit:read"
+    MANAGE_KEYS = "keys:manage"
+    MANAGE_ORGANISATIONS = "organisations:manage"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.OWNER: frozenset(Permission),
+    # Everything within its organisation; nothing across organisations.
+    Role.OWNER: frozenset(Permission) - {Permission.MANAGE_ORGANISATIONS},
     Role.EDITOR: frozenset(
         {Permission.READ_WORKFLOWS, Permission.WRITE_WORKFLOWS, Permission.EXECUTE_WORKFLOWS}
     ),
     Role.VIEWER: frozenset({Permission.READ_WORKFLOWS}),
     Role.AUDITOR: frozenset({Permission.READ_WORKFLOWS, Permission.READ_AUDIT}),
+    # Least privilege: organisations' standing and limits, never their workflows.
+    Role.PLATFORM_ADMIN: frozenset({Permission.MANAGE_ORGANISATIONS}),
 }
 
 
@@ -56,6 +63,7 @@ class Principal:
     org_id: str
     role: Role
     name: str
+    expires_at: datetime | None = None
 
     @property
     def actor(self) -> str:
@@ -64,6 +72,9 @@ class Principal:
 
     def may(self, permission: Permission) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,8 @@ class ApiKeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None
+    project_id: uuid.UUID | None = None
 
 
 class InvalidOrgId(ValueError):
@@ -113,15 +126,30 @@ class ApiKeyStore:
         self._cache: dict[bytes, tuple[Principal, float]] = {}
         self._lookups: dict[bytes, asyncio.Task[Principal | None]] = {}
 
-    async def create(self, org_id: str, role: Role, name: str = "") -> tuple[ApiKeyInfo, str]:
-        """Create a key; return its record and the plaintext, which is never stored."""
+    async def create(
+        self,
+        org_id: str,
+        role: Role,
+        name: str = "",
+        *,
+        expires_at: datetime | None = None,
+        project_id: uuid.UUID | None = None,
+    ) -> tuple[ApiKeyInfo, str]:
+        """Create a key; return its record and the plaintext, which is never stored.
+
+        No event: the API and the CLI create keys through ``commands.api_keys``,
+        which records one; this is the bare table write (tests, first start).
+        """
         check_org_id(org_id)
-        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        plaintext = new_plaintext()
+        params = _key_params(org_id, role, name, plaintext)
         async with self._engine.begin() as conn:
             row = (
-                await conn.execute(_INSERT_KEY, _key_params(org_id, role, name, plaintext))
+                await conn.execute(
+                    _INSERT_KEY, {**params, "expires": expires_at, "project": project_id}
+                )
             ).one()
-        return _info(row), plaintext
+        return key_info(row), plaintext
 
     async def create_first_owner_key(self) -> tuple[ApiKeyInfo, str] | None:
         """Create an owner key for org ``default`` if no key exists at all.
@@ -132,23 +160,22 @@ class ApiKeyStore:
             await conn.execute(text("SELECT pg_advisory_xact_lock(727002)"))
             if (await conn.execute(text("SELECT count(*) FROM api_keys"))).scalar_one():
                 return None
-            plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+            plaintext = new_plaintext()
+            params = _key_params("default", Role.OWNER, "bootstrap", plaintext)
             row = (
-                await conn.execute(
-                    _INSERT_KEY, _key_params("default", Role.OWNER, "bootstrap", plaintext)
-                )
+                await conn.execute(_INSERT_KEY, {**params, "expires": None, "project": None})
             ).one()
-        return _info(row), plaintext
+        return key_info(row), plaintext
 
     async def list(self, org_id: str | None = None) -> list[ApiKeyInfo]:
-        query = "SELECT id, org_id, role, name, key_prefix, created_at, revoked_at FROM api_keys"
+        query = f"SELECT {KEY_COLUMNS} FROM api_keys"
         params: dict[str, str] = {}
         if org_id is not None:
             query += " WHERE org_id = :org"
             params["org"] = org_id
         async with self._engine.connect() as conn:
             rows = (await conn.execute(text(query + " ORDER BY created_at, id"), params)).all()
-        return [_info(row) for row in rows]
+        return [key_info(row) for row in rows]
 
     async def revoke(self, key_id: uuid.UUID) -> bool:
         """Revoke a key; False when no active key has that id.
@@ -165,6 +192,12 @@ class ApiKeyStore:
                 {"id": key_id},
             )
             return result.first() is not None
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        """Drop a key from this process's cache (it was just revoked here)."""
+        for key_hash, (principal, _) in list(self._cache.items()):
+            if principal.key_id == key_id:
+                self._cache.pop(key_hash, None)
 
     async def count(self) -> int:
         async with self._engine.connect() as conn:
@@ -196,7 +229,7 @@ class ApiKeyStore:
             row = (
                 await conn.execute(
                     text(
-                        "SELECT id, org_id, role, name FROM api_keys "
+                        "SELECT id, org_id, role, name, expires_at FROM api_keys "
                         "WHERE key_hash = :hash AND revoked_at IS NULL"
                     ),
                     {"hash": key_hash},
@@ -204,14 +237,26 @@ class ApiKeyStore:
             ).first()
         if row is None:
             return None
-        return Principal(key_id=row.id, org_id=row.org_id, role=Role(row.role), name=row.name)
+        return Principal(
+            key_id=row.id,
+            org_id=row.org_id,
+            role=Role(row.role),
+            name=row.name,
+            expires_at=row.expires_at,
+        )
 
+
+KEY_COLUMNS = "id, org_id, role, name, key_prefix, created_at, revoked_at, expires_at, project_id"
 
 _INSERT_KEY = text(
-    "INSERT INTO api_keys (id, org_id, role, name, key_hash, key_prefix) "
-    "VALUES (:id, :org, :role, :name, :hash, :prefix) "
-    "RETURNING id, org_id, role, name, key_prefix, created_at, revoked_at"
+    "INSERT INTO api_keys (id, org_id, role, name, key_hash, key_prefix, expires_at, project_id) "
+    "VALUES (:id, :org, :role, :name, :hash, :prefix, :expires, :project) "
+    f"RETURNING {KEY_COLUMNS}"
 )
+
+
+def new_plaintext() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
 def _key_params(org_id: str, role: Role, name: str, plaintext: str) -> dict[str, object]:
@@ -225,7 +270,7 @@ def _key_params(org_id: str, role: Role, name: str, plaintext: str) -> dict[str,
     }
 
 
-def _info(row: object) -> ApiKeyInfo:
+def key_info(row: object) -> ApiKeyInfo:
     return ApiKeyInfo(
         id=row.id,  # type: ignore[attr-defined]
         org_id=row.org_id,  # type: ignore[attr-defined]
@@ -234,4 +279,6 @@ def _info(row: object) -> ApiKeyInfo:
         prefix=row.key_prefix,  # type: ignore[attr-defined]
         created_at=row.created_at,  # type: ignore[attr-defined]
         revoked_at=row.revoked_at,  # type: ignore[attr-defined]
+        expires_at=row.expires_at,  # type: ignore[attr-defined]
+        project_id=row.project_id,  # type: ignore[attr-defined]
     )

@@ -26,6 +26,7 @@ from commands.executions import (
     RunnerSettings,
     default_worker_id,
 )
+from commands.tenancy import ApiKeyCommands, OrganisationCommands
 from commands.webhooks import HookDeliveries
 from commands.workflow_runs import NAME as RUNS_FOLLOWER
 from commands.workflow_runs import WorkflowRunsRecorder
@@ -39,6 +40,7 @@ from infrastructure.eventstore import eventsourcing_env
 from infrastructure.http_port import AllowListedHttp
 from infrastructure.metrics import DatabaseGauges, DatabaseSnapshot, ProcessSampler
 from infrastructure.openapi import install_openapi
+from infrastructure.org_policy import OrgPolicies
 from infrastructure.org_slots import OrgSlots
 from infrastructure.queue import ExecutionQueue
 from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
@@ -69,6 +71,7 @@ from read_api.executions import router as executions_router
 from read_api.history import router as history_router
 from read_api.stream import StreamHub
 from read_api.stream import router as stream_router
+from read_api.tenancy import router as tenancy_router
 from reporunner.scheduler import Scheduler, start_scheduler
 from reporunner.worker import Worker
 from write_api import COMMAND_PROBLEMS, include_write_api
@@ -267,6 +270,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             settings.pipelines_per_org, "pipelines", "REPORUNNER_PIPELINES_PER_ORG"
         )
         app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
+        app.state.org_policies = OrgPolicies(engine, settings.org_policy_cache_s)
         redis_client = (
             connect_redis(
                 settings.redis_url,
@@ -288,6 +292,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         )
         workflow_app = create_workflow_application(target, settings)
         app.state.workflow_commands = WorkflowCommands(workflow_app)
+        app.state.organisation_commands = OrganisationCommands(workflow_app)
+        app.state.key_commands = ApiKeyCommands(workflow_app)
         executions = create_execution_services(
             workflow_app, app.state.workflow_commands, target, settings
         )
@@ -505,6 +511,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(audit_router)
         app.include_router(executions_router)
         app.include_router(stream_router)
+        app.include_router(tenancy_router)
         install_console(app)
     return app
 
