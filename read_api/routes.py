@@ -219,7 +219,10 @@ async def get_workflow(
 ) -> Response:
     principal = await _reader(request)
     if version is not None or as_of is not None:
-        # Time travel reads the log itself, which is never behind.
+        # Time travel reads the log itself, which is never behind; a bad header is still 400.
+        raw = request.headers.get("x-min-position")
+        if raw is not None:
+            parse_position("X-Min-Position", raw)
         return await workflow_then(request, workflow_id, principal.org_id, version, as_of)
     position = await _views_position(request, min_position)
     document = await get_document(
