@@ -302,7 +302,8 @@ class ApiKeyCommands:
         )
         params: tuple[object, ...] = (key_id,)
         if org_id is not None:
-            query += " AND org_id = %s"
+            # Through the API: a tenant's keys only (a platform_admin key is the CLI's).
+            query += " AND org_id = %s AND role <> 'platform_admin'"
             params = (key_id, org_id)
         with self.app.event_store.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(query, params)

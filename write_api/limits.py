@@ -12,6 +12,9 @@ setting; 0 globally means no limit.
   and given back if the start fails, so concurrent runs never pass it.
   Counted only while a limit applies. Past it: 429 with ``Retry-After`` at
   the next UTC midnight.
+
+A retry of a request whose ``Idempotency-Key`` already has its answer is
+neither counted nor refused: it writes nothing and gets the first answer.
 """
 
 from __future__ import annotations
@@ -41,9 +44,22 @@ async def sync_run_limit(request: Request, org_id: str) -> int | None:
     return None if limit is None else int(limit)
 
 
+async def _already_answered(request: Request, org_id: str) -> bool:
+    """Whether this request retries a keyed one that has its answer already."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return False
+    async with request.app.state.engine.connect() as conn:
+        found = await conn.execute(
+            text("SELECT 1 FROM idempotency_keys WHERE org_id = :org AND key = :key"),
+            {"org": org_id, "key": key},
+        )
+        return found.first() is not None
+
+
 async def ensure_workflow_room(request: Request, policy: OrgPolicy) -> None:
     limit = int(policy.limit("max_workflows", _settings(request).max_workflows_per_org))
-    if limit <= 0:
+    if limit <= 0 or await _already_answered(request, policy.org_id):
         return
     async with request.app.state.engine.connect() as conn:
         held = (
@@ -77,7 +93,7 @@ async def execution_allowance(request: Request, org_id: str) -> AsyncIterator[No
     given back when the body raises (the run did not start)."""
     policy = await org_policy(request, org_id)
     limit = int(policy.limit("executions_per_day", _settings(request).executions_per_org_per_day))
-    if limit <= 0:
+    if limit <= 0 or await _already_answered(request, org_id):
         yield
         return
     now = datetime.now(UTC)

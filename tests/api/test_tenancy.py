@@ -232,9 +232,12 @@ def test_key_lifecycle_shown_once_listed_revoked_and_audited(
     status = {i["id"]: i["status"] for i in client.get("/v1/keys", headers=owner).json()["items"]}
     assert status[key["id"]] == "revoked"
 
-    # Another organisation's owner cannot revoke it, nor see it.
+    # Another organisation's owner cannot revoke a key, nor see it.
     other = bearer(make_key(f"other-{uuid.uuid4().hex[:8]}", "owner"))
     assert key["id"] not in client.get("/v1/keys", headers=other).text
+    second = client.post("/v1/keys", json={"role": "viewer"}, headers=owner).json()
+    assert client.delete(f"/v1/keys/{second['id']}", headers=other).status_code == 404
+    assert client.get("/v1/workflows", headers=bearer(second["key"])).status_code == 200
 
     events = audit(client, owner, aggregate_id=key["id"])
     assert [e["type"] for e in events] == ["ApiKey.Created", "ApiKey.Revoked"]
@@ -345,9 +348,15 @@ def test_executions_per_day_past_the_limit_is_429_until_utc_midnight(
     midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
     retry_after = int(refused.headers["Retry-After"])
     assert abs(retry_after - (midnight - now).total_seconds()) < 120
-    # Raising the limit lets the next one through.
+    # Raising the limit lets the next one through; its keyed retry is the first answer,
+    # not another run (nor a 429).
     set_limits(client, admin, org, executions_per_day=3)
-    assert client.post(run, json={"mode": "async"}, headers=owner).status_code == 202
+    keyed = {**owner, "Idempotency-Key": f"run-{uuid.uuid4()}"}
+    first = client.post(run, json={"mode": "async"}, headers=keyed)
+    assert first.status_code == 202
+    again = client.post(run, json={"mode": "async"}, headers=keyed)
+    assert again.status_code == 202 and again.json() == first.json()
+    assert client.post(run, json={"mode": "async"}, headers=owner).status_code == 429
 
 
 def test_a_failed_start_gives_its_execution_back(
