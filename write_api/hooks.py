@@ -83,7 +83,7 @@ async def call_hook(org_id: str, path: str, request: Request) -> Response:
     policy = await org_policy(request, org_id)
     policy.ensure_active()
     limit = await sync_run_limit(request, org_id)
-    async with execution_allowance(request, org_id):
+    async with execution_allowance(request, org_id, keyed=False):
         if hooks.probably_when_finished(delivery) and bulkhead.slots.has_room(org_id, limit):
             # A sync run most likely (this route's last answer here): look it up
             # and run it in one hop, on the sync-run pool. With no room the

@@ -88,12 +88,15 @@ def seconds_to_utc_midnight(now: datetime) -> int:
 
 
 @contextlib.asynccontextmanager
-async def execution_allowance(request: Request, org_id: str) -> AsyncIterator[None]:
+async def execution_allowance(
+    request: Request, org_id: str, *, keyed: bool = True
+) -> AsyncIterator[None]:
     """Count one run against the organisation's executions per day (429 past it);
-    given back when the body raises (the run did not start)."""
+    given back when the body raises (the run did not start). ``keyed``: the route
+    honours ``Idempotency-Key`` (webhook calls do not, so their header proves nothing)."""
     policy = await org_policy(request, org_id)
     limit = int(policy.limit("executions_per_day", _settings(request).executions_per_org_per_day))
-    if limit <= 0 or await _already_answered(request, org_id):
+    if limit <= 0 or (keyed and await _already_answered(request, org_id)):
         yield
         return
     now = datetime.now(UTC)

@@ -411,3 +411,22 @@ def test_the_organisations_sync_run_cap_overrides_the_global_one(
     assert sorted(a.status_code for a in answers) == [200, 429], [a.text for a in answers]
     refused = next(a for a in answers if a.status_code == 429)
     assert "organisation's own limit" in refused.json()["detail"]
+
+
+def test_webhook_calls_count_against_executions_per_day(
+    client: httpx.Client, admin: Headers, owner: Headers, org: str
+) -> None:
+    created = client.post("/v1/workflows", json=webhook_body("hooked", path="in"), headers=owner)
+    activated = client.post(
+        f"/v1/workflows/{created.json()['id']}/activate",
+        headers={**owner, "If-Match": created.headers["ETag"]},
+    )
+    assert activated.status_code == 200, activated.text
+    set_limits(client, admin, org, executions_per_day=1)
+    # A call to no hook starts nothing and uses up nothing.
+    assert client.post(f"/hooks/{org}/elsewhere", json={}).status_code == 404
+    assert client.post(f"/hooks/{org}/in", json={}).status_code == 202
+    # A webhook's Idempotency-Key header proves nothing: still counted, and refused.
+    refused = client.post(f"/hooks/{org}/in", json={}, headers={"Idempotency-Key": "x"})
+    assert refused.status_code == 429 and refused.json()["limit"] == "executions_per_day"
+    assert "Retry-After" in refused.headers
