@@ -29,6 +29,8 @@ class Role(StrEnum):
     EDITOR = "editor"
     VIEWER = "viewer"
     AUDITOR = "auditor"
+    # Manages organisations (/v1/admin); made by the CLI only; sees no workflow.
+    PLATFORM_ADMIN = "platform_admin"
 
 
 class Permission(StrEnum):
@@ -40,15 +42,40 @@ class Permission(StrEnum):
     # Owners only: destroys a data subject's key (commands/erasure.py).
     ERASE_DATA = "data:erase"
     MANAGE_PROJECTS = "projects:manage"
+    MANAGE_KEYS = "keys:manage"
+    MANAGE_ORGANISATIONS = "organisations:manage"
+    MANAGE_CREDENTIALS = "credentials:write"
+
+
+# What only an organisation-wide key may do, whatever its role: these act on the
+# whole organisation (its keys, its credentials, its catalogue, a data subject's
+# executions in every project), so a key confined to a project never may.
+ORGANISATION_WIDE: frozenset[Permission] = frozenset(
+    {
+        Permission.MANAGE_KEYS,
+        Permission.MANAGE_ORGANISATIONS,
+        Permission.MANAGE_CREDENTIALS,
+        Permission.PUBLISH_TEMPLATES,
+        Permission.ERASE_DATA,
+    }
+)
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.OWNER: frozenset(Permission),
+    # Everything within its organisation; nothing across organisations.
+    Role.OWNER: frozenset(Permission) - {Permission.MANAGE_ORGANISATIONS},
     Role.EDITOR: frozenset(
-        {Permission.READ_WORKFLOWS, Permission.WRITE_WORKFLOWS, Permission.EXECUTE_WORKFLOWS}
+        {
+            Permission.READ_WORKFLOWS,
+            Permission.WRITE_WORKFLOWS,
+            Permission.EXECUTE_WORKFLOWS,
+            Permission.MANAGE_CREDENTIALS,
+        }
     ),
     Role.VIEWER: frozenset({Permission.READ_WORKFLOWS}),
     Role.AUDITOR: frozenset({Permission.READ_WORKFLOWS, Permission.READ_AUDIT}),
+    # Least privilege: organisations' standing and limits, never their workflows.
+    Role.PLATFORM_ADMIN: frozenset({Permission.MANAGE_ORGANISATIONS}),
 }
 
 
@@ -62,6 +89,7 @@ class Principal:
     name: str
     # The one project this key is confined to; None: the whole organisation.
     project_id: uuid.UUID | None = None
+    expires_at: datetime | None = None
 
     @property
     def actor(self) -> str:
@@ -69,7 +97,12 @@ class Principal:
         return f"apikey:{self.key_id}"
 
     def may(self, permission: Permission) -> bool:
+        if self.project_id is not None and permission in ORGANISATION_WIDE:
+            return False
         return permission in ROLE_PERMISSIONS[self.role]
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 @dataclass(frozen=True)
@@ -81,6 +114,7 @@ class ApiKeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None
     project_id: uuid.UUID | None = None
 
 
@@ -121,21 +155,29 @@ class ApiKeyStore:
         self._lookups: dict[bytes, asyncio.Task[Principal | None]] = {}
 
     async def create(
-        self, org_id: str, role: Role, name: str = "", project_id: uuid.UUID | None = None
+        self,
+        org_id: str,
+        role: Role,
+        name: str = "",
+        *,
+        expires_at: datetime | None = None,
+        project_id: uuid.UUID | None = None,
     ) -> tuple[ApiKeyInfo, str]:
         """Create a key; return its record and the plaintext, which is never stored.
 
-        ``project_id`` confines the key to that project (None: the whole organisation).
+        No event: the API and the CLI create keys through ``commands.api_keys``,
+        which records one; this is the bare table write (tests, first start).
         """
         check_org_id(org_id)
-        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        plaintext = new_plaintext()
+        params = _key_params(org_id, role, name, plaintext)
         async with self._engine.begin() as conn:
             row = (
                 await conn.execute(
-                    _INSERT_KEY, _key_params(org_id, role, name, plaintext, project_id)
+                    _INSERT_KEY, {**params, "expires": expires_at, "project": project_id}
                 )
             ).one()
-        return _info(row), plaintext
+        return key_info(row), plaintext
 
     async def create_first_owner_key(self) -> tuple[ApiKeyInfo, str] | None:
         """Create an owner key for org ``default`` if no key exists at all.
@@ -146,26 +188,22 @@ class ApiKeyStore:
             await conn.execute(text("SELECT pg_advisory_xact_lock(727002)"))
             if (await conn.execute(text("SELECT count(*) FROM api_keys"))).scalar_one():
                 return None
-            plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+            plaintext = new_plaintext()
+            params = _key_params("default", Role.OWNER, "bootstrap", plaintext)
             row = (
-                await conn.execute(
-                    _INSERT_KEY, _key_params("default", Role.OWNER, "bootstrap", plaintext)
-                )
+                await conn.execute(_INSERT_KEY, {**params, "expires": None, "project": None})
             ).one()
-        return _info(row), plaintext
+        return key_info(row), plaintext
 
     async def list(self, org_id: str | None = None) -> list[ApiKeyInfo]:
-        query = (
-            "SELECT id, org_id, role, name, key_prefix, created_at, revoked_at, project_id "
-            "FROM api_keys"
-        )
+        query = f"SELECT {KEY_COLUMNS} FROM api_keys"
         params: dict[str, str] = {}
         if org_id is not None:
             query += " WHERE org_id = :org"
             params["org"] = org_id
         async with self._engine.connect() as conn:
             rows = (await conn.execute(text(query + " ORDER BY created_at, id"), params)).all()
-        return [_info(row) for row in rows]
+        return [key_info(row) for row in rows]
 
     async def revoke(self, key_id: uuid.UUID) -> bool:
         """Revoke a key; False when no active key has that id.
@@ -182,6 +220,12 @@ class ApiKeyStore:
                 {"id": key_id},
             )
             return result.first() is not None
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        """Drop a key from this process's cache (it was just revoked here)."""
+        for key_hash, (principal, _) in list(self._cache.items()):
+            if principal.key_id == key_id:
+                self._cache.pop(key_hash, None)
 
     async def count(self) -> int:
         async with self._engine.connect() as conn:
@@ -213,7 +257,7 @@ class ApiKeyStore:
             row = (
                 await conn.execute(
                     text(
-                        "SELECT id, org_id, role, name, project_id FROM api_keys "
+                        "SELECT id, org_id, role, name, project_id, expires_at FROM api_keys "
                         "WHERE key_hash = :hash AND revoked_at IS NULL"
                     ),
                     {"hash": key_hash},
@@ -227,21 +271,25 @@ class ApiKeyStore:
             role=Role(row.role),
             name=row.name,
             project_id=row.project_id,
+            expires_at=row.expires_at,
         )
 
 
+KEY_COLUMNS = "id, org_id, role, name, key_prefix, created_at, revoked_at, expires_at, project_id"
+
 _INSERT_KEY = text(
-    "INSERT INTO api_keys (id, org_id, role, name, key_hash, key_prefix, project_id) "
-    "VALUES (:id, :org, :role, :name, :hash, :prefix, :project) "
-    "RETURNING id, org_id, role, name, key_prefix, created_at, revoked_at, project_id"
+    "INSERT INTO api_keys (id, org_id, role, name, key_hash, key_prefix, expires_at, project_id) "
+    "VALUES (:id, :org, :role, :name, :hash, :prefix, :expires, :project) "
+    f"RETURNING {KEY_COLUMNS}"
 )
 
 
-def _key_params(
-    org_id: str, role: Role, name: str, plaintext: str, project_id: uuid.UUID | None = None
-) -> dict[str, object]:
+def new_plaintext() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _key_params(org_id: str, role: Role, name: str, plaintext: str) -> dict[str, object]:
     return {
-        "project": project_id,
         "id": uuid.uuid4(),
         "org": org_id,
         "role": role.value,
@@ -251,7 +299,7 @@ def _key_params(
     }
 
 
-def _info(row: object) -> ApiKeyInfo:
+def key_info(row: object) -> ApiKeyInfo:
     return ApiKeyInfo(
         id=row.id,  # type: ignore[attr-defined]
         org_id=row.org_id,  # type: ignore[attr-defined]
@@ -260,5 +308,6 @@ def _info(row: object) -> ApiKeyInfo:
         prefix=row.key_prefix,  # type: ignore[attr-defined]
         created_at=row.created_at,  # type: ignore[attr-defined]
         revoked_at=row.revoked_at,  # type: ignore[attr-defined]
+        expires_at=row.expires_at,  # type: ignore[attr-defined]
         project_id=row.project_id,  # type: ignore[attr-defined]
     )

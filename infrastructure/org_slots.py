@@ -28,18 +28,21 @@ class OrgSlots:
         self.setting = setting
         self._held: Counter[str] = Counter()
 
-    def has_room(self, org_id: str) -> bool:
+    def has_room(self, org_id: str, limit: int | None = None) -> bool:
         """Whether ``hold`` would succeed now (from the event loop: nothing can change it
-        before the caller's next ``await``)."""
-        return self._held[org_id] < self.limit
+        before the caller's next ``await``). ``limit``: the organisation's own cap."""
+        return self._held[org_id] < (self.limit if limit is None else limit)
 
     @contextlib.contextmanager
-    def hold(self, org_id: str) -> Iterator[None]:
-        if self._held[org_id] >= self.limit:
+    def hold(self, org_id: str, limit: int | None = None) -> Iterator[None]:
+        """Hold a slot; ``limit`` is the organisation's own cap, overriding the global one."""
+        cap = self.limit if limit is None else limit
+        if self._held[org_id] >= cap:
+            whose = self.setting if limit is None else "the organisation's own limit"
             raise Problem(
                 429,
-                f"your organisation already runs {self.limit} {self.what} at once "
-                f"({self.setting}); retry when one has finished",
+                f"your organisation already runs {cap} {self.what} at once "
+                f"({whose}); retry when one has finished",
                 type_=problem_type("too-many-concurrent"),
                 headers={"Retry-After": "1"},
             )

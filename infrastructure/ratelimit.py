@@ -135,12 +135,15 @@ class RateLimiter:
     def key(self, api: Api, org_id: str) -> str:
         return f"{self.config.key_prefix}ratelimit:{api}:{org_id}"
 
-    async def take(self, api: Api, org_id: str) -> RateLimitDecision | None:
+    async def take(
+        self, api: Api, org_id: str, bucket: tuple[float, int] | None = None
+    ) -> RateLimitDecision | None:
         """Take a token from the organisation's bucket; None when ``api`` is unlimited.
 
+        ``bucket``: the organisation's own (per_s, burst), overriding the config's.
         Raises ``RateLimiterUnavailable`` when Redis does not answer.
         """
-        bucket = self.config.bucket(api)
+        bucket = bucket or self.config.bucket(api)
         if bucket is None:
             return None
         per_s, burst = bucket
@@ -185,8 +188,9 @@ async def enforce_rate_limit(
     if limiter is None or STATE_KEY in state or not request.scope["path"].startswith("/v1/"):
         return
     api = api_of(permission)
+    bucket, whose = org_bucket(state.get("org_policy"), api, limiter.config)
     try:
-        decision = await limiter.take(api, principal.org_id)
+        decision = await limiter.take(api, principal.org_id, bucket)
     except RateLimiterUnavailable:
         if limiter.config.fail_open:
             return
@@ -201,14 +205,36 @@ async def enforce_rate_limit(
     state[STATE_KEY] = decision
     if not decision.allowed:
         RATE_LIMITED.labels(api).inc()
-        per_s, burst = limiter.config.bucket(api) or (0, 0)
+        per_s, burst = bucket or (0, 0)
         raise Problem(
             429,
             f"organisation '{principal.org_id}' is over its {api} rate limit "
-            f"({per_s:g} requests/s, bursts of {burst}); retry in {decision.retry_after_s} s",
+            f"({whose}: {per_s:g} requests/s, bursts of {burst}); "
+            f"retry in {decision.retry_after_s} s",
             type_=problem_type("rate-limited"),
             headers=decision.headers(),
         )
+
+
+def org_bucket(
+    policy: object, api: Api, config: RateLimitConfig
+) -> tuple[tuple[float, int] | None, str]:
+    """The bucket an organisation pays from, and whose limit it is: its own limits
+    (``<api>_per_s``, ``<api>_burst``) override the global settings one by one."""
+    default_per_s, default_burst = (
+        (config.read_per_s, config.read_burst)
+        if api == "read"
+        else (config.write_per_s, config.write_burst)
+    )
+    limits = getattr(policy, "limits", None) or {}
+    per_s = limits.get(f"{api}_per_s", default_per_s)
+    burst = limits.get(f"{api}_burst", default_burst)
+    whose = (
+        "the organisation's own limit"
+        if f"{api}_per_s" in limits or f"{api}_burst" in limits
+        else "the global limit"
+    )
+    return ((float(per_s), int(burst)) if per_s > 0 and burst > 0 else None), whose
 
 
 class RateLimitHeadersMiddleware:

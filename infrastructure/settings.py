@@ -165,6 +165,20 @@ class Settings(BaseSettings):
     )
     sync_run_threads: int = Field(default=16, ge=1, le=256)
     sync_runs_per_org: int = Field(default=4, ge=1, le=256)
+    # Tenancy (issue 18): global limits an organisation's own override, and how
+    # long a process trusts an organisation's standing and limits.
+    max_workflows_per_org: int = Field(
+        default=0, ge=0, description="Workflows an organisation may hold; 0: no limit."
+    )
+    executions_per_org_per_day: int = Field(
+        default=0, ge=0, description="Runs an organisation may start per UTC day; 0: no limit."
+    )
+    org_policy_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="How long a process trusts an organisation's standing and limits.",
+    )
     # The scheduler (issue 12): one active process fires the schedule triggers.
     scheduler_tick_s: float = Field(
         default=0.5, gt=0, le=60, description="How often the scheduler looks for due instants."

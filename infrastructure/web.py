@@ -10,6 +10,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
@@ -23,8 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.errors import WorkflowDeleted, WorkflowInvalid
 from infrastructure import metrics
-from infrastructure.auth import ApiKeyStore, Permission, Principal
+from infrastructure.auth import ORGANISATION_WIDE, ApiKeyStore, Permission, Principal, Role
 from infrastructure.database import is_database_unavailable
+from infrastructure.org_policy import OrgPolicies, OrgPolicy
 from infrastructure.problems import Problem, problem_type
 from infrastructure.ratelimit import enforce_rate_limit
 
@@ -330,6 +332,15 @@ async def authenticate(request: Request) -> Principal:
     principal = await store.authenticate(token.strip())
     if principal is None:
         raise Problem(401, "invalid or revoked API key", headers=challenge)
+    if principal.expired(datetime.now(UTC)):
+        assert principal.expires_at is not None
+        raise Problem(
+            401,
+            f"API key {principal.key_id} expired at {principal.expires_at.isoformat()}; "
+            "ask an owner of your organisation for a new one",
+            type_=problem_type("key-expired"),
+            headers=challenge,
+        )
     request.state.principal = principal
     structlog.contextvars.bind_contextvars(org_id=principal.org_id, actor=principal.actor)
     return principal
@@ -338,14 +349,35 @@ async def authenticate(request: Request) -> Principal:
 async def authorize(request: Request, permission: Permission) -> Principal:
     """The authenticated principal, if its role grants ``permission``, else 401/403."""
     principal = await authenticate(request)
+    if principal.role != Role.PLATFORM_ADMIN:  # not a tenant: no organisation's standing
+        (await org_policy(request, principal.org_id)).ensure_active()
     await enforce_rate_limit(request, principal, permission)
     if not principal.may(permission):
-        raise Problem(
-            403,
-            f"role '{principal.role}' may not do this (needs {permission.value})",
-            type_=problem_type("forbidden"),
-        )
+        if principal.project_id is not None and permission in ORGANISATION_WIDE:
+            detail = (
+                f"a project-scoped key may not do this (needs {permission.value} "
+                "and an organisation-wide key)"
+            )
+        else:
+            detail = f"role '{principal.role}' may not do this (needs {permission.value})"
+        raise Problem(403, detail, type_=problem_type("forbidden"))
     return principal
+
+
+ORG_POLICY_KEY = "org_policy"
+
+
+async def org_policy(request: Request, org_id: str) -> OrgPolicy:
+    """The organisation's standing and limits (cached), kept on the request for the
+    limits checked after ``authorize`` (rate, sync runs, workflows, runs a day)."""
+    state = request.scope.setdefault("state", {})
+    policy = state.get(ORG_POLICY_KEY)
+    if isinstance(policy, OrgPolicy) and policy.org_id == org_id:
+        return policy
+    policies: OrgPolicies | None = getattr(request.app.state, "org_policies", None)
+    policy = OrgPolicy(org_id) if policies is None else await policies.get(org_id)
+    state[ORG_POLICY_KEY] = policy
+    return policy
 
 
 def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]:

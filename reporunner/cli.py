@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import uuid
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -212,27 +213,77 @@ def _key_store_call(fn):  # type: ignore[no-untyped-def]
     return asyncio.run(run())
 
 
+def _key_commands_call(fn):  # type: ignore[no-untyped-def]
+    """Run ``fn(commands)`` (``commands.tenancy.ApiKeyCommands``: the same records and
+    events as the API's) against the configured database, migrating it first."""
+    import migrations
+    from commands.tenancy import ApiKeyCommands
+    from reporunner.wiring import create_workflow_application
+
+    _setup()
+    settings = get_settings()
+    database = resolve_database(settings)
+    migrations.upgrade(database.target)
+    workflow_app = create_workflow_application(database.target, settings)
+    try:
+        return fn(ApiKeyCommands(workflow_app))
+    finally:
+        workflow_app.close()
+
+
+def _parse_expiry(expires_at: str | None) -> datetime | None:
+    if expires_at is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(expires_at)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        console.print(
+            f"[red]error:[/red] --expires-at {expires_at!r} must be an ISO 8601 time with "
+            "its offset, e.g. 2027-01-31T00:00:00+00:00"
+        )
+        raise typer.Exit(2)
+    if parsed <= datetime.now(UTC):
+        console.print(f"[red]error:[/red] --expires-at {expires_at} is not in the future")
+        raise typer.Exit(2)
+    return parsed
+
+
 @keys_app.command("create")
 def keys_create(
     org: Annotated[str, typer.Option(help="Organisation id, e.g. 'acme'.")],
-    role: Annotated[Role, typer.Option(help="owner, editor, viewer or auditor.")],
+    role: Annotated[Role, typer.Option(help="owner, editor, viewer, auditor or platform_admin.")],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    expires_at: Annotated[
+        str | None, typer.Option(help="When the key stops working (ISO 8601 with offset).")
+    ] = None,
     project: Annotated[
         str | None,
         typer.Option(help="Confine the key to this project (its id); default: the whole org."),
     ] = None,
 ) -> None:
-    """Create an API key; the key is printed alone on the last line of stdout."""
+    """Create an API key; the key is printed alone on the last line of stdout.
+
+    Recorded as an ApiKey Created event with actor "cli". A platform_admin key
+    manages organisations (/v1/admin) and sees no workflow; only this command makes one.
+    """
+    from commands.projects import ProjectNotFound
+    from commands.tenancy import cli_actor
+
+    expiry = _parse_expiry(expires_at)
     try:
         project_id = None if project is None else uuid.UUID(project)
     except ValueError:
         console.print(f"[red]error:[/red] --project {project!r} is not a project id (a UUID)")
         raise typer.Exit(2) from None
     try:
-        info, plaintext = _key_store_call(
-            lambda store: store.create(org, role, name, project_id=project_id)
+        info, plaintext, _ = _key_commands_call(
+            lambda keys: keys.create(
+                org, role, name, cli_actor(), expires_at=expiry, project_id=project_id
+            )
         )
-    except InvalidOrgId as exc:
+    except (InvalidOrgId, ProjectNotFound) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     scope = f", project {info.project_id}" if info.project_id else ""
@@ -266,7 +317,7 @@ def keys_list(
     if as_json:
         print_json_lines([dataclasses.asdict(info) for info in infos])
         return
-    table = Table("id", "org", "project", "role", "name", "prefix", "created", "revoked")
+    table = Table("id", "org", "project", "role", "name", "prefix", "created", "revoked", "expires")
     for info in infos:
         table.add_row(
             str(info.id),
@@ -277,6 +328,7 @@ def keys_list(
             info.prefix + "…",
             info.created_at.isoformat(timespec="seconds"),
             info.revoked_at.isoformat(timespec="seconds") if info.revoked_at else "",
+            info.expires_at.isoformat(timespec="seconds") if info.expires_at else "",
         )
     # Off a terminal, don't squeeze the table into 80 columns.
     Console(width=None if sys.stdout.isatty() else 240).print(table)
@@ -292,7 +344,9 @@ def keys_revoke(
     except ValueError:
         console.print(f"[red]error:[/red] {key_id!r} is not a key id (a UUID)")
         raise typer.Exit(2) from None
-    if not _key_store_call(lambda store: store.revoke(parsed)):
+    from commands.tenancy import cli_actor
+
+    if _key_commands_call(lambda keys: keys.revoke(parsed, cli_actor())) is None:
         console.print(f"[red]error:[/red] no active key with id {key_id}")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}")

@@ -32,6 +32,7 @@ from commands.payloads import ExecutionPayloads
 from commands.pins import PinCommands
 from commands.projects import ProjectCommands
 from commands.retention import PeriodicRetention, Retention
+from commands.tenancy import ApiKeyCommands, OrganisationCommands
 from commands.webhooks import HookDeliveries
 from commands.workflow_runs import NAME as RUNS_FOLLOWER
 from commands.workflow_runs import WorkflowRunsRecorder
@@ -46,6 +47,7 @@ from infrastructure.http_port import AllowListedHttp
 from infrastructure.keyring import AsyncKeyring, ConnectionSource, Keyring, load_master_key
 from infrastructure.metrics import DatabaseGauges, DatabaseSnapshot, ProcessSampler
 from infrastructure.openapi import install_openapi
+from infrastructure.org_policy import OrgPolicies
 from infrastructure.org_slots import OrgSlots
 from infrastructure.queue import ExecutionQueue
 from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
@@ -79,6 +81,7 @@ from read_api.projects import router as projects_read_router
 from read_api.stream import StreamHub
 from read_api.stream import router as stream_router
 from read_api.templates import router as templates_router
+from read_api.tenancy import router as tenancy_router
 from read_api.transfer import router as transfer_router
 from reporunner.scheduler import Scheduler, start_scheduler
 from reporunner.worker import Worker
@@ -290,6 +293,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             settings.pipelines_per_org, "pipelines", "REPORUNNER_PIPELINES_PER_ORG"
         )
         app.state.api_keys = ApiKeyStore(engine, cache_seconds=settings.auth_cache_seconds)
+        app.state.org_policies = OrgPolicies(engine, settings.org_policy_cache_s)
         redis_client = (
             connect_redis(
                 settings.redis_url,
@@ -316,6 +320,8 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             None if keyring is None else CredentialCommands(workflow_app, keyring)
         )
         app.state.project_commands = ProjectCommands(workflow_app)
+        app.state.organisation_commands = OrganisationCommands(workflow_app)
+        app.state.key_commands = ApiKeyCommands(workflow_app)
         executions = create_execution_services(
             workflow_app, app.state.workflow_commands, target, settings, keyring
         )
@@ -548,6 +554,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         app.include_router(templates_router)
         app.include_router(transfer_router)
         app.include_router(projects_read_router)
+        app.include_router(tenancy_router)
         install_console(app)
     return app
 

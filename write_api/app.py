@@ -15,6 +15,7 @@ from write_api.projects import router as projects_router
 from write_api.routes import router
 from write_api.templates import TEMPLATE_PROBLEMS
 from write_api.templates import router as templates_router
+from write_api.tenancy import router as tenancy_router
 
 __all__ = ["COMMAND_PROBLEMS", "include_write_api"]
 
@@ -30,3 +31,4 @@ def include_write_api(app: FastAPI) -> None:
     app.include_router(pins_router)
     app.include_router(erasure_router)
     app.include_router(credentials_router)
+    app.include_router(tenancy_router)

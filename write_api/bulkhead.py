@@ -33,6 +33,9 @@ class SyncRunBulkhead:
         self.limiter = anyio.CapacityLimiter(threads)
         self.slots = OrgSlots(per_org, "sync runs", "REPORUNNER_SYNC_RUNS_PER_ORG")
 
-    async def run(self, org_id: str, function: Callable[..., T], *args: object) -> T:
-        with self.slots.hold(org_id):  # 429 with Retry-After beyond the cap
+    async def run(
+        self, org_id: str, function: Callable[..., T], *args: object, limit: int | None = None
+    ) -> T:
+        """``limit``: the organisation's own cap on its sync runs (its ``sync_runs`` limit)."""
+        with self.slots.hold(org_id, limit):  # 429 with Retry-After beyond the cap
             return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)

@@ -112,7 +112,7 @@ async def _run(
 
 
 async def _writer(request: Request) -> Principal:
-    return await authorize(request, Permission.WRITE_WORKFLOWS)
+    return await authorize(request, Permission.MANAGE_CREDENTIALS)
 
 
 _ANSWER = {"model": CredentialInfo, "headers": {"X-Log-Position": _LOG_POSITION}}

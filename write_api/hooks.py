@@ -22,7 +22,9 @@ from domain.webhooks import METHODS
 from infrastructure.json_codec import dumps_answer
 from infrastructure.openapi import problems
 from infrastructure.tracing import current_traceparent
+from infrastructure.web import org_policy
 from write_api.bulkhead import SyncRunBulkhead
+from write_api.limits import execution_allowance, sync_run_limit
 from write_api.routes import execution_response
 from write_api.schemas import ExecutionAnswer, HookAccepted
 
@@ -46,7 +48,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     # 401: the hook's token or signature is wrong; 404: no active hook there; 409: its
     # workflow is inactive; 422: the body is not what its content type says; 429: too many
     # sync runs; 503: the workflow is busy or the run's answer could not be read.
-    **problems(401, 404, 409, 413, 422, 429, 503),
+    # 403: the organisation is suspended.
+    **problems(401, 403, 404, 409, 413, 422, 429, 503),
 }
 # The body is read raw (any content type); the document names the ones a run understands.
 _BODY: dict[str, Any] = {
@@ -76,19 +79,24 @@ async def call_hook(org_id: str, path: str, request: Request) -> Response:
     )
     hooks: HookDeliveries = request.app.state.hook_deliveries
     bulkhead: SyncRunBulkhead = request.app.state.sync_runs
-    if hooks.probably_when_finished(delivery) and bulkhead.slots.has_room(org_id):
-        # A sync run most likely (this route's last answer here): look it up
-        # and run it in one hop, on the sync-run pool. With no room the
-        # two-hop path below answers as ever (404 or 401 before 429).
-        accepted, started = await bulkhead.run(org_id, hooks.deliver, delivery)
-    else:
-        accepted = await run_in_threadpool(hooks.accept, delivery)
-        if accepted.response == "when_finished":
-            # Its own pool, as for the API's sync runs: long runs never hold
-            # the command threads.
-            started = await bulkhead.run(org_id, hooks.start, accepted)
+    # A suspended organisation's hooks refuse too (403), before anything is looked up.
+    policy = await org_policy(request, org_id)
+    policy.ensure_active()
+    limit = await sync_run_limit(request, org_id)
+    async with execution_allowance(request, org_id, keyed=False):
+        if hooks.probably_when_finished(delivery) and bulkhead.slots.has_room(org_id, limit):
+            # A sync run most likely (this route's last answer here): look it up
+            # and run it in one hop, on the sync-run pool. With no room the
+            # two-hop path below answers as ever (404 or 401 before 429).
+            accepted, started = await bulkhead.run(org_id, hooks.deliver, delivery, limit=limit)
         else:
-            started = await run_in_threadpool(hooks.start, accepted)
+            accepted = await run_in_threadpool(hooks.accept, delivery)
+            if accepted.response == "when_finished":
+                # Its own pool, as for the API's sync runs: long runs never hold
+                # the command threads.
+                started = await bulkhead.run(org_id, hooks.start, accepted, limit=limit)
+            else:
+                started = await run_in_threadpool(hooks.start, accepted)
     if accepted.response == "when_finished":
         return execution_response(started)
     execution_id = str(started.execution_id)

@@ -35,8 +35,9 @@ from infrastructure.json_codec import dumps_answer
 from infrastructure.openapi import problems
 from infrastructure.problems import Problem, problem_type
 from infrastructure.tracing import current_traceparent
-from infrastructure.web import authorize
+from infrastructure.web import authorize, org_policy
 from write_api.bulkhead import SyncRunBulkhead
+from write_api.limits import ensure_workflow_room, execution_allowance, sync_run_limit
 from write_api.schemas import CommandAnswer, ExecutionAnswer
 
 router = APIRouter(prefix="/v1")
@@ -210,6 +211,7 @@ def _respond(result: CommandResult, *, location: bool = False) -> Response:
 async def create_workflow(request: Request) -> Response:
     principal = await _writer(request)
     command = await _parse(request, CreateWorkflow)
+    await ensure_workflow_room(request, await org_policy(request, principal.org_id))
     result = await run_in_threadpool(
         _commands(request).create, command, _context(request, principal)
     )
@@ -324,12 +326,16 @@ async def run_workflow(workflow_id: UUID, request: Request) -> Response:
     command = await _parse(request, RunWorkflow)
     start = _executions(request).start
     context = _context(request, principal)
-    if command.mode == "sync":
-        # Its own pool, so long runs never hold the command threads.
-        bulkhead: SyncRunBulkhead = request.app.state.sync_runs
-        result = await bulkhead.run(principal.org_id, start, workflow_id, command, context)
-    else:
-        result = await run_in_threadpool(start, workflow_id, command, context)
+    async with execution_allowance(request, principal.org_id):
+        if command.mode == "sync":
+            # Its own pool, so long runs never hold the command threads.
+            bulkhead: SyncRunBulkhead = request.app.state.sync_runs
+            limit = await sync_run_limit(request, principal.org_id)
+            result = await bulkhead.run(
+                principal.org_id, start, workflow_id, command, context, limit=limit
+            )
+        else:
+            result = await run_in_threadpool(start, workflow_id, command, context)
     return execution_response(result)
 
 
@@ -366,11 +372,15 @@ async def retry_execution(execution_id: UUID, request: Request) -> Response:
     )
     retry = _executions(request).retry
     context = _context(request, principal)
-    if command.mode == "sync":
-        bulkhead: SyncRunBulkhead = request.app.state.sync_runs
-        result = await bulkhead.run(principal.org_id, retry, execution_id, command, context)
-    else:
-        result = await run_in_threadpool(retry, execution_id, command, context)
+    async with execution_allowance(request, principal.org_id):
+        if command.mode == "sync":
+            bulkhead: SyncRunBulkhead = request.app.state.sync_runs
+            limit = await sync_run_limit(request, principal.org_id)
+            result = await bulkhead.run(
+                principal.org_id, retry, execution_id, command, context, limit=limit
+            )
+        else:
+            result = await run_in_threadpool(retry, execution_id, command, context)
     return execution_response(result)
 
 

@@ -87,6 +87,24 @@ ENDPOINTS: dict[tuple[str, str], str] = {
     ("POST", "/v1/templates"): "org-only",
     ("POST", "/v1/templates/{template_id}/unpublish"): "org-only",
     ("POST", "/v1/data-subjects/{subject}/erase"): "org-only",
+    # Credentials are the organisation's: a project's key sees their metadata (its
+    # nodes may use them) and manages none.
+    ("GET", "/v1/credentials"): "catalogue",
+    ("GET", "/v1/credentials/{credential_id}"): "catalogue",
+    ("POST", "/v1/credentials"): "org-only",
+    ("PATCH", "/v1/credentials/{credential_id}"): "org-only",
+    ("DELETE", "/v1/credentials/{credential_id}"): "org-only",
+    # The platform's: platform_admin keys only (a tenant's key of any kind is 403).
+    ("POST", "/v1/admin/organisations"): "org-only",
+    ("GET", "/v1/admin/organisations"): "org-only",
+    ("GET", "/v1/admin/organisations/{org_id}"): "org-only",
+    ("PATCH", "/v1/admin/organisations/{org_id}"): "org-only",
+    ("POST", "/v1/admin/organisations/{org_id}/suspend"): "org-only",
+    ("POST", "/v1/admin/organisations/{org_id}/reinstate"): "org-only",
+    ("PUT", "/v1/admin/organisations/{org_id}/limits"): "org-only",
+    ("GET", "/v1/keys"): "org-only",
+    ("POST", "/v1/keys"): "org-only",
+    ("DELETE", "/v1/keys/{key_id}"): "org-only",
     # The console's API (not in the OpenAPI document).
     ("GET", "/ui/api/session"): "scoped",
     ("GET", "/ui/api/workflows/{workflow_id}/triggers"): "scoped",
@@ -366,6 +384,13 @@ def test_a_project_key_acts_on_nothing_outside_its_project(
         ("POST", "/v1/templates", {"workflow_id": world.workflow_a, "visibility": "public"}),
         ("POST", f"/v1/templates/{uuid.uuid4()}/unpublish", None),
         ("POST", "/v1/data-subjects/someone/erase", None),
+        ("POST", "/v1/credentials", {"name": "c", "type": "bearer", "secret": {"token": "t"}}),
+        ("PATCH", f"/v1/credentials/{uuid.uuid4()}", {"name": "c"}),
+        ("DELETE", f"/v1/credentials/{uuid.uuid4()}", None),
+        ("GET", "/v1/keys", None),
+        ("GET", "/v1/admin/organisations", None),
+        ("POST", "/v1/keys", {"role": "owner"}),
+        ("DELETE", f"/v1/keys/{uuid.uuid4()}", None),
     ]
     for method, path, body in org_only:
         response = client.request(method, path, headers=world.key_a, json=body)

@@ -321,3 +321,24 @@ def _run_queued(
                 services.runner.run_claimed(claim.execution_id, claim.claims, "test-worker")
     finally:
         services.close()
+
+
+def test_a_suspended_organisations_schedules_wait_for_its_reinstatement(
+    app: WorkflowApplication, workflows: WorkflowCommands, target: PgTarget, org: str
+) -> None:
+    from commands.tenancy import OrganisationCommands, cli_actor
+
+    organisations = OrganisationCommands(app)
+    organisations.create(org, "", {}, cli_actor())
+    workflow_id = scheduled_workflow(workflows, org, at(0))
+    ticking = scheduler(app, target)
+    ticking.follow()
+    ticking.tick(at(1))
+    assert instants(app, workflow_id) == [iso(1)]
+    organisations.suspend(org, "unpaid", cli_actor())
+    ticking.tick(at(3))
+    assert instants(app, workflow_id) == [iso(1)]  # nothing fired while suspended
+    organisations.reinstate(org, cli_actor())
+    ticking.tick(at(4))
+    # Within the grace period the instants it slept through fire late, as after downtime.
+    assert instants(app, workflow_id) == [iso(1), iso(2), iso(3), iso(4)]
