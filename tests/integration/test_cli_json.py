@@ -9,6 +9,7 @@ import uuid
 import pytest
 import redis
 
+from domain.project import default_project_id
 from infrastructure.database import PgTarget
 from tests.integration.test_cli import _cli
 
@@ -59,7 +60,7 @@ def test_bus_status_json_has_a_line_per_stream_with_its_groups(db_target: PgTarg
 
 
 def test_keys_create_with_a_project_confines_the_key(db_target: PgTarget, org: str) -> None:
-    project = str(uuid.uuid4())
+    project = str(default_project_id(org))
     made = _cli(db_target, "keys", "create", "--org", org, "--role", "viewer", "--project", project)
     assert made.returncode == 0, made.stderr
     listed = _cli(db_target, "keys", "list", "--org", org, "--json")
@@ -67,3 +68,8 @@ def test_keys_create_with_a_project_confines_the_key(db_target: PgTarget, org: s
     assert key["project_id"] == project
     refused = _cli(db_target, "keys", "create", "--org", org, "--role", "viewer", "--project", "x")
     assert refused.returncode == 2 and "not a project id" in refused.stdout + refused.stderr
+    unknown = str(uuid.uuid4())
+    refused = _cli(
+        db_target, "keys", "create", "--org", org, "--role", "viewer", "--project", unknown
+    )
+    assert refused.returncode == 2 and "not found" in refused.stderr
