@@ -33,10 +33,10 @@ from bench.write_throughput import definition
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
 
 
 def drive(client: httpx.Client, commands: int, updates: bool) -> None:
@@ -106,7 +106,8 @@ def main() -> None:
                 started = time.perf_counter()
                 drive(client, args.commands, args.updates)
                 elapsed = time.perf_counter() - started
-                used = cpu_seconds(server.pid) - before
+                after = cpu_seconds(server.pid)
+                user, system = after[0] - before[0], after[1] - before[1]
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(timeout=60)
@@ -114,9 +115,11 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=15)
     sent = args.commands * (2 if args.updates else 1)
+    used = user + system
     print(
         f"{sent} commands sequentially: server CPU {used * 1e6 / sent:,.0f} µs per command "
-        f"({used:.2f} s CPU in {elapsed:.2f} s wall)"
+        f"(user {user * 1e6 / sent:,.0f}, system {system * 1e6 / sent:,.0f}; "
+        f"{used:.2f} s CPU in {elapsed:.2f} s wall)"
     )
 
 
