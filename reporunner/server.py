@@ -383,10 +383,15 @@ def _supervise_workers(
                 name="reporunner-http",
             )
         else:
+            niceness = os.getpriority(os.PRIO_PROCESS, 0) + group.nice
             process = context.Process(
-                target=_run_followers, args=(group.roles, group.nice), name="reporunner-followers"
+                target=_run_followers, args=(group.roles, niceness), name="reporunner-followers"
             )
         process.start()
+        if not group.http and process.pid is not None:
+            # At once, not when the child gets there: before it starts any thread
+            # (threads inherit it) and before anyone looks.
+            _lower_priority(process.pid, niceness)
         return process
 
     slots = [group for group in groups for _ in range(group.count)]
@@ -463,17 +468,25 @@ def _take_roles(roles: Sequence[str]) -> None:
     get_settings.cache_clear()
 
 
-def _run_followers(roles: Sequence[str], nice: int) -> None:
+def _lower_priority(pid: int, niceness: int) -> None:
+    """Set ``pid``'s niceness to ``niceness`` if that lowers its priority."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, pid) < niceness:
+            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    except OSError as exc:  # gone already, or not allowed: it runs at the default
+        log.warning("could not lower the followers' priority", pid=pid, error=str(exc))
+
+
+def _run_followers(roles: Sequence[str], niceness: int) -> None:
     """The process of the roles without an API beside HTTP workers: no port, lower priority."""
+    _lower_priority(0, niceness)  # the supervisor did; this makes sure
     exit_cleanly_on_sigterm()
     _take_roles(roles)
-    if nice:
-        os.nice(nice)
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     configure_tracing()
     app = create_app(settings, resolve_database(settings).target, settings.role_list())
-    log.info("followers running", roles=settings.role_list(), nice=nice)
+    log.info("followers running", roles=settings.role_list(), niceness=niceness)
     asyncio.run(_run_lifespan_until_signal(app))
 
 
