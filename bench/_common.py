@@ -79,9 +79,11 @@ def create_key(target: PgTarget, org: str, role: str = "owner") -> str:
 
 @contextmanager
 def running_server(
-    target: PgTarget, *, workers: int = 1, extra_env: dict[str, str] | None = None
+    target: PgTarget, *, workers: int | None = 1, extra_env: dict[str, str] | None = None
 ) -> Iterator[str]:
-    """``reporunner serve`` in a child process; yields its base URL."""
+    """``reporunner serve`` in a child process; yields its base URL.
+
+    ``workers=None``: serve's own default (an HTTP process per core)."""
     port = _free_port()
     # Default logging (one JSON access line per request) as in production.
     # Without Redis: no read cache (it would answer repeated queries from
@@ -97,8 +99,7 @@ def running_server(
             "--port",
             str(port),
             "--no-migrate",
-            "--workers",
-            str(workers),
+            *(() if workers is None else ("--workers", str(workers))),
         ],
         env=env,
         cwd=ROOT,

@@ -190,12 +190,12 @@ def main() -> None:
             for clients in client_counts:
                 elapsed, latencies = uvloop.run(http_round(base, key, clients, args.commands))
                 results[clients] = print_round(clients, elapsed, latencies)
-        # Plain `serve`: defaults, one process, every role (projections,
-        # worker, scheduler follow the log it writes, on the same cores).
+        # Plain `serve`: defaults, every role (an HTTP process per core, the
+        # followers of the log it writes in one process below them).
         plain_raw = raw_locked_insert_rate(target, 8, args.commands)
         print(f"\nraw locked insert (one row per transaction, 8 threads): {plain_raw:,.0f}/s")
-        print("serve (defaults: one process, all roles):")
-        with running_server(target) as base:
+        print("serve (defaults: an HTTP process per core, all roles):")
+        with running_server(target, workers=None) as base:
             uvloop.run(http_round(base, key, 4, 200))  # warm-up
             print(" ".join(f"{c:>9}" for c in COLUMNS))
             elapsed, latencies = uvloop.run(http_round(base, key, top, args.commands))

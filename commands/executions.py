@@ -21,15 +21,15 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
 import structlog
-from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.application import AggregateNotFoundError, project_aggregate
+from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from commands.application import WorkflowApplication
 from commands.credentials import CredentialCommands, CredentialUnusable, apply_credential
@@ -72,7 +72,7 @@ from domain.meta import EventMeta
 from domain.payloads import ERROR, INPUT, OUTPUT, node_error_field, node_outputs_field
 from domain.workflow import Workflow
 from infrastructure import tracing
-from infrastructure.eventstore import IdempotencyRecord, SideStatement
+from infrastructure.eventstore import IdempotencyRecord, SideStatement, decode_event
 from infrastructure.metrics import observe_execution_end
 from infrastructure.queue import ExecutionQueue, dequeue, enqueue
 from infrastructure.sealing import ERASED as ERASED_VALUE
@@ -88,6 +88,10 @@ _CANCEL_ATTEMPTS = 20
 # run ends by 1.2 times its timeout, then records its end.
 _AWAIT_TIMEOUT_FACTOR = 1.2
 _AWAIT_SLACK_S = 2.0
+
+
+def _uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)
 
 
 def default_worker_id(role: str) -> str:
@@ -277,13 +281,20 @@ class ExecutionRunner:
 
     # -- the queue side ---------------------------------------------------------------
 
-    def run_claimed(self, execution_id: UUID, claims: int, worker_id: str) -> Execution | None:
+    def run_claimed(
+        self,
+        execution_id: UUID,
+        claims: int,
+        worker_id: str,
+        stored: Sequence[StoredEvent] | None = None,
+    ) -> Execution | None:
         """Run (or settle) an execution a worker just claimed.
 
-        In a span continuing the trace of the request that queued it, and
-        with its correlation id on every log line.
+        ``stored``: its events, read with the claim (``ExecutionQueue.claim_loaded``);
+        without them it is loaded here. In a span continuing the trace of the
+        request that queued it, and with its correlation id on every log line.
         """
-        execution = self.load(execution_id)
+        execution = self.load(execution_id) if stored is None else self.rebuild(stored)
         if execution is None or execution.is_finished:
             # Its terminal event committed, or it never existed: drop the row.
             self.queue.remove(execution_id)
@@ -531,6 +542,16 @@ class ExecutionRunner:
             found: object = self.app.repository.get(execution_id)
         except AggregateNotFoundError:
             return None
+        return found if isinstance(found, Execution) else None
+
+    def rebuild(self, stored: Sequence[StoredEvent]) -> Execution | None:
+        """The execution these stored events (all of them, in order) record; None if none."""
+        mapper = self.app.mapper
+        events = [
+            decode_event(mapper, _uuid(e.originator_id), e.originator_version, e.topic, e.state)
+            for e in stored
+        ]
+        found: object = project_aggregate(None, events)
         return found if isinstance(found, Execution) else None
 
     def _reloaded(self, execution: Execution) -> Execution:

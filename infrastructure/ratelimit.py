@@ -21,12 +21,11 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infrastructure.auth import Permission, Principal
 from infrastructure.cache import REDIS_ERRORS, RedisBreaker
@@ -64,7 +63,7 @@ return {allowed, math.floor(tokens), ms_until_token, ms_until_full}
 """
 TOKEN_BUCKET_SHA = hashlib.sha1(TOKEN_BUCKET_LUA.encode()).hexdigest()
 
-# Where enforce_rate_limit leaves the request's decision for RateLimitHeadersMiddleware.
+# Where enforce_rate_limit leaves the request's decision for the response's headers.
 STATE_KEY = "rate_limit"
 
 READ_PERMISSIONS = frozenset({Permission.READ_WORKFLOWS, Permission.READ_AUDIT})
@@ -237,27 +236,14 @@ def org_bucket(
     return ((float(per_s), int(burst)) if per_s > 0 and burst > 0 else None), whose
 
 
-class RateLimitHeadersMiddleware:
-    """Adds the RateLimit-* headers of the request's decision to allowed responses
-    (refusals carry them already)."""
+def decision_headers(state: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The RateLimit-* headers of the request's decision, for an allowed response
+    (refusals carry them already); none when no limit was applied.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                decision = state.get(STATE_KEY)
-                if isinstance(decision, RateLimitDecision) and decision.allowed:
-                    message["headers"] = [
-                        *message.get("headers", []),
-                        *((k.lower().encode(), v.encode()) for k, v in decision.headers().items()),
-                    ]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+    Added by ``RequestContextMiddleware`` to the response it already wraps
+    (a middleware of its own cost a layer and a send wrapper per request).
+    """
+    decision = state.get(STATE_KEY)
+    if not isinstance(decision, RateLimitDecision) or not decision.allowed:
+        return []
+    return [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]

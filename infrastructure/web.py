@@ -28,7 +28,7 @@ from infrastructure.auth import ORGANISATION_WIDE, ApiKeyStore, Permission, Prin
 from infrastructure.database import is_database_unavailable
 from infrastructure.org_policy import OrgPolicies, OrgPolicy
 from infrastructure.problems import Problem, problem_type
-from infrastructure.ratelimit import enforce_rate_limit
+from infrastructure.ratelimit import decision_headers, enforce_rate_limit
 
 log = structlog.get_logger("reporunner.http")
 
@@ -39,7 +39,8 @@ ReadyCheck = Callable[[], Awaitable[str]]
 
 class RequestContextMiddleware:
     """Binds a request id, enforces the body limit, turns any escaped error into
-    problem+json, and writes one access-log line per request."""
+    problem+json, adds the request id and rate-limit headers to the answer, and
+    writes one access-log line per request."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -82,6 +83,7 @@ class RequestContextMiddleware:
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
+                    *decision_headers(scope["state"]),
                 ]
             await send(message)
 

@@ -77,8 +77,15 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     migrate: Annotated[bool, typer.Option(help="Apply migrations at start.")] = True,
     workers: Annotated[
-        int, typer.Option(min=1, max=64, help="HTTP worker processes (one per core).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="HTTP worker processes (default: one per core; the log's followers then "
+            "run in one process of their own at a lower priority).",
+            show_default=False,
+        ),
+    ] = None,
     only: Annotated[
         ServeRole | None,
         typer.Option(help="Run one role alone, to scale it on its own."),

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from multiprocessing.process import BaseProcess
@@ -34,13 +34,17 @@ from infrastructure.logs import configure_logging
 from infrastructure.problems import Problem
 from infrastructure.settings import Settings, get_settings
 from infrastructure.tracing import configure_tracing
+from reporunner import serve_plan
 from reporunner.keys import start_keys
 from reporunner.wiring import create_app, ping_redis, resolve_database
 
 log = structlog.get_logger("reporunner")
 
 
-def run_server(settings: Settings, *, host: str, port: int, migrate: bool, workers: int) -> None:
+def run_server(
+    settings: Settings, *, host: str, port: int, migrate: bool, workers: int | None
+) -> None:
+    """Serve ``settings``' roles: ``workers`` HTTP processes (None: one per core)."""
     exit_cleanly_on_sigterm()
     database = resolve_database(settings)
     log.info("database", url=database.target.display(), embedded=database.embedded)
@@ -59,18 +63,27 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
             raise SystemExit(2)
     # A wrong or missing master key stops here (exit 2), before anything serves.
     start_keys(settings, database.target)
-    http_workers = workers if HTTP_ROLES & set(settings.role_list()) else 1
-    check_connection_budget(settings, database.target, http_workers)
-    asyncio.run(_announce(settings, database.target, host, port))
-    if not HTTP_ROLES & set(settings.role_list()):
-        run_without_api(settings, database.target, host, workers)
+    roles = settings.role_list()
+    if not HTTP_ROLES & set(roles):
+        check_connection_budget(settings, database.target, 1)
+        asyncio.run(_announce(settings, database.target, host, port))
+        run_without_api(settings, database.target, host, workers or 1)
         return
+    cores = serve_plan.usable_cores()
+    groups = serve_plan.plan(roles, workers, cores)
+    if not _HAS_BALANCED_PORTS and len(groups) > 1:
+        groups = [serve_plan.ProcessGroup(tuple(roles), groups[0].count, http=True)]
+    check_connection_budget(settings, database.target, groups=groups)
+    asyncio.run(_announce(settings, database.target, host, port))
+    http_workers = groups[0].count
     log.info(
         "serving",
         url=f"http://{host}:{port}",
         docs=f"http://{host}:{port}/docs",
-        workers=workers,
-        roles=settings.role_list(),
+        workers=http_workers,
+        cores=cores,
+        processes=serve_plan.describe(groups),
+        roles=roles,
     )
     options: dict[str, Any] = {
         "host": host,
@@ -83,24 +96,27 @@ def run_server(settings: Settings, *, host: str, port: int, migrate: bool, worke
     }
     if settings.metrics_port is not None:
         log.info("metrics", url=f"http://{host}:{settings.metrics_port}/metrics")
-    if workers == 1:
-        app = create_app(settings, database.target, settings.role_list())
+    if groups == [serve_plan.ProcessGroup(tuple(roles), 1, http=True)]:
+        app = create_app(settings, database.target, roles)
         serve_app(app, options, settings.metrics_port)
         return
     with _metrics_shared_by_workers():
         if _HAS_BALANCED_PORTS:
-            _supervise_workers(options, workers, settings.metrics_port)
+            _supervise_workers(options, groups, settings.metrics_port)
         else:
             if settings.metrics_port is not None:
                 log.warning("--metrics-port needs SO_REUSEPORT with --workers; not served")
             # Each worker process builds its own app; on the embedded database
             # they join the same server (pgserver counts its users).
             uvicorn.run(
-                "reporunner.server:create_worker_app", factory=True, workers=workers, **options
+                "reporunner.server:create_worker_app",
+                factory=True,
+                workers=http_workers,
+                **options,
             )
 
 
-HTTP_ROLES = frozenset({"write-api", "read-api"})
+HTTP_ROLES = serve_plan.HTTP_ROLES
 
 
 @dataclass(frozen=True)
@@ -131,7 +147,14 @@ class ConnectionBudget:
         return None
 
 
-def connection_budget(settings: Settings, target: PgTarget, workers: int) -> ConnectionBudget:
+def connection_budget(
+    settings: Settings,
+    target: PgTarget,
+    workers: int = 1,
+    groups: Sequence[serve_plan.ProcessGroup] | None = None,
+) -> ConnectionBudget:
+    """The budget of ``workers`` processes of ``settings``' roles, or of every process
+    of ``groups`` (what ``serve`` starts) together."""
     with psycopg.connect(
         target.conninfo(connect_timeout=5, application_name="reporunner-start"), autocommit=True
     ) as conn:
@@ -142,8 +165,13 @@ def connection_budget(settings: Settings, target: PgTarget, workers: int) -> Con
             "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
         ).fetchone()
     assert row is not None
+    most = (
+        workers * settings.pool_sizes().most()
+        if groups is None
+        else serve_plan.most_connections(settings, groups)
+    )
     return ConnectionBudget(
-        most=workers * settings.pool_sizes().most(),
+        most=most,
         max_connections=int(row[0]),
         reserved=int(row[1]),
         in_use=int(row[2]),
@@ -151,31 +179,44 @@ def connection_budget(settings: Settings, target: PgTarget, workers: int) -> Con
     )
 
 
-def check_connection_budget(settings: Settings, target: PgTarget, workers: int) -> None:
-    """Say at start how many connections this process may take, and warn when
+def check_connection_budget(
+    settings: Settings,
+    target: PgTarget,
+    workers: int = 1,
+    groups: Sequence[serve_plan.ProcessGroup] | None = None,
+) -> None:
+    """Say at start how many connections this service may take, and warn when
     the deployment would run PostgreSQL out of them (every request then fails)."""
     try:
-        budget = connection_budget(settings, target, workers)
+        budget = connection_budget(settings, target, workers, groups)
     except psycopg.Error as exc:
         log.warning("could not read max_connections", error=str(exc).strip())
         return
-    pools = settings.pool_sizes()
-    figures = {
+    figures: dict[str, Any] = {
         "most_connections": budget.most,
-        "workers": workers,
-        "pools": asdict(pools),
         "max_connections": budget.max_connections,
         "reserved": budget.reserved,
         "in_use": budget.in_use,
     }
+    if groups is None:
+        figures |= {"workers": workers, "pools": asdict(settings.pool_sizes())}
+    else:
+        figures["processes"] = [
+            {
+                "roles": list(group.roles),
+                "processes": group.count,
+                "pools": asdict(serve_plan.pools_of(settings, group.roles)),
+            }
+            for group in groups
+        ]
     problem = budget.problem()
     if problem is None:
         log.info("database connections", **figures)
         return
     log.warning(
         "database connections: " + problem + "; lower REPORUNNER_DB_POOL_SIZE / "
-        "REPORUNNER_DB_MAX_OVERFLOW, run fewer processes, raise max_connections, or put "
-        "PgBouncer in front (README: Connections)",
+        "REPORUNNER_DB_MAX_OVERFLOW, run fewer processes (--workers), raise max_connections, "
+        "or put PgBouncer in front (README: Connections)",
         **figures,
     )
 
@@ -310,8 +351,11 @@ _STARTUP_FAILURE = 3  # uvicorn's exit code when a worker cannot start
 _DEATHS_ALLOWED = 5  # a minute, before the supervisor gives up
 
 
-def _supervise_workers(options: dict[str, Any], workers: int, metrics_port: int | None) -> None:
-    """Run ``workers`` uvicorn processes, each listening on its own socket.
+def _supervise_workers(
+    options: dict[str, Any], groups: Sequence[serve_plan.ProcessGroup], metrics_port: int | None
+) -> None:
+    """Run the HTTP groups' uvicorn processes, each listening on its own socket, and
+    the other groups' processes (the followers, at their lower priority).
 
     Why not uvicorn's own ``--workers``: its processes share one listening
     socket, and whichever wakes first accepts the whole burst of new
@@ -334,14 +378,27 @@ def _supervise_workers(options: dict[str, Any], workers: int, metrics_port: int 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
-    def start() -> BaseProcess:
-        process = context.Process(
-            target=_run_worker, args=(options, metrics_port), name="reporunner-http"
-        )
+    def start(group: serve_plan.ProcessGroup) -> BaseProcess:
+        if group.http:
+            process = context.Process(
+                target=_run_worker,
+                args=(options, metrics_port, group.roles),
+                name="reporunner-http",
+            )
+        else:
+            niceness = os.getpriority(os.PRIO_PROCESS, 0) + group.nice
+            process = context.Process(
+                target=_run_followers, args=(group.roles, niceness), name="reporunner-followers"
+            )
         process.start()
+        if not group.http and process.pid is not None:
+            # At once, not when the child gets there: before it starts any thread
+            # (threads inherit it) and before anyone looks.
+            _lower_priority(process.pid, niceness)
         return process
 
-    processes = [start() for _ in range(workers)]
+    slots = [group for group in groups for _ in range(group.count)]
+    processes = [start(group) for group in slots]
     deaths: deque[float] = deque()
     exit_code = 0
     try:
@@ -364,8 +421,9 @@ def _supervise_workers(options: dict[str, Any], workers: int, metrics_port: int 
                     exit_code = 1
                     stop.set()
                     break
-                log.error("http worker died; replacing it", pid=process.pid, code=process.exitcode)
-                processes[index] = start()
+                what = "http worker" if slots[index].http else "followers process"
+                log.error(f"{what} died; replacing it", pid=process.pid, code=process.exitcode)
+                processes[index] = start(slots[index])
     finally:
         for process in processes:
             process.terminate()  # SIGTERM: uvicorn finishes the requests in flight
@@ -393,14 +451,46 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_worker(options: dict[str, Any], metrics_port: int | None) -> None:
+def _run_worker(
+    options: dict[str, Any], metrics_port: int | None, roles: Sequence[str] | None = None
+) -> None:
     """One HTTP worker process: its own socket (and metrics socket), its own app."""
     exit_cleanly_on_sigterm()
+    if roles is not None:
+        _take_roles(roles)
     sock = _reuse_port_socket(options["host"], options["port"])
     metrics_sockets = None
     if metrics_port is not None:
         metrics_sockets = [_reuse_port_socket(options["host"], metrics_port)]
     serve_app(create_worker_app(), options, metrics_port, [sock], metrics_sockets)
+
+
+def _take_roles(roles: Sequence[str]) -> None:
+    """This (spawned) process runs ``roles``, whatever the environment said."""
+    os.environ["REPORUNNER_ROLES"] = ",".join(roles)
+    get_settings.cache_clear()
+
+
+def _lower_priority(pid: int, niceness: int) -> None:
+    """Set ``pid``'s niceness to ``niceness`` if that lowers its priority."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, pid) < niceness:
+            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    except OSError as exc:  # gone already, or not allowed: it runs at the default
+        log.warning("could not lower the followers' priority", pid=pid, error=str(exc))
+
+
+def _run_followers(roles: Sequence[str], niceness: int) -> None:
+    """The process of the roles without an API beside HTTP workers: no port, lower priority."""
+    _lower_priority(0, niceness)  # the supervisor did; this makes sure
+    exit_cleanly_on_sigterm()
+    _take_roles(roles)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    configure_tracing()
+    app = create_app(settings, resolve_database(settings).target, settings.role_list())
+    log.info("followers running", roles=settings.role_list(), niceness=niceness)
+    asyncio.run(_run_lifespan_until_signal(app))
 
 
 def exit_cleanly_on_sigterm() -> None:

@@ -50,7 +50,7 @@ from infrastructure.openapi import install_openapi
 from infrastructure.org_policy import OrgPolicies
 from infrastructure.org_slots import OrgSlots
 from infrastructure.queue import ExecutionQueue
-from infrastructure.ratelimit import RateLimitConfig, RateLimiter, RateLimitHeadersMiddleware
+from infrastructure.ratelimit import RateLimitConfig, RateLimiter
 from infrastructure.settings import ROLES, Settings
 from infrastructure.web import (
     DEGRADED,
@@ -450,8 +450,7 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         generate_unique_id_function=lambda route: route.name,
     )
     install_openapi(app)
-    # Inside RequestContextMiddleware: it sets up the request state this one reads.
-    app.add_middleware(RateLimitHeadersMiddleware)
+    # It also adds the rate-limit headers (one layer fewer than a middleware of their own).
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app, {**COMMAND_PROBLEMS, **QUERY_PROBLEMS})
     tracing.instrument_app(app)  # outermost: the access log line has the request's span

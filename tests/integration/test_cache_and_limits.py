@@ -42,7 +42,6 @@ from infrastructure.ratelimit import (
     TOKEN_BUCKET_SHA,
     RateLimitConfig,
     RateLimiter,
-    RateLimitHeadersMiddleware,
     enforce_rate_limit,
 )
 from infrastructure.settings import Settings
@@ -183,7 +182,6 @@ def build_app(
 ) -> StubApp:
     """Endpoints shaped like the read API's cached ones, and a command."""
     app = FastAPI()
-    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=1024 * 1024)
     install_error_handlers(app, {})
     app.state.engine = engine

@@ -3,8 +3,6 @@ unavailable, and the settings that decide."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -79,14 +77,12 @@ def test_a_projection_fails_readiness_only_past_the_threshold() -> None:
 
 
 class _Queue:
-    """A queue whose claim fails (or answers nothing), then tells the worker to stop."""
+    """A queue whose claim fails (or answers nothing)."""
 
-    def __init__(self, stop: threading.Event, error: Exception | None) -> None:
-        self.stop = stop
+    def __init__(self, error: Exception | None) -> None:
         self.error = error
 
-    def claim(self, worker_id: str, lease_s: float, limit: int = 1) -> list[object]:
-        self.stop.set()  # one round only
+    def claim_loaded(self, worker_id: str, lease_s: float, limit: int) -> list[object]:
         if self.error is not None:
             raise self.error
         return []
@@ -95,15 +91,13 @@ class _Queue:
 def test_a_worker_that_cannot_claim_says_why_until_a_claim_succeeds() -> None:
     from reporunner.worker import Worker
 
-    stop = threading.Event()
-    failing = _Queue(stop, ConnectionError("connection refused"))
+    failing = _Queue(ConnectionError("connection refused"))
     worker = Worker(runner=None, queue=failing, concurrency=2, lease_s=5, poll_s=0.01)  # type: ignore[arg-type]
     assert worker.claim_problem() is None
-    worker._work("w/0", stop)
+    assert worker.claim_round(2) is None
     assert worker.claim_problem() == (
-        "1 of 2 workers cannot claim: ConnectionError: connection refused"
+        f"the 2 workers of {worker.worker_id} cannot claim: ConnectionError: connection refused"
     )
-    stop.clear()
-    worker.queue = _Queue(stop, None)  # type: ignore[assignment]
-    worker._work("w/0", stop)
+    worker.queue = _Queue(None)  # type: ignore[assignment]
+    assert worker.claim_round(2) == []
     assert worker.claim_problem() is None
