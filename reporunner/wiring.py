@@ -157,6 +157,10 @@ def create_execution_services(
     settings: Settings,
     keyring: Keyring | None = None,
 ) -> ExecutionServices:
+    """The execution runner, queue and commands; ``keyring`` None: the settings' own
+    (so every runner of a deployment seals and opens payloads alike)."""
+    if keyring is None:
+        keyring = keyring_for(settings, workflow_app.event_store.datastore.get_connection)
     credentials = None if keyring is None else CredentialCommands(workflow_app, keyring)
     queue = ExecutionQueue(workflow_app.event_store.datastore, target)
     http = AllowListedHttp(settings.allowed_http_hosts(), settings.http_max_response_bytes)
@@ -174,7 +178,7 @@ def create_execution_services(
             ),
         ),
         http,
-        # Without a keyring (a test's app without a master key) payloads stay in clear.
+        # Without a keyring (no master key configured) payloads stay in clear.
         ExecutionPayloads(keyring),
         credentials,
     )
