@@ -104,8 +104,13 @@ class _Expiring:
 class ExecutionPayloads:
     """Chooses the keys of new executions, seals their payloads, opens recorded ones."""
 
-    def __init__(self, keyring: Keyring | None, cache_seconds: float = CACHE_SECONDS) -> None:
+    def __init__(
+        self, keyring: Keyring | None, cache_seconds: float = CACHE_SECONDS, seal: bool = True
+    ) -> None:
         self.keyring = keyring
+        # False (REPORUNNER_SEAL_PAYLOADS=false): new payloads are recorded in clear;
+        # those already sealed still open.
+        self.seal = seal
         self._scoped = _Expiring(cache_seconds)
         # A subject's scope is a digest under the organisation's key: it never changes.
         self._scopes = _Expiring(3600.0)
@@ -145,7 +150,7 @@ class ExecutionPayloads:
         subject: str | None,
     ) -> Sealer:
         """The sealer of an execution about to be queued on ``day`` (UTC)."""
-        if self.keyring is None:
+        if self.keyring is None or not self.seal:
             return Sealer(org_id, execution_id, None)
         keys: list[DataKey] = []
         if subject is not None:

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         "or base64 (`reporunner keys generate`). Unset: REPORUNNER_MASTER_KEY_FILE, else on "
         "the embedded database a key generated into data_dir (README: Keys).",
     )
+    seal_payloads: bool = Field(
+        default=True,
+        description="Seal execution inputs, outputs and errors in the log under day and "
+        "data-subject keys (README: Personal data). false: new payloads are recorded in clear "
+        "(filters and pipelines over them work; erasure and retention cannot remove them).",
+    )
     master_key_file: Path | None = Field(
         default=None, description="A file holding the master key (for secret mounts)."
     )

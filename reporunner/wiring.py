@@ -179,7 +179,7 @@ def create_execution_services(
         ),
         http,
         # Without a keyring (no master key configured) payloads stay in clear.
-        ExecutionPayloads(keyring),
+        ExecutionPayloads(keyring, seal=settings.seal_payloads),
         credentials,
     )
     commands = ExecutionCommands(workflow_app, workflows, runner, default_worker_id("api"))

@@ -87,6 +87,10 @@ def app_settings() -> Iterator[Settings]:
         # Short leases, so a killed worker's execution is settled quickly.
         execution_lease_s=2,
         master_key=os.environ["REPORUNNER_MASTER_KEY"],
+        # Most tests read payloads straight from the aggregates and views; the
+        # sealing tests (test_erasure, test_payload_sealing, test_execution_payloads,
+        # test_retention_sealed) turn it on, as a deployment has it by default.
+        seal_payloads=False,
     )
     yield settings
     if settings.redis_url:

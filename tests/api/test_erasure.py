@@ -59,7 +59,9 @@ def master_key() -> str:
 
 @pytest.fixture(scope="module")
 def sealing_url(db_target: PgTarget, app_settings: Settings, master_key: str) -> Iterator[str]:
-    settings = app_settings.model_copy(update={"master_key": SecretStr(master_key)})
+    settings = app_settings.model_copy(
+        update={"seal_payloads": True, "master_key": SecretStr(master_key)}
+    )
     with serving(create_app(settings, db_target, roles=("write-api", "read-api"))) as url:
         yield url
 

@@ -34,7 +34,9 @@ ADA = {
 
 @pytest.fixture
 def sealing_settings(app_settings: Settings) -> Settings:
-    return app_settings.model_copy(update={"master_key": SecretStr(MasterKey.generate().encoded())})
+    return app_settings.model_copy(
+        update={"seal_payloads": True, "master_key": SecretStr(MasterKey.generate().encoded())}
+    )
 
 
 @pytest.fixture

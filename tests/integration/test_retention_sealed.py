@@ -46,7 +46,7 @@ def services(
 ) -> Iterator[ExecutionServices]:
     """Execution services that seal payloads (a master key of their own)."""
     sealing = app_settings.model_copy(
-        update={"master_key": SecretStr(MasterKey.generate().encoded())}
+        update={"seal_payloads": True, "master_key": SecretStr(MasterKey.generate().encoded())}
     )
     built = create_execution_services(workflow_app, commands, db_target, sealing)
     yield built

@@ -37,7 +37,7 @@ def services(
     workflow_app: WorkflowApplication, db_target: PgTarget, app_settings: Settings
 ) -> Iterator[ExecutionServices]:
     settings = app_settings.model_copy(
-        update={"master_key": SecretStr(MasterKey.generate().encoded())}
+        update={"seal_payloads": True, "master_key": SecretStr(MasterKey.generate().encoded())}
     )
     built = create_execution_services(
         workflow_app, WorkflowCommands(workflow_app), db_target, settings
