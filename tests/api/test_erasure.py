@@ -29,7 +29,6 @@ from pydantic import SecretStr
 from commands import WorkflowApplication
 from infrastructure.audit import verify_export
 from infrastructure.bus import events_stream
-from infrastructure.crypto import MasterKey
 from infrastructure.database import PgTarget
 from infrastructure.settings import Settings
 from projections.audit_chain import AuditChainFollower, export_org, verify_log
@@ -54,7 +53,8 @@ ERASED = {"$erased": True}
 
 @pytest.fixture(scope="module")
 def master_key() -> str:
-    return MasterKey.generate().encoded()
+    # The suite's key: every test of the run shares its database's data keys.
+    return os.environ["REPORUNNER_MASTER_KEY"]
 
 
 @pytest.fixture(scope="module")

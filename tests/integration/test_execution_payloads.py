@@ -9,13 +9,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from pydantic import SecretStr
 
 from commands import CommandContext, CreateWorkflow, WorkflowApplication, WorkflowCommands
 from commands.models import RetryExecution, RunWorkflow
 from domain.errors import DataSubjectErased, ExecutionPayloadErased, WorkflowInvalid
 from domain.execution import Execution
-from infrastructure.crypto import MasterKey
 from infrastructure.database import PgTarget
 from infrastructure.keyring import KeyPurpose
 from infrastructure.sealing import is_sealed
@@ -34,9 +32,7 @@ ADA = {
 
 @pytest.fixture
 def sealing_settings(app_settings: Settings) -> Settings:
-    return app_settings.model_copy(
-        update={"seal_payloads": True, "master_key": SecretStr(MasterKey.generate().encoded())}
-    )
+    return app_settings.model_copy(update={"seal_payloads": True})
 
 
 @pytest.fixture

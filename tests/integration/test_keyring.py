@@ -1,29 +1,35 @@
-"""Data keys in PostgreSQL (``infrastructure/keyring.py``), on the real database."""
+"""Data keys in PostgreSQL (``infrastructure/keyring.py``), on a database of their own.
+
+Its own database: these tests wrap keys under masters of their own and count
+every live key, which the run's shared database (one master key) must not see.
+"""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
 
-from commands.application import WorkflowApplication
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
 from infrastructure.crypto import MasterKey, MasterKeyError
-from infrastructure.keyring import KeyPurpose, Keyring
+from infrastructure.database import PgTarget
+from infrastructure.keyring import ConnectionSource, KeyPurpose, Keyring
+from tests.helpers import scratch_database
 
 
 @pytest.fixture
-def keyring(workflow_app: WorkflowApplication) -> Keyring:
-    return Keyring(MasterKey.generate(), workflow_app.event_store.datastore.get_connection, 0)
+def connect(server_target: PgTarget) -> Iterator[ConnectionSource]:
+    with scratch_database(server_target, "reporunner_keyring") as target:
+        yield lambda: psycopg.connect(target.conninfo(), row_factory=dict_row)
 
 
-def _clear(workflow_app: WorkflowApplication) -> None:
-    with workflow_app.event_store.datastore.get_connection() as conn, conn.cursor() as cur:
-        cur.execute("DELETE FROM data_keys")
-        conn.commit()
+@pytest.fixture
+def keyring(connect: ConnectionSource) -> Keyring:
+    return Keyring(MasterKey.generate(), connect, 0)
 
 
-def test_a_scope_has_one_key_made_on_first_use(
-    keyring: Keyring, workflow_app: WorkflowApplication, org: str
-) -> None:
-    _clear(workflow_app)
+def test_a_scope_has_one_key_made_on_first_use(keyring: Keyring, org: str) -> None:
     first = keyring.key_for(org, KeyPurpose.DAY, "2026-12-02")
     again = keyring.key_for(org, KeyPurpose.DAY, "2026-12-02")
     assert first is not None and again is not None
@@ -34,9 +40,8 @@ def test_a_scope_has_one_key_made_on_first_use(
 
 
 def test_a_destroyed_key_is_gone_for_good(
-    keyring: Keyring, workflow_app: WorkflowApplication, org: str
+    keyring: Keyring, connect: ConnectionSource, org: str
 ) -> None:
-    _clear(workflow_app)
     scope = keyring.subject_scope(org, "customer-42")
     assert "customer-42" not in scope
     key = keyring.key_for(org, KeyPurpose.SUBJECT, scope)
@@ -45,7 +50,7 @@ def test_a_destroyed_key_is_gone_for_good(
     assert keyring.find(key.key_id) is None
     assert keyring.key_for(org, KeyPurpose.SUBJECT, scope) is None  # never re-keyed
     assert keyring.destroy(org, KeyPurpose.SUBJECT, scope, actor="owner") is None
-    with workflow_app.event_store.datastore.get_connection() as conn, conn.cursor() as cur:
+    with connect() as conn, conn.cursor() as cur:
         cur.execute("SELECT wrapped, destroyed_by FROM data_keys WHERE key_id = %s", (key.key_id,))
         row = cur.fetchone()
     assert row["wrapped"] is None and row["destroyed_by"] == "owner"
@@ -55,16 +60,15 @@ def test_a_destroyed_key_is_gone_for_good(
 
 
 def test_the_master_key_check_and_rotation(
-    keyring: Keyring, workflow_app: WorkflowApplication, org: str
+    keyring: Keyring, connect: ConnectionSource, org: str
 ) -> None:
-    _clear(workflow_app)
     org_key = keyring.org_key(org)
     assert keyring.check_master() == 1
-    stranger = Keyring(MasterKey.generate(), workflow_app.event_store.datastore.get_connection, 0)
+    stranger = Keyring(MasterKey.generate(), connect, 0)
     with pytest.raises(MasterKeyError, match="not by the configured key"):
         stranger.check_master()
     new_master = MasterKey.generate()
     assert keyring.rewrap_all(new_master) == 1
-    rotated = Keyring(new_master, workflow_app.event_store.datastore.get_connection, 0)
+    rotated = Keyring(new_master, connect, 0)
     assert rotated.check_master() == 1
     assert rotated.find(org_key.key_id) == org_key

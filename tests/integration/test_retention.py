@@ -249,7 +249,7 @@ def test_day_keys_past_the_window_are_destroyed_and_their_payloads_read_as_erase
     workflow_app: WorkflowApplication, db_target: PgTarget, org: str
 ) -> None:
     connect = workflow_app.event_store.datastore.get_connection
-    keyring = Keyring(MasterKey.generate(), connect, cache_seconds=0)
+    keyring = Keyring(MasterKey.parse(os.environ["REPORUNNER_MASTER_KEY"]), connect, 0)
     workflow = uuid.uuid4()
     old_day, kept_day = date(1990, 3, 1), date(1990, 3, 20)
     sealed = {}

@@ -14,13 +14,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from pydantic import SecretStr
 
 from commands import WorkflowApplication, WorkflowCommands
 from commands.models import RunWorkflow
 from commands.pins import PinCommands
 from commands.retention import Retention
-from infrastructure.crypto import MasterKey
 from infrastructure.database import PgTarget, create_engine
 from infrastructure.keyring import AsyncKeyring, KeyPurpose
 from infrastructure.sealing import ERASED, is_sealed
@@ -45,9 +43,7 @@ def services(
     app_settings: Settings,
 ) -> Iterator[ExecutionServices]:
     """Execution services that seal payloads (a master key of their own)."""
-    sealing = app_settings.model_copy(
-        update={"seal_payloads": True, "master_key": SecretStr(MasterKey.generate().encoded())}
-    )
+    sealing = app_settings.model_copy(update={"seal_payloads": True})
     built = create_execution_services(workflow_app, commands, db_target, sealing)
     yield built
     built.close()

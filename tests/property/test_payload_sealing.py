@@ -14,14 +14,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
 
 from commands import CommandContext, CreateWorkflow, WorkflowApplication, WorkflowCommands
 from commands.models import RunWorkflow
 from domain.execution import Execution
 from domain.payloads import INPUT
 from domain.values import check_value
-from infrastructure.crypto import MasterKey
 from infrastructure.database import PgTarget
 from infrastructure.sealing import is_sealed
 from infrastructure.settings import Settings
@@ -36,9 +34,7 @@ ORG = f"org-seal-{uuid.uuid4().hex[:8]}"
 def services(
     workflow_app: WorkflowApplication, db_target: PgTarget, app_settings: Settings
 ) -> Iterator[ExecutionServices]:
-    settings = app_settings.model_copy(
-        update={"seal_payloads": True, "master_key": SecretStr(MasterKey.generate().encoded())}
-    )
+    settings = app_settings.model_copy(update={"seal_payloads": True})
     built = create_execution_services(
         workflow_app, WorkflowCommands(workflow_app), db_target, settings
     )
