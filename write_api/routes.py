@@ -140,9 +140,28 @@ def _documented(body: type[BaseModel] | None, *headers: dict[str, Any]) -> dict[
     if body is not None:
         extra["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": body.model_json_schema()}},
+            "content": {"application/json": {"schema": _inlined(body.model_json_schema())}},
         }
     return extra
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` put in place: the document has no ``#/$defs`` for
+    them to point at (Redoc, for one, refuses the whole document over such a $ref)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 async def _parse(request: Request, model: type[ModelT]) -> ModelT:

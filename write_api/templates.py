@@ -56,26 +56,6 @@ _TEMPLATE_LINKS = {
 }
 
 
-def _inlined(extra: dict[str, Any]) -> dict[str, Any]:
-    """``extra`` with its body schema's ``$defs`` put in place (the document has no
-    ``#/$defs`` of its own for them to point at)."""
-    body = extra["requestBody"]["content"]["application/json"]
-    defs = body["schema"].pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return resolve(defs[ref.removeprefix("#/$defs/")])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(item) for item in node]
-        return node
-
-    body["schema"] = resolve(body["schema"])
-    return extra
-
-
 def _templates(request: Request) -> TemplateCommands:
     return TemplateCommands(request.app.state.workflow_commands)
 
@@ -166,7 +146,7 @@ async def instantiate_template(template_id: UUID, request: Request) -> Response:
     summary="Create a workflow from our export document (GET /v1/workflows/{id}/export)",
     response_model=CommandAnswer,
     responses={**_CREATED_WORKFLOW, **problems(400, 403, 404, 409, 422)},
-    openapi_extra=_inlined(_documented(ImportWorkflow, _IDEMPOTENCY_DOC)),
+    openapi_extra=_documented(ImportWorkflow, _IDEMPOTENCY_DOC),
 )
 async def import_workflow(
     request: Request,

@@ -37,7 +37,8 @@ def _plant_workflow(app: WorkflowApplication, org: str) -> tuple[str, int]:
     ]
     body["connections"] = [{"from": "start", "to": "a"}, {"from": "a", "to": "s"}]
     meta = EventMeta(org_id=org, actor="apikey:old", correlation_id="old-release")
-    workflow = Workflow(id=uuid.uuid4(), **body, meta=meta.as_dict())
+    # As the first release recorded it (before origins and projects: none of either).
+    workflow = Workflow(id=uuid.uuid4(), **body, meta=meta.as_dict(), origin=None, project_id=None)
     position = app.save(workflow)[-1].notification.id
     return str(workflow.id), position
 
