@@ -74,6 +74,8 @@ class RoleProcess:
         }
         base |= {
             "DATABASE_URL": target.url(),
+            # The run's one master key (tests/conftest.py): a start without it exits 2.
+            "REPORUNNER_MASTER_KEY": os.environ["REPORUNNER_MASTER_KEY"],
             "REPORUNNER_LOG_FORMAT": "json",
             # PostgreSQL's connections are shared with the rest of the suite.
             "REPORUNNER_DB_POOL_SIZE": "2",

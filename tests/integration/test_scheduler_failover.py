@@ -48,6 +48,8 @@ class SchedulerProcess:
         }
         env |= {
             "DATABASE_URL": target.url(),
+            # The run's one master key (tests/conftest.py): a start without it exits 2.
+            "REPORUNNER_MASTER_KEY": os.environ["REPORUNNER_MASTER_KEY"],
             "REPORUNNER_LOG_FORMAT": "json",
             "REPORUNNER_SCHEDULER_TICK_S": "0.2",
         }
