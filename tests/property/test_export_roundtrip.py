@@ -52,7 +52,7 @@ def definitions(draw: st.DrawFn) -> dict[str, Any]:
 def _reimported(document: dict[str, Any]) -> dict[str, Any]:
     """What import reads of a document sent as JSON."""
     command = ImportWorkflow.model_validate_json(orjson.dumps(document))
-    return command.workflow.model_dump()
+    return command.workflow.definition()  # what the create command records
 
 
 @given(definitions())
