@@ -21,6 +21,10 @@ Decisions:
   a chain under way: the settings read are those of the revision that ran.
   Cancel the queued retry to stop a chain (canceled runs are never retried).
 - A deleted workflow's executions are not retried.
+- A retry is a run: it takes from its organisation's ``executions_per_day``
+  in the transaction that queues it (``commands/day_limit.py``). Past the
+  limit, or for a suspended organisation, it is not queued, and the log
+  says so.
 
 Exactly once, also across restarts and with several processes: the retry's
 id is derived from the ended execution's id, so there is only ever one
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -49,6 +54,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 from eventsourcing.utils import get_topic
 
+from commands.day_limit import DayLimit, DayRoom
 from commands.executions import ExecutionCommands
 from commands.log_follower import LogCommandFollower
 from domain.auto_retry import AutoRetry
@@ -101,9 +107,12 @@ class AutoRetrier(LogCommandFollower):
         batch_size: int = 500,
         *,
         target: PgTarget | None = None,
+        executions_per_day: int = 0,
     ) -> None:
         super().__init__(executions.app, batch_size, target)
         self.executions = executions
+        # Retries count as runs: the organisation's own limit, else this one (0: none).
+        self.day_limit = DayLimit(executions.app, executions_per_day)
         self._topics = {get_topic(ExecutionFailedEvent), get_topic(ExecutionCrashedEvent)}
         # A workflow version's settings never change: cached by (id, version).
         self._policies: OrderedDict[tuple[UUID, int], AutoRetry | None] = OrderedDict()
@@ -130,6 +139,7 @@ class AutoRetrier(LogCommandFollower):
             retry = self._retry_of(execution_id)
             if retry is not None:
                 retries.append(retry)
+        retries, takes = self._startable(retries)
         queue_rows = [
             side
             for retry in retries
@@ -139,7 +149,7 @@ class AutoRetrier(LogCommandFollower):
         ]
         try:
             # Saved with no retries too: the statement still runs.
-            self.app.save(*retries, side_statements=[*queue_rows, statement])
+            self.app.save(*retries, side_statements=[*queue_rows, *takes, statement])
         except IntegrityError:
             return False
         for retry in retries:
@@ -152,6 +162,37 @@ class AutoRetrier(LogCommandFollower):
                 org_id=retry.org_id,
             )
         return True
+
+    def _startable(self, retries: list[Execution]) -> tuple[list[Execution], list[SideStatement]]:
+        """The retries their organisations may start (not suspended, room left in
+        ``executions_per_day``), and the counter takes to save with them; the
+        others are not queued (logged)."""
+        rooms: dict[str, DayRoom] = {}
+        kept: list[Execution] = []
+        takes: list[SideStatement] = []
+        for retry in retries:
+            room = rooms.get(retry.org_id) or self.day_limit.room(retry.org_id)
+            rooms[retry.org_id] = room
+            if room.suspended:
+                log.warning(
+                    "automatic retry not queued: the organisation is suspended",
+                    execution_id=str(retry.retry_of),
+                    org_id=retry.org_id,
+                )
+                continue
+            if room.limited:
+                if room.left <= 0:
+                    log.warning(
+                        "automatic retry not queued: " + room.refusal(),
+                        execution_id=str(retry.retry_of),
+                        org_id=retry.org_id,
+                    )
+                    continue
+                takes.append(room.take())
+                room = replace(room, left=room.left - 1)
+            rooms[retry.org_id] = room
+            kept.append(retry)
+        return kept, takes
 
     def _retried_workflows(self, ended: list[UUID]) -> list[UUID]:
         """Those of ``ended`` whose workflow version has automatic retries, in order.

@@ -12,7 +12,9 @@ workflow at one ``now``:
 3. Each due instant goes through the overlap policy; one that fires is
    recorded as an execution whose id and idempotency key follow from
    (workflow, node, instant), saved with the timetable's ``Fired`` and its
-   queue row in one transaction: the keyed-execution machinery of
+   queue row (and, where a limit applies, one run taken from the
+   organisation's ``executions_per_day``: ``commands/day_limit.py``) in one
+   transaction: the keyed-execution machinery of
    ``commands/executions.py``, with the instant as the key. A second
    scheduler (or a restarted one) deciding the same instant fails that
    save (``IntegrityError``) and records nothing.
@@ -25,13 +27,14 @@ one ``Missed`` range without being enumerated, and one call decides at most
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
 from commands.application import WorkflowApplication
+from commands.day_limit import DayLimit, DayRoom
 from domain.execution import Execution
 from domain.meta import EventMeta
 from domain.schedule import MAX_CATCH_UP, Schedule, due_instants
@@ -58,9 +61,13 @@ NOTHING = TickResult(fired=[])
 
 
 class ScheduleFiring:
-    def __init__(self, app: WorkflowApplication, *, grace: timedelta) -> None:
+    def __init__(
+        self, app: WorkflowApplication, *, grace: timedelta, executions_per_day: int = 0
+    ) -> None:
         self.app = app
         self.grace = grace
+        # The organisation's own limit, else this global one (0: none).
+        self.day_limit = DayLimit(app, executions_per_day)
 
     def tick(
         self, workflow_id: UUID, node_id: str, now: datetime, *, max_fires: int = 100
@@ -91,12 +98,27 @@ class ScheduleFiring:
         due = due_instants(schedule, last=since, now=now, grace=self.grace)
         running = self._running(timetable.recent)
         fired: list[datetime] = []
-        released = timetable.release(running=running, revision=workflow.revision, meta=meta)
+        room = self.day_limit.room(workflow.org_id, now)
+        # A buffered instant past the day's limit waits (buffered) for room.
+        released = (
+            timetable.release(running=running, revision=workflow.revision, meta=meta)
+            if not room.limited or room.left > 0
+            else None
+        )
         if released is not None:
-            running = [self._record(workflow, timetable, released, node_id)]
+            running = [self._record(workflow, timetable, released, node_id, room)]
+            room = replace(room, left=room.left - 1)
             fired.append(released)
         skipped = 0
         for instant in due.fire[:max_fires]:
+            if (
+                room.limited
+                and room.left <= 0
+                and timetable.would_fire(overlap=schedule.overlap, running=running)
+            ):
+                timetable.refuse(instant, reason=room.refusal(), meta=meta)
+                skipped += 1
+                continue
             decision = timetable.take(
                 instant,
                 overlap=schedule.overlap,
@@ -105,7 +127,8 @@ class ScheduleFiring:
                 meta=meta,
             )
             if decision == "fire":
-                running.append(self._record(workflow, timetable, instant, node_id))
+                running.append(self._record(workflow, timetable, instant, node_id, room))
+                room = replace(room, left=room.left - 1)
                 fired.append(instant)
             elif decision == "skip":
                 skipped += 1
@@ -158,8 +181,10 @@ class ScheduleFiring:
         timetable: Timetable,
         instant: datetime,
         node_id: str,
+        room: DayRoom,
     ) -> str:
-        """Queue the instant's execution, saved with the timetable's decisions so far."""
+        """Queue the instant's execution, saved with the timetable's decisions so far
+        (and taken from the day's limit, where one applies)."""
         key = instant_key(workflow.id, node_id, instant)
         execution_id = scheduled_execution_id(workflow.id, node_id, instant)
         execution = Execution.create(
@@ -189,7 +214,10 @@ class ScheduleFiring:
             execution,
             timetable,
             idempotency=record,
-            side_statements=enqueue(execution_id, workflow.org_id, workflow.id),
+            side_statements=[
+                *enqueue(execution_id, workflow.org_id, workflow.id),
+                *([room.take()] if room.limited else []),
+            ],
         )
         return str(execution_id)
 

@@ -34,6 +34,8 @@ from infrastructure.eventstore import SideStatement
 
 # Saves lost to a concurrent change before a command gives up (then 409).
 SAVE_ATTEMPTS = 5
+# Serialises concurrent first starts' "no key yet, make the owner's".
+FIRST_KEY_LOCK = 727002
 
 
 @dataclass(frozen=True)
@@ -212,8 +214,13 @@ class ApiKeyCommands:
         *,
         expires_at: datetime | None = None,
         project_id: UUID | None = None,
+        only_if_first: bool = False,
     ) -> tuple[ApiKeyInfo, str, int]:
-        """The key's record, its plaintext (never stored) and the event's log position."""
+        """The key's record, its plaintext (never stored) and the event's log position.
+
+        ``only_if_first``: only while no key exists at all (``IntegrityError``
+        otherwise); an advisory lock makes concurrent first starts make one.
+        """
         check_org_id(org_id)
         if project_id is not None:
             load_project(self.app, project_id, org_id)  # ProjectNotFound: another org's or none
@@ -229,22 +236,36 @@ class ApiKeyCommands:
             project_id=str(project_id) if project_id else None,
             meta=actor.meta(org_id),
         )
-        insert = SideStatement(
+        columns = (
             "INSERT INTO api_keys (id, org_id, role, name, key_hash, key_prefix, created_at, "
-            "expires_at, project_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                key_id,
-                org_id,
-                role.value,
-                name,
-                hash_key(plaintext),
-                plaintext[:10],
-                created_at,
-                expires_at,
-                project_id,
-            ),
+            "expires_at, project_id) "
         )
-        recordings = self.app.save(key, side_statements=[insert])
+        values = (
+            key_id,
+            org_id,
+            role.value,
+            name,
+            hash_key(plaintext),
+            plaintext[:10],
+            created_at,
+            expires_at,
+            project_id,
+        )
+        if only_if_first:
+            statements = [
+                SideStatement("SELECT pg_advisory_xact_lock(%s)", (FIRST_KEY_LOCK,)),
+                SideStatement(
+                    columns + "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s::uuid "
+                    "WHERE NOT EXISTS (SELECT 1 FROM api_keys)",
+                    values,
+                    expect_row=True,
+                ),
+            ]
+        else:
+            statements = [
+                SideStatement(columns + "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", values)
+            ]
+        recordings = self.app.save(key, side_statements=statements)
         info = ApiKeyInfo(
             id=key_id,
             org_id=org_id,
@@ -257,6 +278,22 @@ class ApiKeyCommands:
             project_id=project_id,
         )
         return info, plaintext, recordings[-1].notification.id
+
+    def create_first_owner_key(self) -> tuple[ApiKeyInfo, str] | None:
+        """An owner key for organisation ``default`` when no key exists at all (a
+        first start), recorded like every other key; None when one exists."""
+        with self.app.event_store.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute("SELECT 1 FROM api_keys LIMIT 1")
+            if curs.fetchone() is not None:
+                return None
+        actor = Actor(actor="first-start", correlation_id=f"first-start-{uuid.uuid4().hex}")
+        try:
+            info, plaintext, _ = self.create(
+                "default", Role.OWNER, "bootstrap", actor, only_if_first=True
+            )
+        except IntegrityError:
+            return None  # another process's first start made it
+        return info, plaintext
 
     def revoke(self, key_id: UUID, actor: Actor, org_id: str | None = None) -> int | None:
         """Revoke an active key (of ``org_id`` when given): the log position, or None

@@ -93,12 +93,8 @@ class Timetable(Aggregate):
         ``fire`` the caller queues ``scheduled_execution_id(...)`` in the
         same save.
         """
-        _iso(instant)  # aware, or ValueError
-        if self.last is not None and instant <= self.last:
-            raise ValueError(f"{_iso(instant)} is not after the last decided {_iso(self.last)}")
-        decision = decide_overlap(
-            overlap, running=len(running), buffered=0 if self.buffered is None else 1
-        )
+        self._check_next(instant)
+        decision = self._decision(overlap, running)
         if decision == "fire":
             self._fire(instant, revision, meta, buffered=False)
         elif decision == "buffer":
@@ -112,6 +108,25 @@ class Timetable(Aggregate):
             about = self._about()
             self._skipped(**about, instant=_iso(instant), reason=reason, meta=meta.as_dict())
         return decision
+
+    def would_fire(self, *, overlap: OverlapPolicy, running: list[str]) -> bool:
+        """Whether ``take`` would fire the next due instant now (nothing recorded)."""
+        return self._decision(overlap, running) == "fire"
+
+    def refuse(self, instant: datetime, *, reason: str, meta: EventMeta) -> None:
+        """Record a due instant as skipped for a reason outside the overlap policy (a limit)."""
+        self._check_next(instant)
+        self._skipped(**self._about(), instant=_iso(instant), reason=reason, meta=meta.as_dict())
+
+    def _check_next(self, instant: datetime) -> None:
+        _iso(instant)  # aware, or ValueError
+        if self.last is not None and instant <= self.last:
+            raise ValueError(f"{_iso(instant)} is not after the last decided {_iso(self.last)}")
+
+    def _decision(self, overlap: OverlapPolicy, running: list[str]) -> OverlapDecision:
+        return decide_overlap(
+            overlap, running=len(running), buffered=0 if self.buffered is None else 1
+        )
 
     def release(self, *, running: list[str], revision: int, meta: EventMeta) -> datetime | None:
         """Fire the buffered instant once nothing runs; that instant, if so."""

@@ -166,7 +166,7 @@ class ApiKeyStore:
         """Create a key; return its record and the plaintext, which is never stored.
 
         No event: the API and the CLI create keys through ``commands.api_keys``,
-        which records one; this is the bare table write (tests, first start).
+        which records one; this is the bare table write (tests).
         """
         check_org_id(org_id)
         plaintext = new_plaintext()
@@ -176,22 +176,6 @@ class ApiKeyStore:
                 await conn.execute(
                     _INSERT_KEY, {**params, "expires": expires_at, "project": project_id}
                 )
-            ).one()
-        return key_info(row), plaintext
-
-    async def create_first_owner_key(self) -> tuple[ApiKeyInfo, str] | None:
-        """Create an owner key for org ``default`` if no key exists at all.
-
-        An advisory lock makes concurrent first starts create one key, not two.
-        """
-        async with self._engine.begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(727002)"))
-            if (await conn.execute(text("SELECT count(*) FROM api_keys"))).scalar_one():
-                return None
-            plaintext = new_plaintext()
-            params = _key_params("default", Role.OWNER, "bootstrap", plaintext)
-            row = (
-                await conn.execute(_INSERT_KEY, {**params, "expires": None, "project": None})
             ).one()
         return key_info(row), plaintext
 

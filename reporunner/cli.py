@@ -423,7 +423,7 @@ def _auto_retrier(projector: Any) -> Any:
     services = create_execution_services(
         projector.app, WorkflowCommands(projector.app, keyring), projector.target, settings, keyring
     )
-    return AutoRetrier(services.commands)
+    return AutoRetrier(services.commands, executions_per_day=settings.executions_per_org_per_day)
 
 
 def _progress_bar(projector: Any) -> Any:

@@ -78,6 +78,7 @@ class Scheduler:
         max_fires: int,
         budget_s: float = 1.0,
         clock: Clock = utc_now,
+        executions_per_day: int = 0,
     ) -> None:
         self.target = target
         self.tick_s = tick_s
@@ -85,7 +86,7 @@ class Scheduler:
         self.budget_s = budget_s
         self.clock = clock
         self.app = app
-        self.firing = ScheduleFiring(app, grace=grace)
+        self.firing = ScheduleFiring(app, grace=grace, executions_per_day=executions_per_day)
         self.index = ScheduleIndex(app)
         self._leading = False
         self.started_at = time.monotonic()

@@ -27,16 +27,22 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import migrations
+from commands.tenancy import ApiKeyCommands
 from infrastructure import metrics
-from infrastructure.auth import ApiKeyStore
-from infrastructure.database import PgTarget, create_engine
+from infrastructure.auth import ApiKeyInfo
+from infrastructure.database import PgTarget
 from infrastructure.logs import configure_logging
 from infrastructure.problems import Problem
 from infrastructure.settings import Settings, get_settings
 from infrastructure.tracing import configure_tracing
 from reporunner import serve_plan
 from reporunner.keys import start_keys
-from reporunner.wiring import create_app, ping_redis, resolve_database
+from reporunner.wiring import (
+    create_app,
+    create_workflow_application,
+    ping_redis,
+    resolve_database,
+)
 
 log = structlog.get_logger("reporunner")
 
@@ -523,14 +529,19 @@ async def _announce(settings: Settings, target: PgTarget, host: str, port: int) 
             log.warning(
                 "redis unreachable: Redis-backed features degrade until it returns", state=state
             )
-    engine = create_engine(target, pool_size=1)
-    try:
-        created = await ApiKeyStore(engine).create_first_owner_key()
-    finally:
-        await engine.dispose()
+    created = await asyncio.to_thread(_first_owner_key, settings, target)
     if created is not None:
         info, plaintext = created
         hand_over_first_key(info.org_id, plaintext, f"http://{host}:{port}", settings.data_dir)
+
+
+def _first_owner_key(settings: Settings, target: PgTarget) -> tuple[ApiKeyInfo, str] | None:
+    """The first owner key, recorded in the log like every other key (None: keys exist)."""
+    workflow_app = create_workflow_application(target, settings)
+    try:
+        return ApiKeyCommands(workflow_app).create_first_owner_key()
+    finally:
+        workflow_app.close()
 
 
 FIRST_KEY_FILE = "first-owner-key"

@@ -361,7 +361,11 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
             # Records a workflow's automatic retries (settings.retry); workers run them.
             projector_threads.append(
                 start_follower(
-                    AutoRetrier(executions.commands, target=target),
+                    AutoRetrier(
+                        executions.commands,
+                        target=target,
+                        executions_per_day=settings.executions_per_org_per_day,
+                    ),
                     stop,
                     batch_size=500,
                     poll_s=min(settings.projection_poll_s, 0.2),
@@ -571,6 +575,7 @@ def create_scheduler(
         tick_s=settings.scheduler_tick_s,
         grace=timedelta(seconds=settings.scheduler_grace_s),
         max_fires=settings.scheduler_max_fires_per_tick,
+        executions_per_day=settings.executions_per_org_per_day,
     )
 
 

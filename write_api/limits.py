@@ -11,7 +11,8 @@ setting; 0 globally means no limit.
   atomically before a run starts (``UPDATE ... WHERE executions < limit``)
   and given back if the start fails, so concurrent runs never pass it.
   Counted only while a limit applies. Past it: 429 with ``Retry-After`` at
-  the next UTC midnight.
+  the next UTC midnight. Scheduled runs and automatic retries take from the
+  same counter, in the transaction that records them (``commands/day_limit.py``).
 
 A retry of a request whose ``Idempotency-Key`` already has its answer is
 neither counted nor refused: it writes nothing and gets the first answer.

@@ -183,7 +183,11 @@ def _keys(request: Request) -> ApiKeyCommands:
     tags=["keys"],
     summary="Create an API key of your organisation (owners); the secret is shown once",
     response_model=KeyCreated,
-    responses={201: {"description": "Created; `key` is shown in this answer only"}},
+    # 404: the project_id names no project of the organisation (as for a workflow's create).
+    responses={
+        201: {"description": "Created; `key` is shown in this answer only"},
+        **problems(404),
+    },
     openapi_extra=_documented(CreateKey),
 )
 async def create_key(request: Request) -> Response:

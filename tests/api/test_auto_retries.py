@@ -20,6 +20,7 @@ import pytest
 
 from commands import WorkflowApplication, WorkflowCommands
 from commands.auto_retries import NAME, AutoRetrier, retry_id
+from commands.tenancy import OrganisationCommands, cli_actor
 from domain.execution import Execution
 from domain.meta import EventMeta
 from infrastructure.database import PgTarget
@@ -374,3 +375,62 @@ def test_an_ending_the_retrier_cannot_handle_is_a_dead_letter_retried_after_a_fi
     assert _queued_retries_of(db_target, failed) == 1
     assert AutoRetrier(retrier.executions).retry_dead_letters([letter]) == (0, [])
     assert _queued_retries_of(db_target, failed) == 1
+
+
+def test_automatic_retries_count_against_executions_per_day_and_stop_at_it(
+    client: httpx.Client,
+    owner: dict[str, str],
+    org: str,
+    db_target: PgTarget,
+    workflow_app: WorkflowApplication,
+    retrier: AutoRetrier,
+) -> None:
+    OrganisationCommands(workflow_app).create(
+        org, "limited", {"executions_per_day": 2}, cli_actor()
+    )
+    workflow_id = _create(
+        client,
+        owner,
+        [trigger(), _node("boom", "stop_and_error", message="always")],
+        max_attempts=5,
+        backoff_ms=0,
+    )
+    first = _run(client, owner, workflow_id)["execution_id"]  # the day's first run
+    retrier.catch_up()
+    second = str(retry_id(uuid.UUID(first)))  # its second
+    assert _wait_for_status(db_target, second, {"failed"}) == "failed"
+    retrier.catch_up()
+    # A third would pass the limit: not queued, although attempts are left.
+    assert _queued_retries_of(db_target, second) == 0
+    with psycopg.connect(db_target.conninfo()) as conn:
+        row = conn.execute(
+            "SELECT executions FROM organisation_day_executions WHERE org_id = %s", (org,)
+        ).fetchone()
+    assert row == (2,)
+    refused = client.post(
+        f"/v1/workflows/{workflow_id}/executions", json={"mode": "sync"}, headers=owner
+    )
+    assert refused.status_code == 429 and refused.json()["limit"] == "executions_per_day"
+
+
+def test_a_suspended_organisations_failed_runs_are_not_retried(
+    client: httpx.Client,
+    owner: dict[str, str],
+    org: str,
+    db_target: PgTarget,
+    workflow_app: WorkflowApplication,
+    retrier: AutoRetrier,
+) -> None:
+    organisations = OrganisationCommands(workflow_app)
+    organisations.create(org, "to be suspended", {}, cli_actor())
+    workflow_id = _create(
+        client,
+        owner,
+        [trigger(), _node("boom", "stop_and_error", message="always")],
+        max_attempts=3,
+        backoff_ms=0,
+    )
+    first = _run(client, owner, workflow_id)["execution_id"]
+    organisations.suspend(org, "unpaid", cli_actor())
+    retrier.catch_up()
+    assert _queued_retries_of(db_target, first) == 0

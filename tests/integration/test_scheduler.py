@@ -13,11 +13,13 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 
 from commands import CommandContext, CreateWorkflow, WorkflowApplication, WorkflowCommands
 from commands.history import History
 from commands.models import UpdateWorkflow
 from commands.schedules import ScheduleFiring
+from commands.tenancy import OrganisationCommands, cli_actor
 from domain.execution import Execution
 from domain.timetable import scheduled_execution_id, timetable_id
 from domain.workflow import WorkflowActivatedEvent
@@ -342,3 +344,68 @@ def test_a_suspended_organisations_schedules_wait_for_its_reinstatement(
     ticking.tick(at(4))
     # Within the grace period the instants it slept through fire late, as after downtime.
     assert instants(app, workflow_id) == [iso(1), iso(2), iso(3), iso(4)]
+
+
+def _day_count(app: WorkflowApplication, org: str, day: datetime) -> int | None:
+    with app.event_store.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(
+            "SELECT executions FROM organisation_day_executions WHERE org_id = %s AND day = %s",
+            (org, day.date()),
+        )
+        row = curs.fetchone()
+    return None if row is None else int(row["executions"])
+
+
+def test_scheduled_runs_count_against_the_organisations_executions_per_day(
+    app: WorkflowApplication, workflows: WorkflowCommands, target: PgTarget, org: str
+) -> None:
+    OrganisationCommands(app).create(org, "limited", {"executions_per_day": 2}, cli_actor())
+    workflow_id = scheduled_workflow(workflows, org, at(0))
+    ticking = scheduler(app, target)
+    ticking.follow()
+    ticking.tick(at(1.2))
+    ticking.tick(at(3.5))
+    assert instants(app, workflow_id) == [iso(1), iso(2)]
+    assert _day_count(app, org, T0) == 2
+    (refused,) = _decisions(app, org, "Timetable.Skipped")
+    assert refused["instant"] == iso(3)
+    assert "executions_per_day" in refused["reason"] and org in refused["reason"]
+
+
+def test_a_global_limit_counts_scheduled_runs_of_organisations_without_their_own(
+    app: WorkflowApplication, workflows: WorkflowCommands, target: PgTarget, org: str
+) -> None:
+    workflow_id = scheduled_workflow(workflows, org, at(0))
+    ticking = Scheduler(
+        app, target, tick_s=0.1, grace=timedelta(seconds=60), max_fires=100, executions_per_day=1
+    )
+    ticking.follow()
+    ticking.tick(at(2.5))
+    assert instants(app, workflow_id) == [iso(1)]
+    assert _day_count(app, org, T0) == 1
+
+
+def test_a_fire_that_finds_the_counter_full_at_its_save_records_nothing(
+    app: WorkflowApplication, workflows: WorkflowCommands, target: PgTarget, org: str
+) -> None:
+    """The race with the write API: room was read, then the API took the last run."""
+    OrganisationCommands(app).create(org, "limited", {"executions_per_day": 1}, cli_actor())
+    workflow_id = scheduled_workflow(workflows, org, at(0))
+    firing = ScheduleFiring(app, grace=timedelta(seconds=60))
+    room = firing.day_limit.room(org, at(1))
+    assert (room.limit, room.left) == (1, 1)
+    with app.event_store.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(
+            "INSERT INTO organisation_day_executions (org_id, day, executions) VALUES (%s, %s, 1)",
+            (org, T0.date()),
+        )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(firing.day_limit, "room", lambda *_: room)  # the stale read
+        with pytest.raises(IntegrityError):
+            firing.tick(workflow_id, "tick", at(1.2))
+    assert instants(app, workflow_id) == []
+    assert _day_count(app, org, T0) == 1
+    # The next tick reads the full counter and records the instant as refused.
+    firing.tick(workflow_id, "tick", at(1.3))
+    assert instants(app, workflow_id) == []
+    assert [s["instant"] for s in _decisions(app, org, "Timetable.Skipped")] == [iso(1)]

@@ -203,3 +203,17 @@ def test_the_trigger_step_passes_the_scheduled_instant_on() -> None:
     outcome = run(compile_plan(workflow.definition()), item, ports=FakeWorld().ports())
     assert outcome.status == "succeeded"
     assert outcome.output == {"a": [item]}
+
+
+def test_a_refused_instant_is_skipped_with_its_reason_and_would_fire_matches_take() -> None:
+    timetable = new_timetable()
+    assert timetable.would_fire(overlap="skip", running=[])
+    assert not timetable.would_fire(overlap="skip", running=["run-1"])
+    assert timetable.would_fire(overlap="allow_all", running=["run-1"])
+    assert names(timetable) == ["Created"]  # asking records nothing
+    timetable.refuse(at(1), reason="organisation 'acme' is at its limit", meta=META)
+    assert names(timetable) == ["Created", "Skipped"]
+    assert timetable.pending_events[-1].reason == "organisation 'acme' is at its limit"
+    assert replay(timetable).last == at(1)
+    with pytest.raises(ValueError, match="not after the last decided"):
+        timetable.refuse(at(1), reason="again", meta=META)
