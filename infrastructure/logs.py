@@ -43,7 +43,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=True,
+        # Not cached: a cached module logger keeps the configuration of its first
+        # line, so a later reconfiguration (structlog's capture_logs, a CLI command
+        # run in-process) would not reach it. Building one per line costs ~1 µs.
+        cache_logger_on_first_use=False,
     )
     # Libraries that use stdlib logging (uvicorn, alembic) go through the same renderer.
     handler = logging.StreamHandler(stream)

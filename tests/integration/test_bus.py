@@ -24,12 +24,10 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-import structlog
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 import migrations
-import projections.relay as relay_module
 from commands import (
     CommandContext,
     CreateWorkflow,
@@ -792,7 +790,6 @@ def test_redis_losing_its_data_between_batches_is_noticed_and_the_stream_refille
     make_relay: Callable[..., Relay],
     prefix: str,
     org: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Issue 15: Redis restarted between two batches, its client reconnected silently,
     and the events published before were gone from the stream, with nothing logged."""
@@ -802,9 +799,6 @@ def test_redis_losing_its_data_between_batches_is_noticed_and_the_stream_refille
     stop = threading.Event()
     thread = threading.Thread(target=relay.run_forever, args=(stop,))
     with capture_logs() as logs:
-        # A fresh logger: the module's own was cached (cache_logger_on_first_use) by
-        # whichever earlier test first made a relay log, before this capture began.
-        monkeypatch.setattr(relay_module, "log", structlog.get_logger("reporunner.relay"))
         thread.start()
         try:
             _wait_for(lambda: relay.status().position >= _head(db_target), 30, "the relay")
