@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.responses import Response
@@ -71,3 +71,9 @@ class Problem(Exception):
 
 def problem_type(slug: str) -> str:
     return f"https://reporunner.dev/problems/{slug}"
+
+
+def said_as(status: int, slug: str) -> Callable[[Exception], Problem]:
+    """How an error whose message says everything looks from outside: ``status``,
+    the message as detail, the problem type ``slug``."""
+    return lambda exc: Problem(status, str(exc), type_=problem_type(slug))

@@ -25,12 +25,8 @@ from domain.errors import (
     WorkflowInactive,
 )
 from domain.webhooks import WebhookBodyInvalid, WebhookRefused
-from infrastructure.problems import Problem, problem_type
+from infrastructure.problems import Problem, problem_type, said_as
 from write_api.pins import PIN_PROBLEMS
-
-
-def _not_found(exc: WorkflowNotFound | ExecutionNotFound) -> Problem:
-    return Problem(404, str(exc), type_=problem_type("not-found"))
 
 
 def _conflict(exc: VersionConflict) -> Problem:
@@ -55,28 +51,12 @@ def _route_taken(exc: HookRouteTaken) -> Problem:
     )
 
 
-def _inactive(exc: WorkflowInactive) -> Problem:
-    return Problem(409, str(exc), type_=problem_type("workflow-inactive"))
-
-
-def _hook_not_found(exc: HookNotFound) -> Problem:
-    return Problem(404, str(exc), type_=problem_type("not-found"))
-
-
 def _hook_refused(exc: WebhookRefused) -> Problem:
     return Problem(401, exc.reason, type_=problem_type("webhook-unauthorized"))
 
 
-def _hook_body(exc: WebhookBodyInvalid) -> Problem:
-    return Problem(422, str(exc), type_=problem_type("invalid-webhook-body"))
-
-
 def _busy(exc: WorkflowBusy) -> Problem:
     return Problem(503, str(exc), type_=problem_type("busy"), headers={"Retry-After": "1"})
-
-
-def _key_reused(exc: IdempotencyKeyReused) -> Problem:
-    return Problem(422, str(exc), type_=problem_type("idempotency-key-reused"))
 
 
 def _finished(exc: ExecutionFinished) -> Problem:
@@ -96,14 +76,6 @@ def _not_from_failed_node(exc: RetryFromFailedNodeImpossible) -> Problem:
         type_=problem_type("retry-from-failed-node-impossible"),
         truncated_nodes=exc.node_ids,
     )
-
-
-def _payload_erased(exc: ExecutionPayloadErased) -> Problem:
-    return Problem(409, str(exc), type_=problem_type("execution-payload-erased"))
-
-
-def _subject_erased(exc: DataSubjectErased) -> Problem:
-    return Problem(409, str(exc), type_=problem_type("data-subject-erased"))
 
 
 def _bad_input(exc: ExecutionInputInvalid) -> Problem:
@@ -147,22 +119,22 @@ def _answer_unavailable(exc: ExecutionAnswerUnavailable) -> Problem:
 
 COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     NoSuchVersion: _no_such_version,
-    WorkflowNotFound: _not_found,
-    ExecutionNotFound: _not_found,
+    WorkflowNotFound: said_as(404, "not-found"),
+    ExecutionNotFound: said_as(404, "not-found"),
     ExecutionFinished: _finished,
     ExecutionInputInvalid: _bad_input,
     ExecutionNotRetryable: _not_retryable,
     RetryFromFailedNodeImpossible: _not_from_failed_node,
-    ExecutionPayloadErased: _payload_erased,
-    DataSubjectErased: _subject_erased,
+    ExecutionPayloadErased: said_as(409, "execution-payload-erased"),
+    DataSubjectErased: said_as(409, "data-subject-erased"),
     VersionConflict: _conflict,
     HookRouteTaken: _route_taken,
-    HookNotFound: _hook_not_found,
-    WorkflowInactive: _inactive,
+    HookNotFound: said_as(404, "not-found"),
+    WorkflowInactive: said_as(409, "workflow-inactive"),
     WebhookRefused: _hook_refused,
-    WebhookBodyInvalid: _hook_body,
+    WebhookBodyInvalid: said_as(422, "invalid-webhook-body"),
     WorkflowBusy: _busy,
-    IdempotencyKeyReused: _key_reused,
+    IdempotencyKeyReused: said_as(422, "idempotency-key-reused"),
     ExecutionInProgress: _in_progress,
     ExecutionAnswerUnavailable: _answer_unavailable,
     **PIN_PROBLEMS,

@@ -12,6 +12,7 @@ and unshare are events in the workflow's history (``Workflow.Moved``,
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -35,7 +36,7 @@ from commands.scope import ProjectAccessDenied
 from domain.project import DefaultProjectPermanent, ProjectArchived
 from infrastructure.auth import Permission
 from infrastructure.openapi import problems
-from infrastructure.problems import Problem, problem_type
+from infrastructure.problems import Problem, problem_type, said_as
 from infrastructure.web import authorize
 from write_api.routes import (
     _COMMAND_HEADERS,
@@ -45,9 +46,8 @@ from write_api.routes import (
     _context,
     _documented,
     _parse,
-    _respond,
-    _writer,
     expected_version,
+    versioned_command,
 )
 from write_api.schemas import CommandAnswer
 
@@ -64,30 +64,16 @@ class ProjectAnswer(BaseModel):
     )
 
 
-def _forbidden(exc: Exception) -> Problem:
-    return Problem(403, str(exc), type_=problem_type("forbidden"))
-
-
-def _project_not_found(exc: Exception) -> Problem:
-    return Problem(404, str(exc), type_=problem_type("not-found"))
-
-
-def _project_conflict(exc: Exception) -> Problem:
-    return Problem(409, str(exc), type_=problem_type("project-archived"))
-
-
 PROJECT_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
-    ProjectNotFound: _project_not_found,
-    ShareNotFound: _project_not_found,
-    ProjectScopeRefused: _forbidden,
-    ProjectAccessDenied: _forbidden,
-    ProjectArchived: _project_conflict,
+    ProjectNotFound: said_as(404, "not-found"),
+    ShareNotFound: said_as(404, "not-found"),
+    ProjectScopeRefused: said_as(403, "forbidden"),
+    ProjectAccessDenied: said_as(403, "forbidden"),
+    ProjectArchived: said_as(409, "project-archived"),
     HookRouteTakenOutsideProject: lambda exc: Problem(
         409, str(exc), type_=problem_type("webhook-route-taken"), method=exc.method, path=exc.path
     ),
-    DefaultProjectPermanent: lambda exc: Problem(
-        409, str(exc), type_=problem_type("default-project")
-    ),
+    DefaultProjectPermanent: said_as(409, "default-project"),
 }
 
 _PROJECT_HEADERS = {
@@ -173,13 +159,9 @@ async def update_project(project_id: UUID, request: Request) -> Response:
     openapi_extra=_documented(MoveWorkflow, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def move_workflow(workflow_id: UUID, request: Request) -> Response:
-    principal = await _writer(request)
-    version = expected_version(request)
-    command = await _parse(request, MoveWorkflow)
-    result = await run_in_threadpool(
-        _commands(request).move, workflow_id, command, version, _context(request, principal)
+    return await versioned_command(
+        request, partial(_commands(request).move, workflow_id), MoveWorkflow
     )
-    return _respond(result)
 
 
 @router.post(
@@ -191,13 +173,9 @@ async def move_workflow(workflow_id: UUID, request: Request) -> Response:
     openapi_extra=_documented(ShareWorkflow, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def share_workflow(workflow_id: UUID, request: Request) -> Response:
-    principal = await _writer(request)
-    version = expected_version(request)
-    command = await _parse(request, ShareWorkflow)
-    result = await run_in_threadpool(
-        _commands(request).share, workflow_id, command, version, _context(request, principal)
+    return await versioned_command(
+        request, partial(_commands(request).share, workflow_id), ShareWorkflow
     )
-    return _respond(result)
 
 
 @router.delete(
@@ -209,9 +187,6 @@ async def share_workflow(workflow_id: UUID, request: Request) -> Response:
     openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def unshare_workflow(workflow_id: UUID, project_id: UUID, request: Request) -> Response:
-    principal = await _writer(request)
-    version = expected_version(request)
-    result = await run_in_threadpool(
-        _commands(request).unshare, workflow_id, project_id, version, _context(request, principal)
+    return await versioned_command(
+        request, partial(_commands(request).unshare, workflow_id, project_id)
     )
-    return _respond(result)

@@ -11,6 +11,8 @@ describes the same body and headers through ``openapi_extra``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -211,6 +213,23 @@ def _respond(result: CommandResult, *, location: bool = False) -> Response:
     )
 
 
+async def versioned_command(
+    request: Request,
+    run: Callable[..., CommandResult],
+    body: type[BaseModel] | None = None,
+    *,
+    location: bool = False,
+) -> Response:
+    """The shape of every If-Match command on a workflow, checked in this order:
+    the key may write (401/403), If-Match (428), the body (422); then
+    ``run([command,] version, context)`` off the event loop, and its answer."""
+    principal = await _writer(request)
+    version = expected_version(request)
+    command = () if body is None else (await _parse(request, body),)
+    result = await run_in_threadpool(run, *command, version, _context(request, principal))
+    return _respond(result, location=location)
+
+
 @router.post(
     "/workflows",
     status_code=201,
@@ -246,13 +265,9 @@ async def create_workflow(request: Request) -> Response:
     openapi_extra=_documented(UpdateWorkflow, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def update_workflow(workflow_id: UUID, request: Request) -> Response:
-    principal = await _writer(request)
-    version = expected_version(request)
-    command = await _parse(request, UpdateWorkflow)
-    result = await run_in_threadpool(
-        _commands(request).update, workflow_id, command, version, _context(request, principal)
+    return await versioned_command(
+        request, partial(_commands(request).update, workflow_id), UpdateWorkflow
     )
-    return _respond(result)
 
 
 @router.delete(
@@ -264,12 +279,7 @@ async def update_workflow(workflow_id: UUID, request: Request) -> Response:
     openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def delete_workflow(workflow_id: UUID, request: Request) -> Response:
-    principal = await _writer(request)
-    version = expected_version(request)
-    result = await run_in_threadpool(
-        _commands(request).delete, workflow_id, version, _context(request, principal)
-    )
-    return _respond(result)
+    return await versioned_command(request, partial(_commands(request).delete, workflow_id))
 
 
 @router.post(
@@ -281,13 +291,9 @@ async def delete_workflow(workflow_id: UUID, request: Request) -> Response:
     openapi_extra=_documented(RevertWorkflow, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def revert_workflow(workflow_id: UUID, request: Request) -> Response:
-    principal = await _writer(request)
-    version = expected_version(request)
-    command = await _parse(request, RevertWorkflow)
-    result = await run_in_threadpool(
-        _commands(request).revert, workflow_id, command, version, _context(request, principal)
+    return await versioned_command(
+        request, partial(_commands(request).revert, workflow_id), RevertWorkflow
     )
-    return _respond(result)
 
 
 # -- executions ---------------------------------------------------------------------
@@ -420,12 +426,7 @@ _ACTIVATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def activate_workflow(workflow_id: UUID, request: Request) -> Response:
-    principal = await _writer(request)
-    version = expected_version(request)
-    result = await run_in_threadpool(
-        _commands(request).activate, workflow_id, version, _context(request, principal)
-    )
-    return _respond(result)
+    return await versioned_command(request, partial(_commands(request).activate, workflow_id))
 
 
 @router.post(
@@ -437,12 +438,7 @@ async def activate_workflow(workflow_id: UUID, request: Request) -> Response:
     openapi_extra=_documented(None, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def deactivate_workflow(workflow_id: UUID, request: Request) -> Response:
-    principal = await _writer(request)
-    version = expected_version(request)
-    result = await run_in_threadpool(
-        _commands(request).deactivate, workflow_id, version, _context(request, principal)
-    )
-    return _respond(result)
+    return await versioned_command(request, partial(_commands(request).deactivate, workflow_id))
 
 
 @router.post(
@@ -454,14 +450,8 @@ async def deactivate_workflow(workflow_id: UUID, request: Request) -> Response:
     openapi_extra=_documented(RotateWebhookSecret, _IF_MATCH_DOC, _IDEMPOTENCY_DOC),
 )
 async def rotate_webhook_secret(workflow_id: UUID, request: Request) -> Response:
-    principal = await _writer(request)
-    version = expected_version(request)
-    command = await _parse(request, RotateWebhookSecret)
-    result = await run_in_threadpool(
-        _commands(request).rotate_webhook_secret,
-        workflow_id,
-        command,
-        version,
-        _context(request, principal),
+    return await versioned_command(
+        request,
+        partial(_commands(request).rotate_webhook_secret, workflow_id),
+        RotateWebhookSecret,
     )
-    return _respond(result)

@@ -26,7 +26,7 @@ from commands.templates import (
 from domain.template import TemplateNotVisible, TemplateParametersInvalid, TemplateUnpublished
 from infrastructure.auth import Permission
 from infrastructure.openapi import problems
-from infrastructure.problems import Problem, problem_type
+from infrastructure.problems import Problem, problem_type, said_as
 from infrastructure.web import authorize
 from write_api.routes import (
     _COMMAND_HEADERS,
@@ -172,21 +172,9 @@ def _invalid_parameters(exc: TemplateParametersInvalid) -> Problem:
     )
 
 
-def _unpublished(exc: TemplateUnpublished) -> Problem:
-    return Problem(410, str(exc), type_=problem_type("template-unpublished"))
-
-
-def _not_visible(exc: TemplateNotVisible) -> Problem:
-    return Problem(404, str(exc), type_=problem_type("not-found"))
-
-
-def _not_owned(exc: TemplateNotOwned) -> Problem:
-    return Problem(403, str(exc), type_=problem_type("forbidden"))
-
-
 TEMPLATE_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     TemplateParametersInvalid: _invalid_parameters,
-    TemplateUnpublished: _unpublished,
-    TemplateNotVisible: _not_visible,
-    TemplateNotOwned: _not_owned,
+    TemplateUnpublished: said_as(410, "template-unpublished"),
+    TemplateNotVisible: said_as(404, "not-found"),
+    TemplateNotOwned: said_as(403, "forbidden"),
 }
