@@ -40,6 +40,17 @@ class WorkflowBusy(CommandError):
         self.workflow_id = workflow_id
 
 
+class WorkflowLimitReached(CommandError):
+    """A create past the organisation's ``max_workflows``."""
+
+    def __init__(self, org_id: str, held: int, limit: int) -> None:
+        super().__init__(
+            f"organisation '{org_id}' holds {held} workflows, its limit max_workflows is "
+            f"{limit}; delete one or ask for a higher limit"
+        )
+        self.limit = limit
+
+
 class IdempotencyKeyReused(CommandError):
     """The same Idempotency-Key came with a different request."""
 

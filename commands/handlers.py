@@ -54,6 +54,7 @@ from commands.errors import (
     ShareNotFound,
     VersionConflict,
     WorkflowBusy,
+    WorkflowLimitReached,
     WorkflowNotFound,
 )
 from commands.history import version_at_revision
@@ -70,6 +71,7 @@ from commands.models import (
 from commands.projects import ProjectNotFound, ProjectScopeRefused, load_project
 from commands.scope import Access, ensure_access
 from commands.webhook_secrets import seal_secret
+from commands.workflow_quota import count_create, count_delete, reached_limit
 from domain.meta import EventMeta
 from domain.triggers import SECRET_AUTH, webhook_routes
 from domain.webhooks import hash_token
@@ -141,8 +143,12 @@ class LastCommitted:
 class WorkflowCommands:
     """The write side's use cases for workflows."""
 
-    def __init__(self, app: WorkflowApplication, keyring: Keyring | None = None) -> None:
+    def __init__(
+        self, app: WorkflowApplication, keyring: Keyring | None = None, *, max_workflows: int = 0
+    ) -> None:
         self.app = app
+        # The global max_workflows an organisation's own limit overrides (0: none).
+        self.max_workflows = max_workflows
         self.last_committed = LastCommitted()
         # Seals hook HMAC secrets (commands/webhook_secrets.py); without one
         # (tests that never activate an hmac hook) they are kept as before.
@@ -177,15 +183,20 @@ class WorkflowCommands:
             origin=origin,
             project_id=project_id,
         )
+        counted = [count_create(ctx.org_id, self.max_workflows)]
         try:
-            return self._save(workflow, ctx, fingerprint, status_code=201)
+            return self._save(workflow, ctx, fingerprint, status_code=201, side=counted)
         except IntegrityError:
-            # Only a keyed create can collide (its id comes from the key): the
-            # same request won the race, or the key was used for another one.
+            # The organisation is at its max_workflows, or (only a keyed create
+            # can collide: its id comes from the key) the same request won the
+            # race, or the key was used for another one.
             if ctx.idempotency_key is not None:
                 prior = self._prior_answer(ctx, fingerprint)
                 if prior is not None:
                     return prior
+            reached = reached_limit(self.app, ctx.org_id, self.max_workflows)
+            if reached is not None:
+                raise WorkflowLimitReached(ctx.org_id, *reached) from None
             current = self.get(workflow.id, ctx.org_id)
             current.ensure_not_deleted()
             raise VersionConflict(workflow.id, 0, current.revision) from None
@@ -439,15 +450,17 @@ class WorkflowCommands:
                 # read it before answering "unchanged" (an edit is a 409).
                 workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
                 continue
-            routes: Sequence[SideStatement] = ()
+            side: Sequence[SideStatement] = ()
             generated: dict[str, str] = {}
             if was_active or workflow.active:
                 self._ensure_routes_free(workflow, ctx)
                 generated = self._hook_secrets(workflow, renew)
                 hook_secrets = _secret_statements(workflow, generated, self.keyring)
-                routes = _route_statements(workflow) + hook_secrets
+                side = _route_statements(workflow) + hook_secrets
+            if workflow.deleted:
+                side = (*side, count_delete(workflow.org_id))
             try:
-                result = self._save(workflow, ctx, fingerprint, status_code=200, side=routes)
+                result = self._save(workflow, ctx, fingerprint, status_code=200, side=side)
                 return replace(result, webhook_secrets=generated)
             except IntegrityError:
                 # Someone saved first: the same keyed request, another edit,

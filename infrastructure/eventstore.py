@@ -53,11 +53,16 @@ class SideStatement:
     ``sql`` uses ``%s`` placeholders; values are bound client-side by psycopg.
     ``expect_row``: the statement must touch a row, or the whole save fails
     with ``IntegrityError`` (e.g. a lease that is no longer ours).
+    ``after_lock``: run after the events' insert, under the log's table lock,
+    where one save at a time runs: for a row every save of an organisation
+    changes (a counter), which taken before the lock could deadlock two
+    processes' groups that touch two such rows in opposite orders.
     """
 
     sql: str
     params: tuple[object, ...] = ()
     expect_row: bool = False
+    after_lock: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,6 +243,12 @@ class EventStoreRecorder(PostgresApplicationRecorder):
                 lock_and_notify, insert_prefix = self._constant_sql(curs)
                 rows = b", ".join(_event_row(e, curs) for e in events)
                 script += [lock_and_notify, insert_prefix + rows + _RETURNING]
+            for save in group:
+                script += (
+                    _rendered(statement).as_bytes(curs)
+                    for statement in save.side_statements
+                    if statement.after_lock
+                )
             script.append(b"COMMIT")
             try:
                 curs.execute(b"; ".join(script))
@@ -269,17 +280,9 @@ class EventStoreRecorder(PostgresApplicationRecorder):
     @staticmethod
     def _before_lock(save: _Save) -> list[Composable]:
         """A save's side statements and idempotency record, run before the table lock."""
-        script: list[Composable] = []
-        for statement in save.side_statements:
-            rendered = SQL(statement.sql.replace("%s", "{}")).format(
-                *map(Literal, statement.params)
-            )
-            if statement.expect_row:
-                # A zero-row change divides by zero: the transaction aborts.
-                rendered = SQL(
-                    "WITH changed AS ({} RETURNING 1) SELECT 1 / count(*) FROM changed"
-                ).format(rendered)
-            script.append(rendered)
+        script: list[Composable] = [
+            _rendered(statement) for statement in save.side_statements if not statement.after_lock
+        ]
         if save.idempotency is not None:
             # Before the table lock: a racing duplicate waits on the unique
             # index, not on the log, and fails once the first one commits.
@@ -366,6 +369,18 @@ def _event_row(event: StoredEvent, curs: ClientCursor[Any]) -> bytes:
         .format(Literal(originator_id), Literal(version), Literal(topic), Literal(event.state))
         .as_bytes(curs)
     )
+
+
+def _rendered(statement: SideStatement) -> Composable:
+    rendered: Composable = SQL(statement.sql.replace("%s", "{}")).format(
+        *map(Literal, statement.params)
+    )
+    if statement.expect_row:
+        # A zero-row change divides by zero: the transaction aborts.
+        rendered = SQL("WITH changed AS ({} RETURNING 1) SELECT 1 / count(*) FROM changed").format(
+            rendered
+        )
+    return rendered
 
 
 def _returned_positions(curs: ClientCursor[Any]) -> Iterator[tuple[tuple[str, int], int]]:

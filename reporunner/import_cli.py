@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from commands.errors import WorkflowLimitReached
 from commands.n8n_import import (
     ExportInvalid,
     ImportRefused,
@@ -75,7 +76,11 @@ def import_n8n_file(
     context = CommandContext(org_id=org, actor=actor, correlation_id=f"cli-{uuid.uuid4()}")
     try:
         answer = import_n8n(
-            WorkflowCommands(app), document, context, partial=partial, project_id=project
+            WorkflowCommands(app, max_workflows=settings.max_workflows_per_org),
+            document,
+            context,
+            partial=partial,
+            project_id=project,
         )
     except ExportInvalid as exc:
         _print(
@@ -91,6 +96,9 @@ def import_n8n_file(
     except WorkflowInvalid as exc:
         errors = [{"loc": problem.loc, "msg": problem.msg} for problem in exc.problems]
         _print({"status": 422, "detail": str(exc), "errors": errors})
+        raise typer.Exit(1) from None
+    except WorkflowLimitReached as exc:
+        _print({"status": 409, "detail": str(exc), "limit": "max_workflows", "value": exc.limit})
         raise typer.Exit(1) from None
     finally:
         app.close()

@@ -319,7 +319,9 @@ def create_app(settings: Settings, target: PgTarget, roles: Sequence[str] = ROLE
         )
         workflow_app = create_workflow_application(target, settings)
         keyring = keyring_for(settings, workflow_app.event_store.datastore.get_connection)
-        app.state.workflow_commands = WorkflowCommands(workflow_app, keyring)
+        app.state.workflow_commands = WorkflowCommands(
+            workflow_app, keyring, max_workflows=settings.max_workflows_per_org
+        )
         app.state.credential_commands = (
             None if keyring is None else CredentialCommands(workflow_app, keyring)
         )

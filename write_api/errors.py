@@ -14,6 +14,7 @@ from commands.errors import (
     HookRouteTaken,
     NoSuchVersion,
     WorkflowBusy,
+    WorkflowLimitReached,
 )
 from domain.errors import (
     DataSubjectErased,
@@ -53,6 +54,16 @@ def _route_taken(exc: HookRouteTaken) -> Problem:
 
 def _hook_refused(exc: WebhookRefused) -> Problem:
     return Problem(401, exc.reason, type_=problem_type("webhook-unauthorized"))
+
+
+def _limit_reached(exc: WorkflowLimitReached) -> Problem:
+    return Problem(
+        409,
+        str(exc),
+        type_=problem_type("limit-reached"),
+        limit="max_workflows",
+        value=exc.limit,
+    )
 
 
 def _busy(exc: WorkflowBusy) -> Problem:
@@ -134,6 +145,7 @@ COMMAND_PROBLEMS: dict[type[Exception], Callable[[Any], Problem]] = {
     WebhookRefused: _hook_refused,
     WebhookBodyInvalid: said_as(422, "invalid-webhook-body"),
     WorkflowBusy: _busy,
+    WorkflowLimitReached: _limit_reached,
     IdempotencyKeyReused: said_as(422, "idempotency-key-reused"),
     ExecutionInProgress: _in_progress,
     ExecutionAnswerUnavailable: _answer_unavailable,

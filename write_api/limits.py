@@ -1,12 +1,10 @@
-"""Per-organisation limits the write side enforces: workflows held, runs a day, sync runs.
+"""Per-organisation limits the write API enforces: runs a day, sync runs.
 
 Each organisation's own limit (``OrgPolicy.limits``) overrides the global
 setting; 0 globally means no limit.
 
-- ``max_workflows``: counted in the workflows view (not deleted), capped at
-  the limit, so the check reads at most that many index entries. The view
-  trails the log by the projection's lag, so creates racing within that lag
-  can pass a limit by as many as raced: a quota, not an invariant.
+(``max_workflows`` is the create command's own: ``commands/workflow_quota.py``.)
+
 - ``executions_per_day``: a counter per organisation and UTC day, taken
   atomically before a run starts (``UPDATE ... WHERE executions < limit``)
   and given back if the start fails, so concurrent runs never pass it.
@@ -28,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from starlette.requests import Request
 
-from infrastructure.org_policy import OrgPolicy
 from infrastructure.problems import Problem, problem_type
 from infrastructure.settings import Settings
 from infrastructure.web import org_policy
@@ -56,31 +53,6 @@ async def _already_answered(request: Request, org_id: str) -> bool:
             {"org": org_id, "key": key},
         )
         return found.first() is not None
-
-
-async def ensure_workflow_room(request: Request, policy: OrgPolicy) -> None:
-    limit = int(policy.limit("max_workflows", _settings(request).max_workflows_per_org))
-    if limit <= 0 or await _already_answered(request, policy.org_id):
-        return
-    async with request.app.state.engine.connect() as conn:
-        held = (
-            await conn.execute(
-                text(
-                    "SELECT count(*) FROM (SELECT 1 FROM doc_workflows WHERE org_id = :org "
-                    "AND NOT coalesce((data->>'deleted')::boolean, false) LIMIT :cap) AS held"
-                ),
-                {"org": policy.org_id, "cap": limit},
-            )
-        ).scalar_one()
-    if held >= limit:
-        raise Problem(
-            409,
-            f"organisation '{policy.org_id}' holds {held} workflows, its limit max_workflows "
-            f"is {limit}; delete one or ask for a higher limit",
-            type_=problem_type("limit-reached"),
-            limit="max_workflows",
-            value=limit,
-        )
 
 
 def seconds_to_utc_midnight(now: datetime) -> int:

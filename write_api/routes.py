@@ -37,9 +37,9 @@ from infrastructure.json_codec import dumps_answer
 from infrastructure.openapi import problems
 from infrastructure.problems import Problem, problem_type
 from infrastructure.tracing import current_traceparent
-from infrastructure.web import authorize, org_policy
+from infrastructure.web import authorize
 from write_api.bulkhead import SyncRunBulkhead
-from write_api.limits import ensure_workflow_room, execution_allowance, sync_run_limit
+from write_api.limits import execution_allowance, sync_run_limit
 from write_api.schemas import CommandAnswer, ExecutionAnswer
 
 router = APIRouter(prefix="/v1")
@@ -241,7 +241,8 @@ async def versioned_command(
             "headers": {**_COMMAND_HEADERS, "Location": {"schema": {"type": "string"}}},
             "links": _WORKFLOW_LINKS,
         },
-        # 404: no such project (or not the key's); 409: an archived project too.
+        # 404: no such project (or not the key's); 409: an archived project, or
+        # the organisation's max_workflows reached.
         **problems(400, 404, 409, 422),
     },
     openapi_extra=_documented(CreateWorkflow, _IDEMPOTENCY_DOC),
@@ -249,7 +250,6 @@ async def versioned_command(
 async def create_workflow(request: Request) -> Response:
     principal = await _writer(request)
     command = await _parse(request, CreateWorkflow)
-    await ensure_workflow_room(request, await org_policy(request, principal.org_id))
     result = await run_in_threadpool(
         _commands(request).create, command, _context(request, principal)
     )

@@ -321,6 +321,18 @@ def test_max_workflows_of_the_organisation_overrides_the_global_limit(
         _wait_for_view(client, owner, made)
     assert create_workflow(client, owner, name="four").status_code == 409
 
+    # Every door that creates counts: an import of our own format, a template's
+    # instance (the same create command) are refused past the limit too.
+    exported = client.get(f"/v1/workflows/{first.json()['id']}/export", headers=owner)
+    imported = client.post("/v1/import", json=exported.json(), headers=owner)
+    assert imported.status_code == 409 and imported.json()["limit"] == "max_workflows"
+    # A delete makes room at once (no view to wait for).
+    deleted = client.delete(
+        f"/v1/workflows/{first.json()['id']}", headers={**owner, "If-Match": '"1"'}
+    )
+    assert deleted.status_code == 200, deleted.text
+    assert create_workflow(client, owner, name="five").status_code == 201
+
     # Another organisation has the global 2.
     other = bearer(make_key(f"other-{uuid.uuid4().hex[:8]}", "owner"))
     for name in ("a", "b"):
