@@ -70,6 +70,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import orjson
+
 from domain.execution import (
     EXECUTION_STATUSES,
     ExecutionCanceledEvent,
@@ -199,11 +201,12 @@ class ExecutionsProjection:
         ExecutionExpiredEvent,
     )
 
-    def partition(self, event: Any) -> str:
+    def partition(self, originator_id: Any, state: bytes) -> str:
         """Counters are an organisation's, and a retry retries one of its own
         executions: every document changes with one organisation's events only
-        (rebuilds load by this key in parallel)."""
-        return str(event.meta["org_id"])
+        (rebuilds load by this key in parallel). Read from the stored state's
+        ``meta`` without decoding the event."""
+        return str(orjson.loads(state)["meta"]["org_id"])
 
     def prefetch(self, events: Sequence[Any], view: ViewBatch) -> None:
         # Executions queued in this batch are not stored yet: their counters

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import gc
 import multiprocessing
 import os
@@ -184,6 +183,7 @@ def _bulk_load(
     batches: queue.Queue[EventBatch | BaseException | None] = queue.Queue(maxsize=2)
     # Big batches whatever the live projector uses: a bulk load is throughput.
     bulk_batch = max(projector.batch_size, BULK_BATCH_SIZE)
+    keep = None if part is None else _of_part(projector.projection, *part)
     done = threading.Event()
 
     def read() -> None:
@@ -191,11 +191,9 @@ def _bulk_load(
             with projector.connect(autocommit=True) as reader, reader.cursor() as cur:
                 position = _position(reader, tracking)
                 while not done.is_set():
-                    batch = projector.read_events(cur, position, bulk_batch, upto)
+                    batch = projector.read_events(cur, position, bulk_batch, upto, keep)
                     if not batch.count:
                         break
-                    if part is not None:
-                        batch = _of_part(projector.projection, batch, *part)
                     batches.put(batch)
                     position = batch.last
         except BaseException as exc:  # handed to the writer, which raises it
@@ -263,14 +261,15 @@ def _parts(projector: Projector, head: int, processes: int | None) -> int:
     return max(1, min(processes, MAX_PROCESSES))
 
 
-def _of_part(projection: Any, batch: EventBatch, part: int, parts: int) -> EventBatch:
-    """The batch with only the events of partition ``part`` of ``parts``."""
-    events = [
-        (position, event)
-        for position, event in batch.events
-        if zlib.crc32(projection.partition(event).encode()) % parts == part
-    ]
-    return dataclasses.replace(batch, events=events)
+def _of_part(projection: Any, part: int, parts: int) -> Callable[[Any, bytes], bool]:
+    """Whether a stored event is of partition ``part`` of ``parts`` (told before decoding:
+    each process decodes only its share)."""
+
+    def keep(originator_id: Any, state: bytes) -> bool:
+        key: str = projection.partition(originator_id, state)
+        return zlib.crc32(key.encode()) % parts == part
+
+    return keep
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,10 @@ class Projection(Protocol):
 
     def apply(self, event: Any, position: int, view: ViewBatch) -> None: ...
 
-    # Optional: ``partition(event) -> str``, a key such that every document
-    # changes with the events of one key only; rebuilds then load in parallel
-    # (``projections/rebuild.py``).
+    # Optional: ``partition(originator_id, state) -> str`` of a stored event (its
+    # state undecoded, so a loading process decodes only its own share), a key
+    # such that every document changes with the events of one key only;
+    # rebuilds then load in parallel (``projections/rebuild.py``).
 
 
 def live_tables(projection: Projection) -> dict[str, sql.Composable]:
@@ -186,9 +187,15 @@ class Projector(Follower):
         return skip_next(conn, name, name, error, attempts, mark)
 
     def read_events(
-        self, cur: psycopg.Cursor[Any], after: int, limit: int, upto: int | None = None
+        self,
+        cur: psycopg.Cursor[Any],
+        after: int,
+        limit: int,
+        upto: int | None = None,
+        keep: Callable[[Any, bytes], bool] | None = None,
     ) -> EventBatch:
-        """The next ``limit`` events after ``after``, decoded where this projection reads them."""
+        """The next ``limit`` events after ``after``, decoded where this projection reads them
+        (and, with ``keep``, only those whose stored (originator_id, state) it keeps)."""
         query = (
             "SELECT notification_id, originator_id, originator_version, topic, state "
             f"FROM {EVENTS_TABLE} WHERE notification_id > %s"
@@ -205,7 +212,7 @@ class Projector(Follower):
                 decode_event(self.app.mapper, originator_id, version, topic, state),
             )
             for notification_id, originator_id, version, topic, state in rows
-            if topic in self._topics
+            if topic in self._topics and (keep is None or keep(originator_id, state))
         ]
         return EventBatch(
             after=after, last=rows[-1][0] if rows else after, count=len(rows), events=events

@@ -53,9 +53,9 @@ class WorkflowsProjection:
         WorkflowUnsharedEvent,
     )
 
-    def partition(self, event: Any) -> str:
+    def partition(self, originator_id: Any, state: bytes) -> str:
         """Every document is the workflow's own (rebuilds load by this key in parallel)."""
-        return str(event.originator_id)
+        return str(originator_id)
 
     def prefetch(self, events: Sequence[Any], view: ViewBatch) -> None:
         view.prefetch(WORKFLOWS, [str(e.originator_id) for e in events])

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from commands import (
     CommandContext,
@@ -284,13 +285,15 @@ def test_incremental_view_equals_a_rebuild(
             projector.run_batch(conn)  # one small batch at a time, interleaved with writes
     _catch_up(projector)
     # The rebuild loads in one process, or in two (by workflow), as a long log does.
-    assert verify(projector, processes=processes).ok
+    with capture_logs() as logs:
+        assert verify(projector, processes=processes).ok
+    assert not [line for line in logs if "failed" in line["event"]]  # no fallback
 
 
 class ScatteredWorkflows(WorkflowsProjection):
     """A partition key that does not hold: one workflow's events go anywhere."""
 
-    def partition(self, event: Any) -> str:
+    def partition(self, originator_id: Any, state: bytes) -> str:
         return uuid.uuid4().hex
 
 
@@ -302,7 +305,9 @@ def test_a_parallel_load_whose_partitions_do_not_hold_is_done_again_in_one_proce
         commands.update(created.workflow_id, UpdateWorkflow(description="x"), 1, _ctx(org))
     projector = Projector(workflow_app, db_target, ScatteredWorkflows(), batch_size=50)
     _catch_up(projector)
-    position = rebuild(projector, processes=2)
+    with capture_logs() as logs:
+        position = rebuild(projector, processes=2)
+    assert "parallel load failed; loading again in one process" in [e["event"] for e in logs]
     with projector.connect() as conn:
         assert status(conn, ["workflows"])[0].position == position
     assert verify(projector, processes=2).ok
