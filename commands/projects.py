@@ -28,6 +28,7 @@ from domain.project import (
     Project,
     default_project_id,
 )
+from domain.values import StorableText
 from infrastructure.eventstore import SideStatement
 
 _NAME: Any = {"pattern": r"\S"}
@@ -38,8 +39,10 @@ class CreateProject(BaseModel):
         extra="forbid", strict=True, json_schema_extra={"examples": [{"name": "Billing"}]}
     )
 
-    name: str = Field(min_length=1, max_length=MAX_PROJECT_NAME_CHARS, json_schema_extra=_NAME)
-    description: str = Field("", max_length=MAX_PROJECT_DESCRIPTION_CHARS)
+    name: StorableText = Field(
+        min_length=1, max_length=MAX_PROJECT_NAME_CHARS, json_schema_extra=_NAME
+    )
+    description: StorableText = Field("", max_length=MAX_PROJECT_DESCRIPTION_CHARS)
 
     @model_validator(mode="after")
     def _named(self) -> CreateProject:
@@ -60,10 +63,10 @@ class UpdateProject(BaseModel):
         },
     )
 
-    name: str | None = Field(
+    name: StorableText | None = Field(
         None, min_length=1, max_length=MAX_PROJECT_NAME_CHARS, json_schema_extra=_NAME
     )
-    description: str | None = Field(None, max_length=MAX_PROJECT_DESCRIPTION_CHARS)
+    description: StorableText | None = Field(None, max_length=MAX_PROJECT_DESCRIPTION_CHARS)
     archived: bool | None = Field(
         None, description="true archives it; there is no way back (false on an archived one: 409)."
     )

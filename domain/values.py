@@ -31,7 +31,10 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final
+
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
@@ -166,6 +169,18 @@ def _string_problem(text: str) -> str | None:
     except UnicodeEncodeError:
         return "contains invalid Unicode (a lone surrogate)"
     return None
+
+
+def _storable(text: str) -> str:
+    reason = _string_problem(text)
+    if reason:
+        raise PydanticCustomError("unstorable_text", reason)
+    return text
+
+
+StorableText = Annotated[str, AfterValidator(_storable)]
+"""A free-text field of a request body (a name, a reason): refused (422) where the
+value contract could not store it, as every value of a definition is."""
 
 
 def _int_problem(number: int) -> str:

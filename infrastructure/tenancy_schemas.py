@@ -8,6 +8,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from domain.values import StorableText
 from infrastructure.auth import ORG_ID_PATTERN, ApiKeyInfo, Role
 
 ORG_ID = ORG_ID_PATTERN.pattern
@@ -44,7 +45,9 @@ class CreateOrganisation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=ORG_ID, description="The organisation id its keys carry.")
-    name: str = Field("", max_length=200, description="A display name (the id by default).")
+    name: StorableText = Field(
+        "", max_length=200, description="A display name (the id by default)."
+    )
     limits: OrganisationLimits = Field(
         default_factory=lambda: OrganisationLimits.model_validate({})
     )
@@ -53,13 +56,15 @@ class CreateOrganisation(BaseModel):
 class RenameOrganisation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: StorableText = Field(min_length=1, max_length=200)
 
 
 class SuspendOrganisation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field("", max_length=500, description="Shown to the organisation's callers.")
+    reason: StorableText = Field(
+        "", max_length=500, description="Shown to the organisation's callers."
+    )
 
 
 class OrganisationAnswer(BaseModel):
@@ -82,7 +87,7 @@ class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Role = Field(description="owner, editor, viewer or auditor (not platform_admin).")
-    name: str = Field("", max_length=200)
+    name: StorableText = Field("", max_length=200)
     expires_at: AwareDatetime | None = Field(None, description="After it the key is refused (401).")
     project_id: UUID | None = Field(None, description="Scope the key to one project.")
 

@@ -11,7 +11,9 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
 
+from commands.projects import CreateProject, UpdateProject
 from domain.values import (
     INT64_MAX,
     INT64_MIN,
@@ -20,6 +22,12 @@ from domain.values import (
     check_value,
     ensure_value,
     format_path,
+)
+from infrastructure.tenancy_schemas import (
+    CreateKey,
+    CreateOrganisation,
+    RenameOrganisation,
+    SuspendOrganisation,
 )
 
 # Anything JSON text can carry, edge values included.
@@ -208,3 +216,31 @@ def _same(left: Any, right: Any) -> bool:
     if isinstance(left, list) and isinstance(right, list):
         return len(left) == len(right) and all(map(_same, left, right))
     return type(left) is type(right) and left == right
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "other"),
+    [
+        (CreateKey, "name", {"role": "viewer"}),
+        (CreateProject, "name", {}),
+        (CreateProject, "description", {"name": "ok"}),
+        (UpdateProject, "name", {}),
+        (UpdateProject, "description", {}),
+        (CreateOrganisation, "name", {"id": "acme"}),
+        (RenameOrganisation, "name", {}),
+        (SuspendOrganisation, "reason", {}),
+    ],
+)
+@pytest.mark.parametrize(
+    ("text", "reason"), [("a\x00b", "NUL character"), ("a\ud800b", "nicode")]
+)
+def test_free_text_of_request_bodies_is_refused_where_it_cannot_be_stored(
+    model: type[BaseModel], field: str, other: dict[str, Any], text: str, reason: str
+) -> None:
+    """Found by hand: these reached PostgreSQL's text columns and answered 500."""
+    with pytest.raises(ValidationError) as refused:
+        model.model_validate({**other, field: text})
+    (error,) = refused.value.errors()
+    assert error["loc"] == (field,) and reason in error["msg"]
+    assert not error["msg"].startswith("Value error")
+    model.model_validate({**other, field: "fine"})
