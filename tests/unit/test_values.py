@@ -231,9 +231,7 @@ def _same(left: Any, right: Any) -> bool:
         (SuspendOrganisation, "reason", {}),
     ],
 )
-@pytest.mark.parametrize(
-    ("text", "reason"), [("a\x00b", "NUL character"), ("a\ud800b", "nicode")]
-)
+@pytest.mark.parametrize(("text", "reason"), [("a\x00b", "NUL character"), ("a\ud800b", "nicode")])
 def test_free_text_of_request_bodies_is_refused_where_it_cannot_be_stored(
     model: type[BaseModel], field: str, other: dict[str, Any], text: str, reason: str
 ) -> None:
