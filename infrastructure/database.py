@@ -10,7 +10,8 @@ is refused up front rather than connected without them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -346,3 +347,34 @@ def _unavailable_itself(error: BaseException) -> bool:
             OSError,  # refused, reset, unreachable, timed out (TimeoutError is one)
         ),
     )
+
+
+def _starting_or_refused(exc: psycopg.OperationalError) -> bool:
+    """PostgreSQL is not there yet (refused) or is starting or stopping: worth waiting for.
+    A wrong password, a refused SSL, an unknown database are not."""
+    if exc.sqlstate in _UNAVAILABLE_SQLSTATES:
+        return True
+    text = str(exc)
+    return "Connection refused" in text or "the database system is" in text
+
+
+def wait_for_database(
+    target: PgTarget, wait_s: float, *, on_wait: Callable[[str, float], None] | None = None
+) -> None:
+    """Return once PostgreSQL accepts a connection, waiting at most ``wait_s`` seconds while
+    it is refused or starting: a process started before its database (a deployment's start
+    order, a restart of the primary) waits for it instead of exiting. Any other failure, or
+    the wait's end, raises ``psycopg.OperationalError``."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.2
+    while True:
+        try:
+            with psycopg.connect(target.conninfo(), connect_timeout=5):
+                return
+        except psycopg.OperationalError as exc:
+            if not _starting_or_refused(exc) or time.monotonic() + delay > deadline:
+                raise
+            if on_wait is not None:
+                on_wait(str(exc).strip().splitlines()[0], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=2.0, ge=0, le=300)
     command_threads: int = Field(default=8, ge=1, le=256)
     min_position_wait_s: float = Field(default=5.0, ge=0, le=60)
+    startup_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="How long serve waits at start for a PostgreSQL that refuses or is starting.",
+    )
     projection_batch_size: int = Field(default=1000, ge=1, le=100_000)
     projection_poll_s: float = Field(default=1.0, gt=0, le=60)
     roles: str = Field(

@@ -30,7 +30,7 @@ import migrations
 from commands.tenancy import ApiKeyCommands
 from infrastructure import metrics
 from infrastructure.auth import ApiKeyInfo
-from infrastructure.database import PgTarget
+from infrastructure.database import PgTarget, wait_for_database
 from infrastructure.logs import configure_logging
 from infrastructure.problems import Problem
 from infrastructure.settings import Settings, get_settings
@@ -54,6 +54,13 @@ def run_server(
     exit_cleanly_on_sigterm()
     database = resolve_database(settings)
     log.info("database", url=database.target.display(), embedded=database.embedded)
+    wait_for_database(
+        database.target,
+        settings.startup_wait_s,
+        on_wait=lambda error, retry_in_s: log.warning(
+            "waiting for PostgreSQL", error=error, retry_in_s=retry_in_s
+        ),
+    )
     if migrate:
         migrations.upgrade(database.target)
         log.info("migrations applied", revision=migrations.current_revision(database.target))

@@ -11,6 +11,10 @@ trails the log) could. Counted here once from the log itself: a workflow is
 one ``Created`` event, and a ``Deleted`` one ends it for good.
 """
 
+import json
+from collections import Counter
+
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0021_workflow_counts"
@@ -28,20 +32,23 @@ def upgrade() -> None:
         )
         """
     )
-    op.execute(
-        """
-        INSERT INTO organisation_workflows (org_id, workflows)
-        SELECT convert_from(c.state, 'UTF8')::jsonb #>> '{meta,org_id}', count(*)
-        FROM reporunner_events c
-        WHERE c.topic = 'domain.workflow:Workflow.Created'
-          AND NOT EXISTS (
-            SELECT 1 FROM reporunner_events d
-            WHERE d.originator_id = c.originator_id
-              AND d.topic = 'domain.workflow:Workflow.Deleted'
-          )
-        GROUP BY 1
-        """
+    # Read in Python, not cast to jsonb in SQL: events from before the value
+    # contract may hold NaN or integers past 64 bits, which jsonb refuses and
+    # Python's json reads (as the event mapper does).
+    rows = op.get_bind().execute(
+        sa.text(
+            "SELECT c.state FROM reporunner_events c "
+            "WHERE c.topic = 'domain.workflow:Workflow.Created' AND NOT EXISTS ("
+            "SELECT 1 FROM reporunner_events d WHERE d.originator_id = c.originator_id "
+            "AND d.topic = 'domain.workflow:Workflow.Deleted')"
+        ).execution_options(stream_results=True, yield_per=10_000)
     )
+    held = Counter(json.loads(bytes(state))["meta"]["org_id"] for (state,) in rows)
+    if held:
+        op.get_bind().execute(
+            sa.text("INSERT INTO organisation_workflows (org_id, workflows) VALUES (:org, :n)"),
+            [{"org": org, "n": n} for org, n in held.items()],
+        )
 
 
 def downgrade() -> None:

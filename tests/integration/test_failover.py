@@ -375,20 +375,23 @@ def assert_the_chain_whole(target: PgTarget) -> None:
 def assert_the_streams_whole(client: redis.Redis, prefix: str, target: PgTarget, org: str) -> None:
     """Every event once, in log order, in the all-events stream and the organisation's."""
     with psycopg.connect(target.conninfo()) as conn:
-        positions = [
-            int(row[0])
-            for row in conn.execute(
-                f"SELECT notification_id FROM {EVENTS_TABLE} ORDER BY notification_id"
-            )
-        ]
+        rows = conn.execute(
+            f"SELECT notification_id, state FROM {EVENTS_TABLE} ORDER BY notification_id"
+        ).fetchall()
+    positions = [int(position) for position, _ in rows]
     entries = client.xrange(f"{prefix}:events")
     published = [int(fields[b"position"]) for _, fields in entries]
     ids = [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
     assert len(positions) > 20
     assert published == ids == positions
-    # Every event here is the one organisation's.
+    # The organisation's stream holds its events; the only others are the first
+    # start's owner key, of organisation "default".
+    orgs = {int(position): orjson.loads(state)["meta"]["org_id"] for position, state in rows}
+    assert set(orgs.values()) <= {org, "default"}
     org_entries = client.xrange(f"{prefix}:events:{org}")
-    assert [int(fields[b"position"]) for _, fields in org_entries] == positions
+    assert [int(fields[b"position"]) for _, fields in org_entries] == [
+        position for position in positions if orgs[position] == org
+    ]
 
 
 @contextmanager
