@@ -64,6 +64,7 @@ it equal to what the projection keeps incrementally.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -205,8 +206,13 @@ class ExecutionsProjection:
         """Counters are an organisation's, and a retry retries one of its own
         executions: every document changes with one organisation's events only
         (rebuilds load by this key in parallel). Read from the stored state's
-        ``meta`` without decoding the event."""
-        return str(orjson.loads(state)["meta"]["org_id"])
+        ``meta`` without decoding the event; Python's json for a state orjson
+        refuses (NaN and the like, from before the value contract)."""
+        try:
+            parsed = orjson.loads(state)
+        except orjson.JSONDecodeError:
+            parsed = json.loads(state)
+        return str(parsed["meta"]["org_id"])
 
     def prefetch(self, events: Sequence[Any], view: ViewBatch) -> None:
         # Executions queued in this batch are not stored yet: their counters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -568,3 +569,31 @@ def test_queued_events_from_before_retries_project_as_manual_runs(
         [],
         [],
     )
+
+
+def test_a_parallel_rebuild_partitions_an_execution_from_before_the_value_contract(
+    workflow_app: WorkflowApplication, db_target: PgTarget
+) -> None:
+    """Found by the property test in CI: a NaN in a stored state (which orjson refuses)
+    made every parallel load fall back to one process."""
+    org = f"old-{uuid.uuid4().hex[:8]}"
+    old = Execution(
+        id=uuid.uuid4(),
+        workflow_id=uuid.uuid4(),
+        workflow_version=1,
+        workflow_revision=None,
+        trigger="manual",
+        retry_of=None,
+        reused_nodes=[],
+        mode="async",
+        attempt=1,
+        not_before=None,
+        input={"n": math.nan, "big": 1e20},
+        meta=EventMeta(org_id=org, actor="apikey:old", correlation_id="old").as_dict(),
+    )
+    workflow_app.save(old)
+    projector = Projector(workflow_app, db_target, ExecutionsProjection())
+    catch_up(projector)
+    with capture_logs() as logs:
+        assert verify(projector, processes=2).ok
+    assert not [line for line in logs if "failed" in line["event"]]  # no fallback
