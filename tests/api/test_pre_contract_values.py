@@ -43,6 +43,25 @@ def _plant_workflow(app: WorkflowApplication, org: str) -> tuple[str, int]:
     return str(workflow.id), position
 
 
+def old_execution(org: str, input: dict[str, Any]) -> Execution:
+    """An execution queued as the first release recorded it, ``input`` unchecked (unsaved)."""
+    meta = EventMeta(org_id=org, actor="apikey:old", correlation_id="old-release")
+    return Execution(
+        id=uuid.uuid4(),
+        workflow_id=uuid.uuid4(),
+        workflow_version=1,
+        workflow_revision=None,
+        trigger="manual",
+        retry_of=None,
+        reused_nodes=[],
+        mode="async",
+        attempt=1,
+        not_before=None,
+        input=input,
+        meta=meta.as_dict(),
+    )
+
+
 def _fresh(headers: dict[str, str], position: int) -> dict[str, str]:
     return {**headers, "X-Min-Position": str(position)}
 
@@ -117,21 +136,7 @@ def test_an_execution_with_old_input_reads_back_and_the_audit_log_answers_everyo
 ) -> None:
     # A NUL and a NaN: Python's json wrote them into the log as \u0000 and NaN,
     # which jsonb refuses; the audit query used to cast every event to jsonb.
-    meta = EventMeta(org_id=org, actor="apikey:old", correlation_id="old-release")
-    execution = Execution(
-        id=uuid.uuid4(),
-        workflow_id=uuid.uuid4(),
-        workflow_version=1,
-        workflow_revision=None,
-        trigger="manual",
-        retry_of=None,
-        reused_nodes=[],
-        mode="async",
-        attempt=1,
-        not_before=None,
-        input={"s": "a\x00b", "n": math.nan, "big": 1e20},
-        meta=meta.as_dict(),
-    )
+    execution = old_execution(org, {"s": "a\x00b", "n": math.nan, "big": 1e20})
     position = workflow_app.save(execution)[-1].notification.id
     document = _ok(client.get(f"/v1/executions/{execution.id}", headers=_fresh(owner, position)))
     assert document["input"] == {"s": "a\ufffdb", "n": None, "big": 1e20}

@@ -30,6 +30,7 @@ from projections.executions import (
 from projections.rebuild import rebuild, verify
 from projections.runner import Projector
 from read_api.executions import Period, load_summary
+from tests.api.test_pre_contract_values import old_execution
 
 BASE = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
 OUTCOMES = (
@@ -577,20 +578,7 @@ def test_a_parallel_rebuild_partitions_an_execution_from_before_the_value_contra
     """Found by the property test in CI: a NaN in a stored state (which orjson refuses)
     made every parallel load fall back to one process."""
     org = f"old-{uuid.uuid4().hex[:8]}"
-    old = Execution(
-        id=uuid.uuid4(),
-        workflow_id=uuid.uuid4(),
-        workflow_version=1,
-        workflow_revision=None,
-        trigger="manual",
-        retry_of=None,
-        reused_nodes=[],
-        mode="async",
-        attempt=1,
-        not_before=None,
-        input={"n": math.nan, "big": 1e20},
-        meta=EventMeta(org_id=org, actor="apikey:old", correlation_id="old").as_dict(),
-    )
+    old = old_execution(org, {"n": math.nan, "big": 1e20})
     workflow_app.save(old)
     projector = Projector(workflow_app, db_target, ExecutionsProjection())
     catch_up(projector)
