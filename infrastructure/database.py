@@ -349,13 +349,21 @@ def _unavailable_itself(error: BaseException) -> bool:
     )
 
 
-def _starting_or_refused(exc: psycopg.OperationalError) -> bool:
-    """PostgreSQL is not there yet (refused) or is starting or stopping: worth waiting for.
-    A wrong password, a refused SSL, an unknown database are not."""
-    if exc.sqlstate in _UNAVAILABLE_SQLSTATES:
-        return True
-    text = str(exc)
-    return "Connection refused" in text or "the database system is" in text
+def starting_or_refused(exc: BaseException) -> bool:
+    """PostgreSQL is not there yet (refused) or is starting or stopping: worth waiting for,
+    however wrapped (SQLAlchemy's ``.orig``). A wrong password, a refused SSL, an unknown
+    database are not."""
+    for error in _error_chain(exc):
+        if not isinstance(error, psycopg.OperationalError):
+            continue
+        text = str(error)
+        if (
+            error.sqlstate in _UNAVAILABLE_SQLSTATES
+            or "Connection refused" in text
+            or "the database system is" in text
+        ):
+            return True
+    return False
 
 
 def wait_for_database(
@@ -372,7 +380,7 @@ def wait_for_database(
             with psycopg.connect(target.conninfo(), connect_timeout=5):
                 return
         except psycopg.OperationalError as exc:
-            if not _starting_or_refused(exc) or time.monotonic() + delay > deadline:
+            if not starting_or_refused(exc) or time.monotonic() + delay > deadline:
                 raise
             if on_wait is not None:
                 on_wait(str(exc).strip().splitlines()[0], delay)

@@ -30,7 +30,7 @@ import migrations
 from commands.tenancy import ApiKeyCommands
 from infrastructure import metrics
 from infrastructure.auth import ApiKeyInfo
-from infrastructure.database import PgTarget, wait_for_database
+from infrastructure.database import PgTarget, starting_or_refused, wait_for_database
 from infrastructure.logs import configure_logging
 from infrastructure.problems import Problem
 from infrastructure.settings import Settings, get_settings
@@ -47,6 +47,53 @@ from reporunner.wiring import (
 log = structlog.get_logger("reporunner")
 
 
+def _prepare_database(settings: Settings, target: PgTarget, migrate: bool) -> None:
+    """Migrate (or check the schema) and check the master key, once PostgreSQL answers.
+
+    A PostgreSQL that refuses or is starting or stopping (a deployment's start
+    order, a restart of the primary, also one that begins mid-way through these
+    steps) is waited for, for ``startup_wait_s`` in all; any other failure stops
+    the start.
+    """
+    deadline = time.monotonic() + settings.startup_wait_s
+    while True:
+        wait_for_database(
+            target,
+            max(0.0, deadline - time.monotonic()),
+            on_wait=lambda error, retry_in_s: log.warning(
+                "waiting for PostgreSQL", error=error, retry_in_s=retry_in_s
+            ),
+        )
+        try:
+            _migrate_or_check(target, migrate)
+            # A wrong or missing master key stops here (exit 2), before anything serves.
+            start_keys(settings, target)
+            return
+        except Exception as exc:
+            if not starting_or_refused(exc) or time.monotonic() > deadline:
+                raise
+            log.warning(
+                "PostgreSQL went away during the start; once it answers, again",
+                error=str(exc).strip().splitlines()[0],
+            )
+
+
+def _migrate_or_check(target: PgTarget, migrate: bool) -> None:
+    if migrate:
+        migrations.upgrade(target)
+        log.info("migrations applied", revision=migrations.current_revision(target))
+        return
+    revision, head = migrations.current_revision(target), migrations.head_revision()
+    if revision != head:
+        log.error(
+            "the database schema is not at this version's revision: "
+            "run `reporunner migrate`, or serve without --no-migrate",
+            revision=revision,
+            head=head,
+        )
+        raise SystemExit(2)
+
+
 def run_server(
     settings: Settings, *, host: str, port: int, migrate: bool, workers: int | None
 ) -> None:
@@ -54,28 +101,7 @@ def run_server(
     exit_cleanly_on_sigterm()
     database = resolve_database(settings)
     log.info("database", url=database.target.display(), embedded=database.embedded)
-    wait_for_database(
-        database.target,
-        settings.startup_wait_s,
-        on_wait=lambda error, retry_in_s: log.warning(
-            "waiting for PostgreSQL", error=error, retry_in_s=retry_in_s
-        ),
-    )
-    if migrate:
-        migrations.upgrade(database.target)
-        log.info("migrations applied", revision=migrations.current_revision(database.target))
-    else:
-        revision, head = migrations.current_revision(database.target), migrations.head_revision()
-        if revision != head:
-            log.error(
-                "the database schema is not at this version's revision: "
-                "run `reporunner migrate`, or serve without --no-migrate",
-                revision=revision,
-                head=head,
-            )
-            raise SystemExit(2)
-    # A wrong or missing master key stops here (exit 2), before anything serves.
-    start_keys(settings, database.target)
+    _prepare_database(settings, database.target, migrate)
     roles = settings.role_list()
     if not HTTP_ROLES & set(roles):
         check_connection_budget(settings, database.target, 1)

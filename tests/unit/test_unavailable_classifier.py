@@ -6,7 +6,7 @@ import psycopg
 import pytest
 import sqlalchemy.exc
 
-from infrastructure.database import is_database_unavailable
+from infrastructure.database import is_database_unavailable, starting_or_refused
 
 
 def _wrapped(orig: BaseException) -> sqlalchemy.exc.DBAPIError:
@@ -48,3 +48,17 @@ def test_a_bad_statement_and_a_bug_while_handling_an_outage_are_not() -> None:
             raise KeyError("a bug in the handler")  # noqa: B904 (context, not cause)
     except KeyError as exc:
         assert not is_database_unavailable(exc)
+
+
+def test_what_a_start_waits_for_is_a_server_refusing_or_coming_and_going_however_wrapped() -> None:
+    going = psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+        "FATAL:  the database system is shutting down"
+    )
+    refused = psycopg.OperationalError("connection failed: Connection refused")
+    wrapped = sqlalchemy.exc.OperationalError("SELECT 1", {}, going)
+    assert starting_or_refused(going) and starting_or_refused(refused)
+    assert starting_or_refused(wrapped)
+    password = psycopg.OperationalError("FATAL:  password authentication failed for user 'x'")
+    assert not starting_or_refused(password)
+    assert not starting_or_refused(RuntimeError("the database system is shutting down"))
