@@ -50,8 +50,12 @@ class DayRoom:
         return self.limit > 0
 
     def take(self) -> SideStatement:
-        """One run taken from the counter, in the save that records the run."""
-        return SideStatement(_TAKE, (self.org_id, self.day, self.limit), expect_row=True)
+        """One run taken from the counter, in the save that records the run (under
+        the log's lock: two groups taking two organisations' rows in opposite
+        orders could otherwise deadlock)."""
+        return SideStatement(
+            _TAKE, (self.org_id, self.day, self.limit), expect_row=True, after_lock=True
+        )
 
     def refusal(self) -> str:
         return (

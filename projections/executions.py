@@ -187,6 +187,7 @@ def _empty_counters(granularity: str, workflow_id: str | None, bucket: datetime)
 class ExecutionsProjection:
     name: str = "executions"
     collections: tuple[str, ...] = (EXECUTIONS, STATS)
+    write_once: tuple[str, ...] = ()
     topics: tuple[type, ...] = (
         ExecutionQueuedEvent,
         ExecutionStartedEvent,

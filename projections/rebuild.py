@@ -43,6 +43,8 @@ log = structlog.get_logger("reporunner.projections")
 
 
 BULK_BATCH_SIZE = 1000
+# Documents a bulk load keeps in memory between batches (DocumentCache).
+CACHE_CAPACITY = 200_000
 
 
 def _position(conn: psycopg.Connection[Any], name: str, *, lock: bool = False) -> int:
@@ -111,6 +113,7 @@ def _load(
     upto: int | None,
     progress: Progress | None,
     processes: int | None,
+    cache_capacity: int,
 ) -> dict[str, sql.Composable]:
     """Project everything up to ``upto`` into new copy tables; returns them.
 
@@ -129,7 +132,9 @@ def _load(
     parts = _parts(projector, head, processes)
     if parts > 1:
         try:
-            _parallel_load(projector, conn, tables, tracking, head, parts, progress)
+            _parallel_load(
+                projector, conn, tables, tracking, head, parts, progress, cache_capacity
+            )
             return tables
         except Exception as exc:
             # A partition key that did not hold, an event that does not
@@ -143,7 +148,7 @@ def _load(
             tables = fresh_tables()
             _start_tracking(conn, tracking)
     try:
-        _bulk_load(projector, conn, tables, tracking, upto, progress)
+        _bulk_load(projector, conn, tables, tracking, upto, progress, cache_capacity)
         return tables
     except Exception as exc:
         if is_transient(projector, exc):
@@ -167,6 +172,7 @@ def _bulk_load(
     tracking: str,
     upto: int | None,
     progress: Progress | None,
+    cache_capacity: int,
     part: tuple[int, int] | None = None,
 ) -> None:
     """Project everything up to ``upto`` into copy tables, reading ahead.
@@ -203,7 +209,7 @@ def _bulk_load(
 
     reader_thread = threading.Thread(target=read, name="rebuild-reader", daemon=True)
     reader_thread.start()
-    cache = DocumentCache()
+    cache = DocumentCache(cache_capacity, write_once=projector.projection.write_once)
     # Hundreds of thousands of cached documents make every full garbage
     # collection slow; nothing here forms cycles, so refcounting suffices.
     gc_was_enabled = gc.isenabled()
@@ -285,6 +291,7 @@ class _Part:
     upto: int
     part: int
     parts: int
+    cache_capacity: int
 
 
 def _parallel_load(
@@ -295,6 +302,7 @@ def _parallel_load(
     upto: int,
     parts: int,
     progress: Progress | None,
+    cache_capacity: int,
 ) -> None:
     """Load up to ``upto`` in ``parts`` processes; then ``tracking`` is at ``upto``."""
     names = [f"{tracking}#{k}" for k in range(parts)]
@@ -314,6 +322,7 @@ def _parallel_load(
             upto=upto,
             part=k,
             parts=parts,
+            cache_capacity=cache_capacity,
         )
         for k, name in enumerate(names)
     ]
@@ -364,7 +373,14 @@ def _load_part(job: _Part) -> str | None:
         report = _counts.put if job.part == 0 else None
         with projector.connect() as conn:
             _bulk_load(
-                projector, conn, job.tables, job.tracking, job.upto, report, (job.part, job.parts)
+                projector,
+                conn,
+                job.tables,
+                job.tracking,
+                job.upto,
+                report,
+                job.cache_capacity,
+                (job.part, job.parts),
             )
         return None
     except Exception as exc:
@@ -374,12 +390,16 @@ def _load_part(job: _Part) -> str | None:
 
 
 def rebuild(
-    projector: Projector, progress: Progress | None = None, processes: int | None = None
+    projector: Projector,
+    progress: Progress | None = None,
+    processes: int | None = None,
+    cache_capacity: int = CACHE_CAPACITY,
 ) -> int:
     """Rebuild the projection's collections from the log; returns the new position.
 
     ``processes``: how many load the log in parallel (None: one per core, for
-    a log long enough to be worth it; see ``_parts``).
+    a log long enough to be worth it; see ``_parts``). ``cache_capacity``: how
+    many documents each keeps in memory (tests make it small, to evict).
     """
     name = projector.projection.name
     tracking = f"{name}__rebuild"
@@ -393,6 +413,7 @@ def rebuild(
             None,
             progress,
             processes,
+            cache_capacity,
         )
         with conn.transaction():
             indexes = {
@@ -460,6 +481,7 @@ def verify(
     progress: Progress | None = None,
     sample: int = 20,
     processes: int | None = None,
+    cache_capacity: int = CACHE_CAPACITY,
 ) -> Verification:
     """Rebuild into a scratch schema and diff it with the live views."""
     name = projector.projection.name
@@ -481,6 +503,7 @@ def verify(
                 upto,
                 progress,
                 processes,
+                cache_capacity,
             )
             with conn.transaction():
                 live_position = _position(conn, name, lock=True)

@@ -60,6 +60,9 @@ class Projection(Protocol):
     name: str
     collections: tuple[str, ...]
     topics: tuple[type, ...]
+    write_once: tuple[str, ...]
+    """Collections whose documents are each put once and never read back by
+    ``apply`` (a bulk load COPYs them straight in: ``DocumentCache``)."""
 
     def prefetch(self, events: Any, view: ViewBatch) -> None: ...
 
@@ -248,8 +251,14 @@ class Projector(Follower):
     ) -> None:
         view = ViewBatch(cur, tables or live_tables(self.projection), cache)
         # An aggregate with a dead letter waits behind it: its later events
-        # are dead letters too, so its documents never skip an event.
-        blockers = open_blockers(cur, name, [event.originator_id for _, event in batch.events])
+        # are dead letters too, so its documents never skip an event. (A bulk
+        # load, the one caller with a cache, starts with none and records
+        # none: an event that fails ends it.)
+        blockers = (
+            open_blockers(cur, name, [event.originator_id for _, event in batch.events])
+            if cache is None
+            else {}
+        )
         events = []
         for notification_id, event in batch.events:
             blocker = blockers.get(event.originator_id)

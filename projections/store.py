@@ -37,8 +37,7 @@ def jsonb_text(value: Any) -> str:
 
 
 def _copy_field(text: str) -> str:
-    """``text`` as a field of COPY's text format (JSON from orjson has no raw
-    tab, newline or carriage return; ids might)."""
+    """``text`` as a field of COPY's text format (ids might hold a tab or newline)."""
     if "\\" in text:
         text = text.replace("\\", "\\\\")
     if "\t" in text or "\n" in text or "\r" in text:
@@ -46,11 +45,29 @@ def _copy_field(text: str) -> str:
     return text
 
 
-def _copy_line(d: Document) -> str:
-    return (
-        f"{_copy_field(d.id)}\t{_copy_field(d.org_id)}\t{_copy_field(jsonb_text(d.data))}\t"
-        f"{int(d.version)}\t{int(d.position)}\t{d.created.isoformat()}\t"
-        f"{d.updated.isoformat()}\n"
+_JSON_NUL = b"\\u0000"
+
+
+def _copy_json(value: Any) -> bytes:
+    """``jsonb_text`` as a COPY field, in bytes: orjson writes no raw tab,
+    newline or carriage return, so only backslashes are doubled."""
+    data = orjson.dumps(value)
+    if _JSON_NUL in data:
+        data = jsonb_text(value).encode()
+    return data.replace(b"\\", b"\\\\")
+
+
+def _copy_line(d: Document) -> bytes:
+    created = d.created.isoformat()
+    updated = created if d.updated is d.created else d.updated.isoformat()
+    return b"%s\t%s\t%s\t%d\t%d\t%s\t%s\n" % (
+        _copy_field(d.id).encode(),
+        _copy_field(d.org_id).encode(),
+        _copy_json(d.data),
+        d.version,
+        d.position,
+        created.encode(),
+        updated.encode(),
     )
 
 
@@ -61,17 +78,17 @@ def _copy_documents(copy: Copy, documents: Iterable[Document]) -> None:
     for document in documents:
         lines.append(_copy_line(document))
         if len(lines) == _COPY_CHUNK:
-            copy.write("".join(lines))
+            copy.write(b"".join(lines))
             lines.clear()
     if lines:
-        copy.write("".join(lines))
+        copy.write(b"".join(lines))
 
 
 def collection_table(collection: str) -> str:
     return COLLECTION_TABLE_PREFIX + collection
 
 
-@dataclass
+@dataclass(slots=True)
 class Document:
     id: str
     org_id: str
@@ -84,45 +101,59 @@ class Document:
 
 class DocumentCache:
     """Write-behind documents for a bulk load (rebuild or verify), where the
-    loader is the only writer of its tables: a document is read at most once
-    and written when evicted or at the end, not once per event."""
+    loader is the only writer of its tables and they start empty.
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    A document is read at most once and written when evicted or at the end,
+    not once per event; and a document this cache never saw does not exist,
+    so the load asks the table only for those it evicted.
+
+    ``write_once``: collections whose documents are each put once and never
+    read by the projection (one per revision): they are not kept here, each
+    batch COPYs them straight in.
+    """
+
+    def __init__(self, capacity: int = 200_000, write_once: Iterable[str] = ()) -> None:
         self.capacity = capacity
+        self.write_once = frozenset(write_once)
         self._docs: dict[str, OrderedDict[str, Document | None]] = {}
         self._dirty: dict[str, set[str]] = {}
-        # Ids that have a row in the table (read from it, or written when
-        # evicted): the others are new, and the final write COPYs them
-        # straight in instead of upserting.
+        # Ids that have a row in the table (written when evicted, or read
+        # back after that): the others are new, and the final write COPYs
+        # them straight in instead of upserting.
         self._stored: dict[str, set[str]] = {}
 
     def lookup(self, collection: str, doc_id: str) -> tuple[bool, Document | None]:
+        """(known, document): not known only for a document evicted to the table."""
         docs = self._docs.setdefault(collection, OrderedDict())
-        if doc_id not in docs:
-            return False, None
-        docs.move_to_end(doc_id)
-        return True, docs[doc_id]
+        if doc_id in docs:
+            docs.move_to_end(doc_id)
+            return True, docs[doc_id]
+        return doc_id not in self._stored.get(collection, ()), None
 
     def remember(self, collection: str, document: Document | None, doc_id: str) -> None:
         self._docs.setdefault(collection, OrderedDict())[doc_id] = document
         if document is not None:
             self._stored.setdefault(collection, set()).add(doc_id)
 
-    def put(self, collection: str, document: Document) -> list[Document]:
-        """Keep ``document`` (dirty); returns dirty documents evicted to make room."""
+    def put(self, collection: str, document: Document) -> list[tuple[Document, bool]]:
+        """Keep ``document`` (dirty); returns the dirty documents evicted to make
+        room, each with whether the table holds a row for it already."""
         docs = self._docs.setdefault(collection, OrderedDict())
         docs[document.id] = document
         docs.move_to_end(document.id)
         dirty = self._dirty.setdefault(collection, set())
         dirty.add(document.id)
+        if len(docs) <= self.capacity:
+            return []
         evicted = []
+        stored = self._stored.setdefault(collection, set())
         while len(docs) > self.capacity:
             doc_id, old = docs.popitem(last=False)
             if doc_id in dirty:
                 dirty.discard(doc_id)
                 if old is not None:
-                    evicted.append(old)
-                    self._stored.setdefault(collection, set()).add(doc_id)
+                    evicted.append((old, doc_id in stored))
+                    stored.add(doc_id)
         return evicted
 
     def delete(self, collection: str, doc_id: str) -> bool:
@@ -204,13 +235,22 @@ class ViewBatch:
         return loaded[doc_id]
 
     def put(self, collection: str, document: Document) -> None:
+        cache = self.cache
+        if cache is not None and collection in cache.write_once:
+            self._new.setdefault(collection, []).append(document)
+            return
         self._loaded.setdefault(collection, {})[document.id] = document
-        self._deleted.get(collection, set()).discard(document.id)
-        if self.cache is None:
+        deleted = self._deleted.get(collection)
+        if deleted:
+            deleted.discard(document.id)
+        if cache is None:
             self._dirty.setdefault(collection, {})[document.id] = document
             return
-        for evicted in self.cache.put(collection, document):
-            self._dirty.setdefault(collection, {})[evicted.id] = evicted
+        for evicted, stored in cache.put(collection, document):
+            if stored:
+                self._dirty.setdefault(collection, {})[evicted.id] = evicted
+            else:
+                self._new.setdefault(collection, []).append(evicted)
 
     def delete(self, collection: str, doc_id: str) -> None:
         """Remove a document (retention prunes executions); later reads find none."""

@@ -27,7 +27,7 @@ from projections.executions import (
     ExecutionsProjection,
     counter_id,
 )
-from projections.rebuild import rebuild, verify
+from projections.rebuild import CACHE_CAPACITY, rebuild, verify
 from projections.runner import Projector
 from read_api.executions import Period, load_summary
 from tests.api.test_pre_contract_values import old_execution
@@ -447,6 +447,8 @@ def expected_figures(
         st.one_of(st.integers(1, 72 * 60), st.integers(1, 75 * 24 * 60)),  # minutes
     ),
     processes=st.sampled_from([1, 2]),
+    # 1 and 2: the load evicts documents (new and already stored) and reads them back.
+    cache_capacity=st.sampled_from([1, 2, CACHE_CAPACITY]),
 )
 def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
     workflow_app: WorkflowApplication,
@@ -455,6 +457,7 @@ def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
     batch_size: int,
     window: tuple[int, int, int],
     processes: int,
+    cache_capacity: int,
 ) -> None:
     org = f"prop-{uuid.uuid4().hex[:8]}"
     workflows = [str(uuid.uuid4()) for _ in range(3)]
@@ -484,7 +487,7 @@ def test_incremental_view_equals_a_rebuild_and_counts_every_execution_once(
     catch_up(projector)
     # In one process, or two (by organisation: the earlier examples' are in the log too).
     with capture_logs() as logs:
-        assert verify(projector, processes=processes).ok
+        assert verify(projector, processes=processes, cache_capacity=cache_capacity).ok
     assert not [line for line in logs if "failed" in line["event"]]  # no fallback
     kept, computed = counter_rows(db_target, org)
     assert kept == computed

@@ -24,7 +24,7 @@ from commands.models import MoveWorkflow, ShareWorkflow
 from commands.projects import CreateProject, ProjectCommands
 from domain.project import default_project_id
 from infrastructure.database import PgTarget
-from projections.rebuild import rebuild, verify
+from projections.rebuild import CACHE_CAPACITY, rebuild, verify
 from projections.runner import Projector, status
 from projections.workflows import WorkflowsProjection
 from tests.helpers import record_run, workflow_body
@@ -239,6 +239,8 @@ def test_verify_reports_a_tampered_view(
     ),
     batch_size=st.integers(1, 7),
     processes=st.sampled_from([1, 2]),
+    # 1 and 2: the load evicts documents (new and already stored) and reads them back.
+    cache_capacity=st.sampled_from([1, 2, CACHE_CAPACITY]),
 )
 def test_incremental_view_equals_a_rebuild(
     commands: WorkflowCommands,
@@ -247,6 +249,7 @@ def test_incremental_view_equals_a_rebuild(
     steps: list[str],
     batch_size: int,
     processes: int,
+    cache_capacity: int,
 ) -> None:
     org = f"prop-{uuid.uuid4().hex[:8]}"
     projector = Projector(workflow_app, db_target, WorkflowsProjection(), batch_size=batch_size)
@@ -286,7 +289,7 @@ def test_incremental_view_equals_a_rebuild(
     _catch_up(projector)
     # The rebuild loads in one process, or in two (by workflow), as a long log does.
     with capture_logs() as logs:
-        assert verify(projector, processes=processes).ok
+        assert verify(projector, processes=processes, cache_capacity=cache_capacity).ok
     assert not [line for line in logs if "failed" in line["event"]]  # no fallback
 
 
