@@ -132,9 +132,7 @@ def _load(
     parts = _parts(projector, head, processes)
     if parts > 1:
         try:
-            _parallel_load(
-                projector, conn, tables, tracking, head, parts, progress, cache_capacity
-            )
+            _parallel_load(projector, conn, tables, tracking, head, parts, progress, cache_capacity)
             return tables
         except Exception as exc:
             # A partition key that did not hold, an event that does not
