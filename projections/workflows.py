@@ -15,6 +15,7 @@ and again at ``Deleted``) and make no version document.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from domain.project import default_project_id
@@ -31,6 +32,7 @@ from domain.workflow import (
     WorkflowUpdatedEvent,
 )
 from projections.store import Document, ViewBatch
+from projections.updates import apply_update
 
 WORKFLOWS = "workflows"
 VERSIONS = "workflow_versions"
@@ -60,8 +62,6 @@ class WorkflowsProjection:
         view.prefetch(WORKFLOWS, [str(e.originator_id) for e in events])
 
     def apply(self, event: Any, position: int, view: ViewBatch) -> None:
-        # Every change is to top-level fields: a shallow merge of the document
-        # (its values are shared, never changed in place), the hot path of a rebuild.
         workflow_id = str(event.originator_id)
         at = event.timestamp
         at_text = at.isoformat()
@@ -85,61 +85,68 @@ class WorkflowsProjection:
                 or str(default_project_id(event.meta["org_id"])),
                 "shares": {},
             }
-            current = Document(workflow_id, event.meta["org_id"], data, 1, position, at, at)
-            view.put(WORKFLOWS, current)
-            view.put(VERSIONS, _version_document(current, event, list(DEFINITION_FIELDS)))
-            return
-        existing = view.get(WORKFLOWS, workflow_id)
-        if existing is None:
-            raise LookupError(f"{type(event).__qualname__} for unknown workflow {workflow_id}")
-        if isinstance(event, WorkflowExecutedEvent):
-            # A run is part of the workflow's history but changes no
-            # definition: the revision stays, and no version document.
-            run = {"id": event.execution_id, "status": event.status, "at": at_text}
-            data = {**existing.data, "last_execution": run, "runs": existing.data["runs"] + 1}
-            view.put(WORKFLOWS, _changed(existing, data, position))
-            return
-        if isinstance(event, WorkflowMovedEvent | WorkflowSharedEvent | WorkflowUnsharedEvent):
-            # Membership, not definition: no new revision, no version document.
-            view.put(WORKFLOWS, _changed(existing, _membership(existing.data, event), position))
-            return
-        if isinstance(event, WorkflowActivatedEvent | WorkflowDeactivatedEvent):
-            # Triggers on or off: no definition change, so no new revision.
-            # ``updated_*`` stay the definition's; who switched is in history.
-            active = isinstance(event, WorkflowActivatedEvent)
-            data = {**existing.data, "active": active, "active_since": at_text if active else None}
-            view.put(WORKFLOWS, _changed(existing, data, position))
-            return
-        changes = dict(event.changes) if isinstance(event, WorkflowUpdatedEvent) else {}
-        if isinstance(event, WorkflowDeletedEvent):
-            changes |= {"deleted": True, "active": False, "active_since": None}
-        revision = existing.version + 1
-        data = {
-            **existing.data,
-            **changes,
-            "version": revision,
-            "updated_at": at_text,
-            "updated_by": actor,
-        }
-        current = Document(
-            workflow_id, existing.org_id, data, revision, position, existing.created, at
-        )
+            current = Document(
+                id=workflow_id,
+                org_id=event.meta["org_id"],
+                data=data,
+                version=1,
+                position=position,
+                created=at,
+                updated=at,
+            )
+            changed = list(DEFINITION_FIELDS)
+        else:
+            existing = view.get(WORKFLOWS, workflow_id)
+            if existing is None:
+                raise LookupError(f"{type(event).__qualname__} for unknown workflow {workflow_id}")
+            if isinstance(event, WorkflowExecutedEvent):
+                # A run is part of the workflow's history but changes no
+                # definition: the revision stays, and no version document.
+                run = {"id": event.execution_id, "status": event.status, "at": at_text}
+                data = apply_update(
+                    existing.data, {"$set": {"last_execution": run}, "$inc": {"runs": 1}}
+                )
+                view.put(WORKFLOWS, replace(existing, data=data, position=position))
+                return
+            if isinstance(event, WorkflowMovedEvent | WorkflowSharedEvent | WorkflowUnsharedEvent):
+                # Membership, not definition: no new revision, no version document.
+                view.put(
+                    WORKFLOWS,
+                    replace(existing, data=_membership(existing.data, event), position=position),
+                )
+                return
+            if isinstance(event, WorkflowActivatedEvent | WorkflowDeactivatedEvent):
+                # Triggers on or off: no definition change, so no new revision.
+                # ``updated_*`` stay the definition's; who switched is in history.
+                active = isinstance(event, WorkflowActivatedEvent)
+                switch = {"active": active, "active_since": at_text if active else None}
+                data = apply_update(existing.data, {"$set": switch})
+                view.put(WORKFLOWS, replace(existing, data=data, position=position))
+                return
+            changes = dict(event.changes) if isinstance(event, WorkflowUpdatedEvent) else {}
+            if isinstance(event, WorkflowDeletedEvent):
+                changes["deleted"] = True
+            revision = existing.version + 1
+            update: dict[str, Any] = {
+                **changes,
+                "version": revision,
+                "updated_at": at_text,
+                "updated_by": actor,
+            }
+            if isinstance(event, WorkflowDeletedEvent):
+                update |= {"active": False, "active_since": None}  # triggers gone with it
+            current = Document(
+                id=workflow_id,
+                org_id=existing.org_id,
+                data=apply_update(existing.data, {"$set": update}),
+                version=revision,
+                position=position,
+                created=existing.created,
+                updated=at,
+            )
+            changed = sorted(changes)
         view.put(WORKFLOWS, current)
-        changed = sorted(changes) if isinstance(event, WorkflowUpdatedEvent) else ["deleted"]
         view.put(VERSIONS, _version_document(current, event, changed))
-
-
-def _changed(existing: Document, data: dict[str, Any], position: int) -> Document:
-    """The document with new data at ``position``, its revision unchanged."""
-    return Document(
-        existing.id,
-        existing.org_id,
-        data,
-        existing.version,
-        position,
-        existing.created,
-        existing.updated,
-    )
 
 
 def _membership(data: dict[str, Any], event: Any) -> dict[str, Any]:
@@ -147,12 +154,12 @@ def _membership(data: dict[str, Any], event: Any) -> dict[str, Any]:
     shares = dict(data.get("shares") or {})
     if isinstance(event, WorkflowMovedEvent):
         shares.pop(event.project_id, None)
-        return {**data, "project_id": event.project_id, "shares": shares}
+        return apply_update(data, {"$set": {"project_id": event.project_id, "shares": shares}})
     if isinstance(event, WorkflowSharedEvent):
         shares[event.project_id] = event.role
     else:
         shares.pop(event.project_id, None)
-    return {**data, "shares": shares}
+    return apply_update(data, {"$set": {"shares": shares}})
 
 
 def _version_document(workflow: Document, event: Any, changed: list[str]) -> Document:
