@@ -31,7 +31,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -41,6 +40,8 @@ from types import TracebackType
 from typing import Literal
 
 import psycopg
+
+from tests.helpers import free_port
 
 StopMode = Literal["smart", "fast", "immediate"]
 _STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
@@ -103,12 +104,6 @@ def find_pg_bin() -> Path:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _server_user() -> pwd.struct_passwd | None:
     """Whom the servers run as: ourselves, unless we are root (PostgreSQL refuses root)."""
     if os.geteuid() != 0:
@@ -147,7 +142,7 @@ class PostgresNode:
         self.name = name
         self.server_settings = server_settings
         self.data_dir = data_dir
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = data_dir.parent / f"{name}.log"
         self._bin_dir = bin_dir
         # Whom the server runs as (None: as we do); see _server_user.
