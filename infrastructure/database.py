@@ -11,7 +11,8 @@ is refused up front rather than connected without them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -19,7 +20,7 @@ from urllib.parse import quote, urlencode
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from infrastructure.json_codec import jsonb_loads
 
@@ -280,6 +281,17 @@ def create_engine(
         # read back as a number the answers' encoder (orjson) can write.
         json_deserializer=jsonb_loads,
     )
+
+
+@asynccontextmanager
+async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for one read-only statement, in autocommit.
+
+    Without a transaction there are no BEGIN and ROLLBACK round trips around
+    the statement: a third of the round trips of a short query.
+    """
+    async with engine.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 # SQLSTATE classes and codes that mean "the server, not the statement": class

@@ -69,8 +69,22 @@ def _copy_tables(
             )
         )
         conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (_id)").format(name))
+        # LIKE copies no storage parameters: e.g. the counters' toast_tuple_target
+        # (migration 0022), without which a rebuilt table stores them compressed.
+        for option in _storage_parameters(conn, live):
+            conn.execute(sql.SQL("ALTER TABLE {} SET ({})").format(name, sql.SQL(option)))
         tables[collection] = name
     return tables
+
+
+def _storage_parameters(conn: psycopg.Connection[Any], table: str) -> list[str]:
+    """A live table's storage parameters, as ``name=value`` (the catalogue's own text)."""
+    row = conn.execute(
+        "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relname = %s",
+        (table,),
+    ).fetchone()
+    return [str(option) for option in (row[0] if row and row[0] else [])]
 
 
 def _secondary_indexes(conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str]]:

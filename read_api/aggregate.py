@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from infrastructure.auth import Permission
 from infrastructure.cache import cached_json
+from infrastructure.database import single_statement
 from infrastructure.openapi import problems
 from infrastructure.org_slots import OrgSlots
 from infrastructure.problems import Problem, problem_type
@@ -109,7 +110,7 @@ async def aggregate(
 
 async def _fetch(request: Request, sql: str, params: dict[str, Any]) -> list[Any]:
     try:
-        async with request.app.state.read_engine.connect() as conn:
+        async with single_statement(request.app.state.read_engine) as conn:
             return list((await conn.execute(text(sql), params)).all())
     except DBAPIError as exc:
         if unwind_cap_exceeded(str(exc.orig)):

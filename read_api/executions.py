@@ -12,19 +12,22 @@ executions projection for read-your-writes (``X-Min-Position``).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
 from domain.execution import EXECUTION_STATUSES, EXECUTION_TRIGGERS
 from infrastructure.auth import Permission, Principal
 from infrastructure.cache import cached_json
+from infrastructure.database import single_statement
 from infrastructure.openapi import problems
 from infrastructure.problems import Problem, problem_type
 from infrastructure.web import authorize
@@ -252,7 +255,7 @@ async def workflow_executions_page(
         f"SELECT _id, data, created FROM {collection_table(EXECUTIONS)} "
         f"WHERE {' AND '.join(where)} ORDER BY created DESC, _id ASC LIMIT :limit"
     )
-    async with engine.connect() as conn:
+    async with single_statement(engine) as conn:
         rows = (await conn.execute(text(query), params)).all()
     next_cursor = (
         encode_cursor([rows[limit - 1].created.isoformat(), rows[limit - 1]._id])
@@ -390,12 +393,24 @@ def duration_percentile(histogram: dict[int, int], percent: float) -> float | No
     raise AssertionError("unreachable: the ranks add up to the total")
 
 
-def _sum(field: str) -> str:
-    return f"sum((data->>'{field}')::bigint)"
-
-
-_FAILURES = f"{_sum('failed')} + {_sum('crashed')}"
-_FINISHED = " + ".join(_sum(status) for status in ("succeeded", "failed", "canceled", "crashed"))
+# The counter fields the summary reads, as typed columns. A month counter's
+# document holds a histogram of ~100-200 buckets, so PostgreSQL stores it
+# compressed; ``data->>'x'`` decompresses the whole document again for every
+# field it reads, which was most of a year's summary. ``jsonb_to_record``
+# decodes each document once.
+_COUNTER_COLUMNS = ", ".join(
+    [
+        *(f"{status} bigint" for status in EXECUTION_STATUSES),
+        "executions bigint",
+        "duration_ms_sum bigint",
+        "duration_count bigint",
+        "duration_hist jsonb",
+        "by_trigger jsonb",
+    ]
+)
+_FAILURES = "sum(failed) + sum(crashed)"
+# Of one workflow's counters (``r``) in the top failing part.
+_FINISHED = " + ".join(f"sum(r.{s})" for s in ("succeeded", "failed", "canceled", "crashed"))
 
 # A per-workflow counter that counts a failure (failed or crashed runs); the
 # partial index doc_execution_stats_failing (migration 0013) has this predicate
@@ -405,28 +420,71 @@ FAILING_COUNTER: Final = (
     "AND (data->>'failed')::bigint + (data->>'crashed')::bigint > 0"
 )
 
-# One statement: the counters of both periods (a scope: the org's totals or one
-# workflow's), selected by index ranges (see migration 0005), summed four ways;
-# and the top failing workflows: ranked from the current period's per-workflow
-# counters that count a failure (migration 0013's partial index), then only
-# those few workflows' counters summed for their totals. The series reads the current
-# period's day (or hour) counters, the pieces labelled :series_period: those of
-# "current" when they are the same, else their own ("series"), since figures
-# over months read month counters. {values}, {scope} and {workflows} are fixed
-# fragments of this module, never request text.
-_SUMMARY_SQL = f"""
+# Two statements, run at once on two connections (each is single-threaded in
+# PostgreSQL: side by side, a year's summary takes the longer of the two, not
+# their sum). {values}, {scope} (the counters of the summary's scope: the
+# org's totals, or one workflow's, or a project's workflows') and {workflows}
+# (the per-workflow counters of that scope) are fixed fragments of this
+# module, never request text. Counters are selected by index ranges (see
+# migration 0005).
+#
+# The figures: the counters of both periods ("current", "previous"), summed
+# three ways.
+_FIGURES_SQL = f"""
 WITH pieces (period, granularity, starts, ends) AS (VALUES {{values}}),
 counters AS (
-    SELECT p.period, c.created, c.data
+    SELECT p.period, r.*
+    FROM pieces p
+    CROSS JOIN LATERAL (
+        SELECT data FROM {collection_table(STATS)}
+        WHERE org_id = :org AND data->>'granularity' = p.granularity AND {{scope}}
+          AND created >= p.starts AND created < p.ends
+    ) c
+    CROSS JOIN LATERAL jsonb_to_record(c.data) AS r({_COUNTER_COLUMNS})
+)
+SELECT
+    (SELECT coalesce(jsonb_agg(t), '[]') FROM (
+        SELECT period, {", ".join(f"sum({s}) AS {s}" for s in EXECUTION_STATUSES)},
+               sum(duration_ms_sum) AS duration_ms_sum,
+               sum(duration_count) AS duration_count
+        FROM counters GROUP BY period
+    ) t) AS totals,
+    (SELECT coalesce(jsonb_agg(h), '[]') FROM (
+        SELECT period, jsonb_object_agg(bucket, count) AS buckets FROM (
+            SELECT c.period, b.key AS bucket, sum(b.value::bigint) AS count
+            FROM counters c CROSS JOIN LATERAL jsonb_each_text(c.duration_hist) b
+            GROUP BY 1, 2
+        ) b GROUP BY 1
+    ) h) AS histograms,
+    (SELECT coalesce(jsonb_agg(b), '[]') FROM (
+        SELECT c.period, t.key AS trigger, sum(t.value::bigint) AS count
+        FROM counters c CROSS JOIN LATERAL jsonb_each_text(c.by_trigger) t
+        GROUP BY 1, 2
+    ) b) AS by_trigger
+"""
+
+# The series and the top failing workflows. The series reads the pieces
+# labelled "series": the current period's day (or hour) counters, since
+# figures over months read month counters. The top failing workflows are
+# those of the current period's pieces ("current"): ranked from the
+# per-workflow counters that count a failure (migration 0013's partial
+# index), then only those few workflows' counters summed for their totals.
+_SERIES_AND_FAILING_SQL = f"""
+WITH pieces (period, granularity, starts, ends) AS (VALUES {{values}}),
+series_counters AS (
+    SELECT c.created, r.executions, r.failed, r.crashed
     FROM pieces p
     CROSS JOIN LATERAL (
         SELECT created, data FROM {collection_table(STATS)}
         WHERE org_id = :org AND data->>'granularity' = p.granularity AND {{scope}}
           AND created >= p.starts AND created < p.ends
     ) c
+    CROSS JOIN LATERAL jsonb_to_record(c.data)
+        AS r(executions bigint, failed bigint, crashed bigint)
+    WHERE p.period = 'series'
 ),
 failing_counters AS (
-    SELECT c.data
+    SELECT r.workflow_id, r.failed, r.crashed
     FROM pieces p
     CROSS JOIN LATERAL (
         SELECT data FROM {collection_table(STATS)}
@@ -434,40 +492,26 @@ failing_counters AS (
           AND {FAILING_COUNTER}
           AND created >= p.starts AND created < p.ends
     ) c
+    CROSS JOIN LATERAL jsonb_to_record(c.data)
+        AS r(workflow_id text, failed bigint, crashed bigint)
     WHERE p.period = 'current'
 ),
 top_failing AS (
-    SELECT data->>'workflow_id' AS workflow_id, {_FAILURES} AS failed
+    SELECT workflow_id, {_FAILURES} AS failed
     FROM failing_counters GROUP BY 1
     ORDER BY failed DESC, workflow_id LIMIT {TOP_FAILING}
 )
 SELECT
-    (SELECT coalesce(jsonb_agg(t), '[]') FROM (
-        SELECT period, {", ".join(f"{_sum(s)} AS {s}" for s in EXECUTION_STATUSES)},
-               {_sum("duration_ms_sum")} AS duration_ms_sum,
-               {_sum("duration_count")} AS duration_count
-        FROM counters WHERE period <> 'series' GROUP BY period
-    ) t) AS totals,
-    (SELECT coalesce(jsonb_agg(h), '[]') FROM (
-        SELECT c.period, b.key::int AS bucket, sum(b.value::bigint) AS count
-        FROM counters c CROSS JOIN LATERAL jsonb_each_text(c.data->'duration_hist') b
-        WHERE c.period <> 'series' GROUP BY 1, 2
-    ) h) AS histograms,
-    (SELECT coalesce(jsonb_agg(b), '[]') FROM (
-        SELECT c.period, t.key AS trigger, sum(t.value::bigint) AS count
-        FROM counters c CROSS JOIN LATERAL jsonb_each_text(c.data->'by_trigger') t
-        WHERE c.period <> 'series' GROUP BY 1, 2
-    ) b) AS by_trigger,
     (SELECT coalesce(jsonb_agg(s), '[]') FROM (
-        SELECT date_trunc(:unit, created, 'UTC') AS bucket,
-               {_sum("executions")} AS executions, {_FAILURES} AS failed
-        FROM counters WHERE period = :series_period GROUP BY 1
+        SELECT extract(epoch FROM date_trunc(:unit, created, 'UTC'))::bigint AS bucket,
+               sum(executions) AS executions, {_FAILURES} AS failed
+        FROM series_counters GROUP BY 1
     ) s) AS series,
     (SELECT coalesce(jsonb_agg(w), '[]') FROM (
         SELECT t.workflow_id, t.failed, c.executions, c.finished
         FROM top_failing t
         CROSS JOIN LATERAL (
-            SELECT {_sum("executions")} AS executions, {_FINISHED} AS finished
+            SELECT sum(r.executions) AS executions, {_FINISHED} AS finished
             FROM pieces p
             CROSS JOIN LATERAL (
                 SELECT data FROM {collection_table(STATS)}
@@ -475,10 +519,35 @@ SELECT
                   AND data->>'workflow_id' = t.workflow_id
                   AND created >= p.starts AND created < p.ends
             ) d
+            CROSS JOIN LATERAL jsonb_to_record(d.data) AS r({_COUNTER_COLUMNS})
             WHERE p.period = 'current'
         ) c
     ) w) AS top_failing
 """
+
+
+@functools.lru_cache(maxsize=512)
+def _statement(template: str, values: str, scope: str, workflows: str) -> TextClause:
+    """One of the summary's statements for one shape (how many pieces, which scope).
+
+    Built once per shape: parsing the statement's text for its parameters
+    was a tenth of a summary's time in Python."""
+    return text(template.format(values=values, scope=scope, workflows=workflows))
+
+
+def _pieces_values(
+    pieces: list[tuple[str, str, datetime, datetime]], params: dict[str, Any]
+) -> str:
+    """The VALUES rows of ``pieces`` (period, granularity, starts, ends); adds their parameters."""
+    values = []
+    for i, (label, granularity, starts, ends) in enumerate(pieces):
+        values.append(
+            f"(CAST(:p{i} AS text), CAST(:g{i} AS text), "
+            f"CAST(:s{i} AS timestamptz), CAST(:e{i} AS timestamptz))"
+        )
+        params |= {f"p{i}": label, f"g{i}": granularity, f"s{i}": starts, f"e{i}": ends}
+    # No pieces (both periods within one hour: no bucket starts in them): one that matches none.
+    return ", ".join(values) or "(NULL::text, NULL::text, NULL::timestamptz, NULL::timestamptz)"
 
 
 def _failure_rate(failed: int, finished: int) -> float | None:
@@ -510,23 +579,25 @@ def _figures(
 
 
 def _series(period: Period, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per hour (or day) of the period, empty ones included, oldest first."""
-    unit = period.series_granularity
-    by_bucket = {datetime.fromisoformat(row["bucket"]).astimezone(UTC): row for row in rows}
+    """One entry per hour (or day) of the period, empty ones included, oldest first.
+
+    ``rows``: the buckets that have counters, each at its start in seconds since the epoch.
+    """
     first, end = period.hours()
-    step = HOUR if unit == "hour" else DAY
-    at = bucket_start(first, unit)
+    step = HOUR if period.series_granularity == "hour" else DAY
+    start = bucket_start(first, period.series_granularity)
+    counts = {int(row["bucket"]): row for row in rows}
+    start_s, step_s = int(start.timestamp()), int(step.total_seconds())
     series = []
-    while at < end:
-        row = by_bucket.get(at, {})
+    for i in range(-(-(end - start) // step)):
+        row = counts.get(start_s + i * step_s, {})
         series.append(
             {
-                "bucket": at.isoformat(),
+                "bucket": (start + i * step).isoformat(),
                 "executions": int(row.get("executions") or 0),
                 "failed": int(row.get("failed") or 0),
             }
         )
-        at += step
     return series
 
 
@@ -545,45 +616,46 @@ async def load_summary(
     """
     unit = period.series_granularity
     coarsest = "month" if unit == "day" else "hour"
-    current_pieces = period.pieces(coarsest)
-    series = period.pieces(unit)
-    pieces = [("current", *piece) for piece in current_pieces]
-    pieces += [("previous", *piece) for piece in period.previous.pieces(coarsest)]
-    series_period = "current" if series == current_pieces else "series"
-    if series_period == "series":
-        pieces += [("series", *piece) for piece in series]
-    params: dict[str, Any] = {"org": org_id, "unit": unit, "series_period": series_period}
-    values = []
-    for i, (label, granularity, starts, ends) in enumerate(pieces):
-        values.append(
-            f"(CAST(:p{i} AS text), CAST(:g{i} AS text), "
-            f"CAST(:s{i} AS timestamptz), CAST(:e{i} AS timestamptz))"
-        )
-        params |= {f"p{i}": label, f"g{i}": granularity, f"s{i}": starts, f"e{i}": ends}
-    if not values:  # both periods within one hour: no bucket starts in them
-        values.append("(NULL::text, NULL::text, NULL::timestamptz, NULL::timestamptz)")
+    current = [("current", *piece) for piece in period.pieces(coarsest)]
+    previous = [("previous", *piece) for piece in period.previous.pieces(coarsest)]
+    series = [("series", *piece) for piece in period.pieces(unit)]
     if workflow_id is None and project_id is None:
         scope, workflows = "data->>'workflow_id' IS NULL", "data->>'workflow_id' IS NOT NULL"
-    elif workflow_id is None:
-        in_scope, scope_params = visible_in(STATS, project_id, org_id)
-        scope = workflows = f"data->>'workflow_id' IS NOT NULL AND {in_scope}"
-        params |= scope_params
+        scope_params: dict[str, Any] = {}
     else:
         in_scope, scope_params = visible_in(STATS, project_id, org_id)
-        scope = workflows = f"data->>'workflow_id' = :workflow AND {in_scope}"
-        params |= {"workflow": workflow_id, **scope_params}
-    query = _SUMMARY_SQL.format(values=", ".join(values), scope=scope, workflows=workflows)
-    async with engine.connect() as conn:
-        row = (await conn.execute(text(query), params)).one()
+        if workflow_id is None:
+            scope = f"data->>'workflow_id' IS NOT NULL AND {in_scope}"
+        else:
+            scope = f"data->>'workflow_id' = :workflow AND {in_scope}"
+            scope_params = {"workflow": workflow_id, **scope_params}
+        workflows = scope
+    figures_params: dict[str, Any] = {"org": org_id, **scope_params}
+    figures = _statement(
+        _FIGURES_SQL, _pieces_values(current + previous, figures_params), scope, workflows
+    )
+    series_params: dict[str, Any] = {"org": org_id, "unit": unit, **scope_params}
+    series_and_failing = _statement(
+        _SERIES_AND_FAILING_SQL, _pieces_values(current + series, series_params), scope, workflows
+    )
+
+    async def one(statement: TextClause, values: dict[str, Any]) -> Any:
+        async with single_statement(engine) as conn:
+            return (await conn.execute(statement, values)).one()
+
+    # Concurrently: both read counters of at least the position the caller read.
+    row, other = await asyncio.gather(
+        one(figures, figures_params), one(series_and_failing, series_params)
+    )
     totals = {r["period"]: r for r in row.totals}
     histograms: dict[str, dict[int, int]] = {"current": {}, "previous": {}}
-    for h in row.histograms:
-        histograms[h["period"]][int(h["bucket"])] = int(h["count"])
+    for h in row.histograms:  # one object per period: {bucket: count}
+        histograms[h["period"]] = {int(b): int(count) for b, count in h["buckets"].items()}
     by_trigger: dict[str, dict[str, int]] = {"current": {}, "previous": {}}
     for b in row.by_trigger:
         by_trigger[b["period"]][b["trigger"]] = int(b["count"])
-    current = _figures(totals.get("current"), histograms["current"], by_trigger["current"])
-    previous = _figures(totals.get("previous"), histograms["previous"], by_trigger["previous"])
+    now = _figures(totals.get("current"), histograms["current"], by_trigger["current"])
+    before = _figures(totals.get("previous"), histograms["previous"], by_trigger["previous"])
     top_failing = [
         {
             "workflow_id": w["workflow_id"],
@@ -591,16 +663,16 @@ async def load_summary(
             "executions": int(w["executions"]),
             "failure_rate": _failure_rate(int(w["failed"]), int(w["finished"])),
         }
-        for w in sorted(row.top_failing, key=lambda w: (-int(w["failed"]), w["workflow_id"]))
+        for w in sorted(other.top_failing, key=lambda w: (-int(w["failed"]), w["workflow_id"]))
     ]
     return {
         "period": period.as_json(),
         "workflow_id": workflow_id,
-        **current,
+        **now,
         "series_granularity": period.series_granularity,
-        "series": _series(period, row.series),
+        "series": _series(period, other.series),
         "top_failing_workflows": top_failing,
-        "previous": {"period": period.previous.as_json(), **previous},
+        "previous": {"period": period.previous.as_json(), **before},
     }
 
 
@@ -644,7 +716,7 @@ async def dashboard_summary(
       nearest-rank percentile (1 ms resolution); ``mean`` is exact.
     - ``series``: per hour for periods up to 48 h, else per UTC day (the first
       and last days may be partial).
-    - Reads pre-aggregated counters only (one SQL statement), never executions.
+    - Reads pre-aggregated counters only (two SQL statements at once), never executions.
     """
     principal = await _reader(request)
     period = Period.parse(since, until, datetime.now(UTC))

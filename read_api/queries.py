@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from infrastructure.database import single_statement
 from projections.filters import compile_filter
 from projections.store import collection_table
 from read_api.params import CursorKey, decode_cursor, encode_cursor
@@ -151,7 +152,7 @@ async def list_documents(
         f"SELECT _id, data{select_keys} FROM {collection_table(collection)} "
         f"WHERE {' AND '.join(where)} ORDER BY {order}, _id ASC LIMIT :limit"
     )
-    async with engine.connect() as conn:
+    async with single_statement(engine) as conn:
         rows = (await conn.execute(text(query), params)).all()
     more = len(rows) > limit
     rows = rows[:limit]
@@ -172,7 +173,7 @@ async def get_document(
 ) -> dict[str, Any] | None:
     """One document of the organisation (and seen by ``project_id``), or None."""
     in_scope, scope_params = visible_in(collection, project_id, org_id)
-    async with engine.connect() as conn:
+    async with single_statement(engine) as conn:
         row = (
             await conn.execute(
                 text(
@@ -187,7 +188,7 @@ async def get_document(
 
 async def projection_position(engine: AsyncEngine, names: list[str]) -> int:
     """How far every view has applied the log: the lowest position among them."""
-    async with engine.connect() as conn:
+    async with single_statement(engine) as conn:
         rows = (
             await conn.execute(
                 text("SELECT name, position FROM projection_tracking WHERE name = ANY(:names)"),

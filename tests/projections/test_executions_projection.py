@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg.types.json import Jsonb
 from structlog.testing import capture_logs
 
 from commands import WorkflowApplication
@@ -405,6 +406,36 @@ def test_rebuild_gives_the_same_documents_and_counters(
     assert verify(projector).ok
     assert summary(db_target, org, Period(BASE, BASE + timedelta(days=4))) == before
     assert before["totals"]["all"] == 14
+
+
+def _counter_storage(db_target: PgTarget) -> tuple[list[str], str | None]:
+    """The counters table's storage parameters, and how a year-sized counter is stored."""
+    histogram = {str(bucket): bucket for bucket in range(300)}  # ~5 kB of jsonb
+    with psycopg.connect(db_target.conninfo(), autocommit=True) as conn:
+        (options,) = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE relname = 'doc_execution_stats'"
+        ).fetchone() or (None,)
+        with conn.transaction(force_rollback=True):
+            conn.execute(
+                "INSERT INTO doc_execution_stats "
+                "(_id, org_id, data, _version, _position, created, updated) "
+                "VALUES ('storage-probe', 'storage-probe', %s, 1, 0, now(), now())",
+                (Jsonb({"duration_hist": histogram}),),
+            )
+            (compression,) = conn.execute(
+                "SELECT pg_column_compression(data) FROM doc_execution_stats "
+                "WHERE _id = 'storage-probe'"
+            ).fetchone() or (None,)
+    return list(options or []), compression
+
+
+def test_counters_are_stored_uncompressed_before_and_after_a_rebuild(
+    projector: Projector, db_target: PgTarget
+) -> None:
+    # Compressed, every field the summary reads would decompress the document again.
+    assert _counter_storage(db_target) == (["toast_tuple_target=8160"], None)
+    rebuild(projector)
+    assert _counter_storage(db_target) == (["toast_tuple_target=8160"], None)
 
 
 def expected_figures(
