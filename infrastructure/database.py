@@ -285,10 +285,11 @@ def create_engine(
 
 @asynccontextmanager
 async def single_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for one read-only statement, in autocommit.
+    """A connection for statements each whole in itself (a read, or one
+    write that commits alone), in autocommit.
 
-    Without a transaction there are no BEGIN and ROLLBACK round trips around
-    the statement: a third of the round trips of a short query.
+    Without a transaction there are no BEGIN and ROLLBACK (or COMMIT) round
+    trips around the statement: two of a short query's three.
     """
     async with engine.connect() as conn:
         yield await conn.execution_options(isolation_level="AUTOCOMMIT")

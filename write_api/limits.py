@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from starlette.requests import Request
 
+from infrastructure.database import single_statement
 from infrastructure.problems import Problem, problem_type
 from infrastructure.settings import Settings
 from infrastructure.web import org_policy
@@ -47,7 +48,7 @@ async def _already_answered(request: Request, org_id: str) -> bool:
     key = request.headers.get("idempotency-key")
     if key is None:
         return False
-    async with request.app.state.engine.connect() as conn:
+    async with single_statement(request.app.state.engine) as conn:
         found = await conn.execute(
             text("SELECT 1 FROM idempotency_keys WHERE org_id = :org AND key = :key"),
             {"org": org_id, "key": key},
@@ -75,7 +76,7 @@ async def execution_allowance(
     now = datetime.now(UTC)
     day = now.date()
     engine = request.app.state.engine
-    async with engine.begin() as conn:
+    async with single_statement(engine) as conn:  # commits alone
         taken = (
             await conn.execute(
                 text(
@@ -101,7 +102,7 @@ async def execution_allowance(
     try:
         yield
     except BaseException:
-        async with engine.begin() as conn:
+        async with single_statement(engine) as conn:
             await conn.execute(
                 text(
                     "UPDATE organisation_day_executions SET executions = executions - 1 "
