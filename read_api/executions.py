@@ -394,10 +394,10 @@ def duration_percentile(histogram: dict[int, int], percent: float) -> float | No
 
 
 # The counter fields the summary reads, as typed columns. A month counter's
-# document holds a histogram of ~100-200 buckets, so PostgreSQL stores it
-# compressed; ``data->>'x'`` decompresses the whole document again for every
-# field it reads, which was most of a year's summary. ``jsonb_to_record``
-# decodes each document once.
+# document holds a histogram of ~100-200 buckets; stored compressed (as it
+# was before migration 0022, until next written), ``data->>'x'`` would
+# decompress the whole document again for every field it reads.
+# ``jsonb_to_record`` decodes each document once.
 _COUNTER_COLUMNS = ", ".join(
     [
         *(f"{status} bigint" for status in EXECUTION_STATUSES),
@@ -519,7 +519,10 @@ SELECT
                   AND data->>'workflow_id' = t.workflow_id
                   AND created >= p.starts AND created < p.ends
             ) d
-            CROSS JOIN LATERAL jsonb_to_record(d.data) AS r({_COUNTER_COLUMNS})
+            CROSS JOIN LATERAL jsonb_to_record(d.data) AS r(
+                executions bigint, succeeded bigint, failed bigint, canceled bigint,
+                crashed bigint
+            )
             WHERE p.period = 'current'
         ) c
     ) w) AS top_failing
