@@ -13,7 +13,9 @@ unique (id, version) key refuses that save if anything was recorded
 meanwhile; the command then reads the log again and decides anew
 (``_decide_and_save``): another edit moved the revision (409, or 410 after a
 delete), a run did not (``Executed``), and the same decision is saved on the
-fresh state. So two editors conflict, and runs never block an edit.
+fresh state. So two editors conflict, and runs never block an edit: after
+``HOLD_RUNS_AFTER`` lost saves the edit holds the runs follower off the
+workflow until it has saved (``runs_held_off``).
 
 Webhook routes: an active workflow's (method, path) pairs live in
 ``webhook_routes``, rewritten in the same transaction as every event that
@@ -30,6 +32,7 @@ expects, the command decides on that copy without reading the log (see
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -72,6 +75,7 @@ from commands.projects import ProjectNotFound, ProjectScopeRefused, load_project
 from commands.scope import Access, ensure_access
 from commands.webhook_secrets import seal_secret
 from commands.workflow_quota import count_create, count_delete, reached_limit
+from commands.workflow_runs import runs_held_off
 from domain.meta import EventMeta
 from domain.triggers import SECRET_AUTH, webhook_routes
 from domain.webhooks import hash_token
@@ -86,6 +90,8 @@ _IDEMPOTENT_ID_NAMESPACE = uuid.UUID("6f1c8e52-3a7d-4c1e-9b8a-52d0c6a1e7f3")
 # save (it records a whole batch of runs per transaction); losing this often
 # in a row means the workflow is too busy for now (503, retry).
 SAVE_ATTEMPTS = 10
+# Lost saves after which an edit holds the runs follower off its workflow.
+HOLD_RUNS_AFTER = 3
 
 # A decision on a loaded workflow: record its events, or return False if
 # there is nothing to record (an update that changes nothing).
@@ -440,39 +446,45 @@ class WorkflowCommands:
         else:
             ensure_access(workflow, ctx, Access.VIEW)  # outside the key's project: 404 first
             workflow.ensure_not_deleted()
-        for _ in range(SAVE_ATTEMPTS):
-            ensure_access(workflow, ctx, access)
-            was_active = workflow.active
-            if not decide(workflow):
-                if fresh:
-                    return self._unchanged(workflow, ctx, fingerprint)
-                # No save, so no key checks the kept copy against the log:
-                # read it before answering "unchanged" (an edit is a 409).
-                workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
-                continue
-            side: Sequence[SideStatement] = ()
-            generated: dict[str, str] = {}
-            if was_active or workflow.active:
-                self._ensure_routes_free(workflow, ctx)
-                generated = self._hook_secrets(workflow, renew)
-                hook_secrets = _secret_statements(workflow, generated, self.keyring)
-                side = _route_statements(workflow) + hook_secrets
-            if workflow.deleted:
-                side = (*side, count_delete(workflow.org_id))
-            try:
-                result = self._save(workflow, ctx, fingerprint, status_code=200, side=side)
-                return replace(result, webhook_secrets=generated)
-            except IntegrityError:
-                # Someone saved first: the same keyed request, another edit,
-                # runs recorded by the follower, or another workflow's
-                # activation of one of our routes (seen by the next check).
-                # Read even after the last attempt: an edit is still a 409 (or 410), not "busy".
-                if ctx.idempotency_key is not None:
-                    prior = self._prior_answer(ctx, fingerprint)
-                    if prior is not None:
-                        return prior
-                workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
-        raise WorkflowBusy(workflow_id, SAVE_ATTEMPTS)
+        lost = 0
+        with contextlib.ExitStack() as holding:
+            for _ in range(SAVE_ATTEMPTS):
+                ensure_access(workflow, ctx, access)
+                was_active = workflow.active
+                if not decide(workflow):
+                    if fresh:
+                        return self._unchanged(workflow, ctx, fingerprint)
+                    # No save, so no key checks the kept copy against the log:
+                    # read it before answering "unchanged" (an edit is a 409).
+                    workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
+                    continue
+                side: Sequence[SideStatement] = ()
+                generated: dict[str, str] = {}
+                if was_active or workflow.active:
+                    self._ensure_routes_free(workflow, ctx)
+                    generated = self._hook_secrets(workflow, renew)
+                    hook_secrets = _secret_statements(workflow, generated, self.keyring)
+                    side = _route_statements(workflow) + hook_secrets
+                if workflow.deleted:
+                    side = (*side, count_delete(workflow.org_id))
+                try:
+                    result = self._save(workflow, ctx, fingerprint, status_code=200, side=side)
+                    return replace(result, webhook_secrets=generated)
+                except IntegrityError:
+                    # Someone saved first: the same keyed request, another edit,
+                    # runs recorded by the follower, or another workflow's
+                    # activation of one of our routes (seen by the next check).
+                    # Read even after the last attempt: an edit is still a 409 (or 410), not "busy".
+                    if ctx.idempotency_key is not None:
+                        prior = self._prior_answer(ctx, fingerprint)
+                        if prior is not None:
+                            return prior
+                    lost += 1
+                    if lost == HOLD_RUNS_AFTER:
+                        # Runs keep winning: hold them off from the next read to the save.
+                        holding.enter_context(runs_held_off(self.app, workflow_id))
+                    workflow, fresh = self._at_head(workflow_id, expected_revision, ctx), True
+            raise WorkflowBusy(workflow_id, SAVE_ATTEMPTS)
 
     def _at_head(self, workflow_id: UUID, expected_revision: int, ctx: CommandContext) -> Workflow:
         """The workflow read from the log, if it is still at ``expected_revision``."""

@@ -14,10 +14,21 @@ Exactly once: the batch's ``Executed`` events and the move of its tracking
 position commit in one transaction, and the move only succeeds from the
 position the batch was read at (``expect_row``), so two instances can never
 both record the same batch, and a crash records all of it or none.
+
+Edits come first: a workflow with very many runs could otherwise have an
+edit lose every save to them (each run moves the version the edit read). An
+edit that lost a few saves holds the runs off (``runs_held_off``: a
+transaction advisory lock on the workflow) from its next read to its save;
+a batch that records a run of a held workflow checks that lock without
+waiting (``edits_not_holding``) and fails like any other race, to be read
+again once the edit has saved. The follower never waits on the lock, so it
+cannot deadlock with the log's table lock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -51,6 +62,35 @@ _ENDINGS = {
     ExecutionCanceledEvent: "canceled",
     ExecutionCrashedEvent: "crashed",
 }
+
+
+_EDIT_LOCK = "workflow-edit:"
+
+
+@contextmanager
+def runs_held_off(app: WorkflowApplication, workflow_id: UUID) -> Iterator[None]:
+    """Refuse the runs follower's batches that touch ``workflow_id`` until the block ends.
+
+    Waits for a batch that already holds the workflow to commit. The lock
+    lives in a transaction of a connection of its own, so it outlasts the
+    save made inside the block and ends with it.
+    """
+    with app.event_store.datastore.get_connection() as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_EDIT_LOCK + str(workflow_id),))
+        yield
+
+
+def edits_not_holding(workflow_ids: Iterable[UUID]) -> SideStatement:
+    """A save's check that no edit holds any of ``workflow_ids`` off (``runs_held_off``).
+
+    Never waits: a held workflow divides by zero, which fails the save with
+    ``IntegrityError`` like a lost race (no ids: 1 / NULL, which passes).
+    """
+    return SideStatement(
+        "SELECT 1 / bool_and(pg_try_advisory_xact_lock_shared(hashtext(%s || id)))::int "
+        "FROM unnest(%s::text[]) AS id",
+        (_EDIT_LOCK, [str(workflow_id) for workflow_id in workflow_ids]),
+    )
 
 
 class WorkflowRunsRecorder(LogCommandFollower):
@@ -130,7 +170,9 @@ class WorkflowRunsRecorder(LogCommandFollower):
             )
         try:
             # Saved with no workflow events too: the statement still runs.
-            self.app.save(*workflows.values(), side_statements=[statement])
+            self.app.save(
+                *workflows.values(), side_statements=[edits_not_holding(workflows), statement]
+            )
         except IntegrityError:
             return False
         return True

@@ -45,20 +45,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def record_run(app: Any, workflow_id: Any) -> None:
+def record_run(app: Any, workflow_id: Any, *, heeding_edits: bool = True) -> None:
     """Append ``Executed`` to a workflow, as the runs follower does for an ended run.
 
     For tests that need a run in a workflow's history at an exact moment
-    (the follower itself is driven by the ``record_runs`` fixture).
+    (the follower itself is driven by the ``record_runs`` fixture). As the
+    follower's, the save fails with ``IntegrityError`` while an edit holds
+    runs off the workflow, unless not ``heeding_edits`` (no writer does that).
     """
     import uuid
 
+    from commands.workflow_runs import edits_not_holding
     from domain.meta import EventMeta
 
     workflow = app.repository.get(workflow_id)
     meta = EventMeta(org_id=workflow.org_id, actor="worker:test", correlation_id="run")
     workflow.record_execution(uuid.uuid4(), "succeeded", workflow.revision, meta)
-    app.save(workflow)
+    app.save(workflow, side_statements=[edits_not_holding([workflow.id])] if heeding_edits else [])
 
 
 @contextmanager

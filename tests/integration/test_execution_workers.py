@@ -17,7 +17,7 @@ import pytest
 
 from commands import CommandContext, CreateWorkflow, WorkflowApplication, WorkflowCommands
 from commands.models import RunWorkflow
-from commands.workflow_runs import WorkflowRunsRecorder
+from commands.workflow_runs import WorkflowRunsRecorder, runs_held_off
 from domain.errors import ExecutionFinished
 from domain.execution import Execution
 from infrastructure.database import PgTarget
@@ -106,6 +106,30 @@ def test_a_queued_execution_can_be_canceled_before_a_worker_takes_it(
     record_runs()
     workflow = workflow_app.repository.get(workflow_id)
     assert workflow.runs == 1  # type: ignore[attr-defined]
+
+
+def test_runs_of_a_workflow_an_edit_holds_wait_for_the_edit(
+    record_runs: Any,
+    services: ExecutionServices,
+    commands: WorkflowCommands,
+    workflow_app: WorkflowApplication,
+    org: str,
+) -> None:
+    # The follower never waits on the hold: the batch that holds a run of
+    # the held workflow is refused whole, and recorded once the hold ends.
+    held, other = _workflow(commands, org, trigger()), _workflow(commands, org, trigger())
+    for workflow_id in (held, other):
+        queued = services.commands.start(workflow_id, RunWorkflow(mode="async"), _ctx(org))
+        services.commands.cancel(queued.execution_id, _ctx(org))
+
+    def runs(workflow_id: uuid.UUID) -> int:
+        return int(workflow_app.repository.get(workflow_id).runs)  # type: ignore[attr-defined]
+
+    with runs_held_off(workflow_app, held):
+        record_runs()
+        assert (runs(held), runs(other)) == (0, 0)
+    record_runs()
+    assert (runs(held), runs(other)) == (1, 1)
 
 
 def test_competing_workers_run_each_execution_exactly_once(

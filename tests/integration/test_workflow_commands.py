@@ -21,7 +21,7 @@ from commands import (
     idempotent_workflow_id,
 )
 from commands.errors import NoSuchVersion, WorkflowBusy
-from commands.handlers import SAVE_ATTEMPTS
+from commands.handlers import HOLD_RUNS_AFTER, SAVE_ATTEMPTS
 from domain.errors import WorkflowDeleted
 from tests.helpers import noop, record_run, trigger, workflow_body
 
@@ -222,17 +222,53 @@ def test_racing_editors_and_runs_one_edit_wins(
     assert commands.get(workflow_id, org).revision == 2
 
 
+def test_an_edit_that_keeps_losing_to_runs_holds_them_off_and_lands(
+    workflow_app: WorkflowApplication, org: str
+) -> None:
+    # A run recorded the follower's way between every read and its save:
+    # after HOLD_RUNS_AFTER losses the edit holds runs off, the next run is
+    # refused, and the edit saves on the head it read.
+    follower = WorkflowApplication(env=dict(workflow_app.env))
+    refused: list[uuid.UUID] = []
+
+    class RunsEverySave(WorkflowCommands):
+        def _at_head(self, workflow_id: uuid.UUID, expected: int, ctx: CommandContext) -> Any:
+            workflow = super()._at_head(workflow_id, expected, ctx)
+            try:
+                record_run(follower, workflow_id)
+            except IntegrityError:
+                refused.append(workflow_id)
+            return workflow
+
+    commands, ctx = RunsEverySave(workflow_app), _ctx(org)
+    try:
+        workflow_id = commands.create(CreateWorkflow(**workflow_body()), ctx).workflow_id
+        record_run(follower, workflow_id)  # the kept copy is stale from the start
+        result = commands.update(workflow_id, UpdateWorkflow(name="lands"), 1, ctx)
+        assert result.version == 2
+        assert refused == [workflow_id]
+        # The run that made the kept copy stale, then one per read that lost.
+        runs = ["Executed"] * (1 + HOLD_RUNS_AFTER - 1)
+        assert _events(workflow_app, workflow_id) == ["Created", *runs, "Updated"]
+        record_run(follower, workflow_id)  # the hold ended with the save
+        assert _events(workflow_app, workflow_id)[-1] == "Executed"
+        assert commands.get(workflow_id, org).name == "lands"
+    finally:
+        follower.close()
+
+
 def test_a_workflow_whose_runs_win_every_save_is_busy(
     workflow_app: WorkflowApplication, org: str
 ) -> None:
-    # Runs recorded between every read and its save: the command gives up
-    # after SAVE_ATTEMPTS tries (503 to the client) and records nothing.
+    # Runs that ignore the edit's hold (no writer does), recorded between
+    # every read and its save: the command gives up after SAVE_ATTEMPTS
+    # tries (503 to the client) and records nothing.
     follower = WorkflowApplication(env=dict(workflow_app.env))
 
     class RunsEverySave(WorkflowCommands):
         def _at_head(self, workflow_id: uuid.UUID, expected: int, ctx: CommandContext) -> Any:
             workflow = super()._at_head(workflow_id, expected, ctx)
-            record_run(follower, workflow_id)
+            record_run(follower, workflow_id, heeding_edits=False)
             return workflow
 
     commands, ctx = RunsEverySave(workflow_app), _ctx(org)
