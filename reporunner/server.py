@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
 import shutil
@@ -413,6 +414,7 @@ def _supervise_workers(
     if metrics_port is not None:
         reservations.append(_reuse_port_socket(options["host"], metrics_port))
     context = multiprocessing.get_context("spawn")
+    supervisor = os.getpid()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -421,13 +423,15 @@ def _supervise_workers(
         if group.http:
             process = context.Process(
                 target=_run_worker,
-                args=(options, metrics_port, group.roles),
+                args=(supervisor, options, metrics_port, group.roles),
                 name="reporunner-http",
             )
         else:
             niceness = os.getpriority(os.PRIO_PROCESS, 0) + group.nice
             process = context.Process(
-                target=_run_followers, args=(group.roles, niceness), name="reporunner-followers"
+                target=_run_followers,
+                args=(supervisor, group.roles, niceness),
+                name="reporunner-followers",
             )
         process.start()
         if not group.http and process.pid is not None:
@@ -491,10 +495,14 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
 
 
 def _run_worker(
-    options: dict[str, Any], metrics_port: int | None, roles: Sequence[str] | None = None
+    supervisor: int,
+    options: dict[str, Any],
+    metrics_port: int | None,
+    roles: Sequence[str] | None = None,
 ) -> None:
     """One HTTP worker process: its own socket (and metrics socket), its own app."""
     exit_cleanly_on_sigterm()
+    _end_with(supervisor)
     if roles is not None:
         _take_roles(roles)
     sock = _reuse_port_socket(options["host"], options["port"])
@@ -502,6 +510,31 @@ def _run_worker(
     if metrics_port is not None:
         metrics_sockets = [_reuse_port_socket(options["host"], metrics_port)]
     serve_app(create_worker_app(), options, metrics_port, [sock], metrics_sockets)
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _end_with(supervisor: int) -> None:
+    """SIGTERM this process when ``supervisor`` dies, however it dies (``kill -9`` too).
+
+    Otherwise an orphaned HTTP worker keeps its SO_REUSEPORT socket: the
+    restarted service would share its port with the old generation's
+    workers, and the followers would stand by behind an orphan's lock.
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    else:  # no parent-death signal: look every second
+
+        def watch() -> None:
+            while os.getppid() == supervisor:
+                time.sleep(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+    if os.getppid() != supervisor:  # it died before we asked
+        sys.exit(0)
 
 
 def _take_roles(roles: Sequence[str]) -> None:
@@ -519,10 +552,11 @@ def _lower_priority(pid: int, niceness: int) -> None:
         log.warning("could not lower the followers' priority", pid=pid, error=str(exc))
 
 
-def _run_followers(roles: Sequence[str], niceness: int) -> None:
+def _run_followers(supervisor: int, roles: Sequence[str], niceness: int) -> None:
     """The process of the roles without an API beside HTTP workers: no port, lower priority."""
     _lower_priority(0, niceness)  # the supervisor did; this makes sure
     exit_cleanly_on_sigterm()
+    _end_with(supervisor)
     _take_roles(roles)
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)

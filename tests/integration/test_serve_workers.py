@@ -144,6 +144,48 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(db_target: PgTarget) ->
         assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
 
 
+def test_a_killed_supervisor_takes_its_processes_with_it(db_target: PgTarget) -> None:
+    # Every role: HTTP workers and the followers' process. Orphans would keep
+    # the port (SO_REUSEPORT) beside a restarted service's workers.
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": _url(db_target), "REPORUNNER_LOG_FORMAT": "json"}
+    env.pop("REDIS_URL", None)
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "reporunner", "serve"),
+            *("--port", str(port), "--workers", "2", "--no-migrate"),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children: list[psutil.Process] = []
+    try:
+        _wait(lambda: _ready(f"http://127.0.0.1:{port}"), "ready", timeout=60)
+        _wait(lambda: _listening(server, port) == 2, "2 listening workers")
+        children += _http_workers(server)  # the followers' process too: spawned alike
+        assert len(children) == 3, children
+        server.kill()
+        server.wait()
+
+        def gone(process: psutil.Process) -> bool:
+            try:
+                return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        _wait(lambda: all(gone(child) for child in children), "the orphans to end")
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+    finally:
+        if server.poll() is None:
+            server.kill()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+
+
 def test_a_taken_port_fails_at_once_with_a_message(db_target: PgTarget) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
