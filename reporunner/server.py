@@ -521,18 +521,9 @@ def _end_with(supervisor: int) -> None:
     Otherwise an orphaned HTTP worker keeps its SO_REUSEPORT socket: the
     restarted service would share its port with the old generation's
     workers, and the followers would stand by behind an orphan's lock.
+    Linux only, as the supervisor is (``_HAS_BALANCED_PORTS``).
     """
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    else:  # no parent-death signal: look every second
-
-        def watch() -> None:
-            while os.getppid() == supervisor:
-                time.sleep(1)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-        threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != supervisor:  # it died before we asked
         sys.exit(0)
 

@@ -290,7 +290,8 @@ def test_day_keys_past_the_window_are_destroyed_and_their_payloads_read_as_erase
     assert record["day_keys"] == [
         {"scope": day_scope(old_day, workflow), "key_id": sealed_key_ids(sealed[old_day])[0]}
     ]
-    assert "ada" not in orjson.dumps(record).decode()
+    # The whole address: "ada" alone turns up in random hex ids now and then.
+    assert "ada@example.com" not in orjson.dumps(record).decode()
     again = Retention(workflow_app, keyring, global_days=10, batch_size=10).run(
         datetime(1990, 3, 25, tzinfo=UTC)
     )
